@@ -1,0 +1,79 @@
+"""The declared config schema: every key a run may set, with its default.
+
+Experiment files in `configs/` start from `get_base_config()` and override values; they cannot add
+keys (the config is locked), so a misspelled key fails at once with the allowed names.
+`config_validation.validate` checks values against this schema before anything compiles.
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                          # Seeds parameter init and data shuffling.
+  c.num_train_steps = 1000            # Optimizer updates in the whole run.
+  c.batch_size = 32                   # Global batch (sequences per step, all processes).
+  c.log_every_steps = 50              # Train metrics to writers and progress line.
+  c.eval_every_steps = 250            # Held-out loss on the fixed eval set (also at the end).
+  c.num_eval_batches = 8              # Size of the fixed eval set, in global batches.
+  c.checkpoint_every_steps = 500      # Orbax save interval (also at the end).
+  c.keep_checkpoints = 3              # Orbax keeps the newest N.
+  c.async_checkpointing = True        # Save in a background thread while training goes on.
+  c.allow_config_change = False       # Resume in a workdir whose config.json differs.
+  c.profile_steps = 0                 # >0: write a profiler trace of this many steps after step 10.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'transformer'        # Registry name in jaxscale.models.
+  c.model.vocab_size = 0              # 0: take it from the dataset.
+  c.model.num_layers = 4
+  c.model.d_model = 256
+  c.model.num_heads = 4
+  c.model.mlp_dim = 1024
+  c.model.mlp_activation = 'swiglu'   # 'swiglu' | 'gelu'
+  c.model.tie_embeddings = True
+  c.model.rope_theta = 10_000.0
+  c.model.dtype = 'float32'           # Compute dtype: 'float32' | 'bfloat16'. Params stay fp32.
+  c.model.scan_layers = False         # One compiled layer body scanned over depth (fast compiles).
+  c.model.remat_policy = 'none'       # 'none' | 'full' | 'dots_saveable' | 'dots_with_no_batch_dims_saveable'
+  c.model.attention_impl = 'xla'      # jax.nn.dot_product_attention implementation: 'xla' | 'cudnn'
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'python_stdlib'    # Registry name in jaxscale.data.
+  c.dataset.builder_config = ''       # TFDS builder config ('' = the builder's default).
+  c.dataset.data_dir = ''             # TFDS data dir ('' = TFDS default, ~/tensorflow_datasets).
+  c.dataset.seq_len = 256             # Tokens per training sequence.
+  c.dataset.shuffle_buffer_size = 1024  # Packed sequences held in the shuffle buffer.
+  c.dataset.tokenizer = 'byte'        # 'byte' | 'sentencepiece' (real text datasets).
+  c.dataset.spm_model_path = ''       # SentencePiece model file when tokenizer='sentencepiece'.
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'adamw'          # 'adamw' | 'sgd' | 'lion' | 'adafactor'
+  c.optimizer.learning_rate = 3e-3    # Peak learning rate.
+  c.optimizer.schedule = 'cosine'     # 'cosine' | 'wsd' | 'constant'
+  c.optimizer.warmup_steps = 100
+  c.optimizer.decay_fraction = 0.2    # WSD: last fraction of steps spent decaying.
+  c.optimizer.min_lr_ratio = 0.1      # Final LR as a fraction of the peak (cosine and WSD).
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  c.optimizer.momentum = 0.9          # SGD only.
+  c.optimizer.weight_decay = 0.1      # Decoupled; never applied to norms, biases or scalars.
+  c.optimizer.grad_clip_norm = 1.0    # Global-norm clipping; 0 disables it.
+  c.optimizer.grad_accum_steps = 1    # Micro-batches summed per update (batch_size is per update).
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                    # Data-parallel axis; -1 = all devices left over.
+  c.mesh.fsdp = 1                     # Parameter (and optimizer state) sharding axis.
+  c.mesh.tensor = 1                   # Tensor (Megatron-style) parallel axis.
+  # Logical axis name -> mesh axes. Parameters and activations carry logical names only.
+  c.mesh.rules = (
+      ('batch', ('data', 'fsdp')),
+      ('vocab', 'tensor'),
+      ('embed', 'fsdp'),
+      ('mlp', 'tensor'),
+      ('heads', 'tensor'),
+      ('kv', None),
+      ('layers', None),
+      ('seq', None),
+  )
+  return c
