@@ -1,0 +1,139 @@
+"""Checks a config against the declared schema before anything is built or compiled.
+
+Every error names the offending key and what is allowed, e.g.
+`config.optimizer.schedule='cosin' is not allowed; choose one of: constant, cosine, wsd`.
+"""
+
+import difflib
+import inspect
+
+import ml_collections
+
+from jaxscale import config_base, optim
+from jaxscale.models import MODELS
+from jaxscale.models.layers import DTYPES
+from jaxscale.models.transformer import MLP_ACTIVATIONS, REMAT_POLICIES
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _flatten(config, prefix='config') -> dict[str, object]:
+  flat = {}
+  for key, value in config.items():
+    path = f'{prefix}.{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(_flatten(value, path))
+    else:
+      flat[path] = value
+  return flat
+
+
+def _unknown_key_error(key: str, allowed: list[str]) -> ConfigError:
+  close = difflib.get_close_matches(key, allowed, n=1)
+  hint = f' Did you mean {close[0]!r}?' if close else ''
+  return ConfigError(f'Unknown config key {key!r}.{hint} Allowed keys: {", ".join(sorted(allowed))}')
+
+
+def _check_keys_and_types(config):
+  schema = _flatten(config_base.get_base_config())
+  given = _flatten(config)
+  model_keys = {k for k in given if k.startswith('config.model.')}
+  for key, value in given.items():
+    if key in model_keys:
+      continue  # Model keys are checked against the chosen model's constructor.
+    if key not in schema:
+      raise _unknown_key_error(key, [k for k in schema if not k.startswith('config.model.')])
+    expected = type(schema[key])
+    ok = isinstance(value, expected) or (expected is float and isinstance(value, int)) or (
+        expected is tuple and isinstance(value, list))
+    if not ok or (expected is not bool and isinstance(value, bool)):
+      raise ConfigError(f'{key}={value!r} has type {type(value).__name__}; expected {expected.__name__}.')
+
+
+def _check_model_keys(model_config):
+  if model_config.name not in MODELS:
+    raise ConfigError(f'config.model.name={model_config.name!r} is not a registered model; '
+                      f'choose one of: {", ".join(MODELS.names())}')
+  params = inspect.signature(MODELS.get(model_config.name).__init__).parameters
+  allowed = [p for p in params if p not in ('self', 'rngs')]
+  for key in model_config:
+    if key != 'name' and key not in allowed:
+      raise _unknown_key_error(f'config.model.{key}', [f'config.model.{k}' for k in allowed + ['name']])
+  for name, p in params.items():
+    if name not in ('self', 'rngs') and p.default is inspect.Parameter.empty and name not in model_config:
+      raise ConfigError(f'config.model.{name} is required by model {model_config.name!r}.')
+
+
+def _check_choice(key: str, value, choices):
+  if value not in choices:
+    raise ConfigError(f'{key}={value!r} is not allowed; choose one of: {", ".join(sorted(choices))}')
+
+
+def _check_positive(config, *keys):
+  for key in keys:
+    value = config
+    for part in key.split('.'):
+      value = value[part]
+    if value <= 0:
+      raise ConfigError(f'config.{key}={value} must be positive.')
+
+
+def _check_values(config):
+  from jaxscale.data import DATASETS  # Imported late: building the registry loads TensorFlow.
+  _check_positive(config, 'num_train_steps', 'batch_size', 'log_every_steps', 'eval_every_steps',
+                  'num_eval_batches', 'checkpoint_every_steps', 'keep_checkpoints',
+                  'dataset.seq_len', 'optimizer.grad_accum_steps', 'optimizer.learning_rate')
+  _check_choice('config.optimizer.name', config.optimizer.name, optim.OPTIMIZERS)
+  _check_choice('config.optimizer.schedule', config.optimizer.schedule, optim.SCHEDULES)
+  _check_choice('config.dataset.name', config.dataset.name, DATASETS.names())
+  _check_choice('config.dataset.tokenizer', config.dataset.tokenizer, ('byte', 'sentencepiece'))
+  if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.num_train_steps:
+    raise ConfigError(f'config.optimizer.warmup_steps={config.optimizer.warmup_steps} must be in '
+                      f'[0, num_train_steps={config.num_train_steps}).')
+  if config.batch_size % config.optimizer.grad_accum_steps:
+    raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by '
+                      f'config.optimizer.grad_accum_steps={config.optimizer.grad_accum_steps}.')
+
+
+def _check_transformer(m):
+  _check_choice('config.model.dtype', m.dtype, DTYPES)
+  _check_choice('config.model.mlp_activation', m.mlp_activation, MLP_ACTIVATIONS)
+  _check_choice('config.model.remat_policy', m.remat_policy, REMAT_POLICIES)
+  _check_choice('config.model.attention_impl', m.attention_impl, ('xla', 'cudnn'))
+  if m.d_model % m.num_heads or (m.d_model // m.num_heads) % 2:
+    raise ConfigError(f'config.model.d_model={m.d_model} must split into config.model.num_heads='
+                      f'{m.num_heads} heads of even size (rotary embeddings rotate pairs).')
+
+
+def check_batch_fits_mesh(config, mesh_shape: dict[str, int], process_count: int):
+  """The global (micro-)batch must split evenly over the batch mesh axes and the processes."""
+  batch_axes = dict(config.mesh.rules).get('batch') or ()
+  batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
+  shards = 1
+  for axis in batch_axes:
+    shards *= mesh_shape[axis]
+  micro_batch = config.batch_size // config.optimizer.grad_accum_steps
+  if micro_batch % shards or config.batch_size % process_count:
+    raise ConfigError(
+        f'config.batch_size={config.batch_size} (micro-batch {micro_batch}) must divide evenly '
+        f'over the batch mesh axes {batch_axes} of sizes {[mesh_shape[a] for a in batch_axes]} '
+        f'({shards} shards) and over {process_count} processes.')
+
+
+def validate(config, num_devices: int | None = None, process_count: int = 1):
+  """Raises ConfigError naming the first bad key; returns quietly when the config is sound."""
+  _check_keys_and_types(config)
+  _check_model_keys(config.model)
+  _check_values(config)
+  if config.model.name == 'transformer':
+    _check_transformer(config.model)
+  if num_devices is not None:
+    from jaxscale import sharding
+    from jaxscale.sharding import MESH_AXES
+    try:
+      shape = sharding.mesh_shape(config.mesh, num_devices)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    check_batch_fits_mesh(config, dict(zip(MESH_AXES, shape)), process_count)

@@ -1,0 +1,78 @@
+"""Metric writers: TensorBoard + logging (clu) and `metrics.jsonl`, the record the scaling tools read.
+
+Only process 0 writes; other processes get a logging-only writer.
+"""
+
+import json
+import math
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from clu import metric_writers
+from etils import epath
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+  """Appends one JSON object per `write_scalars` call: {"step": s, name: value, ...}."""
+
+  def __init__(self, path: epath.Path):
+    self._path = epath.Path(path)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    row = {'step': int(step)}
+    row.update({k: _to_json_number(v) for k, v in scalars.items()})
+    with self._path.open('a') as f:
+      f.write(json.dumps(row) + '\n')
+
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def _to_json_number(value):
+  value = float(np.asarray(value))
+  return value if math.isfinite(value) else str(value)  # JSON has no NaN/inf literals.
+
+
+def create_writer(workdir: epath.Path) -> metric_writers.MetricWriter:
+  if jax.process_index() > 0:
+    return metric_writers.LoggingWriter()
+  return metric_writers.MultiWriter([
+      metric_writers.create_default_writer(str(workdir), asynchronous=False),
+      JsonlWriter(epath.Path(workdir) / 'metrics.jsonl'),
+  ])
+
+
+def read_jsonl(path: epath.Path) -> list[dict]:
+  """Rows of a metrics.jsonl, skipping a torn last line from a killed process."""
+  rows = []
+  for line in epath.Path(path).read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return rows

@@ -1,0 +1,12 @@
+"""Model registry: `config.model.name` -> an NNX module class built as `cls(**config.model, rngs=...)`.
+
+Each registered class takes its size knobs as keyword arguments, so config validation can check
+`config.model` keys against the constructor's signature.
+"""
+
+from jaxscale.registry import Registry
+
+MODELS = Registry('model')
+
+# Importing the modules registers their models.
+from jaxscale.models import transformer  # noqa: E402,F401

@@ -1,0 +1,74 @@
+"""Device mesh and shardings: named mesh axes ('data', 'fsdp', 'tensor') and logical-axis rules.
+
+Parameters carry logical axis names (see models/); `config.mesh.rules` maps each name to mesh
+axes, so switching between data parallelism, FSDP and tensor parallelism is a config change.
+Mesh axes are `Auto`: GSPMD propagates shardings through the step from its in/out shardings.
+"""
+
+import math
+
+import jax
+import numpy as np
+from flax import linen, nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+
+def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
+  """Axis sizes in MESH_AXES order, with at most one -1 filled from the device count."""
+  sizes = [int(mesh_config[axis]) for axis in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f'config.mesh: only one axis may be -1 (auto), got {dict(zip(MESH_AXES, sizes))}')
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f'config.mesh: axis sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}')
+  fixed = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % fixed:
+      raise ValueError(
+          f'config.mesh: {dict(zip(MESH_AXES, sizes))} fixes {fixed} devices per replica, which '
+          f'does not divide the {num_devices} devices available.')
+    sizes[sizes.index(-1)] = num_devices // fixed
+  if math.prod(sizes) != num_devices:
+    raise ValueError(
+        f'config.mesh: {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but '
+        f'{num_devices} are available; set one axis to -1 to fill the rest.')
+  return tuple(sizes)
+
+
+def make_mesh(mesh_config, devices=None) -> Mesh:
+  devices = devices if devices is not None else jax.devices()
+  shape = mesh_shape(mesh_config, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def _rules(rules) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+
+
+def logical_to_named(logical_specs, mesh: Mesh, rules):
+  """A tree of logical PartitionSpecs -> the matching tree of NamedShardings on `mesh`."""
+  return linen.logical_to_mesh_sharding(logical_specs, mesh, _rules(rules))
+
+
+def state_shardings(abstract_tree, mesh: Mesh, rules):
+  """NamedShardings for a tree holding NNX variables with logical `out_sharding` metadata.
+
+  Leaves without annotations (step counters, optimizer scalars) are replicated.
+  """
+  return logical_to_named(nnx.get_partition_spec(abstract_tree), mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
+  """Batches are split over whichever mesh axes the 'batch' logical name maps to."""
+  return logical_to_named(P('batch', None), mesh, rules)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """Assembles each process's slice of the batch into one global, sharded array per key."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

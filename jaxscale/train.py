@@ -1,0 +1,219 @@
+"""The training loop: `run(config, workdir)` builds every component from the config and trains.
+
+Resume order: the newest checkpoint in `workdir/checkpoints` (state and data-iterator position)
+if there is one, else a fresh initialisation from `config.seed`.
+"""
+
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import periodic_actions
+from etils import epath
+from flax import nnx
+
+from jaxscale import checkpointing, config_validation, flops, metrics, optim, sharding, steps
+from jaxscale import workdir as workdir_lib
+from jaxscale.models import MODELS
+
+
+def build_model(model_config, seed: int):
+  kwargs = {k: v for k, v in model_config.items() if k != 'name'}
+  return MODELS.get(model_config.name)(**kwargs, rngs=nnx.Rngs(seed))
+
+
+def create_train_state(config, mesh, optimizer):
+  """(graphdef, state, state_shardings), with every array created directly in its sharding."""
+
+  def init():
+    model = build_model(config.model, config.seed)
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                             model_state=model_state, opt_state=optimizer.init(params))
+    return graphdef, state
+
+  graphdef, abstract_state = nnx.eval_shape(init)
+  state_shardings = sharding.state_shardings(abstract_state, mesh, config.mesh.rules)
+  state = jax.jit(lambda: init()[1], out_shardings=state_shardings)()
+  return graphdef, state, state_shardings
+
+
+def resolve_config(config, datasets) -> ml_collections.ConfigDict:
+  """Fills in what the data decides (vocabulary size), so config.json is the whole experiment."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if 'vocab_size' in config.model:
+    if not config.model.vocab_size:
+      config.model.vocab_size = datasets.vocab_size
+    elif config.model.vocab_size < datasets.vocab_size:
+      raise config_validation.ConfigError(
+          f'config.model.vocab_size={config.model.vocab_size} is smaller than the dataset '
+          f'{config.dataset.name!r} vocabulary ({datasets.vocab_size}); set it to 0 to match.')
+  return config
+
+
+def evaluate(eval_step, state, eval_batches, batch_sharding) -> tuple[float, float]:
+  """(mean loss in nats per target token, number of target tokens) over the fixed eval set."""
+  totals = [eval_step(state, sharding.global_batch(b, batch_sharding)) for b in eval_batches]
+  totals = jax.device_get(totals)
+  loss_sum = sum(float(t['loss_sum']) for t in totals)
+  weight_sum = sum(float(t['weight_sum']) for t in totals)
+  return loss_sum / weight_sum, weight_sum
+
+
+class Throughput:
+  """Steps/s, tokens/s and MFU over the time spent in training steps since the last report."""
+
+  def __init__(self, tokens_per_step: int, flops_per_step: float, peak_flops_total: float):
+    self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+    self.peak_flops_total = peak_flops_total
+    self.reset(step=0)
+
+  def reset(self, step: int):
+    self.start_time, self.start_step = time.perf_counter(), step
+
+  def report(self, step: int) -> dict[str, float]:
+    elapsed = max(time.perf_counter() - self.start_time, 1e-9)
+    steps_per_sec = (step - self.start_step) / elapsed
+    return {
+        'steps_per_sec': steps_per_sec,
+        'tokens_per_sec': steps_per_sec * self.tokens_per_step,
+        'flops_per_sec': steps_per_sec * self.flops_per_step,
+        'mfu': steps_per_sec * self.flops_per_step / self.peak_flops_total,
+    }
+
+
+def _check_finite(rows: list[dict], first_step: int, last_good_checkpoint):
+  for offset, row in enumerate(rows):
+    for name in ('train_loss', 'grad_norm'):
+      if not math.isfinite(float(row[name])):
+        raise FloatingPointError(
+            f'{name}={float(row[name])} at step {first_step + offset}. Training stopped before '
+            f'saving this state; the newest checkpoint (step {last_good_checkpoint}) is intact. '
+            'Lower optimizer.learning_rate or raise optimizer.warmup_steps, then rerun to resume.')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the final summary."""
+  from jaxscale import data as data_lib  # TensorFlow loads here, after the config is known good.
+
+  config_validation.validate(config, num_devices=jax.device_count(),
+                             process_count=jax.process_count())
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = sharding.make_mesh(config.mesh)
+  datasets = data_lib.get_datasets(
+      config.dataset, local_batch_size=config.batch_size // jax.process_count(),
+      num_eval_batches=config.num_eval_batches, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  config = resolve_config(config, datasets)
+  workdir_lib.record_config(workdir, config)
+
+  optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  graphdef, state, state_shardings = create_train_state(config, mesh, optimizer)
+  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
+  train_step, eval_step = steps.compile_steps(
+      graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
+      sharding.replicated(mesh), config.optimizer.grad_accum_steps)
+
+  train_iter = iter(datasets.train)
+  manager = checkpointing.make_manager(workdir, config)
+  last_checkpoint = manager.latest_step()
+  if last_checkpoint is not None:
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            state, state_shardings)
+    state = checkpointing.restore(manager, last_checkpoint, abstract, train_iter)
+    logging.info('Resumed from checkpoint at step %d.', last_checkpoint)
+  start_step = int(jax.device_get(state.step))
+
+  seq_len = config.dataset.seq_len
+  tokens_per_step = config.batch_size * seq_len
+  params_total, params_non_embedding = flops.count_params(config.model, config.model.vocab_size)
+  flops_per_token = flops.train_flops_per_token(config.model, seq_len, config.model.vocab_size)
+  peak_per_device, peak_source = flops.peak_flops_per_device()
+  logging.info('Model: %s params (%s non-embedding), %.3g train FLOPs/token; peak %.3g FLOP/s per '
+               'device (%s); mesh %s.', f'{params_total:,}', f'{params_non_embedding:,}',
+               flops_per_token, peak_per_device, peak_source, dict(mesh.shape))
+  throughput = Throughput(tokens_per_step, tokens_per_step * flops_per_token,
+                          peak_per_device * jax.device_count())
+
+  writer = metrics.create_writer(workdir)
+  scale_numbers = {'params_total': params_total, 'params_non_embedding': params_non_embedding,
+                   'flops_per_token': flops_per_token}
+  if start_step == 0:
+    writer.write_scalars(0, scale_numbers)
+  eval_batches = list(datasets.eval.as_numpy_iterator())
+  hooks = []
+  if config.profile_steps and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(num_profile_steps=config.profile_steps,
+                                          first_profile=start_step + 10, logdir=str(workdir)))
+
+  def counters(step):
+    return {'tokens_seen': step * tokens_per_step, 'examples_seen': step * config.batch_size,
+            'flops_seen': step * tokens_per_step * flops_per_token}
+
+  pending, pending_start = [], start_step
+  last_train_loss = float('nan')
+  eval_loss = None
+  throughput.reset(start_step)
+  for step in range(start_step + 1, config.num_train_steps + 1):
+    batch = sharding.global_batch(next(train_iter), batch_sharding)
+    state, step_metrics = train_step(state, batch)
+    pending.append(step_metrics)
+    for hook in hooks:
+      hook(step)
+
+    is_last = step == config.num_train_steps
+    log_now = step % config.log_every_steps == 0 or is_last
+    eval_now = step % config.eval_every_steps == 0 or is_last
+    save_now = step % config.checkpoint_every_steps == 0 or is_last
+    if log_now or eval_now or save_now:
+      # The only host syncs in the loop: fetch this interval's metrics and check them.
+      rows = jax.device_get(pending)
+      _check_finite(rows, pending_start + 1, manager.latest_step())
+      pending, pending_start = [], step
+      if rows:
+        last_train_loss = float(np.mean([r['train_loss'] for r in rows]))
+    if log_now:
+      speed = throughput.report(step)
+      remaining = (config.num_train_steps - step) / max(speed['steps_per_sec'], 1e-9)
+      writer.write_scalars(step, {'train_loss': last_train_loss,
+                                  'learning_rate': float(rows[-1]['learning_rate']),
+                                  'grad_norm': float(rows[-1]['grad_norm']),
+                                  'param_norm': float(rows[-1]['param_norm']),
+                                  **speed, **counters(step)})
+      logging.info('step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  %.0f tokens/s  MFU %.1f%%  ETA %s',
+                   step, config.num_train_steps, last_train_loss, float(rows[-1]['learning_rate']),
+                   speed['steps_per_sec'], speed['tokens_per_sec'], 100 * speed['mfu'],
+                   time.strftime('%H:%M:%S', time.gmtime(remaining)))
+    if eval_now:
+      eval_loss, eval_tokens = evaluate(eval_step, state, eval_batches, batch_sharding)
+      eval_row = {'eval_loss': eval_loss, 'eval_bits_per_token': eval_loss / math.log(2),
+                  'train_loss': last_train_loss, **counters(step), **scale_numbers}
+      if datasets.bytes_per_token:
+        eval_row['eval_bits_per_byte'] = eval_loss / math.log(2) / datasets.bytes_per_token
+      writer.write_scalars(step, eval_row)
+      logging.info('step %d  eval loss %.4f  (%.4f bits/token) on %d tokens', step, eval_loss,
+                   eval_row['eval_bits_per_token'], eval_tokens)
+    if save_now:
+      checkpointing.save(manager, step, state, train_iter, force=True)
+    if log_now or eval_now or save_now:
+      throughput.reset(step)  # Keep eval and checkpoint time out of the next speed report.
+    writer.flush()
+
+  manager.wait_until_finished()
+  manager.close()
+  if eval_loss is None:  # Resumed a finished run: report its held-out loss again.
+    eval_loss, _ = evaluate(eval_step, state, eval_batches, batch_sharding)
+  final_step = int(jax.device_get(state.step))
+  summary = {'step': final_step, 'finished': final_step >= config.num_train_steps,
+             'eval_loss': eval_loss, 'train_loss': last_train_loss,
+             'eval_bits_per_token': eval_loss / math.log(2), **counters(final_step),
+             **scale_numbers, 'dataset_min_loss': datasets.min_loss}
+  workdir_lib.write_summary(workdir, summary)
+  writer.close()
+  return summary
