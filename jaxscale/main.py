@@ -19,6 +19,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  # Orbax logs every save phase at INFO; keep the progress lines readable.
+  logging.get_absl_handler().addFilter(lambda record: 'orbax' not in record.pathname)
   import jax  # noqa: PLC0415  (after absl has parsed flags such as --jax_platforms)
   if os.environ.get('JAX_COORDINATOR_ADDRESS') or os.environ.get('TPU_WORKER_HOSTNAMES'):
     jax.distributed.initialize()  # Multi-process launch: coordinator from the environment.

@@ -1,4 +1,4 @@
-"""Metric writers: TensorBoard + logging (clu) and `metrics.jsonl`, the record the scaling tools read.
+"""Metric writers: TensorBoard (clu) and `metrics.jsonl`, the record the scaling tools read.
 
 Only process 0 writes; other processes get a logging-only writer.
 """
@@ -61,8 +61,9 @@ def _to_json_number(value):
 def create_writer(workdir: epath.Path) -> metric_writers.MetricWriter:
   if jax.process_index() > 0:
     return metric_writers.LoggingWriter()
+  # No clu LoggingWriter: the loop logs its own one-line progress report.
   return metric_writers.MultiWriter([
-      metric_writers.create_default_writer(str(workdir), asynchronous=False),
+      metric_writers.SummaryWriter(str(workdir)),
       JsonlWriter(epath.Path(workdir) / 'metrics.jsonl'),
   ])
 

@@ -120,13 +120,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
       sharding.replicated(mesh), config.optimizer.grad_accum_steps)
 
+  # Compile ahead of the loop, so the first speed report is not the compile time.
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
+  abstract_batch = {
+      k: jax.ShapeDtypeStruct((config.batch_size, *spec.shape[1:]), spec.dtype.as_numpy_dtype,
+                              sharding=batch_sharding)
+      for k, spec in datasets.train.element_spec.items()}
+  compile_start = time.perf_counter()
+  train_step = train_step.lower(abstract_state, abstract_batch).compile()
+  logging.info('Compiled the train step in %.1f s.', time.perf_counter() - compile_start)
+
   train_iter = iter(datasets.train)
   manager = checkpointing.make_manager(workdir, config)
   last_checkpoint = manager.latest_step()
   if last_checkpoint is not None:
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            state, state_shardings)
-    state = checkpointing.restore(manager, last_checkpoint, abstract, train_iter)
+    state = checkpointing.restore(manager, last_checkpoint, abstract_state, train_iter)
     logging.info('Resumed from checkpoint at step %d.', last_checkpoint)
   start_step = int(jax.device_get(state.step))
 
@@ -161,7 +170,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_loss = None
   throughput.reset(start_step)
   for step in range(start_step + 1, config.num_train_steps + 1):
-    batch = sharding.global_batch(next(train_iter), batch_sharding)
+    # The tf iterator itself (not as_numpy_iterator) is what tf.train.Checkpoint can save.
+    local_batch = {k: v.numpy() for k, v in next(train_iter).items()}
+    batch = sharding.global_batch(local_batch, batch_sharding)
     state, step_metrics = train_step(state, batch)
     pending.append(step_metrics)
     for hook in hooks:
@@ -211,7 +222,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_loss, _ = evaluate(eval_step, state, eval_batches, batch_sharding)
   final_step = int(jax.device_get(state.step))
   summary = {'step': final_step, 'finished': final_step >= config.num_train_steps,
-             'eval_loss': eval_loss, 'train_loss': last_train_loss,
+             'eval_loss': eval_loss,
+             'train_loss': last_train_loss if math.isfinite(last_train_loss) else None,
              'eval_bits_per_token': eval_loss / math.log(2), **counters(final_step),
              **scale_numbers, 'dataset_min_loss': datasets.min_loss}
   workdir_lib.write_summary(workdir, summary)
