@@ -69,9 +69,9 @@ def train_step(state: TrainState, batch, *, graphdef, optimizer: optax.GradientT
   params = optax.apply_updates(state.params, updates)
   metrics = {
       'train_loss': loss_sum / weight_sum,
-      'grad_norm': optax.global_norm(grads),
-      'param_norm': optax.global_norm(params),
-      'update_norm': optax.global_norm(updates),
+      'grad_norm': optax.tree.norm(grads),
+      'param_norm': optax.tree.norm(params),
+      'update_norm': optax.tree.norm(updates),
       'learning_rate': learning_rate_fn(state.step),
   }
   new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,

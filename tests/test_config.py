@@ -1,0 +1,63 @@
+"""Bad configs fail fast, naming the key and what is allowed."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jaxscale import config_validation
+from jaxscale.config_validation import ConfigError
+from tests.helpers import tiny_config
+
+
+def test_the_tiny_config_is_valid():
+  config_validation.validate(tiny_config(), num_devices=8)
+
+
+@pytest.mark.parametrize('mutate, message', [
+    (lambda c: c.__setattr__('num_train_step', 5), "Unknown config key 'config.num_train_step'. Did you mean 'config.num_train_steps'?"),
+    (lambda c: c.dataset.__setattr__('seqlen', 5), "'config.dataset.seqlen'"),
+    (lambda c: c.model.__setattr__('n_layers', 5), "Unknown config key 'config.model.n_layers'.*config.model.num_layers"),
+    (lambda c: c.optimizer.__setattr__('schedule', 'cosin'), "config.optimizer.schedule='cosin' is not allowed; choose one of: constant, cosine, wsd"),
+    (lambda c: c.model.__setattr__('dtype', 'bf16'), "config.model.dtype='bf16' is not allowed; choose one of: bfloat16, float32"),
+    (lambda c: c.model.__setattr__('name', 'gpt5'), "config.model.name='gpt5' is not a registered model; choose one of: .*transformer"),
+    (lambda c: c.model.__setattr__('num_heads', 5), 'config.model.d_model=32 must split into config.model.num_heads=5'),
+    (lambda c: c.__setattr__('num_train_steps', 0), 'config.num_train_steps=0 must be positive'),
+])
+def test_bad_keys_and_values_are_named(mutate, message):
+  config = tiny_config()
+  config.unlock()
+  mutate(config)
+  start = time.perf_counter()
+  with pytest.raises(ConfigError, match=message):
+    config_validation.validate(config, num_devices=8)
+  assert time.perf_counter() - start < 1.0
+
+
+def test_wrong_type_is_named():
+  config = tiny_config()
+  config.unlock()
+  del config['batch_size']
+  config.batch_size = '32'
+  with pytest.raises(ConfigError, match=r"config.batch_size='32' has type str; expected int"):
+    config_validation.validate(config)
+
+
+def test_mesh_must_divide_devices_and_batch_must_divide_mesh():
+  config = tiny_config(**{'mesh.fsdp': 3})
+  with pytest.raises(ConfigError, match='config.mesh'):
+    config_validation.validate(config, num_devices=8)
+  config = tiny_config(**{'batch_size': 12})
+  with pytest.raises(ConfigError, match=r'config.batch_size=12 .* \(8 shards\)'):
+    config_validation.validate(config, num_devices=8)
+
+
+def test_cli_rejects_an_unknown_override_before_training(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'jaxscale.main', '--config', 'configs/default.py',
+       '--workdir', str(tmp_path / 'run'), '--config.model.num_layer=3'],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert 'num_layer' in result.stderr
+  assert not (tmp_path / 'run').exists()

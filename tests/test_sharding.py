@@ -1,0 +1,56 @@
+"""The same config gives the same training on 1 device and on 8-device meshes."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxscale import optim, sharding, steps, train
+from tests.helpers import random_batch, tiny_config
+
+
+def _train_losses(config, devices, num_steps=3):
+  mesh = sharding.make_mesh(config.mesh, devices)
+  optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  graphdef, state, state_shardings = train.create_train_state(config, mesh, optimizer)
+  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
+  train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
+                                      sharding.replicated(mesh),
+                                      config.optimizer.grad_accum_steps)
+  losses = []
+  for i in range(num_steps):
+    batch = random_batch(config.batch_size, config.dataset.seq_len, 64, seed=i)
+    state, metrics = train_step(state, sharding.global_batch(batch, batch_sharding))
+    losses.append(float(metrics['train_loss']))
+  return np.array(losses), jax.device_get(state.params), state
+
+
+@pytest.mark.parametrize('mesh', [dict(data=8, fsdp=1, tensor=1), dict(data=2, fsdp=4, tensor=1),
+                                  dict(data=2, fsdp=2, tensor=2)])
+def test_eight_device_meshes_match_one_device(mesh):
+  assert jax.device_count() == 8
+  config = tiny_config()
+  single_losses, single_params, _ = _train_losses(config, jax.devices()[:1])
+  for axis, size in mesh.items():
+    config.mesh[axis] = size
+  multi_losses, multi_params, state = _train_losses(config, jax.devices())
+  np.testing.assert_allclose(multi_losses, single_losses, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(single_params), jax.tree.leaves(multi_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  if mesh['fsdp'] > 1:  # Parameters really are split: one device holds a fraction of a matrix.
+    embed = state.params['embed_VxD'][...]
+    assert embed.addressable_shards[0].data.size < embed.size
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+  single, _, _ = _train_losses(tiny_config(), jax.devices()[:1])
+  accumulated, _, _ = _train_losses(tiny_config(**{'optimizer.grad_accum_steps': 4}),
+                                    jax.devices()[:1])
+  np.testing.assert_allclose(accumulated, single, rtol=1e-5)
+
+
+def test_mesh_shape_fills_the_auto_axis_and_rejects_bad_meshes():
+  config = tiny_config(**{'mesh.fsdp': 2})
+  assert sharding.mesh_shape(config.mesh, 8) == (4, 2, 1)
+  config.mesh.fsdp = 3
+  with pytest.raises(ValueError, match='does not divide the 8 devices'):
+    sharding.mesh_shape(config.mesh, 8)
