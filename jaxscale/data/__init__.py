@@ -1,0 +1,11 @@
+"""The input side of the trainer: datasets by name -> train and eval batches of tokens.
+
+Importing the dataset modules registers them: python_stdlib, lm1b, c4 (text.py), markov.
+"""
+
+from jaxscale.data import markov as _markov  # Registers 'markov'.
+from jaxscale.data import text as _text  # Registers 'python_stdlib', 'lm1b', 'c4'.
+from jaxscale.data.datasets import Datasets, get_datasets
+from jaxscale.data.sources import DATASETS
+
+__all__ = ['DATASETS', 'Datasets', 'get_datasets']

@@ -1,0 +1,41 @@
+"""`get_datasets`: the train and eval batches the trainer consumes, and facts about them."""
+
+import dataclasses
+from typing import Any
+
+import tensorflow as tf
+
+from jaxscale.data import pipeline
+from jaxscale.data.sources import DATASETS
+
+
+@dataclasses.dataclass(frozen=True)
+class Datasets:
+  train: tf.data.Dataset   # Infinite; this process's batches, reshuffled every epoch.
+  eval: tf.data.Dataset    # Exactly num_eval_batches batches of the same held-out windows.
+  vocab_size: int
+  bytes_per_token: float | None  # Mean UTF-8 bytes per eval target token (bits per byte).
+  min_loss: float | None   # Least expected loss per target (nats), for known-entropy sources.
+  info: dict[str, Any]     # Extra facts to record with the run.
+
+
+def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int, seed: int,
+                 process_index: int = 0, process_count: int = 1) -> Datasets:
+  """Builds (on first use) and loads `dataset_config.name`.
+
+  Batches are dicts of `inputs`, `targets` (int32) and `weights` (float32), each
+  [local_batch_size, dataset_config.seq_len]. Resume a train iterator exactly with
+  `tf.train.Checkpoint(iterator=iter(datasets.train))`.
+  """
+  source = DATASETS.get(dataset_config.name)(dataset_config)
+  train = pipeline.train_dataset(
+      source, seq_len=dataset_config.seq_len, batch_size=local_batch_size,
+      shuffle_buffer_size=dataset_config.shuffle_buffer_size, seed=seed,
+      process_index=process_index, process_count=process_count)
+  eval_batches = pipeline.eval_dataset(
+      source, seq_len=dataset_config.seq_len, batch_size=local_batch_size,
+      num_batches=num_eval_batches, process_index=process_index, process_count=process_count)
+  return Datasets(
+      train=train, eval=eval_batches, vocab_size=source.vocab_size,
+      bytes_per_token=pipeline.mean_bytes_per_token(eval_batches, source.token_bytes),
+      min_loss=source.min_loss, info=dict(source.info))

@@ -1,0 +1,118 @@
+"""tf.data pipelines from a `TokenSource` to batches of next-token windows.
+
+A window is seq_len + 1 consecutive tokens; a batch holds `inputs` = window[:-1],
+`targets` = window[1:] and `weights` (1 for a real token, 0 for padding), each
+[batch_size, seq_len]. Train: this process's shard, repeated forever, shuffled, packed.
+Eval: the first windows of the held-out split in stored order, the same on every call.
+Nothing here calls Python from inside the graph, so train iterators are checkpointable with
+`tf.train.Checkpoint(iterator=iter(dataset))`.
+"""
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from jaxscale.data.sources import TokenSource
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Documents mixed before packing, so every epoch packs documents in a new order and a window's
+# neighbours in the stream change. Held as raw examples (checkpoints store this buffer).
+DOCUMENT_SHUFFLE_BUFFER = 256
+
+
+def _deterministic() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  return options
+
+
+def pack_across_examples(token_sequences: tf.data.Dataset, window_len: int) -> tf.data.Dataset:
+  """Concatenates the sequences into one stream and cuts it into [window_len] windows.
+
+  A `scan` carries the unfinished tail to the next sequence, so every element becomes a few
+  whole windows at once (far faster than unbatching single tokens); at the end of a finite
+  stream the last partial window is dropped.
+  """
+  def append_and_cut(tail, tokens):
+    stream = tf.concat([tail, tokens], axis=0)
+    used = tf.shape(stream)[0] // window_len * window_len
+    return stream[used:], tf.reshape(stream[:used], [-1, window_len])
+  return token_sequences.scan(tf.zeros([0], tf.int32), append_and_cut).unbatch()
+
+
+def cut_within_examples(token_sequences: tf.data.Dataset, window_len: int) -> tf.data.Dataset:
+  """Consecutive [window_len] windows of each sequence; each sequence's remainder is dropped."""
+  def cut(tokens):
+    used = tf.shape(tokens)[0] // window_len * window_len
+    return tf.reshape(tokens[:used], [-1, window_len])
+  return token_sequences.map(cut, num_parallel_calls=AUTOTUNE).unbatch()
+
+
+def windows(source: TokenSource, examples: tf.data.Dataset, window_len: int) -> tf.data.Dataset:
+  tokens = examples.map(lambda example: tf.cast(source.to_tokens(example), tf.int32),
+                        num_parallel_calls=AUTOTUNE)
+  if source.windows_cross_examples:
+    return pack_across_examples(tokens, window_len)
+  return cut_within_examples(tokens, window_len)
+
+
+def _next_token_batch(windows_bxw, weights_bxw):
+  return {'inputs': windows_bxw[:, :-1], 'targets': windows_bxw[:, 1:], 'weights': weights_bxw}
+
+
+def train_dataset(source: TokenSource, *, seq_len: int, batch_size: int, shuffle_buffer_size: int,
+                  seed: int, process_index: int, process_count: int) -> tf.data.Dataset:
+  """This process's infinite stream of shuffled, packed batches, deterministic for the seed."""
+  file_seed, document_seed, window_seed = np.random.SeedSequence(seed).generate_state(3)
+  # Each process reads its own equal share of the examples (disjoint across processes).
+  split = tfds.split_for_jax_process(
+      source.train_split, process_index=process_index, process_count=process_count)
+  read_config = tfds.ReadConfig(shuffle_seed=int(file_seed), options=_deterministic())
+  examples = source.builder.as_dataset(split=split, shuffle_files=True, read_config=read_config)
+  # Repeating before the shuffles makes each epoch come out in a new order.
+  examples = examples.repeat().shuffle(DOCUMENT_SHUFFLE_BUFFER, seed=int(document_seed))
+  train_windows = windows(source, examples, seq_len + 1)
+  if shuffle_buffer_size > 1:
+    train_windows = train_windows.shuffle(shuffle_buffer_size, seed=int(window_seed))
+  batches = train_windows.batch(batch_size, drop_remainder=True).map(
+      lambda w: _next_token_batch(w, tf.ones([batch_size, seq_len], tf.float32)),
+      num_parallel_calls=AUTOTUNE)
+  return batches.prefetch(AUTOTUNE).with_options(_deterministic())
+
+
+def eval_dataset(source: TokenSource, *, seq_len: int, batch_size: int, num_batches: int,
+                 process_index: int, process_count: int) -> tf.data.Dataset:
+  """Exactly num_batches batches of the fixed held-out set; this process's rows of each.
+
+  Every process builds the same global batches (the held-out set is small) and keeps its own
+  rows, so the eval set, and the eval loss, do not depend on the number of processes. If the
+  split runs out, the last windows are zeros with weight 0.
+  """
+  global_batch_size = batch_size * process_count
+  examples = source.builder.as_dataset(
+      split=source.eval_split, shuffle_files=False,
+      read_config=tfds.ReadConfig(options=_deterministic()))
+  real = windows(source, examples, seq_len + 1).map(lambda w: (w, tf.constant(1.0)))
+  padding = tf.data.Dataset.from_tensors(
+      (tf.zeros([seq_len + 1], tf.int32), tf.constant(0.0))).repeat()
+  eval_windows = real.concatenate(padding).take(num_batches * global_batch_size)
+  rows = slice(process_index * batch_size, (process_index + 1) * batch_size)
+
+  def this_process_rows(windows_gxw, weight_g):
+    weights_bxl = tf.broadcast_to(weight_g[rows, None], [batch_size, seq_len])
+    return _next_token_batch(windows_gxw[rows], weights_bxl)
+  batches = eval_windows.batch(global_batch_size, drop_remainder=True).map(this_process_rows)
+  return batches.cache().prefetch(AUTOTUNE).with_options(_deterministic())
+
+
+def mean_bytes_per_token(eval_batches: tf.data.Dataset, token_bytes: np.ndarray | None):
+  """Mean UTF-8 bytes per weighted target token of the eval set (None if tokens are not text)."""
+  if token_bytes is None:
+    return None
+  if np.all(token_bytes == token_bytes[0]):
+    return float(token_bytes[0])
+  total_bytes = total_weight = 0.0
+  for batch in eval_batches.as_numpy_iterator():
+    total_bytes += float((token_bytes[batch['targets']] * batch['weights']).sum())
+    total_weight += float(batch['weights'].sum())
+  return total_bytes / total_weight if total_weight else None

@@ -1,0 +1,81 @@
+"""Text -> token ids inside tf.data, with a document separator appended to every document.
+
+Both tokenizers are TensorFlow ops, so a pipeline using them stays checkpointable by tf.data
+(no `py_function`). Each knows how many UTF-8 bytes every token id stands for, from which the
+pipeline reports bytes per token (and so the trainer bits per byte).
+"""
+
+import dataclasses
+import re
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+# The byte tokenizer's document separator. Python source cannot contain NUL (the compiler
+# rejects it) and no text in lm1b or c4 does, so byte 0 is free to mark a document boundary.
+BYTE_SEPARATOR = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenizer:
+  vocab_size: int
+  tokenize_document: Callable[[tf.Tensor], tf.Tensor]  # string scalar -> int32 [num_tokens]
+  token_bytes: np.ndarray  # float64 [vocab_size]: UTF-8 bytes each id stands for
+
+
+def byte_tokenizer() -> Tokenizer:
+  def tokenize_document(text):
+    tokens = tf.cast(tf.io.decode_raw(text, tf.uint8), tf.int32)
+    return tf.concat([tokens, [BYTE_SEPARATOR]], axis=0)
+  # The separator counts as one byte (as a newline would), so bytes per token is exactly 1.
+  return Tokenizer(256, tokenize_document, np.ones(256))
+
+
+def sentencepiece_tokenizer(model_path: str) -> Tokenizer:
+  """SentencePiece through tensorflow-text's TF op; its EOS id is the document separator."""
+  try:
+    import tensorflow_text  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    raise ImportError(
+        "tokenizer='sentencepiece' needs tensorflow-text matching the installed TensorFlow "
+        '(pip install --no-deps tensorflow-text==2.21.*; its own requirement names the `tensorflow` '
+        'package, which would clash with tensorflow-cpu).') from error
+  if not model_path:
+    raise ValueError("tokenizer='sentencepiece' needs config.dataset.spm_model_path.")
+  with tf.io.gfile.GFile(model_path, 'rb') as model_file:
+    model = model_file.read()
+  tokenizer = tensorflow_text.SentencepieceTokenizer(model=model, out_type=tf.int32, add_eos=True)
+  if tokenizer.tokenize('').shape[0] != 1:
+    raise ValueError(f'The SentencePiece model {model_path} has no EOS piece to separate documents.')
+  vocab_size = int(tokenizer.vocab_size())
+  pieces = [piece.decode('utf-8') for piece in tokenizer.id_to_string(tf.range(vocab_size)).numpy()]
+  return Tokenizer(vocab_size, tokenizer.tokenize, _sentencepiece_piece_bytes(pieces))
+
+
+_BYTE_PIECE = re.compile(r'<0x[0-9A-F]{2}>')
+_SPECIAL_PIECES = frozenset({'<unk>', '<s>', '</s>', '<pad>'})
+
+
+def _sentencepiece_piece_bytes(pieces: list[str]) -> np.ndarray:
+  """UTF-8 bytes of text each piece stands for.
+
+  '▁' marks a space. Byte-fallback pieces stand for one byte, special pieces for none: the EOS
+  separator is followed by the next document's dummy-prefix '▁', which already counts the one
+  byte a separator stands for in the byte tokenizer.
+  """
+  def piece_bytes(piece):
+    if _BYTE_PIECE.fullmatch(piece):
+      return 1
+    if piece in _SPECIAL_PIECES:
+      return 0
+    return len(piece.replace('\u2581', ' ').encode('utf-8'))
+  return np.array([piece_bytes(piece) for piece in pieces], np.float64)
+
+
+def make_tokenizer(name: str, spm_model_path: str = '') -> Tokenizer:
+  if name == 'byte':
+    return byte_tokenizer()
+  if name == 'sentencepiece':
+    return sentencepiece_tokenizer(spm_model_path)
+  raise ValueError(f"Unknown tokenizer {name!r}; choose one of: byte, sentencepiece")
