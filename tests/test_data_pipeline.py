@@ -1,0 +1,131 @@
+"""The input pipeline on the byte-level python_stdlib corpus: the contract the trainer relies on."""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from jaxscale.config_base import get_base_config
+from jaxscale.data import DATASETS, get_datasets
+from jaxscale.data.builders import python_stdlib
+
+SEQ_LEN = 64
+BATCH = 8
+
+
+@pytest.fixture(scope='module')
+def stdlib_config(tmp_path_factory):
+  config = get_base_config().dataset
+  config.name, config.seq_len, config.shuffle_buffer_size = 'python_stdlib', SEQ_LEN, 256
+  config.data_dir = str(tmp_path_factory.mktemp('tfds'))
+  return config
+
+
+def _load(config, **overrides):
+  kwargs = dict(local_batch_size=BATCH, num_eval_batches=4, seed=0) | overrides
+  return get_datasets(config, **kwargs)
+
+
+def _first(dataset, num_batches):
+  return list(itertools.islice(dataset.as_numpy_iterator(), num_batches))
+
+
+def _assert_same_batches(first, second):
+  assert len(first) == len(second)
+  for a, b in zip(first, second):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_registry_names_and_unknown_name():
+  assert DATASETS.names() == ['c4', 'lm1b', 'markov', 'python_stdlib']
+  with pytest.raises(KeyError, match='choose one of: c4, lm1b, markov, python_stdlib'):
+    DATASETS.get('wikitext')
+
+
+def test_batches_have_the_contract_shapes_and_types(stdlib_config):
+  datasets = _load(stdlib_config)
+  assert datasets.vocab_size == 256 and datasets.bytes_per_token == 1.0
+  assert datasets.min_loss is None
+  assert datasets.info['num_train_examples'] > 1000
+  for batch in _first(datasets.train, 3) + _first(datasets.eval, 1):
+    assert set(batch) == {'inputs', 'targets', 'weights'}
+    for key, dtype in [('inputs', np.int32), ('targets', np.int32), ('weights', np.float32)]:
+      assert batch[key].shape == (BATCH, SEQ_LEN) and batch[key].dtype == dtype
+    assert 0 <= batch['inputs'].min() and batch['inputs'].max() < 256
+    # Targets are the inputs shifted by one inside each packed window.
+    np.testing.assert_array_equal(batch['inputs'][:, 1:], batch['targets'][:, :-1])
+  assert (_first(datasets.train, 1)[0]['weights'] == 1).all()
+
+
+def test_train_is_deterministic_for_a_seed(stdlib_config):
+  first = _first(_load(stdlib_config).train, 3)
+  _assert_same_batches(first, _first(_load(stdlib_config).train, 3))
+  other_seed = _first(_load(stdlib_config, seed=1).train, 3)
+  assert not np.array_equal(first[0]['inputs'], other_seed[0]['inputs'])
+
+
+def test_eval_is_fixed_sized_and_independent_of_seed(stdlib_config):
+  datasets = _load(stdlib_config)
+  batches = list(datasets.eval.as_numpy_iterator())
+  assert len(batches) == 4
+  _assert_same_batches(batches, list(datasets.eval.as_numpy_iterator()))  # Again, same object.
+  _assert_same_batches(batches, list(_load(stdlib_config, seed=7).eval.as_numpy_iterator()))
+
+
+def test_eval_rows_split_across_processes_make_the_single_process_set(stdlib_config):
+  whole = list(_load(stdlib_config).eval.as_numpy_iterator())
+  halves = [list(_load(stdlib_config, local_batch_size=BATCH // 2, process_index=index,
+                       process_count=2).eval.as_numpy_iterator()) for index in range(2)]
+  for step, batch in enumerate(whole):
+    for key in batch:
+      np.testing.assert_array_equal(
+          batch[key], np.concatenate([halves[0][step][key], halves[1][step][key]]))
+
+
+def test_train_shards_differ_across_processes(stdlib_config):
+  """Each process reads its own files: what it sees is disjoint from the other's documents."""
+  rows = []
+  for index in range(2):
+    datasets = _load(stdlib_config, process_index=index, process_count=2)
+    rows.append({bytes(row.astype(np.uint8))
+                 for batch in _first(datasets.train, 20) for row in batch['inputs']})
+  assert len(rows[0]) == len(rows[1]) == 20 * BATCH
+  assert not rows[0] & rows[1]
+
+
+def test_eval_packs_real_validation_files_back_to_back(stdlib_config):
+  """Unshuffled eval windows, laid end to end, are the validation files separated by NUL."""
+  datasets = _load(stdlib_config, num_eval_batches=64)
+  stream = b''.join(bytes(np.append(inputs, targets[-1]).astype(np.uint8))
+                    for batch in datasets.eval.as_numpy_iterator()
+                    for inputs, targets in zip(batch['inputs'], batch['targets']))
+  assert len(stream) == 64 * BATCH * (SEQ_LEN + 1)
+  root = python_stdlib.stdlib_root()
+  validation_files = {(root / path).read_bytes(): path
+                      for path in map(lambda p: p.relative_to(root).as_posix(),
+                                      python_stdlib.source_files(root))
+                      if python_stdlib.is_validation(path)}
+  *complete_documents, last_piece = stream.split(b'\0')
+  assert len(complete_documents) >= 2
+  for document in complete_documents:
+    assert document in validation_files
+  assert any(text.startswith(last_piece) for text in validation_files)
+  source = next(document for document in complete_documents if b'def ' in document)
+  compile(source, validation_files[source], 'exec')  # Real Python source.
+
+
+def test_train_iterator_resumes_exactly_from_a_checkpoint(stdlib_config, tmp_path):
+  iterator = iter(_load(stdlib_config).train)
+  for _ in range(5):
+    next(iterator)
+  path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'iterator'))
+  expected = [next(iterator) for _ in range(3)]
+  resumed = iter(_load(stdlib_config).train)
+  tf.train.Checkpoint(iterator=resumed).read(path).assert_consumed()
+  for want in expected:
+    got = next(resumed)
+    for key in want:
+      np.testing.assert_array_equal(want[key].numpy(), got[key].numpy())

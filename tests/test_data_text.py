@@ -1,0 +1,123 @@
+"""Real text datasets (lm1b, c4) through their TFDS builders, mocked; SentencePiece tokenization."""
+
+import io
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from jaxscale.config_base import get_base_config
+from jaxscale.data import get_datasets
+
+SEQ_LEN = 32
+BATCH = 4
+NUM_MOCK_EXAMPLES = 40
+
+
+def _config(name, data_dir, **values):
+  config = get_base_config().dataset
+  config.name, config.seq_len, config.data_dir = name, SEQ_LEN, str(data_dir)
+  config.update(values)
+  return config
+
+
+def _mock_documents(name, split, data_dir):
+  builder = tfds.builder(name, data_dir=str(data_dir))
+  return [example['text'] for example in builder.as_dataset(split=split).as_numpy_iterator()]
+
+
+@pytest.mark.parametrize('name, builder_name, eval_split', [
+    ('lm1b', 'lm1b', 'test'),
+    ('c4', 'c4/en', 'validation'),
+])
+def test_mocked_real_dataset_packs_byte_tokens(name, builder_name, eval_split, tmp_path):
+  with tfds.testing.mock_data(num_examples=NUM_MOCK_EXAMPLES):
+    datasets = get_datasets(_config(name, tmp_path), local_batch_size=BATCH, num_eval_batches=12,
+                            seed=0)
+    train = list(itertools.islice(datasets.train.as_numpy_iterator(), 5))
+    evaluation = list(datasets.eval.as_numpy_iterator())
+    documents = _mock_documents(builder_name, eval_split, tmp_path)
+  assert datasets.vocab_size == 256 and datasets.bytes_per_token == 1.0
+  # Mock text is made of ' abcdefghij'; byte 0 separates documents of 10 to 19 characters.
+  allowed = {0} | set(b' abcdefghij')
+  for batch in train + evaluation:
+    for key, dtype in [('inputs', np.int32), ('targets', np.int32), ('weights', np.float32)]:
+      assert batch[key].shape == (BATCH, SEQ_LEN) and batch[key].dtype == dtype
+    assert set(np.unique(batch['inputs'])) <= allowed
+    np.testing.assert_array_equal(batch['inputs'][:, 1:], batch['targets'][:, :-1])
+  for batch in train:
+    assert (batch['weights'] == 1).all()
+    assert ((batch['inputs'] == 0).sum(axis=1) >= 1).all()  # A separator at least every 20 bytes.
+  # The eval stream is the documents end to end; windows past its end are zero-weight padding.
+  stream = b''.join(document + b'\0' for document in documents)
+  num_real = len(stream) // (SEQ_LEN + 1)
+  assert 0 < num_real < 12 * BATCH
+  rows = [(inputs, targets, weights) for batch in evaluation
+          for inputs, targets, weights in zip(batch['inputs'], batch['targets'], batch['weights'])]
+  assert len(rows) == 12 * BATCH
+  for index, (inputs, targets, weights) in enumerate(rows):
+    window = stream[index * (SEQ_LEN + 1):(index + 1) * (SEQ_LEN + 1)]
+    if index < num_real:
+      assert bytes(np.append(inputs, targets[-1]).astype(np.uint8)) == window
+      assert (weights == 1).all()
+    else:
+      assert (weights == 0).all() and not inputs.any()
+
+
+# ---- SentencePiece ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def spm_model_path(tmp_path_factory):
+  sentencepiece = pytest.importorskip('sentencepiece')
+  pytest.importorskip('tensorflow_text')
+  import argparse  # pylint: disable=import-outside-toplevel
+  with open(argparse.__file__, encoding='utf-8') as source:
+    lines = source.read().splitlines()
+  model = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(lines), model_writer=model, vocab_size=400, byte_fallback=True)
+  path = tmp_path_factory.mktemp('spm') / 'tiny.model'
+  path.write_bytes(model.getvalue())
+  return str(path)
+
+
+def test_sentencepiece_tokens_decode_to_the_documents(spm_model_path, tmp_path):
+  import sentencepiece  # pylint: disable=import-outside-toplevel
+  processor = sentencepiece.SentencePieceProcessor(model_file=spm_model_path)
+  config = _config('lm1b', tmp_path, tokenizer='sentencepiece', spm_model_path=spm_model_path)
+  with tfds.testing.mock_data(num_examples=NUM_MOCK_EXAMPLES):
+    datasets = get_datasets(config, local_batch_size=BATCH, num_eval_batches=2, seed=0)
+    evaluation = list(datasets.eval.as_numpy_iterator())
+    documents = _mock_documents('lm1b', 'test', tmp_path)
+  assert datasets.vocab_size == 400
+  eos = processor.eos_id()
+  expected_stream = [token for document in documents
+                     for token in processor.encode(document.decode()) + [eos]]
+  stream = [token for batch in evaluation
+            for inputs, targets in zip(batch['inputs'], batch['targets'])
+            for token in list(inputs) + [targets[-1]]]
+  assert stream == expected_stream[:len(stream)]
+  # Bytes per token of the eval targets: each document is its bytes + 1 separator, as in bytes.
+  num_documents_covered = stream.count(eos)
+  covered = documents[:num_documents_covered]
+  exact = (sum(len(d) + 1 for d in covered)
+           / sum(len(processor.encode(d.decode())) + 1 for d in covered))
+  assert datasets.bytes_per_token == pytest.approx(exact, rel=0.05)
+
+
+def test_sentencepiece_train_iterator_is_checkpointable(spm_model_path, tmp_path):
+  """Real (unmocked) data: the TF-native tokenizer keeps the pipeline checkpointable."""
+  config = _config('python_stdlib', tmp_path / 'tfds', tokenizer='sentencepiece',
+                   spm_model_path=spm_model_path)
+  make = lambda: get_datasets(config, local_batch_size=BATCH, num_eval_batches=1, seed=0).train
+  iterator = iter(make())
+  next(iterator)
+  path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'iterator'))
+  expected = next(iterator)['inputs'].numpy()
+  resumed = iter(make())
+  tf.train.Checkpoint(iterator=resumed).read(path).assert_consumed()
+  np.testing.assert_array_equal(next(resumed)['inputs'].numpy(), expected)
+  assert expected.max() < 400
