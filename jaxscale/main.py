@@ -27,7 +27,12 @@ def main(argv):
   from jaxscale import train  # noqa: PLC0415
   logging.info('JAX %s on %d %s device(s), %d process(es).', jax.__version__, jax.device_count(),
                jax.devices()[0].platform, jax.process_count())
-  train.run(_CONFIG.value, _WORKDIR.value)
+  from jaxscale.config_validation import ConfigError  # noqa: PLC0415
+  try:
+    train.run(_CONFIG.value, _WORKDIR.value)
+  except ConfigError as e:
+    logging.error('Invalid config: %s', e)
+    raise SystemExit(f'Invalid config: {e}') from None
 
 
 if __name__ == '__main__':

@@ -1,0 +1,112 @@
+"""End-to-end training through the real stack: data -> model -> sharded step -> Orbax -> writers."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from jaxscale import checkpointing, metrics, train
+from tests.helpers import tiny_config
+
+
+def _markov_config(data_dir, **overrides):
+  return tiny_config(**{
+      'dataset.name': 'markov', 'dataset.data_dir': str(data_dir), 'model.vocab_size': 0,
+      'batch_size': 16, 'dataset.seq_len': 64, 'model.d_model': 64, 'model.mlp_dim': 128,
+      'optimizer.learning_rate': 1e-2, **overrides})
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+def test_loss_falls_toward_the_known_entropy(data_dir, tmp_path):
+  config = _markov_config(data_dir, num_train_steps=400, eval_every_steps=400,
+                          log_every_steps=100, checkpoint_every_steps=400,
+                          **{'optimizer.warmup_steps': 20})
+  summary = train.run(config, str(tmp_path))
+  uniform = math.log(config.model.vocab_size or 32)
+  min_loss = summary['dataset_min_loss']
+  assert 0 < min_loss < uniform
+  # The model can't beat the source's entropy, and closes most of the gap from uniform to it.
+  assert summary['eval_loss'] > min_loss - 0.02
+  assert (uniform - summary['eval_loss']) / (uniform - min_loss) > 0.75, summary
+
+
+def test_every_eval_records_the_numbers_a_scaling_fit_needs(data_dir, tmp_path):
+  train.run(_markov_config(data_dir), str(tmp_path))
+  rows = metrics.read_jsonl(tmp_path / 'metrics.jsonl')
+  eval_rows = [r for r in rows if 'eval_loss' in r]
+  assert [r['step'] for r in eval_rows] == [10, 20]
+  for row in eval_rows:
+    for key in ('tokens_seen', 'flops_seen', 'params_total', 'params_non_embedding',
+                'train_loss', 'eval_loss', 'eval_bits_per_token'):
+      assert key in row and math.isfinite(row[key]), key
+  assert eval_rows[1]['tokens_seen'] == 20 * 16 * 64
+  assert eval_rows[1]['flops_seen'] == pytest.approx(2 * eval_rows[0]['flops_seen'])
+  recorded = json.loads((tmp_path / 'config.json').read_text())
+  assert recorded['model']['vocab_size'] == 32  # Filled in from the dataset.
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert summary['finished'] and summary['step'] == 20
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+  config = _markov_config(data_dir)
+  straight = train.run(config, str(tmp_path / 'straight'))
+
+  real_save = checkpointing.save
+
+  def save_then_die(manager, step, *args, **kwargs):
+    real_save(manager, step, *args, **kwargs)
+    if step == 10:
+      manager.wait_until_finished()
+      raise KeyboardInterrupt('simulated preemption')
+
+  monkeypatch.setattr(checkpointing, 'save', save_then_die)
+  with pytest.raises(KeyboardInterrupt):
+    train.run(config, str(tmp_path / 'resumed'))
+  monkeypatch.setattr(checkpointing, 'save', real_save)
+  resumed = train.run(config, str(tmp_path / 'resumed'))
+
+  assert resumed['eval_loss'] == straight['eval_loss']
+  rows = {name: {r['step']: r for r in metrics.read_jsonl(tmp_path / name / 'metrics.jsonl')
+                 if 'eval_loss' not in r and 'train_loss' in r}
+          for name in ('straight', 'resumed')}
+  for step in (15, 20):  # Steps trained after the restart saw the same batches and state.
+    assert rows['resumed'][step]['train_loss'] == rows['straight'][step]['train_loss']
+
+
+def test_workdir_with_a_different_config_is_refused(data_dir, tmp_path):
+  train.run(_markov_config(data_dir, num_train_steps=10), str(tmp_path))
+  with pytest.raises(ValueError, match=r'config.model.d_model: 64 -> 32'):
+    train.run(_markov_config(data_dir, num_train_steps=10, **{'model.d_model': 32}), str(tmp_path))
+
+
+def test_cli_trains_writes_the_workdir_and_resumes(tmp_path):
+  workdir = tmp_path / 'run'
+  command = [sys.executable, '-m', 'jaxscale.main', '--config', 'configs/default.py',
+             '--workdir', str(workdir), '--config.num_train_steps=6',
+             '--config.eval_every_steps=3', '--config.log_every_steps=3',
+             '--config.checkpoint_every_steps=3', '--config.num_eval_batches=1',
+             '--config.batch_size=8', '--config.dataset.seq_len=32',
+             '--config.model.num_layers=1', '--config.model.d_model=32',
+             '--config.model.mlp_dim=64', '--config.optimizer.warmup_steps=1',
+             f'--config.dataset.data_dir={tmp_path / "tfds"}']
+  first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert 'eval loss' in first.stderr and 'tokens/s' in first.stderr
+  for name in ('config.json', 'metrics.jsonl', 'summary.json'):
+    assert (workdir / name).exists(), name
+  assert list(workdir.glob('events.out.tfevents.*'))
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == ['3', '6']
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert 'eval_bits_per_byte' in metrics.read_jsonl(workdir / 'metrics.jsonl')[-1]
+
+  second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert 'Resumed from checkpoint at step 6' in second.stderr
+  assert json.loads((workdir / 'summary.json').read_text())['eval_loss'] == pytest.approx(
+      summary['eval_loss'], rel=1e-6)
