@@ -19,9 +19,9 @@ def get_config():
   c.dataset.seq_len = 256
 
   c.model.num_layers = 4
-  c.model.d_model = 256
+  c.model.d_model = 128
   c.model.num_heads = 4
-  c.model.mlp_dim = 1024
+  c.model.mlp_dim = 512
   c.model.mlp_activation = 'gelu'
 
   c.optimizer.learning_rate = 3e-3
