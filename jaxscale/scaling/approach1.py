@@ -1,0 +1,69 @@
+"""Chinchilla Approach 1: the lower envelope of loss against compute.
+
+Every point (a run's end, or with `collect --all-points` every eval of every run) is placed at its
+training compute C; the points on the lower envelope say which model size N and token count D
+reached the lowest loss for that much compute. Power laws through them give N_opt(C) and D_opt(C),
+and L(C) = E + k C^-gamma through their losses gives the loss frontier (when the envelope has
+enough points for it). Hoffmann et al.
+interpolate each run's curve on a grid of FLOPs first; with points taken at each eval the
+envelope of the points themselves is the same thing sampled at the evals.
+
+The bootstrap resamples points with replacement and redoes everything on each resample.
+"""
+
+import numpy as np
+
+from jaxscale.scaling import allocation
+from jaxscale.scaling import envelope
+from jaxscale.scaling import intervals
+from jaxscale.scaling import parametric_fit
+from jaxscale.scaling import power_law_fit
+from jaxscale.scaling import table as table_lib
+
+MIN_ENVELOPE_POINTS = 3
+
+
+def fit(runs, fixed=None, num_bootstrap=1000, seed=0) -> dict:
+  table_lib.require_positive(runs, ('N', 'D', 'loss'))
+  runs = table_lib.with_compute(runs)
+  table_lib.require_positive(runs, ('C',))
+  on_envelope = envelope.lower_envelope(runs['C'], runs['loss'])
+  if on_envelope.sum() < MIN_ENVELOPE_POINTS or len(np.unique(runs['N'][on_envelope])) < 2:
+    raise ValueError(
+        f'Approach 1 needs at least {MIN_ENVELOPE_POINTS} points on the loss-vs-compute envelope '
+        f'from 2 or more model sizes; got {on_envelope.sum()} points from '
+        f'{len(np.unique(runs["N"][on_envelope]))} sizes.')
+  frontier = envelope_table(runs, on_envelope)
+  loss_law = power_law_fit.fit_if_enough('C', frontier['C'], frontier['loss'], fixed)
+  record = {
+      'law': 'chinchilla', 'approach': 1,
+      **allocation.fit(frontier['C'], frontier['N'], frontier['D']),
+      'frontier': loss_law and loss_law.params, 'num_points': table_lib.num_rows(runs),
+      'envelope': [dict(zip(frontier, values)) for values in zip(*frontier.values())],
+      'fixed': fixed or {}}
+  if num_bootstrap:
+    record.update(_bootstrap(runs, loss_law, num_bootstrap, seed))
+  return record
+
+
+def envelope_table(runs, mask) -> dict:
+  return {name: [float(v) for v in runs[name][mask]] for name in ('C', 'N', 'D', 'loss')}
+
+
+def _bootstrap(runs, loss_law, num_resamples, seed) -> dict:
+  n = table_lib.num_rows(runs)
+  counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=num_resamples)
+  masks = np.array([envelope.resampled_envelope(runs['C'], runs['loss'], row) for row in counts])
+  loss_thetas = np.full((num_resamples, 3), np.nan)
+  if loss_law:
+    log_c, log_loss = np.log(runs['C'])[:, None], np.log(runs['loss'])
+    loss_thetas = parametric_fit.refit_batch(loss_law, log_c, log_loss, counts * masks)
+  samples = []
+  for row, mask, theta in zip(counts, masks, loss_thetas):
+    try:
+      sizes = allocation.fit(runs['C'][mask], runs['N'][mask], runs['D'][mask], row[mask])
+    except ValueError:
+      continue  # This resample kept a single envelope compute value; it says nothing of slopes.
+    samples.append({**sizes, **power_law_fit.prefixed_params('frontier', loss_law, theta)})
+  names = ('a', 'b', 'N_coef', 'D_coef', 'frontier.E', 'frontier.k', 'frontier.gamma')
+  return intervals.summarise(samples, names)

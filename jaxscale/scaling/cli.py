@@ -1,0 +1,173 @@
+"""`python -m jaxscale.scaling SUBCOMMAND`: plan, run and collect sweeps; fit, predict, plot,
+compare and validate scaling laws. Results print as JSON; `--help` on each subcommand says more.
+
+  sweep    --config configs/sweeps/X.py --out DIR      plan runs (DIR/sweep.json, DIR/runs/*)
+  run      DIR [--parallel K] [--print-commands]       train them (resumable)
+  collect  DIR --out runs.csv [--all-points]           one row per run (or per eval)
+  fit      --csv runs.csv --law chinchilla --approach 3 --out fit.json [--fix E=1.6]
+  predict  --fit fit.json --compute 1e21 | --N 1e9 --D 2e10
+  plot     --csv runs.csv --fit fit.json --out DIR
+  compare  --baseline A.csv --variant B.csv
+  validate --csv runs.csv
+"""
+
+import argparse
+import json
+import math
+import sys
+
+from jaxscale.scaling import collect
+from jaxscale.scaling import compare
+from jaxscale.scaling import fits
+from jaxscale.scaling import launcher
+from jaxscale.scaling import laws
+from jaxscale.scaling import plots
+from jaxscale.scaling import predict
+from jaxscale.scaling import run_config
+from jaxscale.scaling import sweep
+from jaxscale.scaling import table
+from jaxscale.scaling import validate
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    result = args.handler(args)
+  except (ValueError, KeyError, FileNotFoundError) as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 2
+  if result is not None:
+    print(json.dumps(jsonable(result), indent=1))
+  return 0
+
+
+def jsonable(value):
+  """NaN and infinity become null, so the output is strict JSON."""
+  if isinstance(value, dict):
+    return {key: jsonable(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [jsonable(item) for item in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def _fit(args):
+  record = fits.fit_runs(table.read_csv(args.csv), args.law, args.approach,
+                         laws.parse_fixed(args.fix), not args.no_offset, args.bootstrap, args.seed)
+  fits.save(jsonable(record), args.out)
+  return {key: value for key, value in record.items()
+          if key not in ('bootstrap', 'envelope', 'minima') and not key.startswith('L(')} | {
+              key: {k: v for k, v in value.items() if k != 'bootstrap'}
+              for key, value in record.items() if key.startswith('L(')}
+
+
+def _predict(args):
+  record = fits.load(args.fit)
+  if args.compute is not None:
+    return predict.at_compute(record, args.compute)
+  if args.N is None and args.D is None:
+    raise ValueError('predict needs --compute, or --N and --D.')
+  return predict.at_size(record, args.N, args.D)
+
+
+def _plot(args):
+  return {'written': plots.plot_all(table.read_csv(args.csv), fits.load(args.fit), args.out)}
+
+
+def _compare(args):
+  return compare.compare(table.read_csv(args.baseline), table.read_csv(args.variant),
+                         laws.parse_fixed(args.fix), args.bootstrap, args.seed)
+
+
+def _validate(args):
+  return validate.validate(table.read_csv(args.csv), args.holdout_fraction,
+                           laws.parse_fixed(args.fix), args.bootstrap, args.seed)
+
+
+def _sweep(args):
+  planned = sweep.plan(run_config.load_config_file(args.config))
+  sweep.write(planned, args.out)
+  return {'out': args.out, 'num_runs': len(planned['runs']),
+          'runs': [{key: run[key] for key in ('name', 'budget', 'N', 'D', 'C', 'steps')}
+                   for run in planned['runs']]}
+
+
+def _run(args):
+  if args.print_commands:
+    launcher.print_commands(args.dir)
+    return None
+  return launcher.run_all(args.dir, args.parallel)
+
+
+def _collect(args):
+  rows, unfinished = collect.collect(args.dir, args.all_points)
+  collect.write(rows, args.out)
+  return {'out': args.out, 'rows': len(rows), 'unfinished_runs': unfinished}
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='python -m jaxscale.scaling', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest='command', required=True)
+
+  def command(name, handler, help_text):
+    sub = commands.add_parser(name, help=help_text, description=help_text)
+    sub.set_defaults(handler=handler)
+    return sub
+
+  def add_fit_options(sub):
+    sub.add_argument('--fix', action='append', default=[], metavar='NAME=VALUE',
+                     help='Pin a parameter, e.g. --fix E=1.6 (repeatable).')
+    sub.add_argument('--bootstrap', type=int, default=1000, metavar='K',
+                     help='Bootstrap resamples for intervals (0: none).')
+    sub.add_argument('--seed', type=int, default=0, help='Seed of the bootstrap resampling.')
+
+  sub = command('fit', _fit, 'Fit a scaling law to a run table.')
+  sub.add_argument('--csv', required=True, help='Runs: columns N, D, loss (C optional: 6ND).')
+  sub.add_argument('--law', choices=fits.LAWS, default='chinchilla')
+  sub.add_argument('--approach', type=int, choices=(1, 2, 3), default=3,
+                   help='Chinchilla approach: 1 envelope, 2 IsoFLOP parabolas, 3 parametric.')
+  sub.add_argument('--no-offset', action='store_true',
+                   help='Kaplan laws without an irreducible loss (pins E=0).')
+  sub.add_argument('--out', required=True, help='fit.json to write.')
+  add_fit_options(sub)
+
+  sub = command('predict', _predict, 'Predict from a fit.json, with bootstrap intervals.')
+  sub.add_argument('--fit', required=True)
+  sub.add_argument('--compute', type=float, help='Training FLOPs: compute-optimal N, D, loss.')
+  sub.add_argument('--N', type=float, help='Parameters (with --D: the loss of that run).')
+  sub.add_argument('--D', type=float, help='Training tokens.')
+
+  sub = command('plot', _plot, 'Write PNG figures of a fit against its runs.')
+  sub.add_argument('--csv', required=True)
+  sub.add_argument('--fit', required=True)
+  sub.add_argument('--out', required=True, help='Directory for the PNGs.')
+
+  sub = command('compare', _compare, "A variant's effective compute multiplier over a baseline.")
+  sub.add_argument('--baseline', required=True, help='Baseline runs CSV (C, loss; or N, D).')
+  sub.add_argument('--variant', required=True, help='Variant runs CSV.')
+  add_fit_options(sub)
+
+  sub = command('validate', _validate,
+                'Fit on the cheaper runs, check predictions for the most expensive ones.')
+  sub.add_argument('--csv', required=True)
+  sub.add_argument('--holdout-fraction', type=float, default=validate.HOLDOUT_FRACTION,
+                   help='Fraction of runs (largest compute, whole budgets) held out.')
+  add_fit_options(sub)
+
+  sub = command('sweep', _sweep, 'Plan a sweep from a spec file.')
+  sub.add_argument('--config', required=True, help='Sweep spec, e.g. configs/sweeps/X.py.')
+  sub.add_argument('--out', required=True, help='Sweep directory to create.')
+
+  sub = command('run', _run, "Train a sweep's unfinished runs (resumable).")
+  sub.add_argument('dir', help='Sweep directory.')
+  sub.add_argument('--parallel', type=int, default=1, metavar='K', help='Runs at once.')
+  sub.add_argument('--print-commands', action='store_true',
+                   help='Print the commands (for a cluster) instead of running them.')
+
+  sub = command('collect', _collect, 'Collect finished runs into a CSV.')
+  sub.add_argument('dir', help='Sweep directory (or any directory of workdirs).')
+  sub.add_argument('--out', required=True, help='CSV to write.')
+  sub.add_argument('--all-points', action='store_true', help='One row per eval, not per run.')
+  return parser
