@@ -5,6 +5,8 @@ if there is one, else a fresh initialisation from `config.seed`.
 """
 
 import math
+import signal
+import threading
 import time
 
 import jax
@@ -87,6 +89,19 @@ class Throughput:
     }
 
 
+class PreemptionNotice:
+  """Set by SIGTERM (how schedulers and TPU VM maintenance stop a job) or JAX's multi-host
+  preemption sync point; the loop then checkpoints at the next step boundary and returns."""
+
+  def __init__(self):
+    self._event = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, lambda signum, frame: self._event.set())
+
+  def reached(self, manager, step: int) -> bool:
+    return self._event.is_set() or manager.reached_preemption(step)
+
+
 def _check_finite(rows: list[dict], first_step: int, last_good_checkpoint):
   for offset, row in enumerate(rows):
     for name in ('train_loss', 'grad_norm'):
@@ -165,6 +180,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {'tokens_seen': step * tokens_per_step, 'examples_seen': step * config.batch_size,
             'flops_seen': step * tokens_per_step * flops_per_token}
 
+  preemption = PreemptionNotice()
   pending, pending_start = [], start_step
   last_train_loss = float('nan')
   eval_loss = None
@@ -178,10 +194,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for hook in hooks:
       hook(step)
 
+    preempted = preemption.reached(manager, step)
     is_last = step == config.num_train_steps
     log_now = step % config.log_every_steps == 0 or is_last
     eval_now = step % config.eval_every_steps == 0 or is_last
-    save_now = step % config.checkpoint_every_steps == 0 or is_last
+    save_now = step % config.checkpoint_every_steps == 0 or is_last or preempted
     if log_now or eval_now or save_now:
       # The only host syncs in the loop: fetch this interval's metrics and check them.
       rows = jax.device_get(pending)
@@ -215,10 +232,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if log_now or eval_now or save_now:
       throughput.reset(step)  # Keep eval and checkpoint time out of the next speed report.
     writer.flush()
+    if preempted:
+      logging.warning('Preemption notice: saved a checkpoint at step %d and stopping; rerun the '
+                      'same command to resume.', step)
+      break
 
   manager.wait_until_finished()
   manager.close()
-  if eval_loss is None:  # Resumed a finished run: report its held-out loss again.
+  if eval_loss is None:  # Resumed a finished run or stopped early: measure held-out loss now.
     eval_loss, _ = evaluate(eval_step, state, eval_batches, batch_sharding)
   final_step = int(jax.device_get(state.step))
   summary = {'step': final_step, 'finished': final_step >= config.num_train_steps,
@@ -226,6 +247,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              'train_loss': last_train_loss if math.isfinite(last_train_loss) else None,
              'eval_bits_per_token': eval_loss / math.log(2), **counters(final_step),
              **scale_numbers, 'dataset_min_loss': datasets.min_loss}
-  workdir_lib.write_summary(workdir, summary)
+  if summary['finished']:  # The sweep tools take summary.json as "this run is done".
+    workdir_lib.write_summary(workdir, summary)
   writer.close()
   return summary

@@ -2,8 +2,10 @@
 
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -110,3 +112,39 @@ def test_cli_trains_writes_the_workdir_and_resumes(tmp_path):
   assert 'Resumed from checkpoint at step 6' in second.stderr
   assert json.loads((workdir / 'summary.json').read_text())['eval_loss'] == pytest.approx(
       summary['eval_loss'], rel=1e-6)
+
+
+def test_sigterm_checkpoints_at_the_next_step_and_a_restart_finishes(tmp_path):
+  workdir = tmp_path / 'run'
+  command = [sys.executable, '-m', 'jaxscale.main', '--config', 'configs/default.py',
+             '--workdir', str(workdir), '--config.num_train_steps=100000',
+             '--config.log_every_steps=2', '--config.checkpoint_every_steps=100000',
+             '--config.eval_every_steps=100000', '--config.num_eval_batches=1',
+             '--config.batch_size=8', '--config.dataset.seq_len=16',
+             '--config.model.num_layers=1', '--config.model.d_model=16',
+             '--config.model.mlp_dim=32', '--config.optimizer.warmup_steps=1',
+             f'--config.dataset.data_dir={tmp_path / "tfds"}']
+  process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and not any(
+      r.get('step', 0) >= 4 for r in _rows_if_any(workdir / 'metrics.jsonl')):
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr[-3000:]
+  assert 'Preemption notice' in stderr
+  saved = [int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]
+  assert len(saved) == 1 and 4 <= saved[0] < 100000
+  assert not (workdir / 'summary.json').exists()  # Not finished: sweeps will relaunch it.
+
+  finish = [arg if not arg.startswith('--config.num_train_steps') else
+            f'--config.num_train_steps={saved[0] + 2}' for arg in command]
+  result = subprocess.run(finish + ['--config.allow_config_change=True'], capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resumed from checkpoint at step {saved[0]}' in result.stderr
+  assert json.loads((workdir / 'summary.json').read_text())['step'] == saved[0] + 2
+
+
+def _rows_if_any(path):
+  return metrics.read_jsonl(path) if path.exists() else []
