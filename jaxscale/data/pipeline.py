@@ -20,6 +20,12 @@ AUTOTUNE = tf.data.AUTOTUNE
 DOCUMENT_SHUFFLE_BUFFER = 256
 
 
+def _read_config(**kwargs) -> tfds.ReadConfig:
+  # No TFDS auto-cache of small datasets: a tf.data checkpoint would then hold the whole cached
+  # corpus. The eval set caches just the windows it uses.
+  return tfds.ReadConfig(try_autocache=False, options=_deterministic(), **kwargs)
+
+
 def _deterministic() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
@@ -67,8 +73,8 @@ def train_dataset(source: TokenSource, *, seq_len: int, batch_size: int, shuffle
   # Each process reads its own equal share of the examples (disjoint across processes).
   split = tfds.split_for_jax_process(
       source.train_split, process_index=process_index, process_count=process_count)
-  read_config = tfds.ReadConfig(shuffle_seed=int(file_seed), options=_deterministic())
-  examples = source.builder.as_dataset(split=split, shuffle_files=True, read_config=read_config)
+  examples = source.builder.as_dataset(
+      split=split, shuffle_files=True, read_config=_read_config(shuffle_seed=int(file_seed)))
   # Repeating before the shuffles makes each epoch come out in a new order.
   examples = examples.repeat().shuffle(DOCUMENT_SHUFFLE_BUFFER, seed=int(document_seed))
   train_windows = windows(source, examples, seq_len + 1)
@@ -91,7 +97,7 @@ def eval_dataset(source: TokenSource, *, seq_len: int, batch_size: int, num_batc
   global_batch_size = batch_size * process_count
   examples = source.builder.as_dataset(
       split=source.eval_split, shuffle_files=False,
-      read_config=tfds.ReadConfig(options=_deterministic()))
+      read_config=_read_config())
   real = windows(source, examples, seq_len + 1).map(lambda w: (w, tf.constant(1.0)))
   padding = tf.data.Dataset.from_tensors(
       (tf.zeros([seq_len + 1], tf.int32), tf.constant(0.0))).repeat()
