@@ -60,6 +60,14 @@ def test_batches_have_the_contract_shapes_and_types(stdlib_config):
   assert (_first(datasets.train, 1)[0]['weights'] == 1).all()
 
 
+def test_info_counts_the_train_tokens(stdlib_config):
+  datasets = _load(stdlib_config)
+  builder = python_stdlib.PythonStdlib(data_dir=stdlib_config.data_dir)
+  texts = [example['text'] for example in builder.as_dataset(split='train').as_numpy_iterator()]
+  assert datasets.info['num_train_bytes'] == sum(map(len, texts))
+  assert datasets.info['num_train_tokens'] == sum(len(text) + 1 for text in texts)
+
+
 def test_train_is_deterministic_for_a_seed(stdlib_config):
   first = _first(_load(stdlib_config).train, 3)
   _assert_same_batches(first, _first(_load(stdlib_config).train, 3))

@@ -92,6 +92,8 @@ def test_sentencepiece_tokens_decode_to_the_documents(spm_model_path, tmp_path):
     datasets = get_datasets(config, local_batch_size=BATCH, num_eval_batches=2, seed=0)
     evaluation = list(datasets.eval.as_numpy_iterator())
     documents = _mock_documents('lm1b', 'test', tmp_path)
+    second_of_two = get_datasets(config, local_batch_size=BATCH // 2, num_eval_batches=2, seed=0,
+                                 process_index=1, process_count=2)
   assert datasets.vocab_size == 400
   eos = processor.eos_id()
   expected_stream = [token for document in documents
@@ -106,6 +108,7 @@ def test_sentencepiece_tokens_decode_to_the_documents(spm_model_path, tmp_path):
   exact = (sum(len(d) + 1 for d in covered)
            / sum(len(processor.encode(d.decode())) + 1 for d in covered))
   assert datasets.bytes_per_token == pytest.approx(exact, rel=0.05)
+  assert second_of_two.bytes_per_token == datasets.bytes_per_token  # Over the whole eval set.
 
 
 def test_sentencepiece_train_iterator_is_checkpointable(spm_model_path, tmp_path):

@@ -37,5 +37,7 @@ def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int
       num_batches=num_eval_batches, process_index=process_index, process_count=process_count)
   return Datasets(
       train=train, eval=eval_batches, vocab_size=source.vocab_size,
-      bytes_per_token=pipeline.mean_bytes_per_token(eval_batches, source.token_bytes),
+      bytes_per_token=pipeline.mean_bytes_per_token(
+          source, seq_len=dataset_config.seq_len,
+          num_eval_windows=num_eval_batches * local_batch_size * process_count),
       min_loss=source.min_loss, info=dict(source.info))

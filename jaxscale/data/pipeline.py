@@ -62,8 +62,8 @@ def windows(source: TokenSource, examples: tf.data.Dataset, window_len: int) -> 
   return cut_within_examples(tokens, window_len)
 
 
-def _next_token_batch(windows_bxw, weights_bxw):
-  return {'inputs': windows_bxw[:, :-1], 'targets': windows_bxw[:, 1:], 'weights': weights_bxw}
+def _next_token_batch(windows_bxw, weights_bxl):
+  return {'inputs': windows_bxw[:, :-1], 'targets': windows_bxw[:, 1:], 'weights': weights_bxl}
 
 
 def train_dataset(source: TokenSource, *, seq_len: int, batch_size: int, shuffle_buffer_size: int,
@@ -96,8 +96,7 @@ def eval_dataset(source: TokenSource, *, seq_len: int, batch_size: int, num_batc
   """
   global_batch_size = batch_size * process_count
   examples = source.builder.as_dataset(
-      split=source.eval_split, shuffle_files=False,
-      read_config=_read_config())
+      split=source.eval_split, shuffle_files=False, read_config=_read_config())
   real = windows(source, examples, seq_len + 1).map(lambda w: (w, tf.constant(1.0)))
   padding = tf.data.Dataset.from_tensors(
       (tf.zeros([seq_len + 1], tf.int32), tf.constant(0.0))).repeat()
@@ -111,14 +110,20 @@ def eval_dataset(source: TokenSource, *, seq_len: int, batch_size: int, num_batc
   return batches.cache().prefetch(AUTOTUNE).with_options(_deterministic())
 
 
-def mean_bytes_per_token(eval_batches: tf.data.Dataset, token_bytes: np.ndarray | None):
-  """Mean UTF-8 bytes per weighted target token of the eval set (None if tokens are not text)."""
+def mean_bytes_per_token(source: TokenSource, *, seq_len: int, num_eval_windows: int):
+  """Mean UTF-8 bytes per target token of the whole eval set, all processes' rows together.
+
+  None if the tokens are not text.
+  """
+  token_bytes = source.token_bytes
   if token_bytes is None:
     return None
   if np.all(token_bytes == token_bytes[0]):
     return float(token_bytes[0])
-  total_bytes = total_weight = 0.0
-  for batch in eval_batches.as_numpy_iterator():
-    total_bytes += float((token_bytes[batch['targets']] * batch['weights']).sum())
-    total_weight += float(batch['weights'].sum())
-  return total_bytes / total_weight if total_weight else None
+  eval_set = eval_dataset(source, seq_len=seq_len, batch_size=num_eval_windows, num_batches=1,
+                          process_index=0, process_count=1)
+  batch = {key: value.numpy() for key, value in eval_set.get_single_element().items()}
+  total_weight = batch['weights'].sum()
+  if not total_weight:
+    return None
+  return float((token_bytes[batch['targets']] * batch['weights']).sum() / total_weight)

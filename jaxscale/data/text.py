@@ -34,8 +34,12 @@ def python_stdlib(dataset_config) -> TokenSource:
       config=builder_config_or_default(dataset_config), data_dir=data_dir_or_default(dataset_config),
       file_format='tfrecord')
   builder.download_and_prepare()  # Reads the local stdlib the first time; a no-op after.
+  num_train_bytes = builder.info.metadata['num_bytes']['train']
+  info = {'python_version': sys.version, 'num_train_bytes': num_train_bytes}
+  if dataset_config.tokenizer == 'byte':  # A token per byte, plus a separator per file.
+    info['num_train_tokens'] = num_train_bytes + builder.info.splits['train'].num_examples
   return text_source(builder, train_split='train', eval_split='validation',
-                     dataset_config=dataset_config, info={'python_version': sys.version})
+                     dataset_config=dataset_config, info=info)
 
 
 @DATASETS.register('lm1b')

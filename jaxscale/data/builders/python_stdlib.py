@@ -42,7 +42,11 @@ def is_validation(relative_path: str) -> bool:
 class PythonStdlib(builders.CodePathFromSourceFile, tfds.core.GeneratorBasedBuilder):
   """Source files (*.py) of the standard library of the running Python interpreter."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'One example per *.py file; path and text.',
+      '1.1.0': 'Metadata: num_bytes of each split.',
+  }
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(
           name=interpreter_config_name(),
@@ -65,12 +69,16 @@ class PythonStdlib(builders.CodePathFromSourceFile, tfds.core.GeneratorBasedBuil
     del dl_manager  # Read from the local interpreter, nothing to download.
     root = stdlib_root()
     relative_paths = [path.relative_to(root).as_posix() for path in source_files(root)]
+    split_paths = {
+        'train': [path for path in relative_paths if not is_validation(path)],
+        'validation': [path for path in relative_paths if is_validation(path)],
+    }
     self.info.metadata['python_version'] = sys.version
     self.info.metadata['stdlib_root'] = str(root)
-    return {
-        'train': self._generate_examples(root, [p for p in relative_paths if not is_validation(p)]),
-        'validation': self._generate_examples(root, [p for p in relative_paths if is_validation(p)]),
-    }
+    self.info.metadata['num_bytes'] = {
+        split: sum((root / path).stat().st_size for path in paths)
+        for split, paths in split_paths.items()}
+    return {split: self._generate_examples(root, paths) for split, paths in split_paths.items()}
 
   def _generate_examples(self, root: pathlib.Path, relative_paths: list[str]):
     for relative_path in relative_paths:
