@@ -8,7 +8,8 @@ enough points for it). Hoffmann et al.
 interpolate each run's curve on a grid of FLOPs first; with points taken at each eval the
 envelope of the points themselves is the same thing sampled at the evals.
 
-The bootstrap resamples points with replacement and redoes everything on each resample.
+Envelope points reached by the smallest or the largest model are left out (the optimum may lie
+beyond the sizes tried). The bootstrap resamples points with replacement and redoes everything on each resample.
 """
 
 import numpy as np
@@ -27,12 +28,12 @@ def fit(runs, fixed=None, num_bootstrap=1000, seed=0) -> dict:
   table_lib.require_positive(runs, ('N', 'D', 'loss'))
   runs = table_lib.with_compute(runs)
   table_lib.require_positive(runs, ('C',))
-  on_envelope = envelope.lower_envelope(runs['C'], runs['loss'])
+  on_envelope = _interior(runs, envelope.lower_envelope(runs['C'], runs['loss']))
   if on_envelope.sum() < MIN_ENVELOPE_POINTS or len(np.unique(runs['N'][on_envelope])) < 2:
     raise ValueError(
         f'Approach 1 needs at least {MIN_ENVELOPE_POINTS} points on the loss-vs-compute envelope '
-        f'from 2 or more model sizes; got {on_envelope.sum()} points from '
-        f'{len(np.unique(runs["N"][on_envelope]))} sizes.')
+        f'from 2 or more model sizes other than the smallest and largest; got '
+        f'{on_envelope.sum()} points from {len(np.unique(runs["N"][on_envelope]))} sizes.')
   frontier = envelope_table(runs, on_envelope)
   loss_law = power_law_fit.fit_if_enough('C', frontier['C'], frontier['loss'], fixed)
   record = {
@@ -46,6 +47,12 @@ def fit(runs, fixed=None, num_bootstrap=1000, seed=0) -> dict:
   return record
 
 
+def _interior(runs, on_envelope) -> np.ndarray:
+  """Drops envelope points reached by the smallest or largest model: there the true optimum may
+  lie beyond the sizes tried, and keeping them would bend the fitted exponents."""
+  return on_envelope & (runs['N'] > runs['N'].min()) & (runs['N'] < runs['N'].max())
+
+
 def envelope_table(runs, mask) -> dict:
   return {name: [float(v) for v in runs[name][mask]] for name in ('C', 'N', 'D', 'loss')}
 
@@ -53,7 +60,8 @@ def envelope_table(runs, mask) -> dict:
 def _bootstrap(runs, loss_law, num_resamples, seed) -> dict:
   n = table_lib.num_rows(runs)
   counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=num_resamples)
-  masks = np.array([envelope.resampled_envelope(runs['C'], runs['loss'], row) for row in counts])
+  masks = np.array([_interior(runs, envelope.resampled_envelope(runs['C'], runs['loss'], row))
+                    for row in counts])
   loss_thetas = np.full((num_resamples, 3), np.nan)
   if loss_law:
     log_c, log_loss = np.log(runs['C'])[:, None], np.log(runs['loss'])

@@ -14,13 +14,13 @@ cooldown starts. The launcher copies that checkpoint into the branch before star
 
 import collections
 
-SHAPE_KEYS = ('num_layers', 'd_model', 'num_heads', 'mlp_dim')
+from jaxscale.scaling import shapes
 
 
 def branch_runs(runs: list[dict], checkpoint_every_steps: int, decay_fraction: float) -> list[dict]:
   groups = collections.defaultdict(list)
   for run in runs:
-    groups[tuple(run[key] for key in SHAPE_KEYS)].append(run)
+    groups[tuple(run[key] for key in shapes.SHAPE_KEYS)].append(run)
   planned = []
   for group in groups.values():
     planned.extend(_branch_group(group, checkpoint_every_steps, decay_fraction))

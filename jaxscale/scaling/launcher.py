@@ -30,10 +30,11 @@ def is_finished(workdir) -> bool:
     return bool(json.load(f).get('finished'))
 
 
-def print_commands(sweep_dir, stream=sys.stdout) -> None:
-  """One shell line per unfinished run; a branch's line first copies its trunk's checkpoint."""
+def print_commands(sweep_dir, stream=None) -> None:
+  """One shell line per unfinished run, trunks first; a branch's line first copies its trunk's
+  checkpoint."""
   sweep = sweep_lib.load(sweep_dir)
-  for run in sweep['runs']:
+  for run in sorted(sweep['runs'], key=lambda run: 'branch_from' in run):
     workdir = run_dir(sweep_dir, run)
     if is_finished(workdir):
       continue
@@ -43,7 +44,7 @@ def print_commands(sweep_dir, stream=sys.stdout) -> None:
       line = (f'[ -d {workdir}/checkpoints ] || (mkdir -p {workdir}/checkpoints && '
               f'cp -r {source} {workdir}/checkpoints/) && {line}')
       line = f'# after {run["branch_from"]["run"]} finishes\n{line}'
-    print(line, file=stream)
+    print(line, file=stream or sys.stdout)
 
 
 def run_all(sweep_dir, parallel=1) -> dict:

@@ -14,6 +14,8 @@ import ml_collections
 
 from jaxscale import flops
 
+SHAPE_KEYS = ('num_layers', 'd_model', 'num_heads', 'mlp_dim')  # What the rule sets.
+
 
 @dataclasses.dataclass(frozen=True)
 class ShapeRule:
