@@ -180,3 +180,20 @@ def test_collect_reads_finished_runs(tmp_path, capsys):
   assert json.loads(capsys.readouterr().out)['rows'] == 3 + 5
   header, *lines = (tmp_path / 'all.csv').read_text().splitlines()
   assert header.startswith('run,N,N_nonembed,D,C,loss') and len(lines) == 8
+
+
+def test_emit_config_writes_a_loadable_compute_optimal_config(tmp_path, capsys):
+  sweep.write(sweep.plan(tiny_spec()), tmp_path / 'sweep')
+  # An allocation fit putting N_opt = 5e4 parameters at C = 1e12.
+  record = {'law': 'chinchilla', 'approach': 2, 'a': 0.5, 'b': 0.5, 'N_coef': 5e4 / 1e6,
+            'D_coef': 1e12 ** 0.5 / 5e4 / 6, 'frontier': {'E': 1.1, 'k': 50.0, 'gamma': 0.1}}
+  (tmp_path / 'fit.json').write_text(json.dumps(record))
+  path = tmp_path / 'optimal.py'
+  assert cli.main(['predict', '--fit', str(tmp_path / 'fit.json'), '--compute', '1e12',
+                   '--emit-config', str(path), '--sweep', str(tmp_path / 'sweep')]) == 0
+  emitted = json.loads(capsys.readouterr().out)
+  assert emitted['N'] == pytest.approx(5e4, rel=0.2) and emitted['C'] == pytest.approx(1e12, rel=0.02)
+  config = run_config.load_config_file(str(path))
+  assert config.dataset.name == 'markov' and config.num_train_steps == emitted['steps']
+  assert (config.model.num_layers, config.model.d_model) == (emitted['num_layers'],
+                                                             emitted['d_model'])

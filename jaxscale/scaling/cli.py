@@ -6,6 +6,7 @@ compare and validate scaling laws. Results print as JSON; `--help` on each subco
   collect  DIR --out runs.csv [--all-points]           one row per run (or per eval)
   fit      --csv runs.csv --law chinchilla --approach 3 --out fit.json [--fix E=1.6]
   predict  --fit fit.json --compute 1e21 | --N 1e9 --D 2e10
+           [--compute 1e21 --emit-config run.py --sweep DIR]   a runnable compute-optimal config
   plot     --csv runs.csv --fit fit.json --out DIR
   compare  --baseline A.csv --variant B.csv
   validate --csv runs.csv
@@ -18,12 +19,14 @@ import sys
 
 from jaxscale.scaling import collect
 from jaxscale.scaling import compare
+from jaxscale.scaling import emit_config
 from jaxscale.scaling import fits
 from jaxscale.scaling import launcher
 from jaxscale.scaling import laws
 from jaxscale.scaling import plots
 from jaxscale.scaling import predict
 from jaxscale.scaling import run_config
+from jaxscale.scaling import shapes
 from jaxscale.scaling import sweep
 from jaxscale.scaling import table
 from jaxscale.scaling import validate
@@ -64,6 +67,13 @@ def _fit(args):
 
 def _predict(args):
   record = fits.load(args.fit)
+  if args.emit_config:
+    if args.compute is None or not args.sweep:
+      raise ValueError('--emit-config needs --compute and --sweep (the fitted sweep directory).')
+    run = emit_config.compute_optimal_run(record, args.sweep, args.compute)
+    emit_config.write(run, args.emit_config, args.fit, args.sweep)
+    return {'config': args.emit_config, **{key: run[key] for key in (
+        'N', 'D', 'C', 'steps', *shapes.SHAPE_KEYS, 'prediction')}}
   if args.compute is not None:
     return predict.at_compute(record, args.compute)
   if args.N is None and args.D is None:
@@ -138,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
   sub.add_argument('--compute', type=float, help='Training FLOPs: compute-optimal N, D, loss.')
   sub.add_argument('--N', type=float, help='Parameters (with --D: the loss of that run).')
   sub.add_argument('--D', type=float, help='Training tokens.')
+  sub.add_argument('--emit-config', metavar='FILE.py',
+                   help='With --compute and --sweep: write a runnable config for the optimum.')
+  sub.add_argument('--sweep', metavar='DIR', help='The sweep directory the fit came from.')
 
   sub = command('plot', _plot, 'Write PNG figures of a fit against its runs.')
   sub.add_argument('--csv', required=True)

@@ -45,7 +45,7 @@ def plan(spec) -> dict:
   for target in targets:
     shape = shapes.shape_for_params(target['size'], config.model, vocab_size, rule,
                                     spec.size_count)
-    run = _planned_run(config, vocab_size, shape, target, spec)
+    run = planned_run(config, vocab_size, shape, target, spec)
     if run['name'] not in seen:  # Nearby target sizes can round to one shape.
       seen.add(run['name'])
       runs.append(run)
@@ -97,7 +97,8 @@ def _grid_targets(spec):
       yield {'budget': None, 'size': float(size), 'tokens': float(tokens)}
 
 
-def _planned_run(config, vocab_size, shape, target, spec) -> dict:
+def planned_run(config, vocab_size, shape, target, spec) -> dict:
+  """One run of `shape` for target {'budget': FLOPs} or {'budget': None, 'tokens': D}."""
   model = shapes.with_shape(config.model, shape)
   seq_len, batch_size = config.dataset.seq_len, config.batch_size
   per_token = flops.train_flops_per_token(model, seq_len, vocab_size)
