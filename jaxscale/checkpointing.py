@@ -10,8 +10,12 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 import tensorflow as tf
 from etils import epath
+
+
+REPLAY_SUFFIX = '.replay'
 
 
 class TfDataIteratorHandler(ocp.CheckpointHandler):
@@ -21,10 +25,20 @@ class TfDataIteratorHandler(ocp.CheckpointHandler):
     return os.fspath(directory / f'process_{jax.process_index()}_of_{jax.process_count()}')
 
   def save(self, directory: epath.Path, args: 'TfDataIteratorSave'):
-    tf.train.Checkpoint(iterator=args.iterator).write(self._prefix(directory))
+    try:
+      tf.train.Checkpoint(iterator=args.iterator).write(self._prefix(directory))
+    except tf.errors.FailedPreconditionError as e:
+      # Pipelines with Python ops (py_function, tfds mock data) cannot serialise their position;
+      # record that, and resume by replaying the deterministic stream instead.
+      logging.warning('The input pipeline cannot be checkpointed (%s); a resumed run will '
+                      'replay the data stream up to its step.', str(e).splitlines()[0])
+      tf.io.gfile.GFile(self._prefix(directory) + REPLAY_SUFFIX, 'w').write('replay\n')
 
   def restore(self, directory: epath.Path, args: 'TfDataIteratorRestore'):
+    """The restored iterator, or None where the position must be replayed by the caller."""
     prefix = self._prefix(directory)
+    if tf.io.gfile.exists(prefix + REPLAY_SUFFIX):
+      return None
     if not tf.io.gfile.exists(prefix + '.index'):
       raise FileNotFoundError(
           f'No data-iterator checkpoint for this process at {prefix}: the checkpoint was written '
@@ -65,11 +79,15 @@ def save(manager: ocp.CheckpointManager, step: int, state, iterator: tf.data.Ite
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state,
             iterator: tf.data.Iterator):
-  """Restores `state` laid out as `abstract_state` (ShapeDtypeStructs with shardings).
+  """Restores `state` laid out as `abstract_state` (ShapeDtypeStructs with shardings), and
+  moves `iterator` to where it was at `step`.
 
   The target shardings come from the current mesh, so a checkpoint written on one mesh
   restores onto another.
   """
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), data=TfDataIteratorRestore(iterator)))
+  if restored.data is None:  # Position not serialisable: replay the deterministic stream.
+    for _ in range(step):
+      next(iterator)
   return restored.state

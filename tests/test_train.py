@@ -148,3 +148,13 @@ def test_sigterm_checkpoints_at_the_next_step_and_a_restart_finishes(tmp_path):
 
 def _rows_if_any(path):
   return metrics.read_jsonl(path) if path.exists() else []
+
+
+def test_lm1b_trains_through_its_real_loading_path_on_mock_data(tmp_path):
+  import tensorflow_datasets as tfds  # noqa: PLC0415
+  config = tiny_config(**{'dataset.name': 'lm1b', 'dataset.data_dir': str(tmp_path / 'tfds'),
+                          'model.vocab_size': 0, 'num_train_steps': 10})
+  with tfds.testing.mock_data(num_examples=64):
+    summary = train.run(config, str(tmp_path / 'run'))
+  assert summary['finished'] and math.isfinite(summary['eval_loss'])
+  assert json.loads((tmp_path / 'run' / 'config.json').read_text())['model']['vocab_size'] == 256
