@@ -87,16 +87,20 @@ def test_workdir_with_a_different_config_is_refused(data_dir, tmp_path):
     train.run(_markov_config(data_dir, num_train_steps=10, **{'model.d_model': 32}), str(tmp_path))
 
 
+def _tiny_cli_command(tmp_path, **schedule):
+  """`python -m jaxscale.main` on the default config shrunk to a 1-layer model, in tmp_path/run."""
+  overrides = dict(num_eval_batches=1, batch_size=8, **schedule)
+  overrides.update({'dataset.seq_len': 32, 'model.num_layers': 1, 'model.d_model': 32,
+                    'model.mlp_dim': 64, 'optimizer.warmup_steps': 1,
+                    'dataset.data_dir': tmp_path / 'tfds'})
+  return [sys.executable, '-m', 'jaxscale.main', '--config', 'configs/default.py',
+          '--workdir', str(tmp_path / 'run')] + [f'--config.{k}={v}' for k, v in overrides.items()]
+
+
 def test_cli_trains_writes_the_workdir_and_resumes(tmp_path):
   workdir = tmp_path / 'run'
-  command = [sys.executable, '-m', 'jaxscale.main', '--config', 'configs/default.py',
-             '--workdir', str(workdir), '--config.num_train_steps=6',
-             '--config.eval_every_steps=3', '--config.log_every_steps=3',
-             '--config.checkpoint_every_steps=3', '--config.num_eval_batches=1',
-             '--config.batch_size=8', '--config.dataset.seq_len=32',
-             '--config.model.num_layers=1', '--config.model.d_model=32',
-             '--config.model.mlp_dim=64', '--config.optimizer.warmup_steps=1',
-             f'--config.dataset.data_dir={tmp_path / "tfds"}']
+  command = _tiny_cli_command(tmp_path, num_train_steps=6, eval_every_steps=3,
+                              log_every_steps=3, checkpoint_every_steps=3)
   first = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert first.returncode == 0, first.stderr[-3000:]
   assert 'eval loss' in first.stderr and 'tokens/s' in first.stderr
@@ -116,14 +120,8 @@ def test_cli_trains_writes_the_workdir_and_resumes(tmp_path):
 
 def test_sigterm_checkpoints_at_the_next_step_and_a_restart_finishes(tmp_path):
   workdir = tmp_path / 'run'
-  command = [sys.executable, '-m', 'jaxscale.main', '--config', 'configs/default.py',
-             '--workdir', str(workdir), '--config.num_train_steps=100000',
-             '--config.log_every_steps=2', '--config.checkpoint_every_steps=100000',
-             '--config.eval_every_steps=100000', '--config.num_eval_batches=1',
-             '--config.batch_size=8', '--config.dataset.seq_len=16',
-             '--config.model.num_layers=1', '--config.model.d_model=16',
-             '--config.model.mlp_dim=32', '--config.optimizer.warmup_steps=1',
-             f'--config.dataset.data_dir={tmp_path / "tfds"}']
+  command = _tiny_cli_command(tmp_path, num_train_steps=100000, log_every_steps=2,
+                              checkpoint_every_steps=100000, eval_every_steps=100000)
   process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
   while time.time() < deadline and not any(
