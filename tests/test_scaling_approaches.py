@@ -54,14 +54,15 @@ def test_approach2_groups_budgets_by_compute_without_a_budget_column(isoflop):
 
 def test_approach2_refuses_a_curve_without_interior_minimum(isoflop):
   budget = 1e19
-  too_large = (isoflop['budget'] != budget) | (isoflop['N'] > approach3.compute_optimal(TRUTH, budget)[0])
+  n_opt = approach3.compute_optimal(TRUTH, budget)[0]
+  too_large = (isoflop['budget'] != budget) | (isoflop['N'] > n_opt)
   with pytest.raises(ValueError, match=r'budget 1e\+19 .*no interior minimum'):
     approach2.fit(table.subset(isoflop, too_large), num_bootstrap=0)
 
 
 def test_approach2_refuses_a_curve_with_too_few_points(isoflop):
-  keep = (isoflop['budget'] != 1e20) | (isoflop['N'] < approach3.compute_optimal(TRUTH, 1e20)[0] * 2)
-  keep &= (isoflop['budget'] != 1e20) | (isoflop['N'] > approach3.compute_optimal(TRUTH, 1e20)[0] / 2)
+  n_opt = approach3.compute_optimal(TRUTH, 1e20)[0]
+  keep = (isoflop['budget'] != 1e20) | ((isoflop['N'] < n_opt * 2) & (isoflop['N'] > n_opt / 2))
   with pytest.raises(ValueError, match=r'budget 1e\+20 .*needs at least 3'):
     approach2.fit(table.subset(isoflop, keep), num_bootstrap=0)
 

@@ -163,7 +163,8 @@ def fake_workdir(path, name, steps, finished=True, params=25760):
 
 def test_collect_reads_finished_runs(tmp_path, capsys):
   (tmp_path / 'sweep.json').write_text(json.dumps({'runs': [
-      {'name': 'a', 'budget': 1e11}, {'name': 'b', 'budget': 1e11}, {'name': 'c', 'budget': 3e11}]}))
+      {'name': 'a', 'budget': 1e11}, {'name': 'b', 'budget': 1e11},
+      {'name': 'c', 'budget': 3e11}]}))
   fake_workdir(tmp_path, 'a', 300)
   fake_workdir(tmp_path, 'b', 500, params=90000)
   fake_workdir(tmp_path, 'c', 200, finished=False)
@@ -171,7 +172,8 @@ def test_collect_reads_finished_runs(tmp_path, capsys):
   assert unfinished == ['c'] and [row['run'] for row in rows] == ['a', 'b']
   assert rows[0]['D'] == 300 * 1024 and rows[0]['C'] == 300 * 1024 * 2e5
   assert rows[0]['loss'] == pytest.approx(2.7) and rows[1]['N'] == 90000
-  default_width = run_config.load_config_file(os.path.join(REPO, 'configs', 'default.py')).model.d_model
+  default = run_config.load_config_file(os.path.join(REPO, 'configs', 'default.py'))
+  default_width = default.model.d_model
   assert rows[0]['budget'] == 1e11 and rows[0]['d_model'] == default_width
   assert rows[0]['vocab_size'] == 32
 
@@ -192,7 +194,8 @@ def test_emit_config_writes_a_loadable_compute_optimal_config(tmp_path, capsys):
   assert cli.main(['predict', '--fit', str(tmp_path / 'fit.json'), '--compute', '1e12',
                    '--emit-config', str(path), '--sweep', str(tmp_path / 'sweep')]) == 0
   emitted = json.loads(capsys.readouterr().out)
-  assert emitted['N'] == pytest.approx(5e4, rel=0.2) and emitted['C'] == pytest.approx(1e12, rel=0.02)
+  assert emitted['N'] == pytest.approx(5e4, rel=0.2)
+  assert emitted['C'] == pytest.approx(1e12, rel=0.02)
   config = run_config.load_config_file(str(path))
   assert config.dataset.name == 'markov' and config.num_train_steps == emitted['steps']
   assert (config.model.num_layers, config.model.d_model) == (emitted['num_layers'],

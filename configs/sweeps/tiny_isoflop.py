@@ -26,7 +26,9 @@ def get_config():
   c.vocab_size = 32                      # markov's default builder config (32 tokens).
 
   c.kind = 'isoflop'                     # 'isoflop' | 'grid'
-  c.budgets = (3e10, 1e11, 3e11)         # Training FLOPs per run, one IsoFLOP curve each.
+  # Training FLOPs per run, one IsoFLOP curve each. Below ~1e11 these runs are too few steps
+  # for the optimum to be interior: the smallest model, with the most steps, wins.
+  c.budgets = (1e11, 3e11, 1e12)
   c.sizes_per_budget = 4                 # Model sizes per curve...
   c.size_span = 3.0                      # ...from N*/3 to 3 N*, around the guess N* below.
   c.tokens_per_param = 20.0              # N* from C = 6 N D with D = 20 N (Hoffmann et al.).

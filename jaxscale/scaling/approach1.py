@@ -9,7 +9,8 @@ interpolate each run's curve on a grid of FLOPs first; with points taken at each
 envelope of the points themselves is the same thing sampled at the evals.
 
 Envelope points reached by the smallest or the largest model are left out (the optimum may lie
-beyond the sizes tried). The bootstrap resamples points with replacement and redoes everything on each resample.
+beyond the sizes tried). The bootstrap resamples points with replacement and redoes everything on
+each resample.
 """
 
 import numpy as np
@@ -25,9 +26,7 @@ MIN_ENVELOPE_POINTS = 3
 
 
 def fit(runs, fixed=None, num_bootstrap=1000, seed=0) -> dict:
-  table_lib.require_positive(runs, ('N', 'D', 'loss'))
-  runs = table_lib.with_compute(runs)
-  table_lib.require_positive(runs, ('C',))
+  runs = table_lib.checked_runs(runs)
   on_envelope = _interior(runs, envelope.lower_envelope(runs['C'], runs['loss']))
   if on_envelope.sum() < MIN_ENVELOPE_POINTS or len(np.unique(runs['N'][on_envelope])) < 2:
     raise ValueError(

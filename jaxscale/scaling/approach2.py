@@ -55,33 +55,37 @@ def budget_minimum(log_n, log_d, loss, budget_name) -> tuple[float, float, float
         f'N from {np.exp(log_n.min()):.3g} to {np.exp(log_n.max()):.3g}); add model sizes '
         f'around the optimum.')
   d_slope, d_intercept = np.polyfit(log_n, log_d, 1)
-  return vertex, d_slope * vertex + d_intercept, float(np.polyval([curvature, slope, intercept], vertex))
+  loss_min = float(np.polyval([curvature, slope, intercept], vertex))
+  return vertex, d_slope * vertex + d_intercept, loss_min
 
 
 def minima(runs, labels, counts=None) -> dict:
-  """Per budget: compute C, N_opt, D_opt, loss_min (arrays ordered by budget)."""
+  """Per budget: compute C, N_opt, D_opt, loss_min (arrays ordered by budget). `counts`
+  repeat runs (a bootstrap resample)."""
   counts = np.ones(len(labels), int) if counts is None else counts
   rows = []
   for label in np.unique(labels):
-    members = np.flatnonzero((labels == label) & (counts > 0))
-    repeat = counts[members]
-    take = lambda values: np.repeat(values[members], repeat)
-    compute = float(np.exp(np.mean(np.log(runs['C'][labels == label]))))
-    name = f'at C = {compute:.3g} FLOPs'
-    if 'budget' in runs and not _has_blanks(runs['budget']):
-      budget = runs['budget'][members[0]]
-      name = f'{budget:.3g} ({name})' if runs['budget'].dtype.kind == 'f' else f'{budget} ({name})'
-
+    in_budget = labels == label
+    drawn = np.flatnonzero(in_budget & (counts > 0))
+    take = lambda values: np.repeat(values[drawn], counts[drawn])
+    compute = float(np.exp(np.mean(np.log(runs['C'][in_budget]))))
     log_n_opt, log_d_opt, loss_min = budget_minimum(
-        take(np.log(runs['N'])), take(np.log(runs['D'])), take(runs['loss']), name)
+        take(np.log(runs['N'])), take(np.log(runs['D'])), take(runs['loss']),
+        _budget_name(runs, drawn[0], compute))
     rows.append((compute, np.exp(log_n_opt), np.exp(log_d_opt), loss_min))
   return dict(zip(('C', 'N', 'D', 'loss'), map(np.array, zip(*rows))))
 
 
+def _budget_name(runs, row, compute) -> str:
+  name = f'at C = {compute:.3g} FLOPs'
+  if 'budget' not in runs or _has_blanks(runs['budget']):
+    return name
+  budget = runs['budget'][row]
+  return f'{budget:.3g} ({name})' if runs['budget'].dtype.kind == 'f' else f'{budget} ({name})'
+
+
 def fit(runs, fixed=None, num_bootstrap=1000, seed=0) -> dict:
-  table_lib.require_positive(runs, ('N', 'D', 'loss'))
-  runs = table_lib.with_compute(runs)
-  table_lib.require_positive(runs, ('C',))
+  runs = table_lib.checked_runs(runs)
   labels = budget_labels(runs)
   optima = minima(runs, labels)
   loss_law = power_law_fit.fit_if_enough('C', optima['C'], optima['loss'], fixed)
@@ -120,4 +124,5 @@ def _bootstrap(runs, labels, loss_law, num_resamples, seed) -> dict:
               **power_law_fit.prefixed_params('frontier', loss_law, theta)}
              for optima, theta in zip(resampled, loss_thetas)]
   names = ('a', 'b', 'N_coef', 'D_coef', 'frontier.E', 'frontier.k', 'frontier.gamma')
-  return {**intervals.summarise(samples, names), 'num_bootstrap_failed': num_resamples - len(samples)}
+  return {**intervals.summarise(samples, names),
+          'num_bootstrap_failed': num_resamples - len(samples)}

@@ -30,9 +30,8 @@ def start_grid() -> np.ndarray:
 
 def fit(runs, fixed=None, num_bootstrap=1000, seed=0) -> dict:
   """fit.json record for the Chinchilla law fitted to `runs` (columns N, D, loss; C optional)."""
-  table_lib.require_positive(runs, ('N', 'D', 'loss'))
+  runs = table_lib.checked_runs(runs)
   table_lib.require_rows(runs, MIN_POINTS, 'Approach 3 (five parameters)')
-  runs = table_lib.with_compute(runs)
   log_x, log_y = parametric_fit.log_columns(SPEC, runs)
   best = parametric_fit.fit(SPEC, log_x, log_y, start_grid(), fixed)
   record = {

@@ -15,5 +15,6 @@ def chinchilla_fig4(drop_highest_loss: int = 0) -> table_lib.Table:
   path = importlib.resources.files('jaxscale.scaling') / 'data' / 'chinchilla_fig4.csv'
   with importlib.resources.as_file(path) as csv_path:
     runs = table_lib.read_csv(csv_path)
-  keep = np.sort(np.argsort(runs['loss'], kind='stable')[:table_lib.num_rows(runs) - drop_highest_loss])
+  by_loss = np.argsort(runs['loss'], kind='stable')
+  keep = np.sort(by_loss[:table_lib.num_rows(runs) - drop_highest_loss])
   return table_lib.subset(runs, keep)

@@ -13,10 +13,10 @@ from jaxscale.scaling import run_config
 from jaxscale.scaling import shapes
 from jaxscale.scaling import sweep as sweep_lib
 
-_TEMPLATE = '''"""Compute-optimal run for C = {compute:.3g} FLOPs: N = {N:,} parameters, D = {D:,} tokens.
+_TEMPLATE = '''"""Compute-optimal run for C = {compute:.3g} FLOPs.
 
-Predicted eval loss {loss:.4f} (bootstrap interval {loss_low:.4f} to {loss_high:.4f}), from
-{fit_path} fitted to the sweep {sweep_dir}.
+N = {N:,} parameters, D = {D:,} tokens. Predicted eval loss {loss:.4f} (bootstrap interval
+{loss_low:.4f} to {loss_high:.4f}), from {fit_path} fitted to the sweep {sweep_dir}.
 
   python -m jaxscale.main --config {path} --workdir DIR
 """

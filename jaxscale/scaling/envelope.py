@@ -40,7 +40,8 @@ def bin_relative(values, tolerance=0.05) -> np.ndarray:
 
 
 def resampled_envelope(compute, loss, counts) -> np.ndarray:
-  """`lower_envelope` of the points a bootstrap resample drew (counts > 0), as a full-length mask."""
+  """`lower_envelope` of the points a bootstrap resample drew (counts > 0), as a mask over all
+  points."""
   drawn = np.flatnonzero(np.asarray(counts) > 0)
   mask = np.zeros(len(counts), bool)
   mask[drawn[lower_envelope(np.asarray(compute)[drawn], np.asarray(loss)[drawn])]] = True

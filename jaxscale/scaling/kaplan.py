@@ -17,9 +17,7 @@ TOKEN_TOLERANCE = 0.05  # Token counts within 5% are one D (runs stop at whole s
 
 
 def fit(runs, fixed=None, offset=True, num_bootstrap=1000, seed=0) -> dict:
-  table_lib.require_positive(runs, ('N', 'D', 'loss'))
-  runs = table_lib.with_compute(runs)
-  table_lib.require_positive(runs, ('C',))
+  runs = table_lib.checked_runs(runs)
   fixed = dict(fixed or {})
   if not offset:
     fixed['E'] = 0.0

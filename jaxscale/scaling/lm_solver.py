@@ -29,7 +29,7 @@ def _prediction_and_jacobian(theta, log_x):
   terms = theta[:m] - theta[m:2 * m] * log_x
   offset = jnp.broadcast_to(theta[2 * m], (log_x.shape[0], 1))
   exponents = jnp.concatenate([terms, offset], axis=1)
-  largest = jax.lax.stop_gradient(jnp.max(exponents, axis=1, keepdims=True))
+  largest = jnp.max(exponents, axis=1, keepdims=True)
   scaled = jnp.exp(exponents - largest)
   total = jnp.sum(scaled, axis=1, keepdims=True)
   shares = scaled / total  # softmax: d log L / d exponent_j.

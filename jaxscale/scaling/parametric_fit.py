@@ -2,8 +2,8 @@
 
 The recipe is Besiroglu et al. 2024's correction of Hoffmann et al. 2022's Approach 3: minimise
 the SUM of Huber losses (delta 1e-3) of log-loss residuals from every start of a grid, keep the
-best. The search runs in two stages (`lm_solver.multistart`) so that the answer equals what an L-BFGS
-loop over every start finds, at a small fraction of the time:
+best. The search runs in two stages (`lm_solver.multistart`) so that the answer equals what an
+L-BFGS loop over every start finds, at a small fraction of the time:
   1. every start: a few vmapped Levenberg-Marquardt iterations in float32, to rank the basins;
   2. the most promising starts: many more iterations in float64, to full precision.
 The bootstrap refits resamples (multinomial counts as point weights) from the full-data optimum.

@@ -19,8 +19,7 @@ from jaxscale.scaling import table as table_lib
 
 def plot_all(runs, record, out_dir) -> list[str]:
   """Writes isoflop.png, frontier.png, law.png and residuals.png; returns their paths."""
-  table_lib.require_positive(runs, ('N', 'D', 'loss'))
-  runs = table_lib.with_compute(runs)
+  runs = table_lib.checked_runs(runs)
   os.makedirs(out_dir, exist_ok=True)
   figures = {'isoflop': isoflop_curves, 'frontier': loss_vs_compute, 'law': law_against_data,
              'residuals': residuals}

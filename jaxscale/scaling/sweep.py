@@ -109,7 +109,8 @@ def planned_run(config, vocab_size, shape, target, spec) -> dict:
   overrides = list(spec.overrides) + [f'model.{key}={value}' for key, value in shape.items()] + [
       f'num_train_steps={steps}',
       f'optimizer.warmup_steps={max(1, round(spec.warmup_fraction * steps))}',
-      f'eval_every_steps={eval_every}', f'log_every_steps={min(config.log_every_steps, eval_every)}',
+      f'eval_every_steps={eval_every}',
+      f'log_every_steps={min(config.log_every_steps, eval_every)}',
       f'checkpoint_every_steps={eval_every}']
   tag = f'C{target["budget"]:.3g}' if target['budget'] else f'D{tokens:.3g}'
   return {

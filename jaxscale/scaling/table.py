@@ -68,6 +68,14 @@ def with_compute(table: Table) -> Table:
   return {**table, 'C': FLOPS_PER_PARAM_TOKEN * table['N'] * table['D']}
 
 
+def checked_runs(table: Table, source='runs') -> Table:
+  """The table after checking N, D and loss, with a checked C column (measured, or 6ND)."""
+  require_positive(table, ('N', 'D', 'loss'), source)
+  table = with_compute(table)
+  require_positive(table, ('C',), source)
+  return table
+
+
 def flops_per_param_token(table: Table) -> float:
   """Median C / (N D): how this table's FLOP counts relate to 6ND, for turning C into N and D."""
   return float(np.median(table['C'] / (table['N'] * table['D'])))

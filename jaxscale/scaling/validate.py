@@ -20,8 +20,7 @@ HOLDOUT_FRACTION = 0.2
 
 def validate(runs, holdout_fraction=HOLDOUT_FRACTION, fixed=None, num_bootstrap=1000,
              seed=0) -> dict:
-  table_lib.require_positive(runs, ('N', 'D', 'loss'))
-  runs = table_lib.with_compute(runs)
+  runs = table_lib.checked_runs(runs)
   held_out = holdout_mask(runs['C'], holdout_fraction)
   train, test = table_lib.subset(runs, ~held_out), table_lib.subset(runs, held_out)
   record = approach3.fit(train, fixed, num_bootstrap=num_bootstrap, seed=seed)
