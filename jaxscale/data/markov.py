@@ -2,15 +2,16 @@
 
 from jaxscale.data import markov_chain
 from jaxscale.data.builders import markov as markov_builder
-from jaxscale.data.sources import DATASETS, TokenSource, builder_config_or_default, data_dir_or_default
+from jaxscale.data.sources import DATASETS, TokenSource
+from jaxscale.data.sources import builder_config_or_default, data_dir_or_default
 
 
 @DATASETS.register('markov')
 def markov(dataset_config) -> TokenSource:
   """Tokens are the chain's states (config.dataset.tokenizer does not apply)."""
   builder = markov_builder.Markov(
-      config=builder_config_or_default(dataset_config), data_dir=data_dir_or_default(dataset_config),
-      file_format='tfrecord')
+      config=builder_config_or_default(dataset_config),
+      data_dir=data_dir_or_default(dataset_config), file_format='tfrecord')
   builder.download_and_prepare()  # Samples the chain the first time; a no-op after.
   config, metadata = builder.builder_config, builder.info.metadata
   if dataset_config.seq_len + 1 > config.sequence_length:

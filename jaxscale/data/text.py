@@ -10,7 +10,8 @@ import tensorflow_datasets as tfds
 
 from jaxscale.data import tokenizers
 from jaxscale.data.builders import python_stdlib as python_stdlib_builder
-from jaxscale.data.sources import DATASETS, TokenSource, builder_config_or_default, data_dir_or_default
+from jaxscale.data.sources import DATASETS, TokenSource
+from jaxscale.data.sources import builder_config_or_default, data_dir_or_default
 
 
 def text_source(builder, *, train_split: str, eval_split: str, dataset_config,
@@ -31,8 +32,8 @@ def _split_sizes(builder) -> dict[str, int]:
 @DATASETS.register('python_stdlib')
 def python_stdlib(dataset_config) -> TokenSource:
   builder = python_stdlib_builder.PythonStdlib(
-      config=builder_config_or_default(dataset_config), data_dir=data_dir_or_default(dataset_config),
-      file_format='tfrecord')
+      config=builder_config_or_default(dataset_config),
+      data_dir=data_dir_or_default(dataset_config), file_format='tfrecord')
   builder.download_and_prepare()  # Reads the local stdlib the first time; a no-op after.
   num_train_bytes = builder.info.metadata['num_bytes']['train']
   info = {'python_version': sys.version, 'num_train_bytes': num_train_bytes}

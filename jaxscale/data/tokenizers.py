@@ -37,19 +37,21 @@ def sentencepiece_tokenizer(model_path: str) -> Tokenizer:
   try:
     import tensorflow_text  # pylint: disable=import-outside-toplevel
   except ImportError as error:
+    tf_minor_version = '.'.join(tf.__version__.split('.')[:2])
     raise ImportError(
-        "tokenizer='sentencepiece' needs tensorflow-text matching the installed TensorFlow "
-        '(pip install --no-deps tensorflow-text==2.21.*; its own requirement names the `tensorflow` '
-        'package, which would clash with tensorflow-cpu).') from error
+        "tokenizer='sentencepiece' needs tensorflow-text of the installed TensorFlow's release: "
+        f'pip install --no-deps "tensorflow-text=={tf_minor_version}.*" (--no-deps because it '
+        'requires the `tensorflow` package, which would clash with tensorflow-cpu).') from error
   if not model_path:
     raise ValueError("tokenizer='sentencepiece' needs config.dataset.spm_model_path.")
   with tf.io.gfile.GFile(model_path, 'rb') as model_file:
     model = model_file.read()
   tokenizer = tensorflow_text.SentencepieceTokenizer(model=model, out_type=tf.int32, add_eos=True)
   if tokenizer.tokenize('').shape[0] != 1:
-    raise ValueError(f'The SentencePiece model {model_path} has no EOS piece to separate documents.')
+    raise ValueError(f'SentencePiece model {model_path} has no EOS piece to separate documents.')
   vocab_size = int(tokenizer.vocab_size())
-  pieces = [piece.decode('utf-8') for piece in tokenizer.id_to_string(tf.range(vocab_size)).numpy()]
+  pieces = [piece.decode('utf-8')
+            for piece in tokenizer.id_to_string(tf.range(vocab_size)).numpy()]
   return Tokenizer(vocab_size, tokenizer.tokenize, _sentencepiece_piece_bytes(pieces))
 
 
