@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 
 import ml_collections
 import pytest
@@ -59,3 +60,9 @@ def test_micro_sweep_through_the_trainer(tmp_path):
   assert launcher.run_all(str(out))['skipped'] == 2
   summary = json.loads((out / 'runs' / branch['name'] / 'summary.json').read_text())
   assert summary['finished'] and summary['step'] == branch['steps']
+
+  # The cooldown trick's claim: the branch is exactly the run trained from scratch.
+  scratch = tmp_path / 'scratch'
+  subprocess.run(sweep.command(planned, branch, scratch), check=True, capture_output=True)
+  from_scratch = json.loads((scratch / 'summary.json').read_text())
+  assert summary['eval_loss'] == pytest.approx(from_scratch['eval_loss'], rel=1e-6)

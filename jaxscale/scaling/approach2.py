@@ -124,5 +124,11 @@ def _bootstrap(runs, labels, loss_law, num_resamples, seed) -> dict:
               **power_law_fit.prefixed_params('frontier', loss_law, theta)}
              for optima, theta in zip(resampled, loss_thetas)]
   names = ('a', 'b', 'N_coef', 'D_coef', 'frontier.E', 'frontier.k', 'frontier.gamma')
-  return {**intervals.summarise(samples, names),
-          'num_bootstrap_failed': num_resamples - len(samples)}
+  failed = num_resamples - len(samples)
+  summary = {**intervals.summarise(samples, names), 'num_bootstrap_failed': failed}
+  if failed > 0.1 * num_resamples:
+    summary['bootstrap_note'] = (
+        f'{failed} of {num_resamples} resamples lost some budget\'s interior minimum (too few '
+        'distinct sizes drawn); the intervals come from the rest and are likely too narrow. '
+        'More sizes per budget make them trustworthy.')
+  return summary
