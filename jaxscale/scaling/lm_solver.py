@@ -7,8 +7,8 @@ step only if the true Huber objective fell. A fixed iteration count with no line
 every lane of a vmap does the same work, unlike vmapped L-BFGS whose line search runs all lanes
 to the worst case; thousands of starts then cost about as much as one batched solve.
 
-`multistart` screens all starts in float32 and refines the best few in float64 in one compiled
-call; float64 matters only at the end, where objectives of nearby optima differ in the 7th digit.
+Everything here runs in float32: fast, and enough to find the basin of the optimum;
+`parametric_fit` finishes the winners in float64.
 """
 
 import functools
@@ -88,39 +88,11 @@ def _solve_one(theta, log_x, log_y, weights, free, delta, num_iterations):
   return point.theta, point.objective
 
 
-def _solve_many(starts, log_x, log_y, weights, free, delta, num_iterations):
+@functools.partial(jax.jit, static_argnames=('num_iterations',))
+def _solve_from_starts(starts, log_x, log_y, weights, free, delta, num_iterations):
   solve = functools.partial(_solve_one, num_iterations=num_iterations)
   return jax.vmap(solve, in_axes=(0, None, None, None, None, None))(
       starts, log_x, log_y, weights, free, delta)
-
-
-@functools.partial(jax.jit, static_argnames=('screen_iterations', 'refine_starts',
-                                             'refine_iterations'))
-def _screen_and_refine(starts, log_x, log_y, weights, free, delta, screen_iterations,
-                       refine_starts, refine_iterations):
-  single = lambda x: x.astype(jnp.float32)
-  thetas, objectives = _solve_many(
-      single(starts), single(log_x), single(log_y), single(weights), single(free),
-      single(delta), screen_iterations)
-  _, best = jax.lax.top_k(-objectives, refine_starts)
-  return _solve_many(thetas[best].astype(log_y.dtype), log_x, log_y, weights, free, delta,
-                     refine_iterations)
-
-
-def multistart(starts, log_x, log_y, weights, free, delta, screen_iterations, refine_starts,
-               refine_iterations):
-  """Screen every row of `starts` [S, P] briefly in float32, then iterate the `refine_starts`
-  best much longer in float64 (the winner then needs no further polish).
-
-  Returns numpy (thetas [refine_starts, P], objectives [refine_starts]) in float64.
-  """
-  double = lambda x: np.asarray(x, np.float64)
-  with jax.enable_x64(True):
-    thetas, objectives = _screen_and_refine(
-        double(starts), double(log_x), double(log_y), double(weights), double(free),
-        double(delta), screen_iterations=screen_iterations,
-        refine_starts=min(refine_starts, len(starts)), refine_iterations=refine_iterations)
-    return np.asarray(thetas), np.asarray(objectives)
 
 
 @functools.partial(jax.jit, static_argnames=('num_iterations',))
@@ -130,12 +102,26 @@ def _solve_batch(start, log_x, log_y, weights, free, delta, num_iterations):
       start, log_x, log_y, weights, free, delta)
 
 
+def solve_from_starts(starts, log_x, log_y, weights, free, delta, num_iterations):
+  """Solve from each row of `starts` [S, P] on one data set (`weights` [n]).
+
+  Returns numpy (thetas [S, P], objectives [S]) in float64 (computed in float32).
+  """
+  return _as_float64(_solve_from_starts(
+      *_single(starts, log_x, log_y, weights, free, delta), num_iterations=num_iterations))
+
+
 def solve_batch(start, log_x, log_y, weights, free, delta, num_iterations):
   """Solve from one `start` [P] for each row of `log_y` and `weights` ([B, n]; e.g. bootstrap
-  resample counts), in float32. Returns numpy (thetas [B, P], objectives [B]) in float64."""
-  single = lambda x: np.asarray(x, np.float32)
+  resample counts). Returns numpy (thetas [B, P], objectives [B]) in float64."""
   log_y = np.broadcast_to(log_y, np.shape(weights))
-  thetas, objectives = _solve_batch(
-      single(start), single(log_x), single(log_y), single(weights), single(free),
-      single(delta), num_iterations=num_iterations)
-  return np.asarray(thetas, np.float64), np.asarray(objectives, np.float64)
+  return _as_float64(_solve_batch(
+      *_single(start, log_x, log_y, weights, free, delta), num_iterations=num_iterations))
+
+
+def _single(*arrays):
+  return [np.asarray(array, np.float32) for array in arrays]
+
+
+def _as_float64(results):
+  return tuple(np.asarray(result, np.float64) for result in results)

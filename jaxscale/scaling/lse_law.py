@@ -27,6 +27,14 @@ def log_prediction(theta: np.ndarray, log_x: np.ndarray) -> np.ndarray:
   return np.logaddexp.reduce(_exponents(theta, log_x), axis=1)
 
 
+def jacobian(theta: np.ndarray, log_x: np.ndarray) -> np.ndarray:
+  """d log L / d theta at each point, [n, P]."""
+  exponents = _exponents(np.asarray(theta, float), log_x)
+  shares = np.exp(exponents - np.logaddexp.reduce(exponents, axis=1)[:, None])  # softmax
+  m = log_x.shape[1]
+  return np.concatenate([shares[:, :m], -shares[:, :m] * log_x, shares[:, m:]], axis=1)
+
+
 def huber_objective(theta, log_x, log_y, delta=HUBER_DELTA, weights=None) -> float:
   """Sum over points of Huber(log prediction - log y); `weights` are per-point counts."""
   residuals = log_prediction(np.asarray(theta, float), log_x) - log_y

@@ -2,24 +2,26 @@
 
 The recipe is Besiroglu et al. 2024's correction of Hoffmann et al. 2022's Approach 3: minimise
 the SUM of Huber losses (delta 1e-3) of log-loss residuals from every start of a grid, keep the
-best. The search runs in two stages (`lm_solver.multistart`) so that the answer equals what an
-L-BFGS loop over every start finds, at a small fraction of the time:
-  1. every start: a few vmapped Levenberg-Marquardt iterations in float32, to rank the basins;
-  2. the most promising starts: many more iterations in float64, to full precision.
+best. The search runs in two stages so that the answer equals what an L-BFGS loop over every start
+finds, at a small fraction of the time:
+  1. every start: a few Levenberg-Marquardt iterations, vmapped in float32 (`lm_solver`), which
+     is enough to see which basin each start is in;
+  2. the best few distinct results: scipy's robust least squares in float64 to full precision
+     (loss='huber' with f_scale=delta minimises exactly the summed Huber loss).
 The bootstrap refits resamples (multinomial counts as point weights) from the full-data optimum.
 """
 
 import dataclasses
 
 import numpy as np
+import scipy.optimize
 
 from jaxscale.scaling import laws
 from jaxscale.scaling import lm_solver
 from jaxscale.scaling import lse_law
 
-SCREEN_ITERATIONS = 20   # Stage 1, on every start: enough to rank the basins.
-REFINE_STARTS = 64       # Stage 2 keeps this many of the best stage-1 results...
-REFINE_ITERATIONS = 150  # ...and iterates them to convergence in float64.
+SCREEN_ITERATIONS = 15  # Stage 1, on every start: enough to rank the basins.
+POLISH_STARTS = 8       # Stage 2 finishes this many distinct stage-1 results in float64.
 BOOTSTRAP_ITERATIONS = 60
 
 
@@ -52,13 +54,15 @@ def fit(spec, log_x, log_y, starts, fixed=None, delta=lse_law.HUBER_DELTA) -> Fi
   free = np.isnan(pinned)
   starts = np.unique(np.where(free, starts, pinned), axis=0)
   padded_x, padded_y, weights = _pad_points(log_x, log_y, np.ones_like(log_y))
-  thetas, objectives = lm_solver.multistart(
-      starts, padded_x, padded_y, weights, free, delta, SCREEN_ITERATIONS, REFINE_STARTS,
-      REFINE_ITERATIONS)
-  if not np.isfinite(objectives).any():
-    raise ValueError('The fit diverged from every start (no finite objective); check the data.')
-  best = int(np.nanargmin(objectives))
-  return Fit(spec, thetas[best], float(objectives[best]), len(log_y), dict(fixed or {}))
+  thetas, objectives = lm_solver.solve_from_starts(
+      starts, padded_x, padded_y, weights, free, delta, SCREEN_ITERATIONS)
+  polished = []
+  for theta in _best_distinct(thetas, objectives, POLISH_STARTS):
+    theta = _polish(theta, log_x, log_y, free, delta)
+    objective = lse_law.huber_objective(theta, log_x, log_y, delta)
+    polished.append((objective if np.isfinite(objective) else np.inf, theta))
+  objective, theta = min(polished, key=lambda pair: pair[0])
+  return Fit(spec, theta, objective, len(log_y), dict(fixed or {}))
 
 
 def refit_batch(fitted: Fit, log_x, log_y, weights, delta=lse_law.HUBER_DELTA):
@@ -95,3 +99,38 @@ def _pad_points(log_x, log_y, weights):
   log_y = np.concatenate([log_y, first(log_y)], axis=-1)
   weights = np.concatenate([weights, np.zeros_like(first(weights))], axis=-1)
   return log_x, log_y, weights
+
+
+def _best_distinct(thetas, objectives, count) -> list[np.ndarray]:
+  """Up to `count` lowest-objective thetas, skipping repeats (many starts share one optimum)."""
+  chosen = []
+  for index in np.argsort(objectives):
+    if not np.isfinite(objectives[index]):
+      break
+    if not any(_same_point(thetas[index], other) for other in chosen):
+      chosen.append(thetas[index])
+    if len(chosen) == count:
+      break
+  if not chosen:
+    raise ValueError('The fit diverged from every start (no finite objective); check the data.')
+  return chosen
+
+
+def _same_point(theta, other) -> bool:
+  # Compare finite entries only: a pinned -inf offset is the same in both, but inf - inf is NaN.
+  finite = np.isfinite(theta) & np.isfinite(other)
+  return np.max(np.abs(theta[finite] - other[finite]), initial=0.0) <= 1e-3
+
+
+def _polish(theta, log_x, log_y, free, delta) -> np.ndarray:
+  """theta converged in float64 over its free parameters by scipy's Huber least squares."""
+  def full(free_values):
+    values = theta.copy()
+    values[free] = free_values
+    return values
+
+  result = scipy.optimize.least_squares(
+      lambda values: lse_law.log_prediction(full(values), log_x) - log_y, theta[free],
+      jac=lambda values: lse_law.jacobian(full(values), log_x)[:, free],
+      loss='huber', f_scale=delta, xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=1000)
+  return full(result.x)
