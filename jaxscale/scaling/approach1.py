@@ -1,12 +1,12 @@
 """Chinchilla Approach 1: the lower envelope of loss against compute.
 
-Every point (a run's end, or with `collect --all-points` every eval of every run) is placed at its
-training compute C; the points on the lower envelope say which model size N and token count D
-reached the lowest loss for that much compute. Power laws through them give N_opt(C) and D_opt(C),
-and L(C) = E + k C^-gamma through their losses gives the loss frontier (when the envelope has
-enough points for it). Hoffmann et al.
-interpolate each run's curve on a grid of FLOPs first; with points taken at each eval the
-envelope of the points themselves is the same thing sampled at the evals.
+Every point (a run's end, or with `collect --all-points` every eval of every run) is placed at
+its training compute C; the points on the lower envelope say which model size N and token count
+D reached the lowest loss for that much compute. Power laws through them give N_opt(C) and
+D_opt(C), and L(C) = E + k C^-gamma through their losses gives the loss frontier (when the
+envelope has enough points for it). Hoffmann et al. interpolate each run's curve on a grid of
+FLOPs first; with points taken at each eval, the envelope of the points themselves is the same
+thing sampled at the evals.
 
 Envelope points reached by the smallest or the largest model are left out (the optimum may lie
 beyond the sizes tried). The bootstrap resamples points with replacement and redoes everything on

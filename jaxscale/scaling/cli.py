@@ -59,10 +59,13 @@ def _fit(args):
   record = fits.fit_runs(table.read_csv(args.csv), args.law, args.approach,
                          laws.parse_fixed(args.fix), not args.no_offset, args.bootstrap, args.seed)
   fits.save(jsonable(record), args.out)
-  return {key: value for key, value in record.items()
-          if key not in ('bootstrap', 'envelope', 'minima') and not key.startswith('L(')} | {
-              key: {k: v for k, v in value.items() if k != 'bootstrap'}
-              for key, value in record.items() if key.startswith('L(')}
+  return _summary(record)
+
+
+def _summary(record: dict) -> dict:
+  """A fit record without its per-resample values and point lists, for the terminal."""
+  return {key: _summary(value) if isinstance(value, dict) else value
+          for key, value in record.items() if key not in ('bootstrap', 'envelope', 'minima')}
 
 
 def _predict(args):

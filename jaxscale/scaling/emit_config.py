@@ -6,6 +6,8 @@ that spend the budget. The emitted file is an ordinary config: the sweep's base 
 sweep's overrides and the run's, for `python -m jaxscale.main --config FILE --workdir DIR`.
 """
 
+import math
+
 import ml_collections
 
 from jaxscale.scaling import predict
@@ -15,8 +17,8 @@ from jaxscale.scaling import sweep as sweep_lib
 
 _TEMPLATE = '''"""Compute-optimal run for C = {compute:.3g} FLOPs.
 
-N = {N:,} parameters, D = {D:,} tokens. Predicted eval loss {loss:.4f} (bootstrap interval
-{loss_low:.4f} to {loss_high:.4f}), from {fit_path} fitted to the sweep {sweep_dir}.
+N = {N:,} parameters, D = {D:,} tokens. {loss_text}
+From {fit_path}, fitted to the sweep {sweep_dir}.
 
   python -m jaxscale.main --config {path} --workdir DIR
 """
@@ -24,7 +26,8 @@ N = {N:,} parameters, D = {D:,} tokens. Predicted eval loss {loss:.4f} (bootstra
 from jaxscale.scaling import run_config
 
 BASE_CONFIG = {base_config!r}
-OVERRIDES = {overrides!r}
+OVERRIDES = [
+{overrides}]
 
 
 def get_config():
@@ -48,9 +51,16 @@ def compute_optimal_run(record: dict, sweep_dir, compute: float) -> dict:
 
 
 def write(run: dict, path, fit_path, sweep_dir) -> None:
-  interval = run['prediction'].get('ci', {}).get('loss', [float('nan')] * 2)
+  prediction = run['prediction']
+  loss_text = 'The fit has no loss frontier, so no loss prediction.'
+  if math.isfinite(prediction['loss']):
+    loss_text = f'Predicted eval loss {prediction["loss"]:.4f}'
+    if 'ci' in prediction:
+      low, high = prediction['ci']['loss']
+      loss_text += f' (bootstrap interval {low:.4f} to {high:.4f})'
+    loss_text += '.'
   with open(path, 'w') as f:
     f.write(_TEMPLATE.format(
-        compute=run['budget'], N=run['N'], D=run['D'], loss=run['prediction']['loss'],
-        loss_low=interval[0], loss_high=interval[1], fit_path=fit_path, sweep_dir=sweep_dir,
-        path=path, base_config=run['base_config'], overrides=run['overrides']))
+        compute=run['budget'], N=run['N'], D=run['D'], loss_text=loss_text, fit_path=fit_path,
+        sweep_dir=sweep_dir, path=path, base_config=run['base_config'],
+        overrides=''.join(f'    {override!r},\n' for override in run['overrides'])))

@@ -13,12 +13,12 @@ from jaxscale.scaling import intervals
 from jaxscale.scaling import laws
 from jaxscale.scaling import parametric_fit
 
-class TooFewPoints(ValueError):
-  pass
-
-
 _EXPONENT_STARTS = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5)
 _OFFSET_FRACTIONS = (0.0, 0.2, 0.5, 0.8, 0.95)  # Of the smallest loss; 0 = no offset.
+
+
+class TooFewPoints(ValueError):
+  """Fewer points than free parameters + 1: callers may skip an optional law."""
 
 
 def fit(variable, x, loss, fixed=None):
@@ -58,6 +58,7 @@ def start_grid(log_x, log_y) -> np.ndarray:
   for fraction, gamma in itertools.product(_OFFSET_FRACTIONS, _EXPONENT_STARTS):
     offset = fraction * smallest
     log_k = np.log(median - offset) + gamma * np.median(log_x)
+    # A start 'without offset' is E = e^-30: negligible, yet free to grow.
     starts.append((log_k, gamma, np.log(offset) if offset > 0 else -30.0))
   return np.array(starts)
 
