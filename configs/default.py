@@ -8,11 +8,11 @@ from jaxscale import config_base
 
 def get_config():
   c = config_base.get_base_config()
-  c.num_train_steps = 1200
+  c.num_train_steps = 500
   c.batch_size = 16
   c.log_every_steps = 50
-  c.eval_every_steps = 300
-  c.checkpoint_every_steps = 300
+  c.eval_every_steps = 125
+  c.checkpoint_every_steps = 250
   c.num_eval_batches = 8
 
   c.dataset.name = 'python_stdlib'
@@ -25,5 +25,5 @@ def get_config():
   c.model.mlp_activation = 'gelu'
 
   c.optimizer.learning_rate = 3e-3
-  c.optimizer.warmup_steps = 100
+  c.optimizer.warmup_steps = 50
   return c
