@@ -6,7 +6,6 @@ stacked on a leading 'layers' axis and the forward pass is one `jax.lax.scan`, s
 does not grow with depth.
 """
 
-import functools
 import math
 
 import jax
