@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+import jaxscale.data  # noqa: F401  (TensorFlow's import time is not validation time)
 from jaxscale import config_validation
 from jaxscale.config_validation import ConfigError
 from tests.helpers import tiny_config
