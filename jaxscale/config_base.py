@@ -5,6 +5,8 @@ keys (the config is locked), so a misspelled key fails at once with the allowed 
 `config_validation.validate` checks values against this schema before anything compiles.
 """
 
+from collections.abc import Mapping
+
 import ml_collections
 
 
@@ -77,3 +79,15 @@ def get_base_config() -> ml_collections.ConfigDict:
       ('seq', None),
   )
   return c
+
+
+def flatten(config, prefix: str = 'config') -> dict[str, object]:
+  """{'config.model.d_model': 256, ...} for a ConfigDict or a nested dict (e.g. config.json)."""
+  flat = {}
+  for key, value in config.items():
+    path = f'{prefix}.{key}'
+    if isinstance(value, (Mapping, ml_collections.ConfigDict)):
+      flat.update(flatten(value, path))
+    else:
+      flat[path] = value
+  return flat

@@ -7,7 +7,6 @@ Every error names the offending key and what is allowed, e.g.
 import difflib
 import inspect
 
-import ml_collections
 
 from jaxscale import config_base, optim
 from jaxscale.models import MODELS
@@ -19,17 +18,6 @@ class ConfigError(ValueError):
   pass
 
 
-def _flatten(config, prefix='config') -> dict[str, object]:
-  flat = {}
-  for key, value in config.items():
-    path = f'{prefix}.{key}'
-    if isinstance(value, ml_collections.ConfigDict):
-      flat.update(_flatten(value, path))
-    else:
-      flat[path] = value
-  return flat
-
-
 def _unknown_key_error(key: str, allowed: list[str]) -> ConfigError:
   close = difflib.get_close_matches(key, allowed, n=1)
   hint = f' Did you mean {close[0]!r}?' if close else ''
@@ -37,8 +25,8 @@ def _unknown_key_error(key: str, allowed: list[str]) -> ConfigError:
 
 
 def _check_keys_and_types(config):
-  schema = _flatten(config_base.get_base_config())
-  given = _flatten(config)
+  schema = config_base.flatten(config_base.get_base_config())
+  given = config_base.flatten(config)
   model_keys = {k for k in given if k.startswith('config.model.')}
   for key, value in given.items():
     if key in model_keys:

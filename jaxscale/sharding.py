@@ -60,6 +60,12 @@ def state_shardings(abstract_tree, mesh: Mesh, rules):
   return logical_to_named(nnx.get_partition_spec(abstract_tree), mesh, rules)
 
 
+def abstract_arrays(tree, shardings):
+  """ShapeDtypeStructs of `tree` placed by `shardings`: a compile or restore target."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
   """Batches are split over whichever mesh axes the 'batch' logical name maps to."""
   return logical_to_named(P('batch', None), mesh, rules)

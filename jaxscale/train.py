@@ -135,8 +135,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       sharding.replicated(mesh), config.optimizer.grad_accum_steps)
 
   # Compile ahead of the loop, so the first speed report is not the compile time.
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
+  abstract_state = sharding.abstract_arrays(state, state_shardings)
   abstract_batch = {
       k: jax.ShapeDtypeStruct((config.batch_size, *spec.shape[1:]), spec.dtype.as_numpy_dtype,
                               sharding=batch_sharding)

@@ -6,18 +6,10 @@ import json
 import jax
 from etils import epath
 
+from jaxscale import config_base
+
 # Keys that may change between a run and its resumption without changing the experiment.
 _RESUMABLE_KEYS = ('config.allow_config_change', 'config.profile_steps')
-
-
-def _flat(d: dict, prefix='config') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}.{k}'))
-    else:
-      out[f'{prefix}.{k}'] = v
-  return out
 
 
 def config_as_dict(config) -> dict:
@@ -26,7 +18,7 @@ def config_as_dict(config) -> dict:
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
-  old_flat, new_flat = _flat(old), _flat(new)
+  old_flat, new_flat = config_base.flatten(old), config_base.flatten(new)
   return [f'{k}: {old_flat.get(k, "<absent>")!r} -> {new_flat.get(k, "<absent>")!r}'
           for k in sorted(set(old_flat) | set(new_flat))
           if k not in _RESUMABLE_KEYS and old_flat.get(k) != new_flat.get(k)]

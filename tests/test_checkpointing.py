@@ -15,11 +15,6 @@ def _state_on(config, devices):
   return state, shardings
 
 
-def _abstract(state, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state, shardings)
-
-
 def _numbers():
   return tf.data.Dataset.range(1000).shuffle(100, seed=0)
 
@@ -36,7 +31,7 @@ def test_state_saved_on_an_fsdp_mesh_restores_onto_one_device_and_another_mesh(t
                         (dict(data=2, fsdp=4), jax.devices())]:
     target_config = tiny_config(**{f'mesh.{k}': v for k, v in mesh.items()})
     target, shardings = _state_on(target_config, devices)
-    restored = checkpointing.restore(manager, 3, _abstract(target, shardings), iter(_numbers()))
+    restored = checkpointing.restore(manager, 3, sharding.abstract_arrays(target, shardings), iter(_numbers()))
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert jax.tree.leaves(restored)[1].sharding == jax.tree.leaves(shardings)[1]
@@ -55,5 +50,5 @@ def test_data_position_survives_with_and_without_a_serialisable_pipeline(tmp_pat
     manager.wait_until_finished()
     expected = [int(next(iterator)) for _ in range(5)]
     fresh = iter(make())
-    checkpointing.restore(manager, 7, _abstract(state, shardings), fresh)
+    checkpointing.restore(manager, 7, sharding.abstract_arrays(state, shardings), fresh)
     assert [int(next(fresh)) for _ in range(5)] == expected, name
