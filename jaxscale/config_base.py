@@ -22,6 +22,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3              # Orbax keeps the newest N.
   c.async_checkpointing = True        # Save in a background thread while training goes on.
   c.allow_config_change = False       # Resume in a workdir whose config.json differs.
+  c.label_smoothing = 0.0             # Classification: train-loss label smoothing (eval loss is plain).
   c.profile_steps = 0                 # >0: write a profiler trace of this many steps after step 10.
 
   c.model = ml_collections.ConfigDict()
@@ -47,6 +48,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dataset.shuffle_buffer_size = 1024  # Packed sequences held in the shuffle buffer.
   c.dataset.tokenizer = 'byte'        # 'byte' | 'sentencepiece' (real text datasets).
   c.dataset.spm_model_path = ''       # SentencePiece model file when tokenizer='sentencepiece'.
+  # Vision datasets. Eval preprocessing is fixed (resize/center crop to image_size); these shape
+  # the training stream only.
+  c.dataset.image_size = 32           # Side of the square images the model sees.
+  c.dataset.crop = 'none'             # 'none' | 'pad_and_crop' (CIFAR) | 'random_resized_crop' (ImageNet)
+  c.dataset.crop_padding = 4          # pad_and_crop: pixels of padding on each side.
+  c.dataset.flip = False              # Random horizontal flips.
+  c.dataset.randaugment_layers = 0    # RandAugment ops per image; 0 disables it.
+  c.dataset.randaugment_magnitude = 10
+  c.dataset.mixup_alpha = 0.0         # Beta(a, a) mixing of image pairs and labels; 0 disables it.
+  c.dataset.cutmix_alpha = 0.0        # Beta(a, a) box pasting between image pairs; 0 disables it.
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adamw'          # 'adamw' | 'sgd' | 'lion' | 'adafactor'

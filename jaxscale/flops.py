@@ -7,6 +7,7 @@ half too, so this is what the hardware does). A training step costs 3x the forwa
 percent at realistic widths, and `tests/test_flops.py` checks the total against XLA's cost model.
 """
 
+import dataclasses
 import functools
 import time
 
@@ -44,6 +45,33 @@ def forward_flops_per_token(model_config, seq_len: int, vocab_size: int) -> floa
 def train_flops_per_token(model_config, seq_len: int, vocab_size: int) -> float:
   """Forward + backward FLOPs per trained token."""
   return 3.0 * forward_flops_per_token(model_config, seq_len, vocab_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Accounting:
+  """A model's size and what one training example costs: the numbers a scaling fit needs."""
+  params_total: int
+  params_non_embedding: int     # Kaplan's N for LMs; equal to params_total for classifiers.
+  train_flops_per_example: float
+  tokens_per_example: int       # Sequence length for LMs; 0 for classifiers (one image each).
+
+
+def _transformer_accounting(config) -> Accounting:
+  model, seq_len = config.model, config.dataset.seq_len
+  total, non_embedding = count_params(model, model.vocab_size)
+  per_token = train_flops_per_token(model, seq_len, model.vocab_size)
+  return Accounting(total, non_embedding, seq_len * per_token, seq_len)
+
+
+# Model registry name -> Accounting of a resolved config (model and dataset keys filled in).
+_ACCOUNTING = {'transformer': _transformer_accounting}
+
+
+def accounting(config) -> Accounting:
+  if config.model.name not in _ACCOUNTING:
+    raise NotImplementedError(f'No parameter/FLOP accounting for model {config.model.name!r}; '
+                              'add it to jaxscale.flops._ACCOUNTING.')
+  return _ACCOUNTING[config.model.name](config)
 
 
 # Dense bf16 peak FLOP/s per chip, from vendor specifications.

@@ -23,79 +23,129 @@ class TrainState:
   opt_state: optax.OptState
 
 
-def token_losses(graphdef, params, model_state, batch):
-  """Summed cross-entropy over weighted target tokens, the weight total, and new model state."""
-  model = nnx.merge(graphdef, params, model_state)
-  logits_BxLxV = model(batch['inputs'])
+TASKS = ('lm', 'classification')
+
+
+def _lm_sums(logits_BxLxV, batch, *, train: bool, label_smoothing: float):
+  del train, label_smoothing
   losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch['targets'])
   weights_BxL = batch['weights']
-  new_model_state = nnx.state(model, nnx.Not(nnx.Param))
-  return jnp.sum(losses_BxL * weights_BxL), jnp.sum(weights_BxL), new_model_state
+  return {'loss_sum': jnp.sum(losses_BxL * weights_BxL), 'weight_sum': jnp.sum(weights_BxL)}
 
 
-def _loss_with_aux(params, model_state, batch, graphdef):
-  loss_sum, weight_sum, new_model_state = token_losses(graphdef, params, model_state, batch)
-  return loss_sum, (weight_sum, new_model_state)
+def _classification_sums(logits_BxK, batch, *, train: bool, label_smoothing: float):
+  """Cross-entropy against (possibly mixed) soft labels, and top-1/top-5 hits on the true class.
+
+  `labels` is [B, K]: one-hot in eval, mixup/cutmix mixtures in training; the "true" class of a
+  mixture is its largest component. Smoothing applies to the training loss only, so eval loss is
+  the plain cross-entropy a scaling fit needs.
+  """
+  labels_BxK, weights_B = batch['labels'], batch['weights']
+  targets_BxK = optax.smooth_labels(labels_BxK, label_smoothing) if train else labels_BxK
+  losses_B = optax.softmax_cross_entropy(logits_BxK.astype(jnp.float32), targets_BxK)
+  true_logit_B = jnp.take_along_axis(
+      logits_BxK, jnp.argmax(labels_BxK, axis=-1)[:, None], axis=-1)[:, 0]
+  rank_B = jnp.sum(logits_BxK > true_logit_B[:, None], axis=-1)  # 0 = the true class is on top.
+  return {'loss_sum': jnp.sum(losses_B * weights_B), 'weight_sum': jnp.sum(weights_B),
+          'top1_sum': jnp.sum((rank_B < 1) * weights_B),
+          'top5_sum': jnp.sum((rank_B < 5) * weights_B)}
 
 
-def _summed_grads(graphdef, params, model_state, batch, grad_accum_steps: int):
+_TASK_SUMS = {'lm': _lm_sums, 'classification': _classification_sums}
+
+
+def loss_sums(graphdef, params, model_state, batch, *, task: str, train: bool,
+              label_smoothing: float = 0.0):
+  """Summed losses (and task metrics) over the batch's weighted targets, and new model state.
+
+  The model runs in train mode (batch norm uses and updates batch statistics) or eval mode
+  (running statistics, left unchanged).
+  """
+  model = nnx.merge(graphdef, params, model_state)
+  if train:
+    model.train()
+  else:
+    model.eval()
+  inputs = batch['inputs'] if task == 'lm' else batch['image']
+  sums = _TASK_SUMS[task](model(inputs), batch, train=train, label_smoothing=label_smoothing)
+  return sums, nnx.state(model, nnx.Not(nnx.Param))
+
+
+def _loss_with_aux(params, model_state, batch, graphdef, task, label_smoothing):
+  sums, new_model_state = loss_sums(graphdef, params, model_state, batch, task=task, train=True,
+                                    label_smoothing=label_smoothing)
+  return sums['loss_sum'], (sums, new_model_state)
+
+
+def _summed_grads(graphdef, params, model_state, batch, grad_accum_steps: int, task: str,
+                  label_smoothing: float):
   """Gradient of the summed loss, over `grad_accum_steps` sequential micro-batches."""
-  grad_fn = jax.value_and_grad(functools.partial(_loss_with_aux, graphdef=graphdef), has_aux=True)
+  grad_fn = jax.value_and_grad(
+      functools.partial(_loss_with_aux, graphdef=graphdef, task=task,
+                        label_smoothing=label_smoothing), has_aux=True)
   if grad_accum_steps == 1:
-    (loss_sum, (weight_sum, model_state)), grads = grad_fn(params, model_state, batch)
-    return loss_sum, weight_sum, model_state, grads
+    (_, (sums, model_state)), grads = grad_fn(params, model_state, batch)
+    return sums, model_state, grads
 
   micro_batches = jax.tree.map(
       lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]), batch)
 
   def accumulate(carry, micro_batch):
-    loss_sum, weight_sum, model_state, grads = carry
-    (l, (w, model_state)), g = grad_fn(params, model_state, micro_batch)
-    return (loss_sum + l, weight_sum + w, model_state, jax.tree.map(jnp.add, grads, g)), None
+    sums, model_state, grads = carry
+    (_, (s, model_state)), g = grad_fn(params, model_state, micro_batch)
+    return (jax.tree.map(jnp.add, sums, s), model_state, jax.tree.map(jnp.add, grads, g)), None
 
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), model_state, zeros)
-  (loss_sum, weight_sum, model_state, grads), _ = jax.lax.scan(accumulate, init, micro_batches)
-  return loss_sum, weight_sum, model_state, grads
+  first_micro_batch = jax.tree.map(lambda x: x[0], micro_batches)
+  sums_shape = jax.eval_shape(grad_fn, params, model_state, first_micro_batch)[0][1][0]
+  zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
+  init = (zero_sums, model_state, jax.tree.map(jnp.zeros_like, params))
+  (sums, model_state, grads), _ = jax.lax.scan(accumulate, init, micro_batches)
+  return sums, model_state, grads
 
 
 def train_step(state: TrainState, batch, *, graphdef, optimizer: optax.GradientTransformation,
-               learning_rate_fn, grad_accum_steps: int = 1):
-  loss_sum, weight_sum, model_state, grads = _summed_grads(
-      graphdef, state.params, state.model_state, batch, grad_accum_steps)
-  # Mean over all target tokens of the global batch, however it was split.
+               learning_rate_fn, grad_accum_steps: int = 1, task: str = 'lm',
+               label_smoothing: float = 0.0):
+  sums, model_state, grads = _summed_grads(
+      graphdef, state.params, state.model_state, batch, grad_accum_steps, task, label_smoothing)
+  # Mean over all targets of the global batch, however it was split.
+  weight_sum = sums['weight_sum']
   grads = jax.tree.map(lambda g: g / weight_sum, grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
-      'train_loss': loss_sum / weight_sum,
+      'train_loss': sums['loss_sum'] / weight_sum,
       'grad_norm': optax.tree.norm(grads),
       'param_norm': optax.tree.norm(params),
       'update_norm': optax.tree.norm(updates),
       'learning_rate': learning_rate_fn(state.step),
   }
+  if 'top1_sum' in sums:
+    metrics['train_accuracy'] = sums['top1_sum'] / weight_sum
   new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                             opt_state=opt_state)
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch, *, graphdef):
-  """Summed loss and token count; the loop divides after summing over the eval set."""
-  loss_sum, weight_sum, _ = token_losses(graphdef, state.params, state.model_state, batch)
-  return {'loss_sum': loss_sum, 'weight_sum': weight_sum}
+def eval_step(state: TrainState, batch, *, graphdef, task: str = 'lm'):
+  """Summed loss, target count and task metrics; the loop divides after summing the eval set."""
+  sums, _ = loss_sums(graphdef, state.params, state.model_state, batch, task=task, train=False)
+  return sums
 
 
 def compile_steps(graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
-                  replicated, grad_accum_steps: int = 1):
+                  replicated, grad_accum_steps: int = 1, task: str = 'lm',
+                  label_smoothing: float = 0.0):
   """jit-compiled (train_step, eval_step) with explicit shardings and the state donated."""
   train = jax.jit(
       functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
-                        learning_rate_fn=learning_rate_fn, grad_accum_steps=grad_accum_steps),
+                        learning_rate_fn=learning_rate_fn, grad_accum_steps=grad_accum_steps,
+                        task=task, label_smoothing=label_smoothing),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, replicated),
       donate_argnames=('state',))
   evaluate = jax.jit(
-      functools.partial(eval_step, graphdef=graphdef),
+      functools.partial(eval_step, graphdef=graphdef, task=task),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=replicated)
   return train, evaluate

@@ -45,8 +45,13 @@ def create_train_state(config, mesh, optimizer):
 
 
 def resolve_config(config, datasets) -> ml_collections.ConfigDict:
-  """Fills in what the data decides (vocabulary size), so config.json is the whole experiment."""
+  """Fills in what the data decides (vocabulary size, classes, image size), so config.json is
+  the whole experiment."""
   config = ml_collections.ConfigDict(config.to_dict())
+  if 'num_classes' in config.model and not config.model.num_classes:
+    config.model.num_classes = datasets.num_classes
+  if 'image_size' in config.model and not config.model.image_size:
+    config.model.image_size = config.dataset.image_size
   if 'vocab_size' in config.model:
     if not config.model.vocab_size:
       config.model.vocab_size = datasets.vocab_size
@@ -57,20 +62,38 @@ def resolve_config(config, datasets) -> ml_collections.ConfigDict:
   return config
 
 
-def evaluate(eval_step, state, eval_batches, batch_sharding) -> tuple[float, float]:
-  """(mean loss in nats per target token, number of target tokens) over the fixed eval set."""
-  totals = [eval_step(state, sharding.global_batch(b, batch_sharding)) for b in eval_batches]
-  totals = jax.device_get(totals)
-  loss_sum = sum(float(t['loss_sum']) for t in totals)
-  weight_sum = sum(float(t['weight_sum']) for t in totals)
-  return loss_sum / weight_sum, weight_sum
+def evaluate(eval_step, state, eval_batches, batch_sharding) -> dict[str, float]:
+  """Means over the fixed eval set: `eval_loss` (nats per target), accuracies for classifiers,
+  and `eval_targets`, the number of targets (tokens or images) they were taken over."""
+  totals = jax.device_get(
+      [eval_step(state, sharding.global_batch(b, batch_sharding)) for b in eval_batches])
+  sums = {k: sum(float(t[k]) for t in totals) for k in totals[0]}
+  weight_sum = sums['weight_sum']
+  result = {'eval_loss': sums['loss_sum'] / weight_sum, 'eval_targets': weight_sum}
+  if 'top1_sum' in sums:
+    result['eval_accuracy'] = sums['top1_sum'] / weight_sum
+    result['eval_top5_accuracy'] = sums['top5_sum'] / weight_sum
+  return result
+
+
+def eval_metrics(sums: dict[str, float], datasets) -> dict[str, float]:
+  """The eval row's loss-derived fields: bits per token (and byte) for LMs."""
+  row = {k: v for k, v in sums.items() if k != 'eval_targets'}
+  if datasets.task == 'lm':
+    row['eval_bits_per_token'] = row['eval_loss'] / math.log(2)
+    if datasets.bytes_per_token:
+      row['eval_bits_per_byte'] = row['eval_bits_per_token'] / datasets.bytes_per_token
+  return row
 
 
 class Throughput:
-  """Steps/s, tokens/s and MFU over the time spent in training steps since the last report."""
+  """Steps/s, examples/s, tokens/s and MFU over the time spent in training steps since the last
+  report."""
 
-  def __init__(self, tokens_per_step: int, flops_per_step: float, peak_flops_total: float):
-    self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+  def __init__(self, examples_per_step: int, tokens_per_step: int, flops_per_step: float,
+               peak_flops_total: float):
+    self.examples_per_step, self.tokens_per_step = examples_per_step, tokens_per_step
+    self.flops_per_step = flops_per_step
     self.peak_flops_total = peak_flops_total
     self.reset(step=0)
 
@@ -80,12 +103,15 @@ class Throughput:
   def report(self, step: int) -> dict[str, float]:
     elapsed = max(time.perf_counter() - self.start_time, 1e-9)
     steps_per_sec = (step - self.start_step) / elapsed
-    return {
+    speed = {
         'steps_per_sec': steps_per_sec,
-        'tokens_per_sec': steps_per_sec * self.tokens_per_step,
+        'examples_per_sec': steps_per_sec * self.examples_per_step,
         'flops_per_sec': steps_per_sec * self.flops_per_step,
         'mfu': steps_per_sec * self.flops_per_step / self.peak_flops_total,
     }
+    if self.tokens_per_step:
+      speed['tokens_per_sec'] = steps_per_sec * self.tokens_per_step
+    return speed
 
 
 class PreemptionNotice:
@@ -132,7 +158,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   train_step, eval_step = steps.compile_steps(
       graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
-      sharding.replicated(mesh), config.optimizer.grad_accum_steps)
+      sharding.replicated(mesh), config.optimizer.grad_accum_steps, task=datasets.task,
+      label_smoothing=config.label_smoothing)
 
   # Compile ahead of the loop, so the first speed report is not the compile time.
   abstract_state = sharding.abstract_arrays(state, state_shardings)
@@ -152,20 +179,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('Resumed from checkpoint at step %d.', last_checkpoint)
   start_step = int(jax.device_get(state.step))
 
-  seq_len = config.dataset.seq_len
-  tokens_per_step = config.batch_size * seq_len
-  params_total, params_non_embedding = flops.count_params(config.model, config.model.vocab_size)
-  flops_per_token = flops.train_flops_per_token(config.model, seq_len, config.model.vocab_size)
+  size = flops.accounting(config)
+  tokens_per_step = config.batch_size * size.tokens_per_example
+  flops_per_step = config.batch_size * size.train_flops_per_example
   peak_per_device, peak_source = flops.peak_flops_per_device()
-  logging.info('Model: %s params (%s non-embedding), %.3g train FLOPs/token; peak %.3g FLOP/s per '
-               'device (%s); mesh %s.', f'{params_total:,}', f'{params_non_embedding:,}',
-               flops_per_token, peak_per_device, peak_source, dict(mesh.shape))
-  throughput = Throughput(tokens_per_step, tokens_per_step * flops_per_token,
+  logging.info('Model: %s params (%s non-embedding), %.3g train FLOPs/example; peak %.3g FLOP/s '
+               'per device (%s); mesh %s.', f'{size.params_total:,}',
+               f'{size.params_non_embedding:,}', size.train_flops_per_example, peak_per_device,
+               peak_source, dict(mesh.shape))
+  throughput = Throughput(config.batch_size, tokens_per_step, flops_per_step,
                           peak_per_device * jax.device_count())
 
   writer = metrics.create_writer(workdir)
-  scale_numbers = {'params_total': params_total, 'params_non_embedding': params_non_embedding,
-                   'flops_per_token': flops_per_token}
+  scale_numbers = {'params_total': size.params_total,
+                   'params_non_embedding': size.params_non_embedding,
+                   'flops_per_example': size.train_flops_per_example}
+  if size.tokens_per_example:
+    scale_numbers['flops_per_token'] = size.train_flops_per_example / size.tokens_per_example
   if start_step == 0:
     writer.write_scalars(0, scale_numbers)
   eval_batches = list(datasets.eval.as_numpy_iterator())
@@ -175,13 +205,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                           first_profile=start_step + 10, logdir=str(workdir)))
 
   def counters(step):
-    return {'tokens_seen': step * tokens_per_step, 'examples_seen': step * config.batch_size,
-            'flops_seen': step * tokens_per_step * flops_per_token}
+    seen = {'examples_seen': step * config.batch_size, 'flops_seen': step * flops_per_step}
+    if tokens_per_step:
+      seen['tokens_seen'] = step * tokens_per_step
+    return seen
 
   preemption = PreemptionNotice()
   pending, pending_start = [], start_step
   last_train_loss = float('nan')
-  eval_loss = None
+  eval_row = None
   throughput.reset(start_step)
   for step in range(start_step + 1, config.num_train_steps + 1):
     # The tf iterator itself (not as_numpy_iterator) is what tf.train.Checkpoint can save.
@@ -212,19 +244,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   'grad_norm': float(rows[-1]['grad_norm']),
                                   'param_norm': float(rows[-1]['param_norm']),
                                   **speed, **counters(step)})
-      logging.info('step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  %.0f tokens/s  MFU %.1f%%  ETA %s',
+      rate = (f'{speed["tokens_per_sec"]:.0f} tokens/s' if tokens_per_step
+              else f'{speed["examples_per_sec"]:.1f} examples/s')
+      logging.info('step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  %s  MFU %.1f%%  ETA %s',
                    step, config.num_train_steps, last_train_loss, float(rows[-1]['learning_rate']),
-                   speed['steps_per_sec'], speed['tokens_per_sec'], 100 * speed['mfu'],
+                   speed['steps_per_sec'], rate, 100 * speed['mfu'],
                    time.strftime('%H:%M:%S', time.gmtime(remaining)))
     if eval_now:
-      eval_loss, eval_tokens = evaluate(eval_step, state, eval_batches, batch_sharding)
-      eval_row = {'eval_loss': eval_loss, 'eval_bits_per_token': eval_loss / math.log(2),
-                  'train_loss': last_train_loss, **counters(step), **scale_numbers}
-      if datasets.bytes_per_token:
-        eval_row['eval_bits_per_byte'] = eval_loss / math.log(2) / datasets.bytes_per_token
-      writer.write_scalars(step, eval_row)
-      logging.info('step %d  eval loss %.4f  (%.4f bits/token) on %d tokens', step, eval_loss,
-                   eval_row['eval_bits_per_token'], eval_tokens)
+      sums = evaluate(eval_step, state, eval_batches, batch_sharding)
+      eval_row = eval_metrics(sums, datasets)
+      writer.write_scalars(step, {**eval_row, 'train_loss': last_train_loss, **counters(step),
+                                  **scale_numbers})
+      details = ', '.join(f'{k} {v:.4f}' for k, v in eval_row.items() if k != 'eval_loss')
+      logging.info('step %d  eval loss %.4f  (%s) on %d targets', step, eval_row['eval_loss'],
+                   details, sums['eval_targets'])
     if save_now:
       checkpointing.save(manager, step, state, train_iter, force=True)
     if log_now or eval_now or save_now:
@@ -237,14 +270,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   manager.wait_until_finished()
   manager.close()
-  if eval_loss is None:  # Resumed a finished run or stopped early: measure held-out loss now.
-    eval_loss, _ = evaluate(eval_step, state, eval_batches, batch_sharding)
+  if eval_row is None:  # Resumed a finished run or stopped early: measure held-out loss now.
+    eval_row = eval_metrics(evaluate(eval_step, state, eval_batches, batch_sharding), datasets)
   final_step = int(jax.device_get(state.step))
-  summary = {'step': final_step, 'finished': final_step >= config.num_train_steps,
-             'eval_loss': eval_loss,
+  summary = {'step': final_step, 'finished': final_step >= config.num_train_steps, **eval_row,
              'train_loss': last_train_loss if math.isfinite(last_train_loss) else None,
-             'eval_bits_per_token': eval_loss / math.log(2), **counters(final_step),
-             **scale_numbers, 'dataset_min_loss': datasets.min_loss}
+             **counters(final_step), **scale_numbers, 'dataset_min_loss': datasets.min_loss}
   if summary['finished']:  # The sweep tools take summary.json as "this run is done".
     workdir_lib.write_summary(workdir, summary)
   writer.close()

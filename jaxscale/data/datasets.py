@@ -17,6 +17,8 @@ class Datasets:
   bytes_per_token: float | None  # Mean UTF-8 bytes per eval target token (bits per byte).
   min_loss: float | None   # Least expected loss per target (nats), for known-entropy sources.
   info: dict[str, Any]     # Extra facts to record with the run.
+  task: str = 'lm'         # 'lm' (inputs/targets/weights) | 'classification' (image/labels/weights).
+  num_classes: int | None = None  # Classification only.
 
 
 def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int, seed: int,

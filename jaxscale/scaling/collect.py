@@ -54,13 +54,15 @@ def write(rows, path) -> None:
 
 def _measured(point) -> dict:
   return {'N': point['params_total'], 'N_nonembed': point['params_non_embedding'],
-          'D': point['tokens_seen'], 'C': point['flops_seen'], 'loss': point['eval_loss'],
+          # Tokens for LMs, images for classifiers.
+          'D': point['tokens_seen'] if 'tokens_seen' in point else point['examples_seen'],
+          'C': point['flops_seen'], 'loss': point['eval_loss'],
           'step': point['step']}
 
 
 def _knobs(config) -> dict:
   model, dataset, optimizer = config['model'], config['dataset'], config['optimizer']
-  return {**{knob: model[knob] for knob in SIZE_KNOBS}, 'seq_len': dataset['seq_len'],
+  return {**{knob: model.get(knob, '') for knob in SIZE_KNOBS}, 'seq_len': dataset['seq_len'],
           'batch_size': config['batch_size'], 'learning_rate': optimizer['learning_rate'],
           'schedule': optimizer['schedule']}
 
