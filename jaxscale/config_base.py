@@ -70,6 +70,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.95
   c.optimizer.eps = 1e-8
   c.optimizer.momentum = 0.9          # SGD only.
+  c.optimizer.nesterov = False        # SGD only: Nesterov momentum.
   c.optimizer.weight_decay = 0.1      # Decoupled; never applied to norms, biases or scalars.
   c.optimizer.grad_clip_norm = 1.0    # Global-norm clipping; 0 disables it.
   c.optimizer.grad_accum_steps = 1    # Micro-batches summed per update (batch_size is per update).
