@@ -89,6 +89,9 @@ def get_base_config() -> ml_collections.ConfigDict:
       ('kv', None),
       ('layers', None),
       ('seq', None),
+      ('conv_in', None),            # Convolution kernels' input channels.
+      ('conv_out', 'fsdp'),         # Their output channels (and a ResNet head's input).
+      ('classes', None),            # Classifier heads' outputs (class counts rarely divide evenly).
   )
   return c
 
