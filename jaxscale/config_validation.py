@@ -5,6 +5,7 @@ Every error names the offending key and what is allowed, e.g.
 """
 
 import difflib
+import importlib.util
 import inspect
 
 
@@ -83,6 +84,23 @@ def _check_values(config):
   if config.batch_size % config.optimizer.grad_accum_steps:
     raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by '
                       f'config.optimizer.grad_accum_steps={config.optimizer.grad_accum_steps}.')
+
+
+def _check_image_dataset(d):
+  """The vision keys of config.dataset (they only shape image datasets' training stream)."""
+  from jaxscale.data.augment import MAX_RANDAUGMENT_MAGNITUDE  # Late: loads TensorFlow.
+  _check_choice('config.dataset.crop', d.crop, ('none', 'pad_and_crop', 'random_resized_crop'))
+  if d.image_size <= 0:
+    raise ConfigError(f'config.dataset.image_size={d.image_size} must be positive.')
+  for key in ('crop_padding', 'randaugment_layers', 'mixup_alpha', 'cutmix_alpha'):
+    if d[key] < 0:
+      raise ConfigError(f'config.dataset.{key}={d[key]} must be >= 0 (0 turns it off).')
+  if not 0 <= d.randaugment_magnitude <= MAX_RANDAUGMENT_MAGNITUDE:
+    raise ConfigError(f'config.dataset.randaugment_magnitude={d.randaugment_magnitude} must be in '
+                      f'[0, {MAX_RANDAUGMENT_MAGNITUDE}].')
+  if d.randaugment_layers > 0 and importlib.util.find_spec('keras') is None:
+    raise ConfigError(f'config.dataset.randaugment_layers={d.randaugment_layers} needs Keras 3 '
+                      '(keras.layers.RandAugment), which is not installed; install keras or set 0.')
 
 
 def _check_transformer(m):
@@ -164,6 +182,7 @@ def validate(config, num_devices: int | None = None, process_count: int = 1):
   _check_keys_and_types(config)
   _check_model_keys(config.model)
   _check_values(config)
+  _check_image_dataset(config.dataset)
   if config.model.name == 'transformer':
     _check_transformer(config.model)
   elif config.model.name in ('vit', 'resnet', 'mlp'):
