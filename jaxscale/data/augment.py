@@ -20,7 +20,8 @@ def resize(image, size: int):
   """Bilinear (antialiased when shrinking) resize to [size, size]; a no-op at that size already."""
   if image.shape[0] == size and image.shape[1] == size:
     return image
-  return tf.image.resize(image, [size, size], method='bilinear', antialias=True)
+  resized = tf.image.resize(image, [size, size], method='bilinear', antialias=True)
+  return tf.ensure_shape(resized, [size, size, image.shape[-1]])
 
 
 def pad_and_crop(image, *, padding: int, seed):
@@ -29,17 +30,31 @@ def pad_and_crop(image, *, padding: int, seed):
   return tf.image.stateless_random_crop(padded, tf.shape(image), seed=seed)
 
 
-def random_resized_crop(image, *, size: int, seed):
-  """A random box of 8-100% of the area and aspect 3/4-4/3, resized to [size, size].
+def sample_crop_box(image_shape, *, seed):
+  """(offset, size) of a random box of 8-100% of the area and aspect 3/4-4/3 (Inception style).
 
   After 10 rejected draws the whole image is used (TF's `use_image_if_no_bounding_boxes`).
+  `image_shape` is [H, W, C]; the results are [y, x, 0] and [h, w, -1].
   """
-  begin, box_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), bounding_boxes=tf.zeros([0, 0, 4]), seed=seed,
+  offset, box_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      image_shape, bounding_boxes=tf.zeros([0, 0, 4]), seed=seed,
       min_object_covered=0.0, aspect_ratio_range=CROP_ASPECT_RATIO_RANGE,
       area_range=CROP_AREA_RANGE, max_attempts=10, use_image_if_no_bounding_boxes=True)
-  crop = tf.slice(image, begin, box_size)
-  return tf.image.resize(crop, [size, size], method='bilinear', antialias=True)
+  return offset, box_size
+
+
+def random_resized_crop(image, *, size: int, seed):
+  """A random box (see `sample_crop_box`) of a decoded image, resized to [size, size]."""
+  offset, box_size = sample_crop_box(tf.shape(image), seed=seed)
+  return resize(tf.slice(image, offset, box_size), size)
+
+
+def random_resized_crop_jpeg(jpeg_bytes, *, size: int, channels: int, seed):
+  """`random_resized_crop` of a JPEG, decoding only the box (the usual ImageNet-input shortcut)."""
+  offset, box_size = sample_crop_box(tf.image.extract_jpeg_shape(jpeg_bytes), seed=seed)
+  window = tf.stack([offset[0], offset[1], box_size[0], box_size[1]])
+  crop = tf.image.decode_and_crop_jpeg(jpeg_bytes, window, channels=channels)
+  return resize(tf.cast(crop, tf.float32), size)
 
 
 def flip_left_right(image, *, seed):

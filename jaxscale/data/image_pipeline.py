@@ -40,12 +40,22 @@ def _stateless_seed(*entropy: int) -> tf.Tensor:
   return tf.constant(words.astype(np.int64))
 
 
+def _to_rgb(image):
+  return tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
+
+
 def _decode(source: ImageSource, encoded) -> tf.Tensor:
   """float32 [H, W, 3], values in [0, 255]."""
   image = tf.cast(source.builder.info.features['image'].decode_example(encoded), tf.float32)
-  if image.shape[-1] == 1:
-    image = tf.image.grayscale_to_rgb(image)
-  return image
+  return _to_rgb(image)
+
+
+def _decode_random_resized_crop(source: ImageSource, encoded, *, size: int, seed):
+  feature = source.builder.info.features['image']
+  if feature.encoding_format == 'jpeg':  # ImageNet: decode only the crop.
+    return _to_rgb(augment.random_resized_crop_jpeg(
+        encoded, size=size, channels=feature.shape[-1], seed=seed))
+  return augment.random_resized_crop(_decode(source, encoded), size=size, seed=seed)
 
 
 def _normalize(source: ImageSource, image):
@@ -81,11 +91,10 @@ def train_preprocess(source: ImageSource, dataset_config):
   def preprocess(example, seed):
     crop_seed, flip_seed, randaugment_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 3))
-    image = _decode(source, example['image'])
     if dataset_config.crop == 'random_resized_crop':
-      image = augment.random_resized_crop(image, size=size, seed=crop_seed)
+      image = _decode_random_resized_crop(source, example['image'], size=size, seed=crop_seed)
     else:
-      image = _eval_geometry(source, image, size)
+      image = _eval_geometry(source, _decode(source, example['image']), size)
       if dataset_config.crop == 'pad_and_crop':
         image = augment.pad_and_crop(image, padding=dataset_config.crop_padding, seed=crop_seed)
     image = tf.ensure_shape(image, [size, size, 3])
