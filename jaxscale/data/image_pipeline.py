@@ -93,7 +93,7 @@ def train_preprocess(source: ImageSource, dataset_config):
         tf.random.experimental.stateless_split(seed, 3))
     if dataset_config.crop == 'random_resized_crop':
       image = _decode_random_resized_crop(source, example['image'], size=size, seed=crop_seed)
-    else:
+    else:  # The eval geometry (resize, or resize and centre-crop), then maybe pad and crop.
       image = _eval_geometry(source, _decode(source, example['image']), size)
       if dataset_config.crop == 'pad_and_crop':
         image = augment.pad_and_crop(image, padding=dataset_config.crop_padding, seed=crop_seed)

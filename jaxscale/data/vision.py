@@ -13,10 +13,10 @@ from jaxscale.data.builders import digits as digits_builder
 from jaxscale.data.sources import DATASETS, ImageSource
 from jaxscale.data.sources import builder_config_or_default, data_dir_or_default
 
-_MINUS_ONE_TO_ONE = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-_CIFAR10_STATS = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
-_CIFAR100_STATS = dict(mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
-_IMAGENET_STATS = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+_MINUS_ONE_TO_ONE = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}
+_CIFAR10_STATS = {'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2470, 0.2435, 0.2616)}
+_CIFAR100_STATS = {'mean': (0.5071, 0.4865, 0.4409), 'std': (0.2673, 0.2564, 0.2762)}
+_IMAGENET_STATS = {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)}
 # The usual ImageNet eval: resize the shorter side to image_size / 0.875, take the centre square.
 IMAGENET_EVAL_CROP_FRACTION = 0.875
 

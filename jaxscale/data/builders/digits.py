@@ -17,7 +17,8 @@ _SOURCE_MAX_PIXEL = 16
 
 def load_images_and_labels() -> tuple[np.ndarray, np.ndarray]:
   """All images as uint8 [1797, 8, 8, 1] (0..255) and their int64 labels, in the source order."""
-  from sklearn import datasets  # Imported here: only building the dataset needs scikit-learn.
+  # Imported here: only building the dataset needs scikit-learn.
+  from sklearn import datasets
   digits = datasets.load_digits()
   images = np.round(digits.images * (255 / _SOURCE_MAX_PIXEL)).astype(np.uint8)[..., None]
   return images, digits.target.astype(np.int64)
