@@ -13,11 +13,11 @@ from jaxscale import config_base
 
 def get_config():
   c = config_base.get_base_config()
-  c.num_train_steps = 400
+  c.num_train_steps = 300
   c.batch_size = 64
   c.log_every_steps = 50
-  c.eval_every_steps = 200
-  c.checkpoint_every_steps = 200
+  c.eval_every_steps = 100
+  c.checkpoint_every_steps = 150
   c.num_eval_batches = 5           # 320 slots for the 300 test images (the rest weigh 0).
 
   c.dataset.name = 'digits'

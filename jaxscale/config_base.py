@@ -45,7 +45,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dataset.builder_config = ''       # TFDS builder config ('' = the builder's default).
   c.dataset.data_dir = ''             # TFDS data dir ('' = TFDS default, ~/tensorflow_datasets).
   c.dataset.seq_len = 256             # Tokens per training sequence.
-  c.dataset.shuffle_buffer_size = 1024  # Packed sequences held in the shuffle buffer.
+  c.dataset.shuffle_buffer_size = 1024  # Examples in the shuffle buffer (packed sequences, images).
   c.dataset.tokenizer = 'byte'        # 'byte' | 'sentencepiece' (real text datasets).
   c.dataset.spm_model_path = ''       # SentencePiece model file when tokenizer='sentencepiece'.
   # Vision datasets. Eval preprocessing is fixed (resize/center crop to image_size); these shape

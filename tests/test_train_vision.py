@@ -53,7 +53,9 @@ def test_mlp_reaches_95_percent_on_digits(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_small_resnet_reaches_95_percent_on_digits(data_dir, tmp_path):
-  summary = train.run(_config('resnet_digits', data_dir), str(tmp_path))
+  config = _config('resnet_digits', data_dir, num_train_steps=200, eval_every_steps=200,
+                   checkpoint_every_steps=200)
+  summary = train.run(config, str(tmp_path))
   assert summary['eval_accuracy'] >= 0.95, summary
 
 
