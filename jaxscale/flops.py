@@ -10,7 +10,9 @@ Vision models count every convolution and matmul the same way (a conv is 2 * out
 kernel area * input channels * output channels). Their first layer reads the pixels, whose
 gradient nobody asks for, so its backward is the weight gradient only: training costs 3x the
 forward pass minus one forward of that layer. (An MLP's first layer can hold most of its FLOPs,
-so "3x the forward" would overstate its cost by up to a third.)
+so "3x the forward" would overstate its cost by up to a third.) Convolutions count every kernel
+tap, zero padding included, as published FLOP counts do and the hardware computes; XLA's cost model
+skips taps that fall on padding, so it reads lower on small feature maps.
 """
 
 import dataclasses

@@ -33,7 +33,7 @@ BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 
 def _conv(in_ch, out_ch, kernel, stride, dtype, rngs):
   return nnx.Conv(
-      in_ch, out_ch, (kernel, kernel), strides=stride, padding=[(kernel // 2, kernel // 2)] * 2,
+      in_ch, out_ch, (kernel, kernel), strides=stride, padding=((kernel // 2, kernel // 2),) * 2,
       use_bias=False, dtype=dtype,
       # He-normal on fan-out, as torchvision initialises ResNets.
       kernel_init=nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal'),
