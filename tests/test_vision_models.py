@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from jaxscale import config_base, config_validation, flops, optim, sharding, steps, train
-from jaxscale.models import MODELS, vit
+from jaxscale.models import vit
 
 IMAGE_SIZE, NUM_CLASSES = 16, 10
 TINY_MODELS = {
