@@ -2,7 +2,8 @@
 
 Parameters, optimizer state and other model state are exact: summed over the abstract
 TrainState's leaves, each as the shard its sharding puts on one device. Gradients are taken as
-one more copy of the parameters. Activations are an *estimate*: for the transformer, the
+one unsharded copy of the parameters (FSDP reduce-scatters them only at the end), and under FSDP
+the gathered parameters as another. Activations are an *estimate*: for the transformer, the
 tensors each layer keeps for the backward pass (a few B*L*D, B*L*F and B*H*L*L per layer, fewer
 under rematerialisation) plus the logits; for other models, the sum of every intermediate of one
 traced forward pass at the per-device micro-batch (an upper bound: XLA fuses most of them away).
@@ -31,6 +32,7 @@ class Estimate:
   optimizer_state: int
   other_state: int          # Step counters, batch-norm statistics.
   gradients: int
+  gathered_params: int      # FSDP: parameters all-gathered for the forward and backward.
   activations: int
   activations_method: str
   limit: int | None         # Device memory, None where it cannot be read.
@@ -39,14 +41,15 @@ class Estimate:
   @property
   def total(self) -> int:
     return (self.params + self.optimizer_state + self.other_state + self.gradients
-            + self.activations)
+            + self.gathered_params + self.activations)
 
   def describe(self) -> str:
     limit = (f'{_gib(self.limit)} available ({self.limit_source})' if self.limit
              else f'device memory unknown ({self.limit_source})')
     return (f'estimated {_gib(self.total)} per device: params {_gib(self.params)}, optimizer '
             f'state {_gib(self.optimizer_state)}, other state {_gib(self.other_state)}, '
-            f'gradients {_gib(self.gradients)}, activations ~{_gib(self.activations)} '
+            f'gradients {_gib(self.gradients)}, gathered params {_gib(self.gathered_params)}, '
+            f'activations ~{_gib(self.activations)} '
             f'({self.activations_method}); {limit}')
 
 
@@ -126,11 +129,14 @@ def estimate(config, abstract_state, abstract_batch, forward) -> Estimate:
     method = 'sum of traced forward intermediates, an upper bound'
   limit, source = device_memory_limit()
   params = bytes_per_device(abstract_state.params)
+  unsharded_params = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize
+                         for x in jax.tree.leaves(abstract_state.params)) // config.mesh.tensor
   return Estimate(
       params=params, optimizer_state=bytes_per_device(abstract_state.opt_state),
       other_state=bytes_per_device((abstract_state.step, abstract_state.model_state,
                                     abstract_state.skipped_updates)),
-      gradients=params, activations=activations, activations_method=method, limit=limit,
+      gradients=max(unsharded_params, params),
+      gathered_params=max(unsharded_params - params, 0), activations=activations, activations_method=method, limit=limit,
       limit_source=source)
 
 

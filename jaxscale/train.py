@@ -18,7 +18,8 @@ from clu import periodic_actions
 from etils import epath
 from flax import nnx
 
-from jaxscale import checkpointing, config_validation, flops, memory, metrics, optim, sharding, steps
+from jaxscale import checkpointing, config_validation, flops, input_errors, memory, metrics, optim
+from jaxscale import sharding, steps
 from jaxscale import workdir as workdir_lib
 from jaxscale.models import MODELS
 
@@ -134,7 +135,12 @@ class PreemptionNotice:
     return self._event.is_set() or manager.reached_preemption(step)
 
 
-def _check_finite(rows: list[dict], first_step: int, last_good_checkpoint, config):
+def _newest_checkpoint(manager):
+  manager.wait_until_finished()  # The last finite state's save completes before stopping.
+  return manager.latest_step()
+
+
+def _check_finite(rows: list[dict], first_step: int, manager, config):
   """Raises on a non-finite loss or gradient norm ('stop'), or warns that the step dropped the
   update ('skip') until more than config.max_skipped_steps were dropped."""
   for offset, row in enumerate(rows):
@@ -146,7 +152,7 @@ def _check_finite(rows: list[dict], first_step: int, last_good_checkpoint, confi
     if config.nonfinite_policy == 'stop':
       raise FloatingPointError(
           f'{", ".join(bad)} at step {step}. Training stopped before saving this state; the '
-          f'newest checkpoint (step {last_good_checkpoint}) is intact. Lower '
+          f'newest checkpoint (step {_newest_checkpoint(manager)}) is intact. Lower '
           'optimizer.learning_rate or raise optimizer.warmup_steps, then rerun to resume (or '
           'set --config.nonfinite_policy=skip to drop such updates).')
     skipped = int(row['skipped_updates'])
@@ -156,8 +162,9 @@ def _check_finite(rows: list[dict], first_step: int, last_good_checkpoint, confi
       raise FloatingPointError(
           f'{skipped} updates skipped for a non-finite loss or gradient, more than '
           f'config.max_skipped_steps={config.max_skipped_steps} (the last at step {step}, '
-          f'{", ".join(bad)}). The newest checkpoint (step {last_good_checkpoint}) holds the last '
-          'state saved. Lower optimizer.learning_rate or check the data, then rerun to resume.')
+          f'{", ".join(bad)}). The newest checkpoint (step {_newest_checkpoint(manager)}) holds '
+          'the last state saved. Lower optimizer.learning_rate or check the data, then rerun to '
+          'resume.')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -168,10 +175,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              process_count=jax.process_count())
   workdir = epath.Path(workdir)
   mesh = sharding.make_mesh(config.mesh)
-  datasets = data_lib.get_datasets(
-      config.dataset, local_batch_size=config.batch_size // jax.process_count(),
-      num_eval_batches=config.num_eval_batches, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  with input_errors.explained(config.dataset):
+    datasets = data_lib.get_datasets(
+        config.dataset, local_batch_size=config.batch_size // jax.process_count(),
+        num_eval_batches=config.num_eval_batches, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
   config = resolve_config(config, datasets)
 
   optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
@@ -270,7 +278,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if log_now or eval_now or save_now:
       # The only host syncs in the loop: fetch this interval's metrics and check them.
       rows = jax.device_get(pending)
-      _check_finite(rows, pending_start + 1, manager.latest_step(), config)
+      _check_finite(rows, pending_start + 1, manager, config)
       pending, pending_start = [], step
       finite_losses = [r['train_loss'] for r in rows if np.isfinite(r['train_loss'])]
       if finite_losses:  # (Skipped updates' losses are left out.)
