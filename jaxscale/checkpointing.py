@@ -3,6 +3,12 @@
 Each checkpoint step holds two items: `state` (the sharded TrainState, restored onto whatever
 mesh the run now has) and `data` (each process's tf.data iterator, so a resumed run reads
 exactly the batches the interrupted one would have).
+
+Crash safety comes from Orbax: a step is written under a temporary name and renamed when
+complete, so a run killed mid-save leaves no step directory a restart could pick up, and
+keep-N deletes old steps only after a newer one is committed. A checkpoint that is damaged
+after the fact (truncated or missing files) is detected at restore: `restore_latest` falls back
+to the newest one that restores and renames the damaged ones to `<step>.corrupt`.
 """
 
 import dataclasses
@@ -16,6 +22,7 @@ from etils import epath
 
 
 REPLAY_SUFFIX = '.replay'
+CORRUPT_SUFFIX = '.corrupt'  # Not an integer name: Orbax no longer sees it as a step.
 
 
 class TfDataIteratorHandler(ocp.CheckpointHandler):
@@ -91,3 +98,55 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state,
     for _ in range(step):
       next(iterator)
   return restored.state
+
+
+class NoRestorableCheckpointError(RuntimeError):
+  pass
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator: tf.data.Iterator):
+  """(state, step) from the newest checkpoint that restores, or (None, None) when there is none.
+
+  A checkpoint that fails to restore is skipped with a warning naming it and the step tried
+  next. Once an older one restores (so the code and config match the checkpoints and the newer
+  failure is damage), the damaged ones are renamed to `<step>.corrupt`, kept for inspection and
+  out of the way of the steps this run will save again. If none restores, nothing is renamed.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  failed = []
+  for index, step in enumerate(steps):
+    try:
+      state = restore(manager, step, abstract_state, iterator)
+    except Exception as e:  # noqa: BLE001  (Orbax and TensorStore raise many types for bad files)
+      failed.append((step, f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'))
+      fallback = f'step {steps[index + 1]}' if index + 1 < len(steps) else 'none left'
+      logging.warning('Checkpoint at step %d could not be restored (%s); falling back to %s.',
+                      step, failed[-1][1], fallback)
+      continue
+    if failed:
+      _set_aside(manager, [s for s, _ in failed])
+    return state, step
+  if failed:
+    directory = manager.directory
+    raise NoRestorableCheckpointError(
+        f'None of the checkpoints in {directory} could be restored:\n  '
+        + '\n  '.join(f'step {s}: {why}' for s, why in failed)
+        + f'\nIf they were written by another version of the code or config, resume with that '
+        f'version. Otherwise move them aside (mv {directory} {directory}.bad) to train from '
+        'scratch in this workdir, or use a new --workdir.')
+  return None, None
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]):
+  directory = epath.Path(manager.directory)
+  if jax.process_index() == 0:
+    for step in steps:
+      target = directory / f'{step}{CORRUPT_SUFFIX}'
+      suffix = 1
+      while target.exists():  # An earlier damaged copy of the same step is kept too.
+        target, suffix = directory / f'{step}{CORRUPT_SUFFIX}{suffix}', suffix + 1
+      (directory / str(step)).rename(target)
+      logging.warning('Renamed the damaged checkpoint %s to %s (kept for inspection).',
+                      directory / str(step), target)
+  ocp.multihost.sync_global_processes('jaxscale_set_aside_corrupt_checkpoints')
+  manager.reload()

@@ -24,6 +24,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.allow_config_change = False       # Resume in a workdir whose config.json differs.
   c.label_smoothing = 0.0             # Classification: train-loss label smoothing (eval loss is plain).
   c.profile_steps = 0                 # >0: write a profiler trace of this many steps after step 10.
+  # A non-finite train loss or gradient norm: 'stop' raises naming the step (nothing of that
+  # state is saved); 'skip' drops that update inside the step (params and optimizer state are
+  # kept, the step counter advances) and trains on.
+  c.nonfinite_policy = 'stop'         # 'stop' | 'skip'
+  c.max_skipped_steps = 10            # 'skip': stop once more than this many updates were dropped.
+  # Estimated bytes per device (params + optimizer state + activations) against device memory,
+  # checked before compiling: 'error' refuses a config that cannot fit, 'warn' only logs.
+  c.memory_check = 'error'            # 'error' | 'warn' | 'off'
+  c.deterministic = False             # GPU: --xla_gpu_deterministic_ops, for bit-exact resumes (slower).
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'transformer'        # Registry name in jaxscale.models.

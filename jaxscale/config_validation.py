@@ -15,6 +15,10 @@ from jaxscale.models.layers import DTYPES
 from jaxscale.models.transformer import MLP_ACTIVATIONS, REMAT_POLICIES
 
 
+NONFINITE_POLICIES = ('stop', 'skip')
+MEMORY_CHECKS = ('error', 'warn', 'off')
+
+
 class ConfigError(ValueError):
   pass
 
@@ -78,6 +82,10 @@ def _check_values(config):
   _check_choice('config.optimizer.schedule', config.optimizer.schedule, optim.SCHEDULES)
   _check_choice('config.dataset.name', config.dataset.name, DATASETS.names())
   _check_choice('config.dataset.tokenizer', config.dataset.tokenizer, ('byte', 'sentencepiece'))
+  _check_choice('config.nonfinite_policy', config.nonfinite_policy, NONFINITE_POLICIES)
+  _check_choice('config.memory_check', config.memory_check, MEMORY_CHECKS)
+  if config.max_skipped_steps < 0:
+    raise ConfigError(f'config.max_skipped_steps={config.max_skipped_steps} must be >= 0.')
   if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.num_train_steps:
     raise ConfigError(f'config.optimizer.warmup_steps={config.optimizer.warmup_steps} must be in '
                       f'[0, num_train_steps={config.num_train_steps}).')

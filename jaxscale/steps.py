@@ -21,6 +21,7 @@ class TrainState:
   params: nnx.State        # nnx.Param variables: what the optimizer updates.
   model_state: nnx.State   # Other model variables (e.g. batch-norm statistics); empty for LMs.
   opt_state: optax.OptState
+  skipped_updates: jax.Array  # Updates dropped for a non-finite loss or gradient (cumulative).
 
 
 TASKS = ('lm', 'classification')
@@ -104,9 +105,21 @@ def _summed_grads(graphdef, params, model_state, batch, grad_accum_steps: int, t
   return sums, model_state, grads
 
 
+def keep_old_if_nonfinite(old: TrainState, new: TrainState, loss, grad_norm) -> TrainState:
+  """`new`, or `old`'s params, model and optimizer state when the loss or gradient norm is not
+  finite; the step counter advances either way (so the data and schedule move on) and the drop is
+  counted. A select, not a branch: both sides already exist and it keeps the step one program."""
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
+                      (new.params, new.model_state, new.opt_state),
+                      (old.params, old.model_state, old.opt_state))
+  return new.replace(params=kept[0], model_state=kept[1], opt_state=kept[2],
+                     skipped_updates=old.skipped_updates + jnp.where(finite, 0, 1))
+
+
 def train_step(state: TrainState, batch, *, graphdef, optimizer: optax.GradientTransformation,
                learning_rate_fn, grad_accum_steps: int = 1, task: str = 'lm',
-               label_smoothing: float = 0.0):
+               label_smoothing: float = 0.0, skip_nonfinite: bool = False):
   sums, model_state, grads = _summed_grads(
       graphdef, state.params, state.model_state, batch, grad_accum_steps, task, label_smoothing)
   # Mean over all targets of the global batch, however it was split.
@@ -125,6 +138,9 @@ def train_step(state: TrainState, batch, *, graphdef, optimizer: optax.GradientT
     metrics['train_accuracy'] = sums['top1_sum'] / weight_sum
   new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                             opt_state=opt_state)
+  if skip_nonfinite:
+    new_state = keep_old_if_nonfinite(state, new_state, metrics['train_loss'], metrics['grad_norm'])
+  metrics['skipped_updates'] = new_state.skipped_updates
   return new_state, metrics
 
 
@@ -136,12 +152,13 @@ def eval_step(state: TrainState, batch, *, graphdef, task: str = 'lm'):
 
 def compile_steps(graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
                   replicated, grad_accum_steps: int = 1, task: str = 'lm',
-                  label_smoothing: float = 0.0):
+                  label_smoothing: float = 0.0, skip_nonfinite: bool = False):
   """jit-compiled (train_step, eval_step) with explicit shardings and the state donated."""
   train = jax.jit(
       functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
                         learning_rate_fn=learning_rate_fn, grad_accum_steps=grad_accum_steps,
-                        task=task, label_smoothing=label_smoothing),
+                        task=task, label_smoothing=label_smoothing,
+                        skip_nonfinite=skip_nonfinite),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, replicated),
       donate_argnames=('state',))

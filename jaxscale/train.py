@@ -18,7 +18,8 @@ from clu import periodic_actions
 from etils import epath
 from flax import nnx
 
-from jaxscale import checkpointing, config_validation, flops, metrics, optim, sharding, steps
+from jaxscale import checkpointing, config_validation, flops, input_errors, memory, metrics, optim
+from jaxscale import sharding, steps
 from jaxscale import workdir as workdir_lib
 from jaxscale.models import MODELS
 
@@ -28,18 +29,25 @@ def build_model(model_config, seed: int):
   return MODELS.get(model_config.name)(**kwargs, rngs=nnx.Rngs(seed))
 
 
-def create_train_state(config, mesh, optimizer):
-  """(graphdef, state, state_shardings), with every array created directly in its sharding."""
+def create_train_state(config, mesh, optimizer, before_init=None):
+  """(graphdef, state, state_shardings), with every array created directly in its sharding.
+
+  `before_init(graphdef, abstract_state)`, if given, sees the shapes and shardings before any
+  array is allocated (the memory check).
+  """
 
   def init():
     model = build_model(config.model, config.seed)
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                             model_state=model_state, opt_state=optimizer.init(params))
+                             model_state=model_state, opt_state=optimizer.init(params),
+                             skipped_updates=jnp.zeros((), jnp.int32))
     return graphdef, state
 
   graphdef, abstract_state = nnx.eval_shape(init)
   state_shardings = sharding.state_shardings(abstract_state, mesh, config.mesh.rules)
+  if before_init is not None:
+    before_init(graphdef, sharding.abstract_arrays(abstract_state, state_shardings))
   state = jax.jit(lambda: init()[1], out_shardings=state_shardings)()
   return graphdef, state, state_shardings
 
@@ -127,14 +135,36 @@ class PreemptionNotice:
     return self._event.is_set() or manager.reached_preemption(step)
 
 
-def _check_finite(rows: list[dict], first_step: int, last_good_checkpoint):
+def _newest_checkpoint(manager):
+  manager.wait_until_finished()  # The last finite state's save completes before stopping.
+  return manager.latest_step()
+
+
+def _check_finite(rows: list[dict], first_step: int, manager, config):
+  """Raises on a non-finite loss or gradient norm ('stop'), or warns that the step dropped the
+  update ('skip') until more than config.max_skipped_steps were dropped."""
   for offset, row in enumerate(rows):
-    for name in ('train_loss', 'grad_norm'):
-      if not math.isfinite(float(row[name])):
-        raise FloatingPointError(
-            f'{name}={float(row[name])} at step {first_step + offset}. Training stopped before '
-            f'saving this state; the newest checkpoint (step {last_good_checkpoint}) is intact. '
-            'Lower optimizer.learning_rate or raise optimizer.warmup_steps, then rerun to resume.')
+    step = first_step + offset
+    bad = [f'{name}={float(row[name])}' for name in ('train_loss', 'grad_norm')
+           if not math.isfinite(float(row[name]))]
+    if not bad:
+      continue
+    if config.nonfinite_policy == 'stop':
+      raise FloatingPointError(
+          f'{", ".join(bad)} at step {step}. Training stopped before saving this state; the '
+          f'newest checkpoint (step {_newest_checkpoint(manager)}) is intact. Lower '
+          'optimizer.learning_rate or raise optimizer.warmup_steps, then rerun to resume (or '
+          'set --config.nonfinite_policy=skip to drop such updates).')
+    skipped = int(row['skipped_updates'])
+    logging.warning('Skipped the update at step %d (%s): params and optimizer state kept; %d '
+                    'update(s) skipped so far.', step, ', '.join(bad), skipped)
+    if skipped > config.max_skipped_steps:
+      raise FloatingPointError(
+          f'{skipped} updates skipped for a non-finite loss or gradient, more than '
+          f'config.max_skipped_steps={config.max_skipped_steps} (the last at step {step}, '
+          f'{", ".join(bad)}). The newest checkpoint (step {_newest_checkpoint(manager)}) holds '
+          'the last state saved. Lower optimizer.learning_rate or check the data, then rerun to '
+          'resume.')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -144,40 +174,56 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_validation.validate(config, num_devices=jax.device_count(),
                              process_count=jax.process_count())
   workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
-  datasets = data_lib.get_datasets(
-      config.dataset, local_batch_size=config.batch_size // jax.process_count(),
-      num_eval_batches=config.num_eval_batches, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  with input_errors.explained(config.dataset):
+    datasets = data_lib.get_datasets(
+        config.dataset, local_batch_size=config.batch_size // jax.process_count(),
+        num_eval_batches=config.num_eval_batches, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
   config = resolve_config(config, datasets)
-  workdir_lib.record_config(workdir, config)
 
   optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  graphdef, state, state_shardings = create_train_state(config, mesh, optimizer)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
-  train_step, eval_step = steps.compile_steps(
-      graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
-      sharding.replicated(mesh), config.optimizer.grad_accum_steps, task=datasets.task,
-      label_smoothing=config.label_smoothing)
-
-  # Compile ahead of the loop, so the first speed report is not the compile time.
-  abstract_state = sharding.abstract_arrays(state, state_shardings)
   abstract_batch = {
       k: jax.ShapeDtypeStruct((config.batch_size, *spec.shape[1:]), spec.dtype.as_numpy_dtype,
                               sharding=batch_sharding)
       for k, spec in datasets.train.element_spec.items()}
+  memory_estimate = None
+
+  def check_memory(graphdef, abstract_state):
+    nonlocal memory_estimate
+    forward = lambda p, ms, b: steps.loss_sums(graphdef, p, ms, b, task=datasets.task, train=True)
+    memory_estimate = memory.estimate(config, abstract_state, abstract_batch, forward)
+    memory.check(config, memory_estimate)
+
+  # Nothing is allocated or written to the workdir until the config is known to fit.
+  graphdef, state, state_shardings = create_train_state(config, mesh, optimizer,
+                                                        before_init=check_memory)
+  workdir.mkdir(parents=True, exist_ok=True)
+  workdir_lib.record_config(workdir, config)
+  train_step, eval_step = steps.compile_steps(
+      graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
+      sharding.replicated(mesh), config.optimizer.grad_accum_steps, task=datasets.task,
+      label_smoothing=config.label_smoothing,
+      skip_nonfinite=config.nonfinite_policy == 'skip')
+
+  # Compile ahead of the loop, so the first speed report is not the compile time.
+  abstract_state = sharding.abstract_arrays(state, state_shardings)
   compile_start = time.perf_counter()
   train_step = train_step.lower(abstract_state, abstract_batch).compile()
-  logging.info('Compiled the train step in %.1f s.', time.perf_counter() - compile_start)
+  logging.info('Compiled the train step in %.1f s; XLA needs %s per device (estimated %s).',
+               time.perf_counter() - compile_start, memory.compiled_bytes(train_step),
+               memory_estimate.total)
 
   train_iter = iter(datasets.train)
   manager = checkpointing.make_manager(workdir, config)
-  last_checkpoint = manager.latest_step()
-  if last_checkpoint is not None:
-    state = checkpointing.restore(manager, last_checkpoint, abstract_state, train_iter)
+  restored, last_checkpoint = checkpointing.restore_latest(manager, abstract_state, train_iter)
+  if restored is not None:
+    state = restored
     logging.info('Resumed from checkpoint at step %d.', last_checkpoint)
   start_step = int(jax.device_get(state.step))
+  # Rows logged after the checkpoint will be logged again by this run.
+  workdir_lib.drop_metrics_after(workdir, start_step if restored is not None else -1)
 
   size = flops.accounting(config)
   tokens_per_step = config.batch_size * size.tokens_per_example
@@ -232,10 +278,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if log_now or eval_now or save_now:
       # The only host syncs in the loop: fetch this interval's metrics and check them.
       rows = jax.device_get(pending)
-      _check_finite(rows, pending_start + 1, manager.latest_step())
+      _check_finite(rows, pending_start + 1, manager, config)
       pending, pending_start = [], step
-      if rows:
-        last_train_loss = float(np.mean([r['train_loss'] for r in rows]))
+      finite_losses = [r['train_loss'] for r in rows if np.isfinite(r['train_loss'])]
+      if finite_losses:  # (Skipped updates' losses are left out.)
+        last_train_loss = float(np.mean(finite_losses))
     if log_now:
       speed = throughput.report(step)
       remaining = (config.num_train_steps - step) / max(speed['steps_per_sec'], 1e-9)
@@ -243,6 +290,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   'learning_rate': float(rows[-1]['learning_rate']),
                                   'grad_norm': float(rows[-1]['grad_norm']),
                                   'param_norm': float(rows[-1]['param_norm']),
+                                  'skipped_updates': int(rows[-1]['skipped_updates']),
                                   **speed, **counters(step)})
       rate = (f'{speed["tokens_per_sec"]:.0f} tokens/s' if tokens_per_step
               else f'{speed["examples_per_sec"]:.1f} examples/s')

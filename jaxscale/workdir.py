@@ -4,12 +4,15 @@ under a different config) and the final `summary.json` the sweep tools look for.
 import json
 
 import jax
+from absl import logging
 from etils import epath
 
 from jaxscale import config_base
 
 # Keys that may change between a run and its resumption without changing the experiment.
-_RESUMABLE_KEYS = ('config.allow_config_change', 'config.profile_steps')
+# (A run stopped by a NaN may be resumed with nonfinite_policy='skip'.)
+_RESUMABLE_KEYS = ('config.allow_config_change', 'config.profile_steps', 'config.nonfinite_policy',
+                   'config.max_skipped_steps', 'config.memory_check', 'config.deterministic')
 
 
 def config_as_dict(config) -> dict:
@@ -41,3 +44,31 @@ def record_config(workdir: epath.Path, config):
 def write_summary(workdir: epath.Path, summary: dict):
   if jax.process_index() == 0:
     (workdir / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+
+
+def drop_metrics_after(workdir: epath.Path, step: int):
+  """Removes metrics.jsonl rows logged after `step` (and a torn last line), so a run resumed
+  from the checkpoint at `step` leaves one row per step, as an uninterrupted run would.
+
+  Rows after the checkpoint describe steps the resumed run trains again (on the same batches,
+  so with the same values); step -1 means starting from scratch.
+  """
+  path = workdir / 'metrics.jsonl'
+  if jax.process_index() != 0 or not path.exists():
+    return
+  lines = path.read_text().splitlines()
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # A line torn by a killed process.
+    if row.get('step', 0) <= step:
+      kept.append(line)
+  if len(kept) == len(lines):
+    return
+  logging.warning('Dropped %d metrics.jsonl row(s) logged after step %d (they will be logged '
+                  'again).', len(lines) - len(kept), step)
+  partial = workdir / 'metrics.jsonl.partial'
+  partial.write_text(''.join(line + '\n' for line in kept))
+  partial.rename(path)  # Atomic: a kill now leaves either the old or the new file.

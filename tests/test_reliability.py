@@ -1,0 +1,333 @@
+"""Runs that meet the real world: non-finite updates, damaged checkpoints, configs too big."""
+
+import json
+import logging
+import os
+import re
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+from etils import epath
+
+from jaxscale import checkpointing, input_errors, memory, metrics, optim, sharding, steps, train
+from tests.helpers import random_batch, tiny_config
+
+
+def _host(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _assert_trees_equal(a, b):
+  for x, y in zip(_host(a), _host(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def _markov_config(data_dir, **overrides):
+  return tiny_config(**{
+      'dataset.name': 'markov', 'dataset.data_dir': str(data_dir), 'model.vocab_size': 0,
+      'batch_size': 8, 'dataset.seq_len': 32, 'num_eval_batches': 1, **overrides})
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+# ---------------------------------------------------------------- non-finite updates
+
+
+def _compiled_step(config, skip_nonfinite):
+  mesh = sharding.make_mesh(config.mesh)
+  optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  graphdef, state, shardings = train.create_train_state(config, mesh, optimizer)
+  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
+  train_step, _ = steps.compile_steps(graphdef, optimizer, learning_rate_fn, shardings,
+                                      batch_sharding, sharding.replicated(mesh),
+                                      skip_nonfinite=skip_nonfinite)
+  return state, lambda s, b: train_step(s, sharding.global_batch(b, batch_sharding))
+
+
+def test_skip_mode_leaves_state_unchanged_for_a_nonfinite_batch():
+  config = tiny_config()
+  good = random_batch(8, 16, 64)
+  poisoned = dict(good, weights=np.full_like(good['weights'], np.inf))  # Loss becomes NaN.
+
+  state, step = _compiled_step(config, skip_nonfinite=True)
+  state, _ = step(state, good)
+  before = _host((state.params, state.model_state, state.opt_state))
+  state, step_metrics = step(state, poisoned)
+  assert not np.isfinite(float(step_metrics['train_loss']))
+  _assert_trees_equal(before, (state.params, state.model_state, state.opt_state))
+  assert int(state.step) == 2 and int(state.skipped_updates) == 1
+  assert int(step_metrics['skipped_updates']) == 1
+  state, _ = step(state, good)  # Training goes on from the kept state.
+  assert not np.array_equal(_host(state.params)[0], before[0])
+  assert int(state.step) == 3 and int(state.skipped_updates) == 1
+
+  state, step = _compiled_step(config, skip_nonfinite=False)  # Without the guard: NaN params.
+  state, _ = step(state, poisoned)
+  assert not all(np.isfinite(x).all() for x in _host(state.params))
+
+
+def _poison_training_batch(monkeypatch, call_number):
+  """Makes the `call_number`-th batch the loop assembles non-finite (its weights inf)."""
+  real = sharding.global_batch
+  calls = []
+
+  def global_batch(local_batch, batch_sharding):
+    calls.append(1)
+    if len(calls) == call_number:
+      local_batch = dict(local_batch, weights=np.full_like(local_batch['weights'], np.inf))
+    return real(local_batch, batch_sharding)
+
+  monkeypatch.setattr(sharding, 'global_batch', global_batch)
+
+
+def test_skip_mode_trains_past_a_nonfinite_step_and_counts_it(data_dir, tmp_path, monkeypatch,
+                                                             caplog):
+  _poison_training_batch(monkeypatch, call_number=3)
+  config = _markov_config(data_dir, num_train_steps=6, log_every_steps=1, eval_every_steps=6,
+                          checkpoint_every_steps=6, nonfinite_policy='skip', max_skipped_steps=1)
+  with caplog.at_level(logging.WARNING):
+    summary = train.run(config, str(tmp_path))
+  assert summary['finished'] and np.isfinite(summary['eval_loss'])
+  assert 'Skipped the update at step 3' in caplog.text
+  rows = {r['step']: r for r in metrics.read_jsonl(tmp_path / 'metrics.jsonl') if 'grad_norm' in r}
+  assert [rows[s]['skipped_updates'] for s in range(1, 7)] == [0, 0, 1, 1, 1, 1]
+
+
+def test_skip_mode_stops_after_max_skipped_steps(data_dir, tmp_path, monkeypatch):
+  _poison_training_batch(monkeypatch, call_number=2)
+  config = _markov_config(data_dir, num_train_steps=6, log_every_steps=3, eval_every_steps=6,
+                          checkpoint_every_steps=6, nonfinite_policy='skip', max_skipped_steps=0)
+  with pytest.raises(FloatingPointError, match=r'max_skipped_steps=0 \(the last at step 2'):
+    train.run(config, str(tmp_path))
+
+
+def test_stop_mode_names_the_step_and_never_saves_a_nonfinite_state(data_dir, tmp_path):
+  config = _markov_config(data_dir, num_train_steps=20, checkpoint_every_steps=1,
+                          log_every_steps=10, eval_every_steps=20,
+                          **{'optimizer.learning_rate': 1e30, 'optimizer.grad_clip_norm': 0.0})
+  with pytest.raises(FloatingPointError, match=r'at step (\d+)') as error:
+    train.run(config, str(tmp_path))
+  bad_step = int(re.search(r'at step (\d+)', str(error.value)).group(1))
+  assert 1 < bad_step <= 20, str(error.value)
+  manager = checkpointing.make_manager(epath.Path(tmp_path), config)
+  assert manager.latest_step() == bad_step - 1  # Every finite step before it was saved.
+  restored = manager.restore(manager.latest_step(), args=checkpointing.ocp.args.Composite(
+      state=checkpointing.ocp.args.StandardRestore()))
+  assert all(np.isfinite(x).all() for x in _host(restored.state['params']))
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+
+def _saved_steps(directory, config, steps_to_save):
+  """A manager holding `steps_to_save`, each with a distinct state, and those states."""
+  mesh = sharding.make_mesh(config.mesh)
+  optimizer, _ = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  _, state, shardings = train.create_train_state(config, mesh, optimizer)
+  manager = checkpointing.make_manager(epath.Path(directory), config)
+  states = {}
+  for step in steps_to_save:
+    states[step] = jax.tree.map(lambda x, step=step: x + step, state)
+    checkpointing.save(manager, step, states[step], iter(tf.data.Dataset.range(10)), force=True)
+  manager.wait_until_finished()
+  return manager, states, sharding.abstract_arrays(state, shardings)
+
+
+def _damage(checkpoint_dir, how: str):
+  """Damages the array data files of a checkpoint's state item (as a copy cut short would)."""
+  # (Not just one file: some data files hold nothing a restore reads.)
+  for target in (checkpoint_dir / 'state').glob('ocdbt.process_*/d/*'):
+    size = target.stat().st_size
+    if how == 'deleted':
+      target.unlink()
+    elif how == 'truncated':
+      target.write_bytes(target.read_bytes()[:size // 2])
+    else:  # Overwritten with garbage of the same size.
+      target.write_bytes(np.random.default_rng(size).bytes(size))
+
+
+@pytest.mark.parametrize('how', ['deleted', 'truncated', 'garbage'])
+def test_damaged_newest_checkpoint_falls_back_and_is_kept_aside(tmp_path, how, caplog):
+  config = tiny_config()
+  manager, states, abstract_state = _saved_steps(tmp_path, config, [1, 2])
+  _damage(tmp_path / 'checkpoints' / '2', how)
+
+  manager = checkpointing.make_manager(epath.Path(tmp_path), config)  # A restarted run.
+  with caplog.at_level(logging.WARNING):
+    state, step = checkpointing.restore_latest(manager, abstract_state,
+                                               iter(tf.data.Dataset.range(10)))
+  assert step == 1
+  _assert_trees_equal(state, states[1])
+  assert 'Checkpoint at step 2 could not be restored' in caplog.text
+  assert 'falling back to step 1' in caplog.text
+  assert (tmp_path / 'checkpoints' / '2.corrupt' / 'state').is_dir()  # Kept for inspection.
+  assert manager.all_steps() == [1]
+  # The resumed run saves step 2 again without tripping over the damaged copy.
+  checkpointing.save(manager, 2, states[2], iter(tf.data.Dataset.range(10)), force=True)
+  manager.wait_until_finished()
+  assert manager.all_steps() == [1, 2]
+
+
+def test_no_restorable_checkpoint_is_a_clear_error_and_deletes_nothing(tmp_path):
+  config = tiny_config()
+  _, _, abstract_state = _saved_steps(tmp_path, config, [1, 2])
+  for step in ('1', '2'):
+    _damage(tmp_path / 'checkpoints' / step, 'truncated')
+  manager = checkpointing.make_manager(epath.Path(tmp_path), config)
+  with pytest.raises(checkpointing.NoRestorableCheckpointError,
+                     match=r'(?s)step 2: .*step 1: .*move them aside'):
+    checkpointing.restore_latest(manager, abstract_state, iter(tf.data.Dataset.range(10)))
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['1', '2']
+
+
+def test_keep_n_keeps_the_older_checkpoint_when_a_newer_save_is_interrupted(tmp_path,
+                                                                            monkeypatch):
+  config = tiny_config(keep_checkpoints=1, async_checkpointing=True)
+  manager, states, abstract_state = _saved_steps(tmp_path, config, [1])
+
+  def interrupted(self, directory, args):
+    raise OSError('disk full (simulated) while writing the data item')
+
+  monkeypatch.setattr(checkpointing.TfDataIteratorHandler, 'save', interrupted)
+  with pytest.raises(OSError, match='simulated'):
+    checkpointing.save(manager, 2, states[1], iter(tf.data.Dataset.range(10)), force=True)
+    manager.wait_until_finished()
+  monkeypatch.undo()
+
+  restarted = checkpointing.make_manager(epath.Path(tmp_path), config)
+  assert restarted.all_steps() == [1]  # The incomplete step 2 is not a checkpoint.
+  assert not (tmp_path / 'checkpoints' / '2').exists()
+  state, step = checkpointing.restore_latest(restarted, abstract_state,
+                                             iter(tf.data.Dataset.range(10)))
+  assert step == 1
+  _assert_trees_equal(state, states[1])
+  # Retention is real: a completed newer save does replace it.
+  checkpointing.save(restarted, 3, states[1], iter(tf.data.Dataset.range(10)), force=True)
+  restarted.wait_until_finished()
+  assert restarted.all_steps() == [3]
+
+
+# ---------------------------------------------------------------- memory
+
+
+def _estimate_and_compiled(config):
+  mesh = sharding.make_mesh(config.mesh)
+  optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
+  abstract_batch = {k: jax.ShapeDtypeStruct((config.batch_size, config.dataset.seq_len), dtype,
+                                            sharding=batch_sharding)
+                    for k, dtype in [('inputs', np.int32), ('targets', np.int32),
+                                     ('weights', np.float32)]}
+  estimates = []
+  graphdef, state, shardings = train.create_train_state(
+      config, mesh, optimizer,
+      before_init=lambda g, a: estimates.append(memory.estimate(config, a, abstract_batch, None)))
+  train_step, _ = steps.compile_steps(graphdef, optimizer, learning_rate_fn, shardings,
+                                      batch_sharding, sharding.replicated(mesh))
+  compiled = train_step.lower(sharding.abstract_arrays(state, shardings), abstract_batch).compile()
+  return estimates[0], memory.compiled_bytes(compiled)
+
+
+@pytest.mark.parametrize('overrides', [{}, {'model.remat_policy': 'full'}],
+                         ids=['no_remat', 'remat_full'])
+def test_memory_estimate_is_within_a_sane_factor_of_xla(overrides):
+  config = tiny_config(**{'batch_size': 64, 'dataset.seq_len': 128, 'model.vocab_size': 256,
+                          **overrides})
+  estimate, compiled = _estimate_and_compiled(config)
+  ratio = estimate.total / compiled
+  print(f'{overrides}: estimate {estimate.total} B, XLA {compiled} B, ratio {ratio:.2f}')
+  assert 0.4 < ratio < 2.5, (estimate.describe(), compiled)
+
+
+def test_memory_estimate_traces_models_it_has_no_formula_for():
+  config = tiny_config(**{'model.name': 'some_new_model'})
+  params = {'w': jax.ShapeDtypeStruct((16, 1000), np.float32)}
+  abstract_state = steps.TrainState(
+      step=jax.ShapeDtypeStruct((), np.int32), params=params, model_state={},
+      opt_state=(params, params), skipped_updates=jax.ShapeDtypeStruct((), np.int32))
+  mesh = sharding.make_mesh(config.mesh)
+  batch = {'image': jax.ShapeDtypeStruct((64, 16), np.float32,
+                                         sharding=sharding.batch_sharding(mesh, config.mesh.rules))}
+  forward = lambda p, ms, b: jax.nn.relu(b['image'] @ p['w']).sum()
+  estimate = memory.estimate(config, abstract_state, batch, forward)
+  assert estimate.params == 16 * 1000 * 4 and estimate.optimizer_state == 2 * 16 * 1000 * 4
+  # 8 rows per device: the matmul and relu outputs (8 x 1000 floats each) and the sum.
+  assert estimate.activations == 2 * 8 * 1000 * 4 + 4
+  assert 'traced' in estimate.activations_method
+
+
+def test_a_config_too_big_for_the_device_fails_fast_and_leaves_the_workdir_alone(data_dir,
+                                                                                tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  existing = {'config.json': '{"recorded": "by an earlier run"}\n', 'metrics.jsonl': '{"step": 1}\n'}
+  for name, text in existing.items():
+    (workdir / name).write_text(text)
+  config = _markov_config(data_dir, **{'model.d_model': 8192, 'model.mlp_dim': 32768,
+                                       'model.num_layers': 24, 'model.num_heads': 64})
+  start = time.perf_counter()
+  with pytest.raises(memory.InsufficientMemoryError,
+                     match=r'(?s)does not fit.*params \d+\.\d+ GiB.*mesh.fsdp.*remat_policy'):
+    train.run(config, str(workdir))
+  print(f'refused in {time.perf_counter() - start:.1f} s')
+  assert sorted(p.name for p in workdir.iterdir()) == sorted(existing)
+  for name, text in existing.items():
+    assert (workdir / name).read_text() == text
+
+
+def test_invalid_mesh_is_refused_before_the_workdir_is_touched(tmp_path):
+  with pytest.raises(train.config_validation.ConfigError, match=r'config.mesh: .* needs 12'):
+    train.run(tiny_config(**{'mesh.data': 3, 'mesh.fsdp': 4}), str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+# ---------------------------------------------------------------- unreadable input
+
+
+def test_a_real_dataset_missing_from_data_dir_says_how_to_prepare_it(tmp_path):
+  config = tiny_config(**{'dataset.name': 'c4', 'dataset.data_dir': str(tmp_path / 'tfds')})
+  with pytest.raises(input_errors.DatasetUnavailableError,
+                     match=r"(?s)'c4' is not prepared in .*tfds.*tfds build c4 --data_dir DIR.*"
+                           r"--config.dataset.data_dir"):
+    train.run(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_dataset_that_cannot_be_downloaded_says_how_to_prepare_it(tmp_path, monkeypatch):
+  import requests  # noqa: PLC0415
+  import tensorflow_datasets as tfds  # noqa: PLC0415
+
+  def offline(self, *args, **kwargs):
+    raise requests.exceptions.ConnectionError('Failed to resolve www.statmt.org (simulated)')
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', offline)
+  config = tiny_config(**{'dataset.name': 'lm1b', 'dataset.data_dir': str(tmp_path / 'tfds')})
+  with pytest.raises(input_errors.DatasetUnavailableError,
+                     match=r'(?s)ConnectionError.*tfds build lm1b --data_dir'):
+    train.run(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root reads any directory')
+def test_an_unreadable_data_dir_is_reported_as_such(data_dir, tmp_path):
+  locked = tmp_path / 'locked'
+  locked.mkdir(mode=0)
+  with pytest.raises(input_errors.DatasetUnavailableError, match='permission denied'):
+    train.run(_markov_config(locked), str(tmp_path / 'run'))
+
+
+def test_permission_errors_from_the_pipeline_are_explained():
+  config = tiny_config(**{'dataset.data_dir': '/data/tfds'})
+  with pytest.raises(input_errors.DatasetUnavailableError,
+                     match=r"'python_stdlib' in /data/tfds: permission denied.*readable"):
+    with input_errors.explained(config.dataset):
+      raise tf.errors.PermissionDeniedError(None, None, '/data/tfds/python_stdlib: Permission denied')
+  with pytest.raises(KeyError):  # Anything else passes through unchanged.
+    with input_errors.explained(config.dataset):
+      raise KeyError('not a data problem')
