@@ -1,6 +1,10 @@
 """ViT, ResNet and MLP classifiers: shapes, published sizes, exact accounting, batch norm, training."""
 
 import functools
+import json
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -234,3 +238,17 @@ def test_vit_scanned_layers_compute_the_same_function_as_the_loop():
   images = jnp.asarray(classification_batch(batch_size=2)['image'])
   forward = nnx.jit(lambda m, x: m(x))
   np.testing.assert_allclose(forward(loop_model, images), forward(scan_model, images), atol=1e-5)
+
+
+def test_throughput_benchmark_reports_images_per_second_for_classifiers():
+  root = pathlib.Path(__file__).parent.parent
+  result = subprocess.run(
+      [sys.executable, str(root / 'benchmarks' / 'train_throughput.py'),
+       '--config', str(root / 'configs' / 'mlp_digits.py'), '--config.batch_size=16',
+       '--config.model.hidden_dims=(32,)', '--steps=2', '--warmup=1'],
+      capture_output=True, text=True, check=True, cwd=root, timeout=300)
+  row = json.loads(result.stdout.strip().splitlines()[-1])
+  assert row['num_classes'] == 10 and row['image_size'] == 8  # From the digits metadata.
+  assert row['params_total'] == 8 * 8 * 3 * 32 + 32 + 32 * 10 + 10
+  assert row['flops_per_step'] == 16 * 2 * (2 * 8 * 8 * 3 * 32 + 3 * 32 * 10)
+  assert row['examples_per_sec'] > 0 and 'tokens_per_s' not in row

@@ -124,7 +124,7 @@ class ResNet(nnx.Module):
     kind, blocks_per_stage = STAGES[depth]
     self.stem = ConvBN(channels, width, 7 if stem == 'imagenet' else 3,
                        2 if stem == 'imagenet' else 1, dt, rngs)
-    self.max_pool = stem == 'imagenet'
+    self.use_max_pool = stem == 'imagenet'
     blocks, in_ch = [], width
     for stage, num_blocks in enumerate(blocks_per_stage):
       for i in range(num_blocks):
@@ -140,7 +140,7 @@ class ResNet(nnx.Module):
 
   def __call__(self, images_BxHxWxC):
     x = jax.nn.relu(self.stem(images_BxHxWxC))
-    if self.max_pool:
+    if self.use_max_pool:
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for block in self.blocks:
       x = block(x)
