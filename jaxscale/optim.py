@@ -1,12 +1,14 @@
 """Optax optimizer factory: AdamW / SGD / Lion / Adafactor with cosine, WSD or constant schedules.
 
-Weight decay is masked to matrices (ndim >= 2): norms, biases and scalars are never decayed.
+Weight decay is masked to weight matrices and kernels: norms, biases, position embeddings and
+scalars are never decayed (`_decay_mask`).
 Gradient accumulation is handled by the train step (micro-batches), not by optax.MultiSteps, so
 one `train_step` call is always one optimizer update.
 """
 
 import jax
 import optax
+from flax import nnx
 
 OPTIMIZERS = ('adamw', 'sgd', 'lion', 'adafactor')
 SCHEDULES = ('cosine', 'wsd', 'constant')
@@ -34,8 +36,24 @@ def learning_rate_schedule(opt_config, num_train_steps: int) -> optax.Schedule:
   return optax.join_schedules([warmup_fn, main_fn], [warmup])
 
 
+# Parameter names that are never decayed whatever their rank: biases (ViT's QKV bias is 3-D) and
+# learned position embeddings (as in ViT/DeiT recipes).
+_NO_DECAY_NAME_PARTS = ('bias', 'pos')
+
+
 def _decay_mask(params):
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """True for weight matrices and kernels: rank >= 2 not counting a scanned model's stacked
+  'layers' axis (so per-layer norm scales stay undecayed), and not a bias or position embedding."""
+
+  def decays(path, variable):
+    name = str(getattr(path[-1], 'key', path[-1]))
+    axes = variable.get_metadata().get('out_sharding') or ()
+    rank = variable.ndim - sum(axis == 'layers' for axis in axes)
+    return variable.replace(
+        value=rank >= 2 and not any(part in name for part in _NO_DECAY_NAME_PARTS))
+
+  return jax.tree_util.tree_map_with_path(
+      decays, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def make_optimizer(opt_config, num_train_steps: int) -> tuple[optax.GradientTransformation,

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -53,3 +54,20 @@ def test_weight_decay_skips_norms_and_every_optimizer_descends(name):
   loss = lambda p: sum(jnp.sum(x ** 2) for x in jax.tree.leaves(p))
   updates, _ = optimizer.update(jax.grad(loss)(params), optimizer.init(params), params)
   assert loss(optax.apply_updates(params, updates)) < loss(params)
+
+
+def test_decay_mask_sees_through_stacked_layers_and_skips_biases_and_positions():
+  model_config = ml_collections.ConfigDict(dict(
+      name='vit', num_classes=10, image_size=16, patch_size=8, width=16, depth=2, num_heads=2,
+      mlp_dim=32, scan_layers=True))
+  params = nnx.state(train.build_model(model_config, 0), nnx.Param)
+  mask = optim._decay_mask(params)
+  decayed = {jax.tree_util.keystr(path): bool(v)
+             for path, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+  for name, expected in [("['blocks']['attn_norm']['scale']", False),   # [layers, D]
+                         ("['blocks']['qkv_bias_TxHxK']", False),       # [layers, 3, H, K]
+                         ("['pos_LxD']", False),
+                         ("['blocks']['qkv_DxTxHxK']", True),
+                         ("['blocks']['mlp_in_DxF']", True),
+                         ("['head_DxK']", True)]:
+    assert decayed[name + '.value'] is expected, name
