@@ -138,13 +138,21 @@ def restore_model(workdir, step: int | None = None) -> tuple[nnx.Module, ml_coll
 
 
 def encode_bytes(text: str) -> np.ndarray:
-  """UTF-8 bytes of `text` as int32 token ids, as the `byte` tokenizer produces them."""
+  """UTF-8 bytes of `text` as int32 token ids, as the `byte` tokenizer produces them.
+
+  >>> encode_bytes('é = 1')
+  array([195, 169,  32,  61,  32,  49], dtype=int32)
+  """
   return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32)
 
 
 def decode_bytes(tokens, stop_at_separator: bool = True) -> str:
   """Text of byte token ids; invalid UTF-8 becomes U+FFFD. The document separator (byte 0)
-  ends the text unless `stop_at_separator` is False."""
+  ends the text unless `stop_at_separator` is False.
+
+  >>> decode_bytes([195, 169, 32, 61, 32, 49, 0, 120])
+  'é = 1'
+  """
   ids = np.asarray(tokens).reshape(-1)
   if ids.size and (ids.min() < 0 or ids.max() > 255):
     raise ValueError(f'Byte token ids lie in 0..255; got {ids.min()}..{ids.max()}. Was the '
