@@ -118,6 +118,7 @@ def _allowed_fraction(tokens, chain) -> float:
   return float(np.mean([t in chain.successors[c] for c, t in zip(contexts, tokens[2:])]))
 
 
+@pytest.mark.slow
 def test_a_model_trained_on_markov_data_generates_the_chains_transitions(tmp_path):
   """The 'tiny' chain lets 2 of 4 tokens follow each context: chance is 1/2, a trained model
   nearly always picks an allowed one."""
