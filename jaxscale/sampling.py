@@ -34,7 +34,8 @@ def generate(model, prompt_tokens, max_new_tokens: int, temperature: float = 0.0
   Args:
     model: an NNX LM (token ids [B, L] -> logits [B, L, V]), or its `(graphdef, state)`.
     prompt_tokens: int ids, [L] or [B, L] (every row the same length, at least one token).
-    max_new_tokens: how many tokens to generate.
+    max_new_tokens: how many tokens to generate. Prompt plus new tokens may exceed the training
+      `seq_len` (rotary positions extend), but the model never saw positions beyond it.
     temperature: 0 picks the most likely token (greedy); above 0, samples from
       softmax(logits / temperature).
     top_k: if set, samples only among the k most likely tokens.
@@ -108,10 +109,10 @@ def load_config(workdir) -> ml_collections.ConfigDict:
 
 
 def restore_model(workdir, step: int | None = None) -> tuple[nnx.Module, ml_collections.ConfigDict]:
-  """(model, config) with the parameters of the newest checkpoint in `workdir` (or of `step`).
+  """(model, config) with the variables of the newest checkpoint in `workdir` (or of `step`).
 
-  Only the parameters are read (not the optimizer state or data position), onto the first
-  local device, whatever mesh the run trained on.
+  Only the model's variables are read (not the optimizer state or data position), onto the
+  first local device, whatever mesh the run trained on.
   """
   from jaxscale import train  # The trainer imports the data pipeline; only needed here.
   config = load_config(workdir)
@@ -121,16 +122,19 @@ def restore_model(workdir, step: int | None = None) -> tuple[nnx.Module, ml_coll
     raise FileNotFoundError(f'No checkpoint in {epath.Path(workdir) / "checkpoints"}; train first.')
   abstract_model = nnx.eval_shape(lambda: train.build_model(config.model, config.seed))
   graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
+  # TrainState fields to read: the parameters, and other model variables (e.g. batch-norm
+  # statistics) where the model has any.
+  fields = {'params': abstract_params}
+  if jax.tree.leaves(abstract_rest):
+    fields['model_state'] = abstract_rest
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = {'params': jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params)}
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), fields)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.PyTreeRestore(target, ocp.checkpoint_utils.construct_restore_args(target),
                                    partial_restore=True)))
   manager.close()
-  # Non-parameter variables (none in LMs) keep their initial values.
-  rest = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract_rest)
-  return nnx.merge(graphdef, restored.state['params'], rest), config
+  return nnx.merge(graphdef, restored.state['params'],
+                   restored.state.get('model_state', abstract_rest)), config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,13 +142,21 @@ def restore_model(workdir, step: int | None = None) -> tuple[nnx.Module, ml_coll
 
 
 def encode_bytes(text: str) -> np.ndarray:
-  """UTF-8 bytes of `text` as int32 token ids, as the `byte` tokenizer produces them."""
+  """UTF-8 bytes of `text` as int32 token ids, as the `byte` tokenizer produces them.
+
+  >>> encode_bytes('é = 1')
+  array([195, 169,  32,  61,  32,  49], dtype=int32)
+  """
   return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32)
 
 
 def decode_bytes(tokens, stop_at_separator: bool = True) -> str:
   """Text of byte token ids; invalid UTF-8 becomes U+FFFD. The document separator (byte 0)
-  ends the text unless `stop_at_separator` is False."""
+  ends the text unless `stop_at_separator` is False.
+
+  >>> decode_bytes([195, 169, 32, 61, 32, 49, 0, 120])
+  'é = 1'
+  """
   ids = np.asarray(tokens).reshape(-1)
   if ids.size and (ids.min() < 0 or ids.max() > 255):
     raise ValueError(f'Byte token ids lie in 0..255; got {ids.min()}..{ids.max()}. Was the '

@@ -27,7 +27,8 @@ def fake_tools(tmp_path):
   (bin_dir / 'scontrol').write_text('#!/bin/sh\nprintf "gpu-node-3\\ngpu-node-4\\n"\n')
   (bin_dir / 'scontrol').chmod(0o755)
   env = {**os.environ, 'PATH': f'{bin_dir}:{os.environ["PATH"]}'}
-  for name in ('TPU_NAME', 'ZONE', 'PROJECT_ID', 'DRY_RUN', 'SLURM_JOB_NUM_NODES'):
+  for name in ('TPU_NAME', 'ZONE', 'PROJECT_ID', 'DRY_RUN', 'SLURM_JOB_NUM_NODES',
+               'SLURM_GPUS_ON_NODE', 'JAX_COORDINATOR_ADDRESS', 'JAX_LOCAL_DEVICE_IDS'):
     env.pop(name, None)
   yield env
   assert not calls.exists(), f'a real command was invoked: {calls.read_text()}'
@@ -184,9 +185,11 @@ def test_slurm_submission_and_each_tasks_command(fake_tools):
 
   # What each task then runs, with SLURM's environment of a 2-node job.
   env = {**fake_tools, 'DRY_RUN': '1', 'SLURM_JOB_NUM_NODES': '2',
-         'SLURM_JOB_NODELIST': 'gpu-node-[3-4]'}
+         'SLURM_JOB_NODELIST': 'gpu-node-[3-4]', 'SLURM_GPUS_ON_NODE': '4'}
   export, srun = _commands(_run('gpu/slurm.sbatch', *script_args, env=env).stdout)
-  assert export == ['export', 'JAX_COORDINATOR_ADDRESS=gpu-node-3:12345']
+  # One process per node that drives all 4 of its GPUs (JAX's SLURM default is one per GPU).
+  assert export == ['export', 'JAX_COORDINATOR_ADDRESS=gpu-node-3:12345',
+                    'JAX_LOCAL_DEVICE_IDS=0,1,2,3']
   assert srun == ['srun', '--kill-on-bad-exit=1', 'python3', '-m', 'jaxscale.main', *script_args]
   single_node = _commands(_run('gpu/slurm.sbatch', *script_args,
                                env={**fake_tools, 'DRY_RUN': '1'}).stdout)

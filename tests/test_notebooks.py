@@ -10,10 +10,9 @@ import os
 import sys
 import time
 
+import nbclient
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip('nbformat')
-nbclient = pytest.importorskip('nbclient')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Budget per notebook on a loaded 2-core machine; they take well under half of it.

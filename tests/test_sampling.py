@@ -3,6 +3,7 @@ emits its data's transitions, and a model restored from its workdir is the one t
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,6 +12,7 @@ from flax import nnx
 from jaxscale import checkpointing, optim, sampling, sharding, train
 from jaxscale import workdir as workdir_lib
 from jaxscale.data import markov_chain
+from jaxscale.models import MODELS
 from tests.helpers import tiny_config
 
 
@@ -104,6 +106,38 @@ def test_restored_model_gives_the_saved_models_logits(tmp_path):
                          np.asarray(train.build_model(config.model, config.seed)(tokens)))
 
 
+class _ScaledEmbedding(nnx.Module):
+  """A model with a non-parameter variable, as batch-norm models have."""
+
+  def __init__(self, *, vocab_size: int, rngs: nnx.Rngs):
+    self.embed = nnx.Param(jax.random.normal(rngs.params(), (vocab_size, vocab_size)))
+    self.scale = nnx.BatchStat(jnp.ones(()))
+
+  def __call__(self, tokens_BxL):
+    return self.embed[...][tokens_BxL] * self.scale[...]
+
+
+def test_restore_reads_non_parameter_variables_too(tmp_path, monkeypatch):
+  # Registered for this test only, so the registry other tests see is unchanged.
+  monkeypatch.setitem(MODELS._entries, 'scaled_embedding', _ScaledEmbedding)
+  config = tiny_config()
+  config.model = ml_collections.ConfigDict({'name': 'scaled_embedding', 'vocab_size': 16})
+  mesh = sharding.make_mesh(config.mesh)
+  optimizer, _ = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  graphdef, state, _ = train.create_train_state(config, mesh, optimizer)
+  state = state.replace(model_state=jax.tree.map(lambda x: x * 3.0, state.model_state))
+  workdir_lib.record_config(tmp_path, config)
+  manager = checkpointing.make_manager(tmp_path, config)
+  checkpointing.save(manager, 1, state, iter(tf.data.Dataset.range(3)), force=True)
+  manager.wait_until_finished()
+
+  restored, _ = sampling.restore_model(tmp_path)
+  assert float(restored.scale[...]) == 3.0
+  tokens = jnp.arange(4)[None]
+  np.testing.assert_allclose(np.asarray(restored(tokens)),
+                             np.asarray(nnx.merge(graphdef, state.params, state.model_state)(tokens)))
+
+
 def test_restore_without_a_run_or_checkpoint_says_so(tmp_path):
   with pytest.raises(FileNotFoundError, match='config.json'):
     sampling.restore_model(tmp_path)
@@ -118,6 +152,7 @@ def _allowed_fraction(tokens, chain) -> float:
   return float(np.mean([t in chain.successors[c] for c, t in zip(contexts, tokens[2:])]))
 
 
+@pytest.mark.slow
 def test_a_model_trained_on_markov_data_generates_the_chains_transitions(tmp_path):
   """The 'tiny' chain lets 2 of 4 tokens follow each context: chance is 1/2, a trained model
   nearly always picks an allowed one."""
