@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxscale.models import MODELS, resnet
+from jaxscale.registry import Registry
 
 
 def _block_matmul_params(model_config) -> int:
@@ -174,19 +175,19 @@ def _classifier_accounting(cost_fn):
 
 
 # Model registry name -> Accounting of a resolved config (model and dataset keys filled in).
-_ACCOUNTING = {
-    'transformer': _transformer_accounting,
-    'vit': _classifier_accounting(vit_cost),
-    'resnet': _classifier_accounting(resnet_cost),
-    'mlp': _classifier_accounting(mlp_cost),
-}
+# A new model family registers its own: `@flops.ACCOUNTING.register('name')`.
+ACCOUNTING = Registry('parameter/FLOP accounting')
+ACCOUNTING.register('transformer')(_transformer_accounting)
+ACCOUNTING.register('vit')(_classifier_accounting(vit_cost))
+ACCOUNTING.register('resnet')(_classifier_accounting(resnet_cost))
+ACCOUNTING.register('mlp')(_classifier_accounting(mlp_cost))
 
 
 def accounting(config) -> Accounting:
-  if config.model.name not in _ACCOUNTING:
+  if config.model.name not in ACCOUNTING:
     raise NotImplementedError(f'No parameter/FLOP accounting for model {config.model.name!r}; '
-                              'add it to jaxscale.flops._ACCOUNTING.')
-  return _ACCOUNTING[config.model.name](config)
+                              'register one with @jaxscale.flops.ACCOUNTING.register(name).')
+  return ACCOUNTING.get(config.model.name)(config)
 
 
 # Dense bf16 peak FLOP/s per chip, from vendor specifications.
