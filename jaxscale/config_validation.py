@@ -12,7 +12,8 @@ import inspect
 from jaxscale import config_base, optim
 from jaxscale.models import MODELS, mlp, resnet, vit
 from jaxscale.models.layers import DTYPES
-from jaxscale.models.transformer import MLP_ACTIVATIONS, REMAT_POLICIES
+from jaxscale.models.layers import REMAT_POLICIES
+from jaxscale.models.transformer import MLP_ACTIVATIONS
 
 
 NONFINITE_POLICIES = ('stop', 'skip')

@@ -74,3 +74,35 @@ def _einsum_bwd(spec, out_dtype, residuals, grad_out):
 
 
 einsum_f32_accumulate.defvjp(_einsum_fwd, _einsum_bwd)
+
+
+# How much of each block's forward pass the backward pass may keep rather than recompute.
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots_saveable': jax.checkpoint_policies.dots_saveable,
+    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def apply_blocks(blocks, x, *block_args, scan_layers: bool, remat_policy: str):
+  """Runs a stack of identical blocks over `x`: `blocks` is an nnx.List, or with `scan_layers` one
+  module whose parameters are stacked on a leading 'layers' axis (built with nnx.vmap).
+
+  Blocks run as a pure function of their parameter state, so the Python loop and the scan share
+  one code path, with or without rematerialisation.
+  """
+  graphdef, _ = nnx.split(blocks if scan_layers else blocks[0])
+
+  def block_fn(block_state, x):
+    return nnx.merge(graphdef, block_state)(x, *block_args)
+
+  if remat_policy != 'none':
+    block_fn = jax.checkpoint(block_fn, policy=REMAT_POLICIES[remat_policy],
+                              prevent_cse=not scan_layers)
+  if scan_layers:
+    x, _ = jax.lax.scan(lambda x, s: (block_fn(s, x), None), x, nnx.state(blocks))
+    return x
+  for block in blocks:
+    x = block_fn(nnx.state(block), x)
+  return x

@@ -13,15 +13,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxscale.models import MODELS
-from jaxscale.models.layers import DTYPES, RMSNorm, apply_rotary, rotary_tables, sharded_param
+from jaxscale.models.layers import (DTYPES, RMSNorm, apply_blocks, apply_rotary, rotary_tables,
+                                    sharded_param)
 from jaxscale.models.layers import einsum_f32_accumulate as einsum
 
-REMAT_POLICIES = {
-    'none': None,
-    'full': jax.checkpoint_policies.nothing_saveable,
-    'dots_saveable': jax.checkpoint_policies.dots_saveable,
-    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 MLP_ACTIVATIONS = ('swiglu', 'gelu')
 
 
@@ -113,28 +108,10 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_BxL):
     x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0).astype(self.dtype)
     sin, cos = rotary_tables(tokens_BxL.shape[1], self.head_dim, self.rope_theta)
-    x_BxLxD = self._apply_blocks(x_BxLxD, sin, cos)
+    x_BxLxD = apply_blocks(self.blocks, x_BxLxD, sin, cos, scan_layers=self.scan_layers,
+                           remat_policy=self.remat_policy)
     x_BxLxD = self.final_norm(x_BxLxD)
     if self.tie_embeddings:
       unembed_VxD = self.embed_VxD[...].astype(self.dtype)
       return einsum('bld,vd->blv', x_BxLxD, unembed_VxD, jnp.float32)
     return einsum('bld,dv->blv', x_BxLxD, self.unembed_DxV[...].astype(self.dtype), jnp.float32)
-
-  def _apply_blocks(self, x_BxLxD, sin, cos):
-    # Blocks run as a pure function of their parameter state, so one code path serves the
-    # python loop and the scan, with or without rematerialisation.
-    graphdef, _ = nnx.split(self.blocks[0] if not self.scan_layers else self.blocks)
-
-    def block_fn(block_state, x):
-      return nnx.merge(graphdef, block_state)(x, sin, cos)
-
-    if self.remat_policy != 'none':
-      block_fn = jax.checkpoint(block_fn, policy=REMAT_POLICIES[self.remat_policy],
-                                prevent_cse=not self.scan_layers)
-    if self.scan_layers:
-      x_BxLxD, _ = jax.lax.scan(lambda x, s: (block_fn(s, x), None), x_BxLxD,
-                                nnx.state(self.blocks))
-      return x_BxLxD
-    for block in self.blocks:
-      x_BxLxD = block_fn(nnx.state(block), x_BxLxD)
-    return x_BxLxD

@@ -13,9 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxscale.models import MODELS
-from jaxscale.models.layers import DTYPES, sharded_param
+from jaxscale.models.layers import DTYPES, apply_blocks, sharded_param
 from jaxscale.models.layers import einsum_f32_accumulate as einsum
-from jaxscale.models.transformer import REMAT_POLICIES
 
 POOLINGS = ('cls', 'gap')
 
@@ -147,26 +146,8 @@ class ViT(nnx.Module):
       raise ValueError(f'Images of {h}x{w} give {x_BxLxD.shape[1]} tokens, but the model was built '
                        f'for {self.pos_LxD.shape[0]}; set config.model.image_size to the image side.')
     x_BxLxD = x_BxLxD + self.pos_LxD[...].astype(dt)
-    x_BxLxD = self.final_norm(self._apply_blocks(x_BxLxD))
+    x_BxLxD = self.final_norm(apply_blocks(
+        self.blocks, x_BxLxD, scan_layers=self.scan_layers, remat_policy=self.remat_policy))
     pooled_BxD = x_BxLxD[:, 0] if self.pooling == 'cls' else jnp.mean(x_BxLxD, axis=1)
     return (einsum('bd,dk->bk', pooled_BxD, self.head_DxK[...].astype(dt), jnp.float32)
             + self.head_bias_K[...])
-
-  def _apply_blocks(self, x_BxLxD):
-    # As in transformer.Transformer: blocks run as a pure function of their state, so the loop and
-    # the scan share one code path, with or without rematerialisation.
-    graphdef, _ = nnx.split(self.blocks if self.scan_layers else self.blocks[0])
-
-    def block_fn(block_state, x):
-      return nnx.merge(graphdef, block_state)(x)
-
-    if self.remat_policy != 'none':
-      block_fn = jax.checkpoint(block_fn, policy=REMAT_POLICIES[self.remat_policy],
-                                prevent_cse=not self.scan_layers)
-    if self.scan_layers:
-      x_BxLxD, _ = jax.lax.scan(lambda x, s: (block_fn(s, x), None), x_BxLxD,
-                                nnx.state(self.blocks))
-      return x_BxLxD
-    for block in self.blocks:
-      x_BxLxD = block_fn(nnx.state(block), x_BxLxD)
-    return x_BxLxD
