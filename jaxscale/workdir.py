@@ -71,4 +71,4 @@ def drop_metrics_after(workdir: epath.Path, step: int):
                   'again).', len(lines) - len(kept), step)
   partial = workdir / 'metrics.jsonl.partial'
   partial.write_text(''.join(line + '\n' for line in kept))
-  partial.rename(path)  # Atomic: a kill now leaves either the old or the new file.
+  partial.replace(path)  # Atomic: a kill now leaves either the old or the new file.
