@@ -322,6 +322,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_row = eval_metrics(evaluate(eval_step, state, eval_batches, batch_sharding), datasets)
   final_step = int(jax.device_get(state.step))
   summary = {'step': final_step, 'finished': final_step >= config.num_train_steps, **eval_row,
+             'skipped_updates': int(jax.device_get(state.skipped_updates)),
              'train_loss': last_train_loss if math.isfinite(last_train_loss) else None,
              **counters(final_step), **scale_numbers, 'dataset_min_loss': datasets.min_loss}
   if summary['finished']:  # The sweep tools take summary.json as "this run is done".

@@ -118,3 +118,41 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, mo
         f'{eval_diff:.3g}, |param diff| {param_diff:.3g}; eval loss {one["eval_loss"]:.6f}')
   # The same batches on the same devices; only the cross-process reduction order may differ.
   assert train_diff < 1e-5 and eval_diff < 1e-5 and param_diff < 1e-5
+
+
+class _FakeJax:
+  """Records what main.py asks of jax.distributed."""
+
+  def __init__(self):
+    self.calls = []
+    self.config = self
+    self.jax_cpu_collectives_implementation = None
+    self.distributed = self
+
+  def update(self, name, value):
+    setattr(self, name, value)
+
+  def initialize(self, **kwargs):
+    self.calls.append(kwargs)
+
+
+@pytest.mark.parametrize('env, expected_calls', [
+    ({}, []),
+    ({'SLURM_NTASKS': '1'}, []),
+    ({'SLURM_NTASKS': '4'}, [{}]),
+    ({'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234', 'JAX_NUM_PROCESSES': '2',
+      'JAX_PROCESS_ID': '1'}, [{'num_processes': 2, 'process_id': 1}]),
+    ({'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234'}, [{'num_processes': None, 'process_id': None}]),
+], ids=['single', 'slurm_one_task', 'slurm', 'explicit', 'coordinator_only'])
+def test_main_initializes_jax_distributed_exactly_when_the_environment_says_so(
+    env, expected_calls, monkeypatch):
+  from jaxscale import main  # noqa: PLC0415
+  for name in ('SLURM_NTASKS', 'JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
+               'TPU_WORKER_HOSTNAMES'):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  fake = _FakeJax()
+  main._initialize_distributed(fake)
+  assert fake.calls == expected_calls
+  assert fake.jax_cpu_collectives_implementation == ('gloo' if expected_calls else None)
