@@ -1,11 +1,13 @@
 """Train-step throughput of a config, as one JSON line.
 
   python benchmarks/train_throughput.py --config configs/bench_small.py [--config.key=value ...]
+  python benchmarks/train_throughput.py --config configs/resnet18_cifar10.py --config.batch_size=32
 
-Times the compiled, sharded train step on synthetic token batches of the config's shape (the input
-pipeline is benchmarked separately), reports the median step time over `--steps` steps after
-compilation, and relates the achieved FLOP/s (exact count from jaxscale.flops) to the device's
-matmul peak measured in the same process.
+Times the compiled, sharded train step on synthetic batches of the config's shape (token sequences
+for language models; images of `config.dataset.image_size` and one-hot labels for classifiers; the
+input pipeline is benchmarked separately), reports the median step time over `--steps` steps after
+compilation with tokens/s (LMs) or images/s (`examples_per_sec`, classifiers), and relates the
+achieved FLOP/s (exact count from `jaxscale.flops.accounting`) to the device's peak.
 """
 
 import json
@@ -35,24 +37,53 @@ def _peak_flops() -> tuple[float, str]:
   return per_device * jax.device_count(), source
 
 
+def _num_classes(dataset_config) -> int:
+  """The dataset's class count from its TFDS metadata (known without the data being prepared)."""
+  import tensorflow_datasets as tfds  # Classifiers only: loads TensorFlow.
+  import jaxscale.data  # noqa: F401  (registers the embedded builders with TFDS)
+  try:
+    builder = tfds.builder(dataset_config.name, data_dir=dataset_config.data_dir or None)
+    return builder.info.features['label'].num_classes
+  except Exception as e:  # Any failure means the same fix: name the class count.
+    raise ValueError(f'Cannot read the class count of dataset {dataset_config.name!r} ({e}); '
+                     'set --config.model.num_classes.') from e
+
+
+def _synthetic_batch(config, rng) -> tuple[str, dict[str, np.ndarray]]:
+  """(task, batch) of the config's shapes; fills in the sizes a dataset would decide."""
+  if 'vocab_size' in config.model:
+    if not config.model.vocab_size:
+      config.model.vocab_size = 256
+    seq_len = config.dataset.seq_len
+    tokens = rng.integers(0, config.model.vocab_size, (config.batch_size, seq_len + 1),
+                          dtype=np.int32)
+    return 'lm', {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
+                  'weights': np.ones((config.batch_size, seq_len), np.float32)}
+  if not config.model.num_classes:
+    config.model.num_classes = _num_classes(config.dataset)
+  if not config.model.image_size:
+    config.model.image_size = config.dataset.image_size
+  size, channels = config.model.image_size, flops.model_kwargs(config).channels
+  labels = rng.integers(0, config.model.num_classes, config.batch_size)
+  return 'classification', {
+      'image': rng.normal(size=(config.batch_size, size, size, channels)).astype(np.float32),
+      'labels': np.eye(config.model.num_classes, dtype=np.float32)[labels],
+      'weights': np.ones((config.batch_size,), np.float32)}
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
   config_validation.validate(config, num_devices=jax.device_count())
-  if not config.model.vocab_size:
-    config.model.vocab_size = 256
+  task, host_batch = _synthetic_batch(config, np.random.default_rng(0))
   mesh = sharding.make_mesh(config.mesh)
   optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
   graphdef, state, state_shardings = train.create_train_state(config, mesh, optimizer)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
-                                      sharding.replicated(mesh), config.optimizer.grad_accum_steps)
-  seq_len, vocab = config.dataset.seq_len, config.model.vocab_size
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(0, vocab, (config.batch_size, seq_len + 1), dtype=np.int32)
-  batch = sharding.global_batch(
-      {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
-       'weights': np.ones((config.batch_size, seq_len), np.float32)}, batch_sharding)
+                                      sharding.replicated(mesh), config.optimizer.grad_accum_steps,
+                                      task=task, label_smoothing=config.label_smoothing)
+  batch = sharding.global_batch(host_batch, batch_sharding)
 
   start = time.perf_counter()
   compiled = train_step.lower(state, batch).compile()
@@ -68,22 +99,32 @@ def main(argv):
     step_times.append(time.perf_counter() - start)
 
   step_s = statistics.median(step_times)
-  tokens_per_step = config.batch_size * seq_len
-  flops_per_step = tokens_per_step * flops.train_flops_per_token(config.model, seq_len, vocab)
+  size = flops.accounting(config)
+  flops_per_step = config.batch_size * size.train_flops_per_example
   peak, peak_source = _peak_flops()
-  params_total, params_non_embedding = flops.count_params(config.model, vocab)
-  print(json.dumps({
+  row = {
       'device': jax.devices()[0].device_kind, 'num_devices': jax.device_count(),
-      'mesh': dict(mesh.shape), 'params_total': params_total,
-      'params_non_embedding': params_non_embedding,
-      'batch_size': config.batch_size, 'seq_len': seq_len, 'dtype': config.model.dtype,
-      'compile_s': round(compile_s, 3), 'step_s_median': step_s,
-      'step_s_min': min(step_times), 'steps_per_s': 1 / step_s,
-      'tokens_per_s': tokens_per_step / step_s, 'flops_per_step': flops_per_step,
-      'flops_per_s': flops_per_step / step_s, 'peak_flops_per_s': peak,
-      'peak_source': peak_source, 'fraction_of_peak': flops_per_step / step_s / peak,
+      'mesh': dict(mesh.shape), 'params_total': size.params_total,
+      'params_non_embedding': size.params_non_embedding, 'batch_size': config.batch_size}
+  if task == 'lm':
+    row['seq_len'] = config.dataset.seq_len
+  else:
+    row.update(model=config.model.name, image_size=config.model.image_size,
+               num_classes=config.model.num_classes)
+  row.update({
+      'dtype': flops.model_kwargs(config).dtype, 'compile_s': round(compile_s, 3),
+      'step_s_median': step_s, 'step_s_min': min(step_times), 'steps_per_s': 1 / step_s})
+  if task == 'lm':
+    row['tokens_per_s'] = config.batch_size * size.tokens_per_example / step_s
+  else:
+    row['examples_per_sec'] = config.batch_size / step_s
+  row.update({
+      'flops_per_step': flops_per_step, 'flops_per_s': flops_per_step / step_s,
+      'peak_flops_per_s': peak, 'peak_source': peak_source,
+      'fraction_of_peak': flops_per_step / step_s / peak,
       'final_loss': float(metrics['train_loss']),
-  }))
+  })
+  print(json.dumps(row))
 
 
 if __name__ == '__main__':

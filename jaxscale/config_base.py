@@ -54,7 +54,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dataset.builder_config = ''       # TFDS builder config ('' = the builder's default).
   c.dataset.data_dir = ''             # TFDS data dir ('' = TFDS default, ~/tensorflow_datasets).
   c.dataset.seq_len = 256             # Tokens per training sequence.
-  c.dataset.shuffle_buffer_size = 1024  # Packed sequences held in the shuffle buffer.
+  c.dataset.shuffle_buffer_size = 1024  # Examples in the shuffle buffer (packed sequences, images).
   c.dataset.tokenizer = 'byte'        # 'byte' | 'sentencepiece' (real text datasets).
   c.dataset.spm_model_path = ''       # SentencePiece model file when tokenizer='sentencepiece'.
   # Vision datasets. Eval preprocessing is fixed (resize/center crop to image_size); these shape
@@ -79,6 +79,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.95
   c.optimizer.eps = 1e-8
   c.optimizer.momentum = 0.9          # SGD only.
+  c.optimizer.nesterov = False        # SGD only: Nesterov momentum.
   c.optimizer.weight_decay = 0.1      # Decoupled; never applied to norms, biases or scalars.
   c.optimizer.grad_clip_norm = 1.0    # Global-norm clipping; 0 disables it.
   c.optimizer.grad_accum_steps = 1    # Micro-batches summed per update (batch_size is per update).
@@ -97,6 +98,9 @@ def get_base_config() -> ml_collections.ConfigDict:
       ('kv', None),
       ('layers', None),
       ('seq', None),
+      ('conv_in', None),            # Convolution kernels' input channels.
+      ('conv_out', 'fsdp'),         # Their output channels (and a ResNet head's input).
+      ('classes', None),            # Classifier heads' outputs (class counts rarely divide evenly).
   )
   return c
 

@@ -5,11 +5,12 @@ Every error names the offending key and what is allowed, e.g.
 """
 
 import difflib
+import importlib.util
 import inspect
 
 
 from jaxscale import config_base, optim
-from jaxscale.models import MODELS
+from jaxscale.models import MODELS, mlp, resnet, vit
 from jaxscale.models.layers import DTYPES
 from jaxscale.models.transformer import MLP_ACTIVATIONS, REMAT_POLICIES
 
@@ -93,6 +94,23 @@ def _check_values(config):
                       f'config.optimizer.grad_accum_steps={config.optimizer.grad_accum_steps}.')
 
 
+def _check_image_dataset(d):
+  """The vision keys of config.dataset (they only shape image datasets' training stream)."""
+  from jaxscale.data.augment import MAX_RANDAUGMENT_MAGNITUDE  # Late: loads TensorFlow.
+  _check_choice('config.dataset.crop', d.crop, ('none', 'pad_and_crop', 'random_resized_crop'))
+  if d.image_size <= 0:
+    raise ConfigError(f'config.dataset.image_size={d.image_size} must be positive.')
+  for key in ('crop_padding', 'randaugment_layers', 'mixup_alpha', 'cutmix_alpha'):
+    if d[key] < 0:
+      raise ConfigError(f'config.dataset.{key}={d[key]} must be >= 0 (0 turns it off).')
+  if not 0 <= d.randaugment_magnitude <= MAX_RANDAUGMENT_MAGNITUDE:
+    raise ConfigError(f'config.dataset.randaugment_magnitude={d.randaugment_magnitude} must be in '
+                      f'[0, {MAX_RANDAUGMENT_MAGNITUDE}].')
+  if d.randaugment_layers > 0 and importlib.util.find_spec('keras') is None:
+    raise ConfigError(f'config.dataset.randaugment_layers={d.randaugment_layers} needs Keras 3 '
+                      '(keras.layers.RandAugment), which is not installed; install keras or set 0.')
+
+
 def _check_transformer(m):
   _check_choice('config.model.dtype', m.dtype, DTYPES)
   _check_choice('config.model.mlp_activation', m.mlp_activation, MLP_ACTIVATIONS)
@@ -101,6 +119,55 @@ def _check_transformer(m):
   if m.d_model % m.num_heads or (m.d_model // m.num_heads) % 2:
     raise ConfigError(f'config.model.d_model={m.d_model} must split into config.model.num_heads='
                       f'{m.num_heads} heads of even size (rotary embeddings rotate pairs).')
+
+
+def _model_values(model_config) -> dict:
+  """The config's model keys over the constructor's defaults (configs may leave defaults out)."""
+  params = inspect.signature(MODELS.get(model_config.name).__init__).parameters
+  values = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
+  return {**values, **model_config}
+
+
+def _check_positive_ints(m, *names):
+  for name in names:
+    if isinstance(m[name], bool) or not isinstance(m[name], int) or m[name] <= 0:
+      raise ConfigError(f'config.model.{name}={m[name]!r} must be a positive integer.')
+
+
+def _check_vision_model(config):
+  """Value checks for the image classifiers (num_classes/image_size 0 = taken from the data)."""
+  m = _model_values(config.model)
+  for name in ('num_classes', 'image_size'):
+    if isinstance(m[name], bool) or not isinstance(m[name], int) or m[name] < 0:
+      raise ConfigError(f'config.model.{name}={m[name]!r} must be a non-negative integer '
+                        '(0: take it from the dataset).')
+  _check_choice('config.model.dtype', m['dtype'], DTYPES)
+  _check_positive_ints(m, 'channels')
+  if m['name'] == 'vit':
+    _check_positive_ints(m, 'patch_size', 'width', 'depth', 'num_heads', 'mlp_dim')
+    _check_choice('config.model.pooling', m['pooling'], vit.POOLINGS)
+    _check_choice('config.model.remat_policy', m['remat_policy'], REMAT_POLICIES)
+    _check_choice('config.model.attention_impl', m['attention_impl'], ('xla', 'cudnn'))
+    if m['width'] % m['num_heads']:
+      raise ConfigError(f'config.model.width={m["width"]} must be a multiple of '
+                        f'config.model.num_heads={m["num_heads"]}.')
+    image_size = m['image_size'] or config.dataset.image_size
+    if image_size % m['patch_size']:
+      raise ConfigError(f'config.model.patch_size={m["patch_size"]} must divide the image size '
+                        f'{image_size} (config.model.image_size, or config.dataset.image_size).')
+  elif m['name'] == 'resnet':
+    _check_positive_ints(m, 'width')
+    if m['depth'] not in resnet.STAGES:
+      raise ConfigError(f'config.model.depth={m["depth"]!r} is not allowed; choose one of: '
+                        f'{", ".join(map(str, resnet.STAGES))}')
+    _check_choice('config.model.stem', m['stem'], resnet.STEMS)
+  elif m['name'] == 'mlp':
+    _check_choice('config.model.activation', m['activation'], mlp.ACTIVATIONS)
+    dims = m['hidden_dims']
+    if not isinstance(dims, (tuple, list)) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+      raise ConfigError(f'config.model.hidden_dims={dims!r} must be a tuple of positive integers '
+                        '(layer widths), e.g. (512, 512).')
 
 
 def check_batch_fits_mesh(config, mesh_shape: dict[str, int], process_count: int):
@@ -123,8 +190,11 @@ def validate(config, num_devices: int | None = None, process_count: int = 1):
   _check_keys_and_types(config)
   _check_model_keys(config.model)
   _check_values(config)
+  _check_image_dataset(config.dataset)
   if config.model.name == 'transformer':
     _check_transformer(config.model)
+  elif config.model.name in ('vit', 'resnet', 'mlp'):
+    _check_vision_model(config)
   if num_devices is not None:
     from jaxscale import sharding
     from jaxscale.sharding import MESH_AXES

@@ -5,14 +5,26 @@ logits, and attention's QK^T and AV over the full L x L score matrix (XLA comput
 half too, so this is what the hardware does). A training step costs 3x the forward pass
 (backward = 2x forward). Elementwise work (norms, softmax, optimizer) is left out; it is a few
 percent at realistic widths, and `tests/test_flops.py` checks the total against XLA's cost model.
+
+Vision models count every convolution and matmul the same way (a conv is 2 * output pixels *
+kernel area * input channels * output channels). Their first layer reads the pixels, whose
+gradient nobody asks for, so its backward is the weight gradient only: training costs 3x the
+forward pass minus one forward of that layer. (An MLP's first layer can hold most of its FLOPs,
+so "3x the forward" would overstate its cost by up to a third.) Convolutions count every kernel
+tap, zero padding included, as published FLOP counts do and the hardware computes; XLA's cost model
+skips taps that fall on padding, so it reads lower on small feature maps.
 """
 
 import dataclasses
 import functools
+import inspect
 import time
+import types
 
 import jax
 import jax.numpy as jnp
+
+from jaxscale.models import MODELS, resnet
 
 
 def _block_matmul_params(model_config) -> int:
@@ -63,8 +75,111 @@ def _transformer_accounting(config) -> Accounting:
   return Accounting(total, non_embedding, seq_len * per_token, seq_len)
 
 
+@dataclasses.dataclass(frozen=True)
+class VisionCost:
+  """Parameters and forward FLOPs per image of a classifier, and the forward FLOPs of the layer
+  that reads the pixels (its input gradient is never computed)."""
+  params: int
+  forward_flops: float
+  first_layer_flops: float
+
+  @property
+  def train_flops(self) -> float:
+    return 3.0 * self.forward_flops - self.first_layer_flops
+
+
+def vit_cost(m) -> VisionCost:
+  d, f, k, p = m.width, m.mlp_dim, m.num_classes, m.patch_size
+  patch_dim = p * p * m.channels
+  num_patches = (m.image_size // p) ** 2
+  tokens = num_patches + (m.pooling == 'cls')
+  block_matmul = 4 * d * d + 2 * d * f  # Q, K, V and output projections; the MLP.
+  block_params = block_matmul + 3 * d + d + f + d + 4 * d  # Their biases; two LayerNorms.
+  params = (patch_dim * d + d + (d if m.pooling == 'cls' else 0) + tokens * d
+            + m.depth * block_params + 2 * d + d * k + k)
+  patch_flops = 2 * num_patches * patch_dim * d
+  attention = 2 * (2 * tokens * tokens * d)  # QK^T and AV over all token pairs.
+  blocks = m.depth * (2 * tokens * block_matmul + attention)
+  return VisionCost(params, float(patch_flops + blocks + 2 * d * k), float(patch_flops))
+
+
+def _conv_out(size: int, kernel: int, stride: int) -> int:
+  return (size + 2 * (kernel // 2) - kernel) // stride + 1  # Padding k // 2, as in the model.
+
+
+def resnet_cost(m) -> VisionCost:
+  """Walks the same layout as `models.resnet.ResNet`: each conv's weights and output pixels."""
+  image_size, params, flops = m.image_size, 0, 0
+
+  def conv(size, in_ch, out_ch, kernel, stride):
+    nonlocal params, flops
+    out = _conv_out(size, kernel, stride)
+    params += kernel * kernel * in_ch * out_ch + 2 * out_ch  # Weights; batch-norm scale and bias.
+    flops += 2 * out * out * kernel * kernel * in_ch * out_ch
+    return out
+
+  stem_kernel, stem_stride = (7, 2) if m.stem == 'imagenet' else (3, 1)
+  size = conv(image_size, m.channels, m.width, stem_kernel, stem_stride)
+  first_layer_flops = flops
+  if m.stem == 'imagenet':
+    size = _conv_out(size, 3, 2)  # Max pool.
+  kind, blocks_per_stage = resnet.STAGES[m.depth]
+  in_ch = m.width
+  for stage, num_blocks in enumerate(blocks_per_stage):
+    channels = m.width * 2 ** stage
+    for i in range(num_blocks):
+      stride = 2 if stage > 0 and i == 0 else 1
+      if kind == 'basic':
+        out_ch = channels
+        out = conv(size, in_ch, channels, 3, stride)
+        conv(out, channels, channels, 3, 1)
+      else:
+        out_ch = channels * resnet.BOTTLENECK_EXPANSION
+        conv(size, in_ch, channels, 1, 1)
+        out = conv(size, channels, channels, 3, stride)
+        conv(out, channels, out_ch, 1, 1)
+      if stride != 1 or in_ch != out_ch:
+        conv(size, in_ch, out_ch, 1, stride)  # Projection shortcut.
+      size, in_ch = out, out_ch
+  params += in_ch * m.num_classes + m.num_classes
+  flops += 2 * in_ch * m.num_classes
+  return VisionCost(params, float(flops), float(first_layer_flops))
+
+
+def mlp_cost(m) -> VisionCost:
+  dims = [m.image_size * m.image_size * m.channels, *m.hidden_dims, m.num_classes]
+  matmuls = [d_in * d_out for d_in, d_out in zip(dims[:-1], dims[1:])]
+  return VisionCost(sum(matmuls) + sum(dims[1:]), 2.0 * sum(matmuls), 2.0 * matmuls[0])
+
+
+def model_kwargs(config) -> types.SimpleNamespace:
+  """Every constructor argument of `config.model`'s model: the config's values over the defaults,
+  with sizes the data decides (image_size 0) taken from the dataset config."""
+  params = inspect.signature(MODELS.get(config.model.name).__init__).parameters
+  kwargs = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+  kwargs.update(config.model)
+  if not kwargs.get('image_size', True):
+    kwargs['image_size'] = config.dataset.image_size
+  if 'num_classes' in kwargs and not kwargs['num_classes']:
+    raise ValueError('config.model.num_classes=0 is filled in from the dataset by '
+                     'train.resolve_config; account for the resolved config, or set it.')
+  return types.SimpleNamespace(**kwargs)
+
+
+def _classifier_accounting(cost_fn):
+  def account(config) -> Accounting:
+    cost = cost_fn(model_kwargs(config))
+    return Accounting(cost.params, cost.params, cost.train_flops, 0)
+  return account
+
+
 # Model registry name -> Accounting of a resolved config (model and dataset keys filled in).
-_ACCOUNTING = {'transformer': _transformer_accounting}
+_ACCOUNTING = {
+    'transformer': _transformer_accounting,
+    'vit': _classifier_accounting(vit_cost),
+    'resnet': _classifier_accounting(resnet_cost),
+    'mlp': _classifier_accounting(mlp_cost),
+}
 
 
 def accounting(config) -> Accounting:

@@ -48,7 +48,7 @@ def make_optimizer(opt_config, num_train_steps: int) -> tuple[optax.GradientTran
                       mask=_decay_mask)
   elif c.name == 'sgd':
     opt = optax.chain(optax.add_decayed_weights(c.weight_decay, mask=_decay_mask),
-                      optax.sgd(lr, momentum=c.momentum or None))
+                      optax.sgd(lr, momentum=c.momentum or None, nesterov=c.nesterov))
   elif c.name == 'lion':
     opt = optax.lion(lr, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay, mask=_decay_mask)
   elif c.name == 'adafactor':

@@ -67,8 +67,9 @@ def abstract_arrays(tree, shardings):
 
 
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
-  """Batches are split over whichever mesh axes the 'batch' logical name maps to."""
-  return logical_to_named(P('batch', None), mesh, rules)
+  """Batches are split along their leading axis over whichever mesh axes the 'batch' logical name
+  maps to; the other axes are replicated, so one sharding fits arrays of every rank."""
+  return logical_to_named(P('batch'), mesh, rules)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

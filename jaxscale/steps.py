@@ -62,7 +62,8 @@ def loss_sums(graphdef, params, model_state, batch, *, task: str, train: bool,
   The model runs in train mode (batch norm uses and updates batch statistics) or eval mode
   (running statistics, left unchanged).
   """
-  model = nnx.merge(graphdef, params, model_state)
+  # copy=True: fresh Variables in this trace, so batch norm may update its statistics under grad.
+  model = nnx.merge(graphdef, params, model_state, copy=True)
   if train:
     model.train()
   else:

@@ -40,8 +40,9 @@ def _assert_same_batches(first, second):
 
 
 def test_registry_names_and_unknown_name():
-  assert DATASETS.names() == ['c4', 'lm1b', 'markov', 'python_stdlib']
-  with pytest.raises(KeyError, match='choose one of: c4, lm1b, markov, python_stdlib'):
+  assert DATASETS.names() == ['c4', 'cifar10', 'cifar100', 'digits', 'imagenet2012', 'lm1b',
+                              'markov', 'python_stdlib']
+  with pytest.raises(KeyError, match='choose one of: c4, cifar10, .*, python_stdlib'):
     DATASETS.get('wikitext')
 
 

@@ -5,8 +5,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from jaxscale.data import pipeline
-from jaxscale.data.sources import DATASETS
+from jaxscale.data import image_pipeline, pipeline
+from jaxscale.data.sources import DATASETS, ImageSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,11 +25,18 @@ def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int
                  process_index: int = 0, process_count: int = 1) -> Datasets:
   """Builds (on first use) and loads `dataset_config.name`.
 
-  Batches are dicts of `inputs`, `targets` (int32) and `weights` (float32), each
-  [local_batch_size, dataset_config.seq_len]. Resume a train iterator exactly with
+  Language modelling: batches are dicts of `inputs`, `targets` (int32) and `weights` (float32),
+  each [local_batch_size, dataset_config.seq_len]. Classification: `image` (float32
+  [local_batch_size, S, S, 3], S = dataset_config.image_size), `labels` (float32
+  [local_batch_size, num_classes]) and `weights` (float32 [local_batch_size]); see
+  `image_pipeline`. Resume a train iterator exactly with
   `tf.train.Checkpoint(iterator=iter(datasets.train))`.
   """
   source = DATASETS.get(dataset_config.name)(dataset_config)
+  if isinstance(source, ImageSource):
+    return _image_datasets(source, dataset_config, local_batch_size=local_batch_size,
+                           num_eval_batches=num_eval_batches, seed=seed,
+                           process_index=process_index, process_count=process_count)
   train = pipeline.train_dataset(
       source, seq_len=dataset_config.seq_len, batch_size=local_batch_size,
       shuffle_buffer_size=dataset_config.shuffle_buffer_size, seed=seed,
@@ -43,3 +50,18 @@ def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int
           source, seq_len=dataset_config.seq_len,
           num_eval_windows=num_eval_batches * local_batch_size * process_count),
       min_loss=source.min_loss, info=dict(source.info))
+
+
+def _image_datasets(source: ImageSource, dataset_config, *, local_batch_size: int,
+                    num_eval_batches: int, seed: int, process_index: int,
+                    process_count: int) -> Datasets:
+  train = image_pipeline.train_dataset(
+      source, dataset_config, batch_size=local_batch_size, seed=seed,
+      process_index=process_index, process_count=process_count)
+  eval_batches = image_pipeline.eval_dataset(
+      source, image_size=dataset_config.image_size, batch_size=local_batch_size,
+      num_batches=num_eval_batches, process_index=process_index, process_count=process_count)
+  return Datasets(
+      train=train, eval=eval_batches, vocab_size=0, bytes_per_token=None, min_loss=None,
+      info={**source.info, 'image_size': dataset_config.image_size},
+      task='classification', num_classes=source.num_classes)

@@ -1,8 +1,9 @@
 """What each registered dataset provides to the input pipeline, and the registry itself.
 
-`DATASETS.get(name)(dataset_config)` returns a `TokenSource`: a prepared TFDS builder, its train
-and held-out splits, and how an example becomes tokens. The pipeline (`pipeline.py`) does the rest
-the same way for every dataset.
+`DATASETS.get(name)(dataset_config)` returns a `TokenSource` (language modelling) or an
+`ImageSource` (classification): a prepared TFDS builder, its train and held-out splits, and what
+the pipeline needs to know about its examples. The pipelines (`pipeline.py`, `image_pipeline.py`)
+do the rest the same way for every dataset.
 """
 
 import dataclasses
@@ -30,6 +31,23 @@ class TokenSource:
   windows_cross_examples: bool
   token_bytes: np.ndarray | None = None  # UTF-8 bytes per token id; None: tokens are not text.
   min_loss: float | None = None          # Known-entropy sources: least loss per target, nats.
+  info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+  """Examples with an `image` (uint8 [H, W, C], C = 1 or 3) and an integer `label`."""
+  builder: tfds.core.DatasetBuilder
+  train_split: str
+  eval_split: str
+  num_classes: int
+  # Images are normalised per channel as (pixel / 255 - mean) / std; mean = std = 0.5 maps to
+  # [-1, 1].
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  # Eval preprocessing. None: resize to image_size. A fraction f: resize the shorter side to
+  # image_size / f, then take the central image_size square (the usual ImageNet eval, f = 0.875).
+  eval_crop_fraction: float | None = None
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 

@@ -9,4 +9,4 @@ from jaxscale.registry import Registry
 MODELS = Registry('model')
 
 # Importing the modules registers their models.
-from jaxscale.models import transformer  # noqa: E402,F401
+from jaxscale.models import mlp, resnet, transformer, vit  # noqa: E402,F401

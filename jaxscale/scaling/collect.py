@@ -12,7 +12,9 @@ import os
 
 from jaxscale.scaling import table as table_lib
 
-SIZE_KNOBS = ('num_layers', 'd_model', 'num_heads', 'mlp_dim', 'vocab_size')
+# Transformer knobs, then the vision families' (ViT, ResNet, MLP); a run leaves others blank.
+SIZE_KNOBS = ('num_layers', 'd_model', 'num_heads', 'mlp_dim', 'vocab_size', 'depth', 'width',
+              'patch_size', 'hidden_dims')
 COLUMNS = ('run', 'N', 'N_nonembed', 'D', 'C', 'loss', 'step', 'budget', *SIZE_KNOBS,
            'seq_len', 'batch_size', 'learning_rate', 'schedule', 'dataset_min_loss')
 

@@ -1,0 +1,82 @@
+"""Image classification datasets: digits (embedded), cifar10, cifar100, imagenet2012.
+
+digits is built locally on first use from the copy bundled with scikit-learn. The others load
+through their real TFDS builders from a prepared data dir (tested offline with
+`tfds.testing.mock_data`); nothing here downloads them.
+Normalisation: digits maps pixels to [-1, 1]; cifar and imagenet use their per-channel train-set
+mean and std.
+"""
+
+import tensorflow_datasets as tfds
+
+from jaxscale.data.builders import digits as digits_builder
+from jaxscale.data.sources import DATASETS, ImageSource
+from jaxscale.data.sources import builder_config_or_default, data_dir_or_default
+
+_MINUS_ONE_TO_ONE = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}
+_CIFAR10_STATS = {'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2470, 0.2435, 0.2616)}
+_CIFAR100_STATS = {'mean': (0.5071, 0.4865, 0.4409), 'std': (0.2673, 0.2564, 0.2762)}
+_IMAGENET_STATS = {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)}
+# The usual ImageNet eval: resize the shorter side to image_size / 0.875, take the centre square.
+IMAGENET_EVAL_CROP_FRACTION = 0.875
+
+_HOW_TO_PREPARE = {
+    'cifar10': 'run `tfds build cifar10 --data_dir=DIR` on a machine with internet (~160 MB)',
+    'cifar100': 'run `tfds build cifar100 --data_dir=DIR` on a machine with internet (~160 MB)',
+    'imagenet2012': (
+        'download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org into '
+        'DIR/downloads/manual, then run `tfds build imagenet2012 --data_dir=DIR`'),
+}
+
+
+def image_source(builder, *, train_split: str, eval_split: str, stats: dict,
+                 eval_crop_fraction: float | None = None) -> ImageSource:
+  return ImageSource(
+      builder=builder, train_split=train_split, eval_split=eval_split,
+      num_classes=builder.info.features['label'].num_classes, eval_crop_fraction=eval_crop_fraction,
+      info={f'num_{name}_examples': split.num_examples
+            for name, split in builder.info.splits.items()},
+      **stats)
+
+
+def prepared_builder(name: str, dataset_config) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of a real dataset, which must already be prepared in the data dir."""
+  builder = tfds.builder(name, config=builder_config_or_default(dataset_config),
+                         data_dir=data_dir_or_default(dataset_config))
+  try:
+    builder.as_dataset(split='train')  # Lazy: only finds the files (what mock_data replaces).
+  except AssertionError as e:  # TFDS's "could not find data in DIR".
+    raise FileNotFoundError(
+        f'Dataset {name!r} is not prepared in {builder.data_dir} (config.dataset.data_dir='
+        f'{dataset_config.data_dir!r}). Either point config.dataset.data_dir at a TFDS data dir '
+        f'that holds it (e.g. gs://tfds-data/datasets on Cloud), or {_HOW_TO_PREPARE[name]} and '
+        'set config.dataset.data_dir=DIR.') from e
+  return builder
+
+
+@DATASETS.register('digits')
+def digits(dataset_config) -> ImageSource:
+  """8x8 grayscale digits, resized (bilinear) to image_size and repeated to 3 channels."""
+  builder = digits_builder.Digits(data_dir=data_dir_or_default(dataset_config),
+                                  file_format='tfrecord')
+  builder.download_and_prepare()  # Reads scikit-learn's copy the first time; a no-op after.
+  return image_source(builder, train_split='train', eval_split='test', stats=_MINUS_ONE_TO_ONE)
+
+
+@DATASETS.register('cifar10')
+def cifar10(dataset_config) -> ImageSource:
+  return image_source(prepared_builder('cifar10', dataset_config), train_split='train',
+                      eval_split='test', stats=_CIFAR10_STATS)
+
+
+@DATASETS.register('cifar100')
+def cifar100(dataset_config) -> ImageSource:
+  return image_source(prepared_builder('cifar100', dataset_config), train_split='train',
+                      eval_split='test', stats=_CIFAR100_STATS)
+
+
+@DATASETS.register('imagenet2012')
+def imagenet2012(dataset_config) -> ImageSource:
+  return image_source(prepared_builder('imagenet2012', dataset_config), train_split='train',
+                      eval_split='validation', stats=_IMAGENET_STATS,
+                      eval_crop_fraction=IMAGENET_EVAL_CROP_FRACTION)

@@ -1,0 +1,154 @@
+"""Autoregressive generation from a trained LM: greedy, temperature and top-k sampling.
+
+  model, config = sampling.restore_model('workdirs/default')
+  tokens = sampling.generate(model, sampling.encode_bytes('def '), max_new_tokens=64,
+                             temperature=0.8, top_k=20, rng=jax.random.key(0))
+  print(sampling.decode_bytes(tokens))
+
+The whole loop is one jitted `lax.fori_loop` over a fixed-length token buffer (prompt + new
+tokens): each step runs the model on the full buffer and reads the logits at the current
+position. The model is causal, so tokens after that position (still zero) cannot change them.
+This recomputes the prefix every step (no KV cache), which costs nothing that matters for the
+small models trained here and keeps the model code free of a decoding mode.
+"""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from jaxscale import checkpointing
+from jaxscale.data.tokenizers import BYTE_SEPARATOR
+
+
+def generate(model, prompt_tokens, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int | None = None, rng: jax.Array | None = None) -> np.ndarray:
+  """The `max_new_tokens` tokens that follow `prompt_tokens`.
+
+  Args:
+    model: an NNX LM (token ids [B, L] -> logits [B, L, V]), or its `(graphdef, state)`.
+    prompt_tokens: int ids, [L] or [B, L] (every row the same length, at least one token).
+    max_new_tokens: how many tokens to generate.
+    temperature: 0 picks the most likely token (greedy); above 0, samples from
+      softmax(logits / temperature).
+    top_k: if set, samples only among the k most likely tokens.
+    rng: a `jax.random.key`, needed when temperature > 0. The same key gives the same tokens.
+
+  Returns:
+    int32 numpy array of the new tokens, [max_new_tokens] or [B, max_new_tokens] like the prompt.
+  """
+  graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
+  prompt = np.asarray(prompt_tokens)
+  squeeze = prompt.ndim == 1
+  prompt_BxP = prompt[None] if squeeze else prompt
+  if prompt_BxP.ndim != 2 or prompt_BxP.shape[1] == 0 or not np.issubdtype(prompt.dtype,
+                                                                             np.integer):
+    raise ValueError(f'prompt_tokens must be integer ids of shape [L] or [B, L] with L >= 1; '
+                     f'got dtype {prompt.dtype} and shape {prompt.shape}.')
+  if max_new_tokens < 1:
+    raise ValueError(f'max_new_tokens must be at least 1, got {max_new_tokens}.')
+  if temperature < 0:
+    raise ValueError(f'temperature must be >= 0 (0 = greedy), got {temperature}.')
+  greedy = temperature == 0
+  if not greedy and rng is None:
+    raise ValueError('Sampling with temperature > 0 needs rng=jax.random.key(seed).')
+  if top_k is not None and top_k < 1:
+    raise ValueError(f'top_k must be a positive number of tokens or None, got {top_k}.')
+  new_BxT = _generate(graphdef, state, jnp.asarray(prompt_BxP, jnp.int32),
+                      jnp.float32(max(temperature, 1e-30)),
+                      rng if rng is not None else jax.random.key(0),
+                      max_new_tokens=max_new_tokens, top_k=top_k, greedy=greedy)
+  new_BxT = np.asarray(new_BxT)
+  return new_BxT[0] if squeeze else new_BxT
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef', 'max_new_tokens', 'top_k', 'greedy'))
+def _generate(graphdef, state, prompt_BxP, temperature, rng, *, max_new_tokens: int,
+              top_k: int | None, greedy: bool):
+  model = nnx.merge(graphdef, state)
+  model.eval()
+  batch, prompt_len = prompt_BxP.shape
+  buffer_BxL = jnp.zeros((batch, prompt_len + max_new_tokens), jnp.int32)
+  buffer_BxL = buffer_BxL.at[:, :prompt_len].set(prompt_BxP)
+
+  def step(position, buffer_BxL):
+    logits_BxV = model(buffer_BxL)[:, position, :]
+    if greedy:
+      next_B = jnp.argmax(logits_BxV, axis=-1)
+    else:
+      logits_BxV = logits_BxV / temperature
+      if top_k is not None:
+        kth_largest_B = jax.lax.top_k(logits_BxV, top_k)[0][:, -1]
+        logits_BxV = jnp.where(logits_BxV < kth_largest_B[:, None], -jnp.inf, logits_BxV)
+      next_B = jax.random.categorical(jax.random.fold_in(rng, position), logits_BxV, axis=-1)
+    return buffer_BxL.at[:, position + 1].set(next_B.astype(jnp.int32))
+
+  buffer_BxL = jax.lax.fori_loop(prompt_len - 1, prompt_len - 1 + max_new_tokens, step,
+                                 buffer_BxL)
+  return buffer_BxL[:, prompt_len:]
+
+
+# ---------------------------------------------------------------------------------------------
+# A trained model from its workdir.
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """The resolved config a run recorded in `workdir/config.json`."""
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
+    raise FileNotFoundError(f'{path} not found: {workdir} is not a jaxscale run directory '
+                            '(train.run writes config.json when it starts).')
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def restore_model(workdir, step: int | None = None) -> tuple[nnx.Module, ml_collections.ConfigDict]:
+  """(model, config) with the parameters of the newest checkpoint in `workdir` (or of `step`).
+
+  Only the parameters are read (not the optimizer state or data position), onto the first
+  local device, whatever mesh the run trained on.
+  """
+  from jaxscale import train  # The trainer imports the data pipeline; only needed here.
+  config = load_config(workdir)
+  manager = checkpointing.make_manager(epath.Path(workdir), config)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint in {epath.Path(workdir) / "checkpoints"}; train first.')
+  abstract_model = nnx.eval_shape(lambda: train.build_model(config.model, config.seed))
+  graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = {'params': jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params)}
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(target, ocp.checkpoint_utils.construct_restore_args(target),
+                                   partial_restore=True)))
+  manager.close()
+  # Non-parameter variables (none in LMs) keep their initial values.
+  rest = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract_rest)
+  return nnx.merge(graphdef, restored.state['params'], rest), config
+
+
+# ---------------------------------------------------------------------------------------------
+# Byte tokenization (the `byte` tokenizer of the default python_stdlib and lm1b/c4 data).
+
+
+def encode_bytes(text: str) -> np.ndarray:
+  """UTF-8 bytes of `text` as int32 token ids, as the `byte` tokenizer produces them."""
+  return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32)
+
+
+def decode_bytes(tokens, stop_at_separator: bool = True) -> str:
+  """Text of byte token ids; invalid UTF-8 becomes U+FFFD. The document separator (byte 0)
+  ends the text unless `stop_at_separator` is False."""
+  ids = np.asarray(tokens).reshape(-1)
+  if ids.size and (ids.min() < 0 or ids.max() > 255):
+    raise ValueError(f'Byte token ids lie in 0..255; got {ids.min()}..{ids.max()}. Was the '
+                     'model trained with the byte tokenizer (config.dataset.tokenizer)?')
+  if stop_at_separator and BYTE_SEPARATOR in ids:
+    ids = ids[:int(np.argmax(ids == BYTE_SEPARATOR))]
+  return ids.astype(np.uint8).tobytes().decode('utf-8', errors='replace')

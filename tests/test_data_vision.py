@@ -1,0 +1,286 @@
+"""Image datasets and augmentations: the embedded digits, mocked cifar10/imagenet2012, the contract."""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from jaxscale import config_validation
+from jaxscale.config_base import get_base_config
+from jaxscale.data import DATASETS, augment, get_datasets
+from jaxscale.data.builders import digits as digits_builder
+from tests.helpers import tiny_config
+
+BATCH = 8
+SIZE = 16
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def _digits_config(data_dir, **overrides):
+  config = get_base_config().dataset
+  config.name, config.data_dir = 'digits', data_dir
+  config.image_size, config.shuffle_buffer_size = SIZE, 256
+  config.update(overrides)
+  return config
+
+
+def _load(config, **overrides):
+  kwargs = dict(local_batch_size=BATCH, num_eval_batches=2, seed=0) | overrides
+  return get_datasets(config, **kwargs)
+
+
+def _first(dataset, num_batches):
+  return list(itertools.islice(dataset.as_numpy_iterator(), num_batches))
+
+
+def _assert_same_batches(first, second):
+  assert len(first) == len(second)
+  for a, b in zip(first, second):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def _assert_contract(batch, batch_size, size, num_classes):
+  assert set(batch) == {'image', 'labels', 'weights'}
+  assert batch['image'].shape == (batch_size, size, size, 3)
+  assert batch['labels'].shape == (batch_size, num_classes)
+  assert batch['weights'].shape == (batch_size,)
+  assert all(value.dtype == np.float32 for value in batch.values())
+
+
+def _digit_indices(batch, raw_images):
+  """Source indices of the images of an image_size=8, unaugmented digits batch."""
+  lookup = {image.tobytes(): index for index, image in enumerate(raw_images)}
+  pixels = np.round((batch['image'][..., 0] * 0.5 + 0.5) * 255).astype(np.uint8)[..., None]
+  return [lookup[image.tobytes()] for image in pixels]
+
+
+def test_registry_has_the_image_datasets():
+  assert {'digits', 'cifar10', 'cifar100', 'imagenet2012'} <= set(DATASETS.names())
+
+
+def test_digits_builds_with_the_fixed_stratified_split(data_dir):
+  _load(_digits_config(data_dir))  # Builds the dataset on first use.
+  builder = digits_builder.Digits(data_dir=data_dir)
+  assert {name: split.num_examples for name, split in builder.info.splits.items()} == {
+      'train': 1497, 'test': 300}
+  raw_images, raw_labels = digits_builder.load_images_and_labels()
+  seen = {}
+  for split in ('train', 'test'):
+    examples = list(builder.as_dataset(split=split).as_numpy_iterator())
+    seen[split] = {int(example['index']) for example in examples}
+    for example in examples:
+      assert example['image'].shape == (8, 8, 1) and example['image'].dtype == np.uint8
+      np.testing.assert_array_equal(example['image'], raw_images[example['index']])
+      assert example['label'] == raw_labels[example['index']]
+  assert not seen['train'] & seen['test'] and len(seen['train'] | seen['test']) == 1797
+  assert raw_images.max() == 255  # Source pixels 0..16 span the whole uint8 range.
+  # Stratified: each class has its share of the 300 test images, to within rounding.
+  test_counts = np.bincount(raw_labels[sorted(seen['test'])])
+  assert np.abs(test_counts - 300 * np.bincount(raw_labels) / 1797).max() <= 1
+
+
+def test_train_batches_have_the_contract_shapes_and_values(data_dir):
+  datasets = _load(_digits_config(data_dir))
+  assert (datasets.task, datasets.num_classes, datasets.vocab_size) == ('classification', 10, 0)
+  assert datasets.info['num_train_examples'] == 1497 and datasets.info['image_size'] == SIZE
+  for batch in _first(datasets.train, 3):
+    _assert_contract(batch, BATCH, SIZE, 10)
+    assert (batch['weights'] == 1).all()
+    assert set(np.unique(batch['labels'])) == {0.0, 1.0} and (batch['labels'].sum(1) == 1).all()
+    # Digits are normalised to [-1, 1] and gray: three equal channels.
+    assert batch['image'].min() >= -1 and batch['image'].max() <= 1
+    np.testing.assert_array_equal(batch['image'][..., 0], batch['image'][..., 2])
+
+
+def test_train_is_deterministic_for_a_seed(data_dir):
+  config = _digits_config(data_dir, crop='random_resized_crop', flip=True, mixup_alpha=0.4)
+  first = _first(_load(config).train, 3)
+  _assert_same_batches(first, _first(_load(config).train, 3))
+  other_seed = _first(_load(config, seed=1).train, 3)
+  assert not np.array_equal(first[0]['image'], other_seed[0]['image'])
+
+
+def test_two_processes_read_disjoint_shards(data_dir):
+  # No shuffle buffer, so the first 93 batches are within the first epoch of each shard
+  # (749 and 748 images).
+  config = _digits_config(data_dir, image_size=8, shuffle_buffer_size=0)
+  raw_images, _ = digits_builder.load_images_and_labels()
+  builder = digits_builder.Digits(data_dir=data_dir)
+  train_indices = {int(e['index']) for e in builder.as_dataset(split='train').as_numpy_iterator()}
+  indices = []
+  for process_index in (0, 1):
+    datasets = _load(config, process_index=process_index, process_count=2)
+    batches = _first(datasets.train, 748 // BATCH)
+    indices.append({i for batch in batches for i in _digit_indices(batch, raw_images)})
+  assert len(indices[0]) == len(indices[1]) == 748 // BATCH * BATCH  # No image twice.
+  assert not indices[0] & indices[1] and indices[0] | indices[1] <= train_indices
+
+
+def test_eval_is_fixed_padded_and_split_over_processes(data_dir):
+  config = _digits_config(data_dir)
+  # 300 test images in 5 batches of 64: the last 20 rows are padding.
+  batches = _first(_load(config, local_batch_size=64, num_eval_batches=5).eval, 10)
+  assert len(batches) == 5
+  _assert_same_batches(batches, _first(_load(config, local_batch_size=64, num_eval_batches=5,
+                                             seed=3).eval, 10))
+  weights = np.concatenate([b['weights'] for b in batches])
+  labels = np.concatenate([b['labels'] for b in batches])
+  images = np.concatenate([b['image'] for b in batches])
+  np.testing.assert_array_equal(weights, [1.0] * 300 + [0.0] * 20)
+  np.testing.assert_array_equal(labels[:300].sum(1), 1)
+  assert (labels[300:] == 0).all() and (images[300:] == 0).all()
+  builder = digits_builder.Digits(data_dir=data_dir)
+  test_labels = [e['label'] for e in builder.as_dataset(split='test').as_numpy_iterator()]
+  np.testing.assert_array_equal(labels[:300].argmax(1), test_labels)  # Stored order.
+  # Two processes: each holds its rows of the same global batches.
+  halves = [_first(_load(config, local_batch_size=32, num_eval_batches=5, process_index=p,
+                         process_count=2).eval, 10) for p in (0, 1)]
+  for whole, first_half, second_half in zip(batches, *halves):
+    for key in whole:
+      np.testing.assert_array_equal(whole[key],
+                                    np.concatenate([first_half[key], second_half[key]]))
+
+
+def test_eval_takes_the_first_images_when_the_split_is_larger(data_dir):
+  batches = _first(_load(_digits_config(data_dir), num_eval_batches=2).eval, 5)
+  assert len(batches) == 2 and all((b['weights'] == 1).all() for b in batches)
+
+
+AUGMENTATIONS = {
+    'flip': dict(flip=True),
+    'pad_and_crop': dict(crop='pad_and_crop', crop_padding=4),
+    'random_resized_crop': dict(crop='random_resized_crop'),
+    'mixup': dict(mixup_alpha=0.4),
+    'cutmix': dict(cutmix_alpha=1.0),
+    'randaugment': dict(randaugment_layers=2, randaugment_magnitude=10),
+}
+
+
+@pytest.mark.parametrize('name', AUGMENTATIONS)
+def test_each_augmentation_keeps_the_contract_and_is_deterministic(data_dir, name):
+  config = _digits_config(data_dir, **AUGMENTATIONS[name])
+  batches = _first(_load(config).train, 2)
+  for batch in batches:
+    _assert_contract(batch, BATCH, SIZE, 10)
+    np.testing.assert_allclose(batch['labels'].sum(1), 1, rtol=1e-6)
+    assert np.isfinite(batch['image']).all()
+  _assert_same_batches(batches, _first(_load(config).train, 2))
+  # Same seed without the augmentation reads the same images in the same order.
+  plain = _first(_load(_digits_config(data_dir)).train, 2)
+  assert not np.array_equal(batches[0]['image'], plain[0]['image'])
+  other_seed = _first(_load(config, seed=5).train, 2)
+  assert not np.array_equal(batches[0]['image'], other_seed[0]['image'])
+  if name in ('mixup', 'cutmix'):  # Labels become mixtures of two classes.
+    assert np.sum((batches[0]['labels'] > 0) & (batches[0]['labels'] < 1)) > 0
+
+
+def _two_images():
+  """Image 0 is all 0, image 1 all 1; so a pixel's value says which image it came from."""
+  images = tf.concat([tf.zeros([1, 8, 8, 3]), tf.ones([1, 8, 8, 3])], axis=0)
+  return images, tf.constant([[1.0, 0.0], [0.0, 1.0]])
+
+
+@pytest.mark.parametrize('mix', [augment.mixup, augment.cutmix])
+def test_mixed_labels_match_the_share_of_each_image(mix):
+  images, labels = _two_images()
+  for seed in range(5):
+    mixed_images, mixed_labels = mix(images, labels, alpha=1.0, seed=tf.constant([seed, 0]))
+    share_of_partner = tf.reduce_mean(mixed_images, axis=[1, 2, 3]).numpy()
+    np.testing.assert_allclose(mixed_labels.numpy()[:, 1], share_of_partner, atol=1e-6)
+    np.testing.assert_allclose(mixed_labels.numpy().sum(1), 1, rtol=1e-6)
+
+
+def test_crops_keep_the_size_and_the_pixels():
+  image = tf.reshape(tf.range(8 * 8 * 3, dtype=tf.float32), [8, 8, 3])
+  seed = tf.constant([1, 2])
+  cropped = augment.pad_and_crop(image, padding=2, seed=seed).numpy()
+  assert cropped.shape == (8, 8, 3)
+  # Every non-padding pixel is an original pixel.
+  assert set(cropped[cropped.sum(-1) > 0, 0]) <= set(image.numpy()[..., 0].ravel())
+  resized = augment.random_resized_crop(image, size=16, seed=seed)
+  assert resized.shape == (16, 16, 3)
+  np.testing.assert_array_equal(resized, augment.random_resized_crop(image, size=16, seed=seed))
+
+
+def test_jpeg_crop_decodes_the_same_box_as_decoding_first():
+  image = tf.cast(tf.random.stateless_uniform([40, 60, 3], seed=[0, 1], maxval=256, dtype=tf.int32),
+                  tf.uint8)
+  jpeg = tf.io.encode_jpeg(image)
+  decoded = tf.cast(tf.io.decode_jpeg(jpeg), tf.float32)
+  for seed in range(3):
+    fast = augment.random_resized_crop_jpeg(jpeg, size=16, channels=3, seed=tf.constant([seed, 0]))
+    slow = augment.random_resized_crop(decoded, size=16, seed=tf.constant([seed, 0]))
+    assert fast.shape == slow.shape == (16, 16, 3)
+    # Same box; only pixels at the box's edge may differ (chroma upsampling sees no neighbours).
+    assert np.mean(np.abs(fast - slow) < 1e-3) > 0.85
+
+
+def test_randaugment_is_stateless():
+  randaugment = augment.make_randaugment(2, 15)
+  image = tf.random.stateless_uniform([16, 16, 3], seed=[0, 0], maxval=255.0)
+  outputs = [randaugment(image, tf.constant([seed, 0])).numpy() for seed in (1, 1, 2, 3, 4)]
+  np.testing.assert_array_equal(outputs[0], outputs[1])
+  assert sum(not np.array_equal(outputs[0], other) for other in outputs[2:]) >= 2
+  assert all(0 <= out.min() and out.max() <= 255 for out in outputs)
+
+
+@pytest.mark.parametrize('name,size,crop,num_classes', [
+    ('cifar10', 32, 'pad_and_crop', 10),
+    ('imagenet2012', 32, 'random_resized_crop', 1000),
+])
+def test_real_datasets_under_mock_data(name, size, crop, num_classes):
+  config = get_base_config().dataset
+  config.name, config.image_size, config.crop, config.flip = name, size, crop, True
+  config.mixup_alpha = 0.2
+  with tfds.testing.mock_data(num_examples=20):
+    datasets = _load(config, local_batch_size=4, num_eval_batches=3, process_index=1,
+                     process_count=2)
+    train = _first(datasets.train, 2)
+    evals = _first(datasets.eval, 5)
+  assert datasets.num_classes == num_classes
+  for batch in train + evals:
+    _assert_contract(batch, 4, size, num_classes)
+  # 20 eval images in global batches of 8: process 1 holds rows 4-7 of each; batch 3 is padding.
+  assert [b['weights'].sum() for b in evals] == [4, 4, 0]
+  np.testing.assert_allclose(train[0]['labels'].sum(1), 1, rtol=1e-6)
+
+
+def test_a_missing_real_dataset_says_how_to_prepare_it(tmp_path):
+  config = get_base_config().dataset
+  config.name, config.data_dir = 'cifar10', str(tmp_path)
+  with pytest.raises(FileNotFoundError, match='tfds build cifar10 --data_dir'):
+    _load(config)
+
+
+def test_iterator_checkpoint_resumes_the_same_batches(data_dir, tmp_path):
+  config = _digits_config(data_dir, crop='random_resized_crop', flip=True, mixup_alpha=0.4,
+                          cutmix_alpha=1.0, randaugment_layers=1)
+  iterator = iter(_load(config).train)
+  for _ in range(3):
+    next(iterator)
+  path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'iterator'))
+  expected = [{k: v.numpy() for k, v in next(iterator).items()} for _ in range(2)]
+  resumed = iter(_load(config).train)
+  tf.train.Checkpoint(iterator=resumed).read(path).assert_consumed()
+  _assert_same_batches(expected, [{k: v.numpy() for k, v in next(resumed).items()}
+                                  for _ in range(2)])
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('crop', 'center', 'config.dataset.crop=.* choose one of: none, pad_and_crop'),
+    ('mixup_alpha', -0.1, r'config.dataset.mixup_alpha=-0.1 must be >= 0'),
+    ('randaugment_magnitude', 31, r'config.dataset.randaugment_magnitude=31 must be in \[0, 30\]'),
+    ('image_size', 0, 'config.dataset.image_size=0 must be positive'),
+])
+def test_config_validation_names_the_bad_dataset_key(key, value, message):
+  config = tiny_config(**{f'dataset.{key}': value})
+  with pytest.raises(config_validation.ConfigError, match=message):
+    config_validation.validate(config)

@@ -1,0 +1,73 @@
+"""Image classification through the real stack: digits -> MLP/ResNet -> sharded step -> writers."""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import pytest
+
+from jaxscale import metrics, train
+from jaxscale.scaling import collect
+
+CONFIG_DIR = pathlib.Path(__file__).parent.parent / 'configs'
+
+
+def _config(name, data_dir, **overrides):
+  spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.dataset.data_dir = str(data_dir)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+def test_mlp_reaches_95_percent_on_digits(data_dir, tmp_path):
+  summary = train.run(_config('mlp_digits', data_dir), str(tmp_path))
+  assert summary['finished']
+  assert summary['eval_accuracy'] >= 0.95, summary
+  assert summary['eval_top5_accuracy'] >= summary['eval_accuracy']
+  rows = metrics.read_jsonl(tmp_path / 'metrics.jsonl')
+  eval_rows = [r for r in rows if 'eval_loss' in r]
+  # The numbers a scaling fit needs, as for language models (examples instead of tokens).
+  for key in ('examples_seen', 'flops_seen', 'params_total', 'params_non_embedding',
+              'train_loss', 'eval_loss', 'eval_accuracy'):
+    assert math.isfinite(eval_rows[-1][key]), key
+  assert 'tokens_seen' not in eval_rows[-1]
+  assert eval_rows[-1]['examples_seen'] == 600 * 64
+  assert eval_rows[0]['eval_loss'] > eval_rows[-1]['eval_loss']
+  recorded = json.loads((tmp_path / 'config.json').read_text())
+  assert recorded['model']['num_classes'] == 10 and recorded['model']['image_size'] == 8
+
+
+@pytest.mark.slow
+def test_small_resnet_reaches_95_percent_on_digits(data_dir, tmp_path):
+  config = _config('resnet_digits', data_dir, num_train_steps=200, eval_every_steps=200,
+                   checkpoint_every_steps=200)
+  summary = train.run(config, str(tmp_path))
+  assert summary['eval_accuracy'] >= 0.95, summary
+
+
+def test_a_width_sweep_over_digits_is_collectable(data_dir, tmp_path):
+  for width in (16, 64):
+    config = _config('mlp_digits', data_dir, num_train_steps=40, eval_every_steps=20,
+                     checkpoint_every_steps=40, **{'model.hidden_dims': (width,)})
+    train.run(config, str(tmp_path / f'mlp_w{width}'))
+  rows, unfinished = collect.collect(str(tmp_path))
+  assert not unfinished and len(rows) == 2
+  by_width = {row['run']: row for row in rows}
+  narrow, wide = by_width['mlp_w16'], by_width['mlp_w64']
+  assert narrow['N'] < wide['N'] and narrow['C'] < wide['C']
+  assert narrow['D'] == wide['D'] == 40 * 64  # Images seen.
+  assert all(math.isfinite(row['loss']) for row in rows)
