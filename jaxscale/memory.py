@@ -170,3 +170,11 @@ def compiled_bytes(compiled) -> int | None:
     return None
   return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
              - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes)
+
+
+def compare_compiled(compiled, estimate_: Estimate) -> str:
+  actual = compiled_bytes(compiled)
+  if actual is None:
+    return f'XLA gives no memory analysis here (estimated {_gib(estimate_.total)} per device)'
+  return (f'XLA needs {_gib(actual)} per device, estimated {_gib(estimate_.total)} '
+          f'(ratio {estimate_.total / max(actual, 1):.2f})')

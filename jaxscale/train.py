@@ -211,9 +211,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   abstract_state = sharding.abstract_arrays(state, state_shardings)
   compile_start = time.perf_counter()
   train_step = train_step.lower(abstract_state, abstract_batch).compile()
-  logging.info('Compiled the train step in %.1f s; XLA needs %s per device (estimated %s).',
-               time.perf_counter() - compile_start, memory.compiled_bytes(train_step),
-               memory_estimate.total)
+  logging.info('Compiled the train step in %.1f s; %s.', time.perf_counter() - compile_start,
+               memory.compare_compiled(train_step, memory_estimate))
 
   train_iter = iter(datasets.train)
   manager = checkpointing.make_manager(workdir, config)
