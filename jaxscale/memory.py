@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from jaxscale import sharding
 from jaxscale.config_validation import ConfigError
 
 
@@ -118,8 +119,10 @@ def estimate(config, abstract_state, abstract_batch, forward) -> Estimate:
   some_leaf = next(iter(abstract_batch.values()))
   rows_per_device = some_leaf.sharding.shard_shape(some_leaf.shape)[0]
   micro_batch = max(rows_per_device // config.optimizer.grad_accum_steps, 1)
+  mesh_sizes = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, jax.device_count())))
+  tensor_shards = mesh_sizes['tensor']
   if config.model.name == 'transformer':
-    activations = _transformer_activations(config, micro_batch, config.mesh.tensor)
+    activations = _transformer_activations(config, micro_batch, tensor_shards)
     method = f'transformer formula, remat {config.model.remat_policy}'
   else:
     local = {k: jax.ShapeDtypeStruct((micro_batch, *v.shape[1:]), v.dtype)
@@ -130,14 +133,14 @@ def estimate(config, abstract_state, abstract_batch, forward) -> Estimate:
   limit, source = device_memory_limit()
   params = bytes_per_device(abstract_state.params)
   unsharded_params = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize
-                         for x in jax.tree.leaves(abstract_state.params)) // config.mesh.tensor
+                         for x in jax.tree.leaves(abstract_state.params)) // tensor_shards
   return Estimate(
       params=params, optimizer_state=bytes_per_device(abstract_state.opt_state),
       other_state=bytes_per_device((abstract_state.step, abstract_state.model_state,
                                     abstract_state.skipped_updates)),
       gradients=max(unsharded_params, params),
-      gathered_params=max(unsharded_params - params, 0), activations=activations, activations_method=method, limit=limit,
-      limit_source=source)
+      gathered_params=max(unsharded_params - params, 0), activations=activations,
+      activations_method=method, limit=limit, limit_source=source)
 
 
 def check(config, estimate_: Estimate):
@@ -167,3 +170,11 @@ def compiled_bytes(compiled) -> int | None:
     return None
   return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
              - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes)
+
+
+def compare_compiled(compiled, estimate_: Estimate) -> str:
+  actual = compiled_bytes(compiled)
+  if actual is None:
+    return f'XLA gives no memory analysis here (estimated {_gib(estimate_.total)} per device)'
+  return (f'XLA needs {_gib(actual)} per device, estimated {_gib(estimate_.total)} '
+          f'(ratio {estimate_.total / max(actual, 1):.2f})')

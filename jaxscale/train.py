@@ -211,9 +211,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   abstract_state = sharding.abstract_arrays(state, state_shardings)
   compile_start = time.perf_counter()
   train_step = train_step.lower(abstract_state, abstract_batch).compile()
-  logging.info('Compiled the train step in %.1f s; XLA needs %s per device (estimated %s).',
-               time.perf_counter() - compile_start, memory.compiled_bytes(train_step),
-               memory_estimate.total)
+  logging.info('Compiled the train step in %.1f s; %s.', time.perf_counter() - compile_start,
+               memory.compare_compiled(train_step, memory_estimate))
 
   train_iter = iter(datasets.train)
   manager = checkpointing.make_manager(workdir, config)
@@ -322,6 +321,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_row = eval_metrics(evaluate(eval_step, state, eval_batches, batch_sharding), datasets)
   final_step = int(jax.device_get(state.step))
   summary = {'step': final_step, 'finished': final_step >= config.num_train_steps, **eval_row,
+             'skipped_updates': int(jax.device_get(state.skipped_updates)),
              'train_loss': last_train_loss if math.isfinite(last_train_loss) else None,
              **counters(final_step), **scale_numbers, 'dataset_min_loss': datasets.min_loss}
   if summary['finished']:  # The sweep tools take summary.json as "this run is done".

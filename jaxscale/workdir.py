@@ -6,6 +6,7 @@ import json
 import jax
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from jaxscale import config_base
 
@@ -37,6 +38,8 @@ def record_config(workdir: epath.Path, config):
       raise ValueError(
           f'{workdir} holds a run with a different config; differing keys:\n  ' + '\n  '.join(diffs)
           + '\nUse a new --workdir, or pass --config.allow_config_change=True to resume anyway.')
+  if jax.process_count() > 1:  # Every process has read the old file before process 0 rewrites it.
+    multihost_utils.sync_global_devices('jaxscale_config_checked')
   if jax.process_index() == 0:
     path.write_text(json.dumps(new, indent=2, sort_keys=True) + '\n')
 
@@ -71,4 +74,4 @@ def drop_metrics_after(workdir: epath.Path, step: int):
                   'again).', len(lines) - len(kept), step)
   partial = workdir / 'metrics.jsonl.partial'
   partial.write_text(''.join(line + '\n' for line in kept))
-  partial.rename(path)  # Atomic: a kill now leaves either the old or the new file.
+  partial.replace(path)  # Atomic: a kill now leaves either the old or the new file.

@@ -266,7 +266,8 @@ def test_a_config_too_big_for_the_device_fails_fast_and_leaves_the_workdir_alone
                                                                                 tmp_path):
   workdir = tmp_path / 'run'
   workdir.mkdir()
-  existing = {'config.json': '{"recorded": "by an earlier run"}\n', 'metrics.jsonl': '{"step": 1}\n'}
+  existing = {'config.json': '{"recorded": "by an earlier run"}\n',
+              'metrics.jsonl': '{"step": 1}\n'}
   for name, text in existing.items():
     (workdir / name).write_text(text)
   config = _markov_config(data_dir, **{'model.d_model': 8192, 'model.mlp_dim': 32768,
@@ -327,7 +328,17 @@ def test_permission_errors_from_the_pipeline_are_explained():
   with pytest.raises(input_errors.DatasetUnavailableError,
                      match=r"'python_stdlib' in /data/tfds: permission denied.*readable"):
     with input_errors.explained(config.dataset):
-      raise tf.errors.PermissionDeniedError(None, None, '/data/tfds/python_stdlib: Permission denied')
+      raise tf.errors.PermissionDeniedError(None, None, '/data/tfds/python_stdlib: denied')
   with pytest.raises(KeyError):  # Anything else passes through unchanged.
     with input_errors.explained(config.dataset):
       raise KeyError('not a data problem')
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('nonfinite_policy', 'ignore', r"config.nonfinite_policy='ignore' .* choose one of: skip, stop"),
+    ('memory_check', 'maybe', r"config.memory_check='maybe' .* choose one of: error, off, warn"),
+    ('max_skipped_steps', -1, r'config.max_skipped_steps=-1 must be >= 0'),
+])
+def test_reliability_keys_are_validated(key, value, message):
+  with pytest.raises(train.config_validation.ConfigError, match=message):
+    train.config_validation.validate(tiny_config(**{key: value}))

@@ -7,6 +7,9 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from jaxscale import checkpointing, metrics, train
@@ -79,6 +82,14 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(data_dir, tmp_pat
           for name in ('straight', 'resumed')}
   for step in (15, 20):  # Steps trained after the restart saw the same batches and state.
     assert rows['resumed'][step]['train_loss'] == rows['straight'][step]['train_loss']
+  checkpointer = ocp.StandardCheckpointer()
+  final = {name: checkpointer.restore(tmp_path / name / 'checkpoints' / '20' / 'state')
+           for name in ('straight', 'resumed')}
+  for part in ('params', 'opt_state', 'model_state', 'step', 'skipped_updates'):
+    expected = jax.tree.leaves(final['straight'][part])
+    actual = jax.tree.leaves(final['resumed'][part])
+    assert len(expected) == len(actual)
+    assert all(np.array_equal(a, b) for a, b in zip(expected, actual)), part
 
 
 def test_workdir_with_a_different_config_is_refused(data_dir, tmp_path):

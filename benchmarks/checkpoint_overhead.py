@@ -1,0 +1,101 @@
+"""What checkpointing costs the training loop: async saves vs blocking saves vs none, as JSON.
+
+  python benchmarks/checkpoint_overhead.py --config configs/default.py --every 5 --steps 40
+
+Runs the compiled, sharded train step in the loop's pattern (dispatch steps without waiting,
+save through the real checkpoint manager, state and tf.data iterator items, every `--every`
+steps, wait for the last save at the end) once per mode, in the same process on the same
+state, and reports the mean wall time per step of each mode and its ratio to no checkpoints.
+Modes alternate over `--repeats` rounds so drifting machine load hits them alike.
+"""
+
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+from etils import epath
+from ml_collections import config_flags
+
+from jaxscale import checkpointing, config_validation, optim, sharding, steps, train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                          lock_config=True)
+_STEPS = flags.DEFINE_integer('steps', 40, 'Timed steps per mode and round.')
+_EVERY = flags.DEFINE_integer('every', 5, 'Checkpoint interval in steps.')
+_REPEATS = flags.DEFINE_integer('repeats', 2, 'Rounds over the three modes.')
+flags.mark_flags_as_required(['config'])
+
+MODES = ('none', 'blocking', 'async')
+
+
+def _mean_step_seconds(compiled, state, batch, mode: str, directory: epath.Path, config):
+  manager = None
+  if mode != 'none':
+    config.async_checkpointing = mode == 'async'
+    manager = checkpointing.make_manager(directory, config)
+  iterator = iter(tf.data.Dataset.range(10**9).shuffle(1024, seed=0))
+  start = time.perf_counter()
+  for step in range(1, _STEPS.value + 1):
+    state, _ = compiled(state, batch)
+    next(iterator)
+    if manager is not None and step % _EVERY.value == 0:
+      checkpointing.save(manager, step, state, iterator, force=True)
+  jax.block_until_ready(state)
+  if manager is not None:
+    manager.wait_until_finished()
+    manager.close()
+  return (time.perf_counter() - start) / _STEPS.value, state
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  config_validation.validate(config, num_devices=jax.device_count())
+  if not config.model.vocab_size:
+    config.model.vocab_size = 256
+  config.keep_checkpoints = 2
+  mesh = sharding.make_mesh(config.mesh)
+  optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  graphdef, state, state_shardings = train.create_train_state(config, mesh, optimizer)
+  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
+  train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
+                                      sharding.replicated(mesh), config.optimizer.grad_accum_steps)
+  seq_len, vocab = config.dataset.seq_len, config.model.vocab_size
+  tokens = np.random.default_rng(0).integers(0, vocab, (config.batch_size, seq_len + 1), np.int32)
+  batch = sharding.global_batch(
+      {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
+       'weights': np.ones((config.batch_size, seq_len), np.float32)}, batch_sharding)
+  compiled = train_step.lower(state, batch).compile()
+  state, _ = compiled(state, batch)  # Warm up.
+
+  times = {mode: [] for mode in MODES}
+  with tempfile.TemporaryDirectory() as tmp:
+    for round_index in range(_REPEATS.value):
+      for mode in MODES:
+        directory = epath.Path(tmp) / f'{mode}_{round_index}'
+        seconds, state = _mean_step_seconds(compiled, state, batch, mode, directory, config)
+        times[mode].append(seconds)
+    last = epath.Path(tmp) / 'async_0' / 'checkpoints' / str(_STEPS.value)
+    checkpoint_bytes = sum(os.path.getsize(os.path.join(root, name))
+                           for root, _, names in os.walk(last) for name in names)
+  means = {mode: statistics.mean(t) for mode, t in times.items()}
+  print(json.dumps({
+      'device': jax.devices()[0].device_kind, 'num_devices': jax.device_count(),
+      'batch_size': config.batch_size, 'seq_len': seq_len,
+      'params': int(sum(x.size for x in jax.tree.leaves(state.params))),
+      'checkpoint_every_steps': _EVERY.value, 'steps_per_mode': _STEPS.value,
+      'repeats': _REPEATS.value, 'approx_checkpoint_bytes': checkpoint_bytes,
+      'mean_step_s': {m: round(v, 5) for m, v in means.items()},
+      'per_round_step_s': {m: [round(v, 5) for v in t] for m, t in times.items()},
+      'ratio_to_none': {m: round(v / means['none'], 3) for m, v in means.items()},
+  }))
+
+
+if __name__ == '__main__':
+  app.run(main)
