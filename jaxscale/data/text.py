@@ -47,7 +47,8 @@ def python_stdlib(dataset_config) -> TokenSource:
 def lm1b(dataset_config) -> TokenSource:
   builder = tfds.builder('lm1b', config=builder_config_or_default(dataset_config),
                          data_dir=data_dir_or_default(dataset_config))
-  builder.download_and_prepare()  # Downloads ~1.8 GB from statmt.org the first time.
+  # Not downloaded here: offline, TFDS would retry for minutes before failing. Prepare it once with
+  # `tfds build lm1b --data_dir DIR` (~1.8 GB from statmt.org); an unprepared dir gets that advice.
   return text_source(builder, train_split='train', eval_split='test', dataset_config=dataset_config)
 
 
