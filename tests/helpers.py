@@ -1,8 +1,14 @@
 """Small configs and batches shared by the tests."""
 
+import importlib.util
+import itertools
+import pathlib
+
 import numpy as np
 
 from jaxscale import config_base
+
+CONFIG_DIR = pathlib.Path(__file__).parent.parent / 'configs'
 
 
 def tiny_config(**overrides):
@@ -21,13 +27,18 @@ def tiny_config(**overrides):
   c.model.mlp_dim = 64
   c.dataset.seq_len = 16
   c.optimizer.warmup_steps = 2
+  return apply_overrides(c, overrides)
+
+
+def apply_overrides(config, overrides: dict):
+  """Sets each 'a.b.c' key of `overrides` in `config` (like --config.a.b.c=value); returns it."""
   for key, value in overrides.items():
-    node = c
+    node = config
     *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
+    for parent in parents:
+      node = node[parent]
     node[leaf] = value
-  return c
+  return config
 
 
 def random_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0):
@@ -35,3 +46,24 @@ def random_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0):
   tokens = rng.integers(0, vocab_size, (batch_size, seq_len + 1), dtype=np.int32)
   return {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
           'weights': np.ones((batch_size, seq_len), np.float32)}
+
+
+def first_batches(dataset, num_batches: int) -> list[dict]:
+  """The first batches of a tf.data pipeline, as numpy."""
+  return list(itertools.islice(dataset.as_numpy_iterator(), num_batches))
+
+
+def assert_same_batches(first, second):
+  assert len(first) == len(second)
+  for a, b in zip(first, second):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def load_config_file(name: str, **overrides):
+  """`configs/<name>.py`'s get_config(), with dotted-key overrides."""
+  spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return apply_overrides(module.get_config(), overrides)

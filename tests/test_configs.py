@@ -1,25 +1,19 @@
 """Every experiment config in configs/ validates, builds, and is counted exactly by flops.py."""
 
-import importlib.util
-import pathlib
-
 import jax
 import pytest
 from flax import nnx
 
 from jaxscale import config_validation, flops, train
+from tests.helpers import CONFIG_DIR, load_config_file
 
-CONFIG_DIR = pathlib.Path(__file__).parent.parent / 'configs'
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob('*.py'))
 # What the data would fill in at run time (train.resolve_config): classes and vocabulary.
 NUM_CLASSES = {'digits': 10, 'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000}
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(name[:-3], CONFIG_DIR / name)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(name[:-3])
 
 
 def _resolved(config):

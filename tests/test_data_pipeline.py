@@ -1,7 +1,5 @@
 """The input pipeline on the byte-level python_stdlib corpus: the contract the trainer relies on."""
 
-import itertools
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,6 +7,7 @@ import tensorflow as tf
 from jaxscale.config_base import get_base_config
 from jaxscale.data import DATASETS, get_datasets
 from jaxscale.data.builders import python_stdlib
+from tests.helpers import assert_same_batches, first_batches
 
 SEQ_LEN = 64
 BATCH = 8
@@ -27,18 +26,6 @@ def _load(config, **overrides):
   return get_datasets(config, **kwargs)
 
 
-def _first(dataset, num_batches):
-  return list(itertools.islice(dataset.as_numpy_iterator(), num_batches))
-
-
-def _assert_same_batches(first, second):
-  assert len(first) == len(second)
-  for a, b in zip(first, second):
-    assert a.keys() == b.keys()
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key])
-
-
 def test_registry_names_and_unknown_name():
   assert DATASETS.names() == ['c4', 'cifar10', 'cifar100', 'digits', 'imagenet2012', 'lm1b',
                               'markov', 'python_stdlib']
@@ -51,14 +38,14 @@ def test_batches_have_the_contract_shapes_and_types(stdlib_config):
   assert datasets.vocab_size == 256 and datasets.bytes_per_token == 1.0
   assert datasets.min_loss is None
   assert datasets.info['num_train_examples'] > 1000
-  for batch in _first(datasets.train, 3) + _first(datasets.eval, 1):
+  for batch in first_batches(datasets.train, 3) + first_batches(datasets.eval, 1):
     assert set(batch) == {'inputs', 'targets', 'weights'}
     for key, dtype in [('inputs', np.int32), ('targets', np.int32), ('weights', np.float32)]:
       assert batch[key].shape == (BATCH, SEQ_LEN) and batch[key].dtype == dtype
     assert 0 <= batch['inputs'].min() and batch['inputs'].max() < 256
     # Targets are the inputs shifted by one inside each packed window.
     np.testing.assert_array_equal(batch['inputs'][:, 1:], batch['targets'][:, :-1])
-  assert (_first(datasets.train, 1)[0]['weights'] == 1).all()
+  assert (first_batches(datasets.train, 1)[0]['weights'] == 1).all()
 
 
 def test_info_counts_the_train_tokens(stdlib_config):
@@ -70,9 +57,9 @@ def test_info_counts_the_train_tokens(stdlib_config):
 
 
 def test_train_is_deterministic_for_a_seed(stdlib_config):
-  first = _first(_load(stdlib_config).train, 3)
-  _assert_same_batches(first, _first(_load(stdlib_config).train, 3))
-  other_seed = _first(_load(stdlib_config, seed=1).train, 3)
+  first = first_batches(_load(stdlib_config).train, 3)
+  assert_same_batches(first, first_batches(_load(stdlib_config).train, 3))
+  other_seed = first_batches(_load(stdlib_config, seed=1).train, 3)
   assert not np.array_equal(first[0]['inputs'], other_seed[0]['inputs'])
 
 
@@ -80,8 +67,8 @@ def test_eval_is_fixed_sized_and_independent_of_seed(stdlib_config):
   datasets = _load(stdlib_config)
   batches = list(datasets.eval.as_numpy_iterator())
   assert len(batches) == 4
-  _assert_same_batches(batches, list(datasets.eval.as_numpy_iterator()))  # Again, same object.
-  _assert_same_batches(batches, list(_load(stdlib_config, seed=7).eval.as_numpy_iterator()))
+  assert_same_batches(batches, list(datasets.eval.as_numpy_iterator()))  # Again, same object.
+  assert_same_batches(batches, list(_load(stdlib_config, seed=7).eval.as_numpy_iterator()))
 
 
 def test_eval_rows_split_across_processes_make_the_single_process_set(stdlib_config):
@@ -100,7 +87,7 @@ def test_train_shards_differ_across_processes(stdlib_config):
   for index in range(2):
     datasets = _load(stdlib_config, process_index=index, process_count=2)
     rows.append({bytes(row.astype(np.uint8))
-                 for batch in _first(datasets.train, 20) for row in batch['inputs']})
+                 for batch in first_batches(datasets.train, 20) for row in batch['inputs']})
   assert len(rows[0]) == len(rows[1]) == 20 * BATCH
   assert not rows[0] & rows[1]
 

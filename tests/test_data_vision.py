@@ -1,7 +1,5 @@
 """Image datasets and augmentations: the embedded digits, mocked cifar10/imagenet2012, the contract."""
 
-import itertools
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,7 +9,7 @@ from jaxscale import config_validation
 from jaxscale.config_base import get_base_config
 from jaxscale.data import DATASETS, augment, get_datasets
 from jaxscale.data.builders import digits as digits_builder
-from tests.helpers import tiny_config
+from tests.helpers import assert_same_batches, first_batches, tiny_config
 
 BATCH = 8
 SIZE = 16
@@ -33,18 +31,6 @@ def _digits_config(data_dir, **overrides):
 def _load(config, **overrides):
   kwargs = dict(local_batch_size=BATCH, num_eval_batches=2, seed=0) | overrides
   return get_datasets(config, **kwargs)
-
-
-def _first(dataset, num_batches):
-  return list(itertools.islice(dataset.as_numpy_iterator(), num_batches))
-
-
-def _assert_same_batches(first, second):
-  assert len(first) == len(second)
-  for a, b in zip(first, second):
-    assert a.keys() == b.keys()
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key])
 
 
 def _assert_contract(batch, batch_size, size, num_classes):
@@ -91,7 +77,7 @@ def test_train_batches_have_the_contract_shapes_and_values(data_dir):
   datasets = _load(_digits_config(data_dir))
   assert (datasets.task, datasets.num_classes, datasets.vocab_size) == ('classification', 10, 0)
   assert datasets.info['num_train_examples'] == 1497 and datasets.info['image_size'] == SIZE
-  for batch in _first(datasets.train, 3):
+  for batch in first_batches(datasets.train, 3):
     _assert_contract(batch, BATCH, SIZE, 10)
     assert (batch['weights'] == 1).all()
     assert set(np.unique(batch['labels'])) == {0.0, 1.0} and (batch['labels'].sum(1) == 1).all()
@@ -102,9 +88,9 @@ def test_train_batches_have_the_contract_shapes_and_values(data_dir):
 
 def test_train_is_deterministic_for_a_seed(data_dir):
   config = _digits_config(data_dir, crop='random_resized_crop', flip=True, mixup_alpha=0.4)
-  first = _first(_load(config).train, 3)
-  _assert_same_batches(first, _first(_load(config).train, 3))
-  other_seed = _first(_load(config, seed=1).train, 3)
+  first = first_batches(_load(config).train, 3)
+  assert_same_batches(first, first_batches(_load(config).train, 3))
+  other_seed = first_batches(_load(config, seed=1).train, 3)
   assert not np.array_equal(first[0]['image'], other_seed[0]['image'])
 
 
@@ -118,7 +104,7 @@ def test_two_processes_read_disjoint_shards(data_dir):
   indices = []
   for process_index in (0, 1):
     datasets = _load(config, process_index=process_index, process_count=2)
-    batches = _first(datasets.train, 748 // BATCH)
+    batches = first_batches(datasets.train, 748 // BATCH)
     indices.append({i for batch in batches for i in _digit_indices(batch, raw_images)})
   assert len(indices[0]) == len(indices[1]) == 748 // BATCH * BATCH  # No image twice.
   assert not indices[0] & indices[1] and indices[0] | indices[1] <= train_indices
@@ -127,9 +113,9 @@ def test_two_processes_read_disjoint_shards(data_dir):
 def test_eval_is_fixed_padded_and_split_over_processes(data_dir):
   config = _digits_config(data_dir)
   # 300 test images in 5 batches of 64: the last 20 rows are padding.
-  batches = _first(_load(config, local_batch_size=64, num_eval_batches=5).eval, 10)
+  batches = first_batches(_load(config, local_batch_size=64, num_eval_batches=5).eval, 10)
   assert len(batches) == 5
-  _assert_same_batches(batches, _first(_load(config, local_batch_size=64, num_eval_batches=5,
+  assert_same_batches(batches, first_batches(_load(config, local_batch_size=64, num_eval_batches=5,
                                              seed=3).eval, 10))
   weights = np.concatenate([b['weights'] for b in batches])
   labels = np.concatenate([b['labels'] for b in batches])
@@ -141,7 +127,7 @@ def test_eval_is_fixed_padded_and_split_over_processes(data_dir):
   test_labels = [e['label'] for e in builder.as_dataset(split='test').as_numpy_iterator()]
   np.testing.assert_array_equal(labels[:300].argmax(1), test_labels)  # Stored order.
   # Two processes: each holds its rows of the same global batches.
-  halves = [_first(_load(config, local_batch_size=32, num_eval_batches=5, process_index=p,
+  halves = [first_batches(_load(config, local_batch_size=32, num_eval_batches=5, process_index=p,
                          process_count=2).eval, 10) for p in (0, 1)]
   for whole, first_half, second_half in zip(batches, *halves):
     for key in whole:
@@ -150,7 +136,7 @@ def test_eval_is_fixed_padded_and_split_over_processes(data_dir):
 
 
 def test_eval_takes_the_first_images_when_the_split_is_larger(data_dir):
-  batches = _first(_load(_digits_config(data_dir), num_eval_batches=2).eval, 5)
+  batches = first_batches(_load(_digits_config(data_dir), num_eval_batches=2).eval, 5)
   assert len(batches) == 2 and all((b['weights'] == 1).all() for b in batches)
 
 
@@ -167,16 +153,16 @@ AUGMENTATIONS = {
 @pytest.mark.parametrize('name', AUGMENTATIONS)
 def test_each_augmentation_keeps_the_contract_and_is_deterministic(data_dir, name):
   config = _digits_config(data_dir, **AUGMENTATIONS[name])
-  batches = _first(_load(config).train, 2)
+  batches = first_batches(_load(config).train, 2)
   for batch in batches:
     _assert_contract(batch, BATCH, SIZE, 10)
     np.testing.assert_allclose(batch['labels'].sum(1), 1, rtol=1e-6)
     assert np.isfinite(batch['image']).all()
-  _assert_same_batches(batches, _first(_load(config).train, 2))
+  assert_same_batches(batches, first_batches(_load(config).train, 2))
   # Same seed without the augmentation reads the same images in the same order.
-  plain = _first(_load(_digits_config(data_dir)).train, 2)
+  plain = first_batches(_load(_digits_config(data_dir)).train, 2)
   assert not np.array_equal(batches[0]['image'], plain[0]['image'])
-  other_seed = _first(_load(config, seed=5).train, 2)
+  other_seed = first_batches(_load(config, seed=5).train, 2)
   assert not np.array_equal(batches[0]['image'], other_seed[0]['image'])
   if name in ('mixup', 'cutmix'):  # Labels become mixtures of two classes.
     assert np.sum((batches[0]['labels'] > 0) & (batches[0]['labels'] < 1)) > 0
@@ -210,7 +196,7 @@ def test_crops_keep_the_size_and_the_pixels():
   np.testing.assert_array_equal(resized, augment.random_resized_crop(image, size=16, seed=seed))
 
 
-def test_jpeg_crop_decodes_the_same_box_as_decoding_first():
+def test_jpeg_crop_decodes_the_same_box_as_decodingfirst_batches():
   image = tf.cast(tf.random.stateless_uniform([40, 60, 3], seed=[0, 1], maxval=256, dtype=tf.int32),
                   tf.uint8)
   jpeg = tf.io.encode_jpeg(image)
@@ -243,8 +229,8 @@ def test_real_datasets_under_mock_data(name, size, crop, num_classes):
   with tfds.testing.mock_data(num_examples=20):
     datasets = _load(config, local_batch_size=4, num_eval_batches=3, process_index=1,
                      process_count=2)
-    train = _first(datasets.train, 2)
-    evals = _first(datasets.eval, 5)
+    train = first_batches(datasets.train, 2)
+    evals = first_batches(datasets.eval, 5)
   assert datasets.num_classes == num_classes
   for batch in train + evals:
     _assert_contract(batch, 4, size, num_classes)
@@ -270,7 +256,7 @@ def test_iterator_checkpoint_resumes_the_same_batches(data_dir, tmp_path):
   expected = [{k: v.numpy() for k, v in next(iterator).items()} for _ in range(2)]
   resumed = iter(_load(config).train)
   tf.train.Checkpoint(iterator=resumed).read(path).assert_consumed()
-  _assert_same_batches(expected, [{k: v.numpy() for k, v in next(resumed).items()}
+  assert_same_batches(expected, [{k: v.numpy() for k, v in next(resumed).items()}
                                   for _ in range(2)])
 
 

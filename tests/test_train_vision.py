@@ -1,31 +1,17 @@
 """Image classification through the real stack: digits -> MLP/ResNet -> sharded step -> writers."""
 
-import importlib.util
 import json
 import math
-import pathlib
 
 import pytest
 
 from jaxscale import metrics, train
 from jaxscale.scaling import collect
+from tests.helpers import load_config_file
 
-CONFIG_DIR = pathlib.Path(__file__).parent.parent / 'configs'
 
-
-def _config(name, data_dir, **overrides):
-  spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.dataset.data_dir = str(data_dir)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+def _digits_run_config(name, data_dir, **overrides):
+  return load_config_file(name, **{'dataset.data_dir': str(data_dir), **overrides})
 
 
 @pytest.fixture(scope='module')
@@ -34,7 +20,7 @@ def data_dir(tmp_path_factory):
 
 
 def test_mlp_reaches_95_percent_on_digits(data_dir, tmp_path):
-  summary = train.run(_config('mlp_digits', data_dir), str(tmp_path))
+  summary = train.run(_digits_run_config('mlp_digits', data_dir), str(tmp_path))
   assert summary['finished']
   assert summary['eval_accuracy'] >= 0.95, summary
   assert summary['eval_top5_accuracy'] >= summary['eval_accuracy']
@@ -53,7 +39,7 @@ def test_mlp_reaches_95_percent_on_digits(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_small_resnet_reaches_95_percent_on_digits(data_dir, tmp_path):
-  config = _config('resnet_digits', data_dir, num_train_steps=200, eval_every_steps=200,
+  config = _digits_run_config('resnet_digits', data_dir, num_train_steps=200, eval_every_steps=200,
                    checkpoint_every_steps=200)
   summary = train.run(config, str(tmp_path))
   assert summary['eval_accuracy'] >= 0.95, summary
@@ -61,7 +47,7 @@ def test_small_resnet_reaches_95_percent_on_digits(data_dir, tmp_path):
 
 def test_a_width_sweep_over_digits_is_collectable(data_dir, tmp_path):
   for width in (16, 64):
-    config = _config('mlp_digits', data_dir, num_train_steps=40, eval_every_steps=20,
+    config = _digits_run_config('mlp_digits', data_dir, num_train_steps=40, eval_every_steps=20,
                      checkpoint_every_steps=40, **{'model.hidden_dims': (width,)})
     train.run(config, str(tmp_path / f'mlp_w{width}'))
   rows, unfinished = collect.collect(str(tmp_path))

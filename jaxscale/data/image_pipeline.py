@@ -15,23 +15,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from jaxscale.data import augment
+from jaxscale.data.pipeline import deterministic, read_config
 from jaxscale.data.sources import ImageSource
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Images stay encoded until this pipeline decodes them: eval decodes only this process's rows,
 # and shuffle buffers (which train checkpoints store) hold compressed bytes.
 _ENCODED = {'image': tfds.decode.SkipDecoding()}
-
-
-def _read_config(**kwargs) -> tfds.ReadConfig:
-  # No TFDS auto-cache of small datasets: a tf.data checkpoint would then hold the whole set.
-  return tfds.ReadConfig(try_autocache=False, options=_deterministic(), **kwargs)
-
-
-def _deterministic() -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  return options
 
 
 def _stateless_seed(*entropy: int) -> tf.Tensor:
@@ -117,7 +107,7 @@ def train_dataset(source: ImageSource, dataset_config, *, batch_size: int, seed:
       source.train_split, process_index=process_index, process_count=process_count)
   examples = source.builder.as_dataset(
       split=split, shuffle_files=True, decoders=_ENCODED,
-      read_config=_read_config(shuffle_seed=int(file_seed)))
+      read_config=read_config(shuffle_seed=int(file_seed)))
   # Repeating before the shuffle makes each epoch come out in a new order.
   examples = examples.repeat()
   if dataset_config.shuffle_buffer_size > 1:
@@ -137,7 +127,7 @@ def train_dataset(source: ImageSource, dataset_config, *, batch_size: int, seed:
           seed=tf.random.experimental.stateless_fold_in(batch_seed, index))
       return batch
     batches = batches.enumerate().map(mix, num_parallel_calls=AUTOTUNE)
-  return batches.prefetch(AUTOTUNE).with_options(_deterministic())
+  return batches.prefetch(AUTOTUNE).with_options(deterministic())
 
 
 def eval_dataset(source: ImageSource, *, image_size: int, batch_size: int, num_batches: int,
@@ -151,7 +141,7 @@ def eval_dataset(source: ImageSource, *, image_size: int, batch_size: int, num_b
   """
   global_batch_size = batch_size * process_count
   examples = source.builder.as_dataset(
-      split=source.eval_split, shuffle_files=False, decoders=_ENCODED, read_config=_read_config())
+      split=source.eval_split, shuffle_files=False, decoders=_ENCODED, read_config=read_config())
   mine = examples.take(num_batches * global_batch_size).enumerate().filter(
       lambda index, _: index % global_batch_size // batch_size == process_index)
   real = mine.map(
@@ -165,4 +155,4 @@ def eval_dataset(source: ImageSource, *, image_size: int, batch_size: int, num_b
       'weights': tf.constant(0.0)}).repeat()
   batches = real.concatenate(padding).take(num_batches * batch_size).batch(
       batch_size, drop_remainder=True)
-  return batches.cache().prefetch(AUTOTUNE).with_options(_deterministic())
+  return batches.cache().prefetch(AUTOTUNE).with_options(deterministic())

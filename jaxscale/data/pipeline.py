@@ -20,13 +20,13 @@ AUTOTUNE = tf.data.AUTOTUNE
 DOCUMENT_SHUFFLE_BUFFER = 256
 
 
-def _read_config(**kwargs) -> tfds.ReadConfig:
+def read_config(**kwargs) -> tfds.ReadConfig:
   # No TFDS auto-cache of small datasets: a tf.data checkpoint would then hold the whole cached
-  # corpus. The eval set caches just the windows it uses.
-  return tfds.ReadConfig(try_autocache=False, options=_deterministic(), **kwargs)
+  # dataset. Eval sets cache just the examples they use.
+  return tfds.ReadConfig(try_autocache=False, options=deterministic(), **kwargs)
 
 
-def _deterministic() -> tf.data.Options:
+def deterministic() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
   return options
@@ -74,7 +74,7 @@ def train_dataset(source: TokenSource, *, seq_len: int, batch_size: int, shuffle
   split = tfds.split_for_jax_process(
       source.train_split, process_index=process_index, process_count=process_count)
   examples = source.builder.as_dataset(
-      split=split, shuffle_files=True, read_config=_read_config(shuffle_seed=int(file_seed)))
+      split=split, shuffle_files=True, read_config=read_config(shuffle_seed=int(file_seed)))
   # Repeating before the shuffles makes each epoch come out in a new order.
   examples = examples.repeat().shuffle(DOCUMENT_SHUFFLE_BUFFER, seed=int(document_seed))
   train_windows = windows(source, examples, seq_len + 1)
@@ -83,7 +83,7 @@ def train_dataset(source: TokenSource, *, seq_len: int, batch_size: int, shuffle
   batches = train_windows.batch(batch_size, drop_remainder=True).map(
       lambda w: _next_token_batch(w, tf.ones([batch_size, seq_len], tf.float32)),
       num_parallel_calls=AUTOTUNE)
-  return batches.prefetch(AUTOTUNE).with_options(_deterministic())
+  return batches.prefetch(AUTOTUNE).with_options(deterministic())
 
 
 def eval_dataset(source: TokenSource, *, seq_len: int, batch_size: int, num_batches: int,
@@ -96,7 +96,7 @@ def eval_dataset(source: TokenSource, *, seq_len: int, batch_size: int, num_batc
   """
   global_batch_size = batch_size * process_count
   examples = source.builder.as_dataset(
-      split=source.eval_split, shuffle_files=False, read_config=_read_config())
+      split=source.eval_split, shuffle_files=False, read_config=read_config())
   real = windows(source, examples, seq_len + 1).map(lambda w: (w, tf.constant(1.0)))
   padding = tf.data.Dataset.from_tensors(
       (tf.zeros([seq_len + 1], tf.int32), tf.constant(0.0))).repeat()
@@ -107,7 +107,7 @@ def eval_dataset(source: TokenSource, *, seq_len: int, batch_size: int, num_batc
     weights_bxl = tf.broadcast_to(weight_g[rows, None], [batch_size, seq_len])
     return _next_token_batch(windows_gxw[rows], weights_bxl)
   batches = eval_windows.batch(global_batch_size, drop_remainder=True).map(this_process_rows)
-  return batches.cache().prefetch(AUTOTUNE).with_options(_deterministic())
+  return batches.cache().prefetch(AUTOTUNE).with_options(deterministic())
 
 
 def mean_bytes_per_token(source: TokenSource, *, seq_len: int, num_eval_windows: int):
