@@ -104,6 +104,15 @@ class NoRestorableCheckpointError(RuntimeError):
   pass
 
 
+def restore_fields(manager: ocp.CheckpointManager, step: int, fields: dict) -> dict:
+  """Only the named TrainState fields of `step` (e.g. {'params': abstract_params}), laid out as
+  the given ShapeDtypeStructs: no optimizer state or data position is read."""
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(fields, ocp.checkpoint_utils.construct_restore_args(fields),
+                                   partial_restore=True)))
+  return restored.state
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator: tf.data.Iterator):
   """(state, step) from the newest checkpoint that restores, or (None, None) when there is none.
 

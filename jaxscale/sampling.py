@@ -13,17 +13,16 @@ small models trained here and keeps the model code free of a decoding mode.
 """
 
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
 from jaxscale import checkpointing
+from jaxscale import workdir as workdir_lib
 from jaxscale.data.tokenizers import BYTE_SEPARATOR
 
 
@@ -99,15 +98,6 @@ def _generate(graphdef, state, prompt_BxP, temperature, rng, *, max_new_tokens: 
 # A trained model from its workdir.
 
 
-def load_config(workdir) -> ml_collections.ConfigDict:
-  """The resolved config a run recorded in `workdir/config.json`."""
-  path = epath.Path(workdir) / 'config.json'
-  if not path.exists():
-    raise FileNotFoundError(f'{path} not found: {workdir} is not a jaxscale run directory '
-                            '(train.run writes config.json when it starts).')
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
 def restore_model(workdir, step: int | None = None) -> tuple[nnx.Module, ml_collections.ConfigDict]:
   """(model, config) with the variables of the newest checkpoint in `workdir` (or of `step`).
 
@@ -115,7 +105,7 @@ def restore_model(workdir, step: int | None = None) -> tuple[nnx.Module, ml_coll
   first local device, whatever mesh the run trained on.
   """
   from jaxscale import train  # The trainer imports the data pipeline; only needed here.
-  config = load_config(workdir)
+  config = workdir_lib.read_config(workdir)
   manager = checkpointing.make_manager(epath.Path(workdir), config)
   step = manager.latest_step() if step is None else step
   if step is None:
@@ -129,12 +119,10 @@ def restore_model(workdir, step: int | None = None) -> tuple[nnx.Module, ml_coll
     fields['model_state'] = abstract_rest
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), fields)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(target, ocp.checkpoint_utils.construct_restore_args(target),
-                                   partial_restore=True)))
+  restored = checkpointing.restore_fields(manager, step, target)
   manager.close()
-  return nnx.merge(graphdef, restored.state['params'],
-                   restored.state.get('model_state', abstract_rest)), config
+  return nnx.merge(graphdef, restored['params'],
+                   restored.get('model_state', abstract_rest)), config
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ under a different config) and the final `summary.json` the sweep tools look for.
 import json
 
 import jax
+import ml_collections
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
@@ -26,6 +27,15 @@ def config_differences(old: dict, new: dict) -> list[str]:
   return [f'{k}: {old_flat.get(k, "<absent>")!r} -> {new_flat.get(k, "<absent>")!r}'
           for k in sorted(set(old_flat) | set(new_flat))
           if k not in _RESUMABLE_KEYS and old_flat.get(k) != new_flat.get(k)]
+
+
+def read_config(workdir) -> ml_collections.ConfigDict:
+  """The resolved config a run recorded in `workdir/config.json`."""
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
+    raise FileNotFoundError(f'{path} not found: {workdir} is not a jaxscale run directory '
+                            '(train.run writes config.json when it starts).')
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def record_config(workdir: epath.Path, config):
