@@ -24,9 +24,6 @@ class TrainState:
   skipped_updates: jax.Array  # Updates dropped for a non-finite loss or gradient (cumulative).
 
 
-TASKS = ('lm', 'classification')
-
-
 def _lm_sums(logits_BxLxV, batch, *, train: bool, label_smoothing: float):
   del train, label_smoothing
   losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch['targets'])
@@ -52,7 +49,8 @@ def _classification_sums(logits_BxK, batch, *, train: bool, label_smoothing: flo
           'top5_sum': jnp.sum((rank_B < 5) * weights_B)}
 
 
-_TASK_SUMS = {'lm': _lm_sums, 'classification': _classification_sums}
+# Task -> (the batch key the model reads, the loss sums of its output).
+_TASKS = {'lm': ('inputs', _lm_sums), 'classification': ('image', _classification_sums)}
 
 
 def loss_sums(graphdef, params, model_state, batch, *, task: str, train: bool,
@@ -68,8 +66,8 @@ def loss_sums(graphdef, params, model_state, batch, *, task: str, train: bool,
     model.train()
   else:
     model.eval()
-  inputs = batch['inputs'] if task == 'lm' else batch['image']
-  sums = _TASK_SUMS[task](model(inputs), batch, train=train, label_smoothing=label_smoothing)
+  input_key, task_sums = _TASKS[task]
+  sums = task_sums(model(batch[input_key]), batch, train=train, label_smoothing=label_smoothing)
   return sums, nnx.state(model, nnx.Not(nnx.Param))
 
 
