@@ -11,6 +11,7 @@ after the fact (truncated or missing files) is detected at restore: `restore_lat
 to the newest one that restores and renames the damaged ones to `<step>.corrupt`.
 """
 
+import contextlib
 import dataclasses
 import os
 
@@ -82,6 +83,53 @@ def save(manager: ocp.CheckpointManager, step: int, state, iterator: tf.data.Ite
          force: bool = False) -> bool:
   return manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=TfDataIteratorSave(iterator)), force=force)
+
+
+class CheckpointSaveError(RuntimeError):
+  pass
+
+
+class Saver:
+  """Saves through `manager` and surfaces a failed save at the next step boundary.
+
+  An asynchronous save that fails in Orbax's background thread is only reported by the next
+  `wait_until_finished` (or the next save, a whole interval later); `check` asks as soon as the
+  save is done, so training never goes on for long without the checkpoint it believes it has.
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager):
+    self.manager = manager
+    self._pending_step = None
+
+  def save(self, step: int, state, iterator: tf.data.Iterator):
+    self.check(step, wait=True)
+    with self._explained(step, step):
+      save(self.manager, step, state, iterator, force=True)
+    self._pending_step = step
+
+  def check(self, current_step: int, wait: bool = False):
+    """Raises CheckpointSaveError if the pending save failed; `wait` blocks until it is done."""
+    if self._pending_step is None or (not wait and self.manager.is_saving_in_progress()):
+      return
+    with self._explained(self._pending_step, current_step):
+      self.manager.wait_until_finished()
+    self._pending_step = None
+
+  @contextlib.contextmanager
+  def _explained(self, failed_step: int, current_step: int):
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001  (TensorStore, OS and Orbax errors alike)
+      directory = epath.Path(self.manager.directory)
+      self.manager.reload()
+      finished = [s for s in self.manager.all_steps() if s != failed_step]
+      kept = (f'the finished checkpoints (steps {", ".join(map(str, sorted(finished)))}) are '
+              'intact' if finished else 'no earlier checkpoint had finished')
+      raise CheckpointSaveError(
+          f'Saving the checkpoint of step {failed_step} to {directory / str(failed_step)} failed '
+          f'({type(e).__name__}: {str(e).splitlines()[0][:300]}). Training stopped at step '
+          f'{current_step}; {kept}. Fix the cause (disk space, permissions, the path) and rerun '
+          'the same command to resume.') from e
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state,

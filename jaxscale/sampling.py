@@ -18,10 +18,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from etils import epath
 from flax import nnx
 
-from jaxscale import checkpointing
+from jaxscale import checkpointing, paths
 from jaxscale import workdir as workdir_lib
 from jaxscale.data.tokenizers import BYTE_SEPARATOR
 
@@ -105,11 +104,12 @@ def restore_model(workdir, step: int | None = None) -> tuple[nnx.Module, ml_coll
   first local device, whatever mesh the run trained on.
   """
   from jaxscale import train  # The trainer imports the data pipeline; only needed here.
+  workdir = paths.resolve(workdir)
   config = workdir_lib.read_config(workdir)
-  manager = checkpointing.make_manager(epath.Path(workdir), config)
+  manager = checkpointing.make_manager(workdir, config)
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f'No checkpoint in {epath.Path(workdir) / "checkpoints"}; train first.')
+    raise FileNotFoundError(f'No checkpoint in {workdir / "checkpoints"}; train first.')
   abstract_model = nnx.eval_shape(lambda: train.build_model(config.model, config.seed))
   graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
   # TrainState fields to read: the parameters, and other model variables (e.g. batch-norm

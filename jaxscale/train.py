@@ -15,11 +15,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import periodic_actions
-from etils import epath
 from flax import nnx
 
 from jaxscale import checkpointing, config_validation, flops, input_errors, memory, metrics, optim
-from jaxscale import sharding, steps
+from jaxscale import paths, sharding, steps
 from jaxscale import workdir as workdir_lib
 from jaxscale.models import MODELS
 
@@ -173,7 +172,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   config_validation.validate(config, num_devices=jax.device_count(),
                              process_count=jax.process_count())
-  workdir = epath.Path(workdir)
+  workdir = paths.resolve(workdir)
   mesh = sharding.make_mesh(config.mesh)
   with input_errors.explained(config.dataset):
     datasets = data_lib.get_datasets(
@@ -216,6 +215,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   train_iter = iter(datasets.train)
   manager = checkpointing.make_manager(workdir, config)
+  saver = checkpointing.Saver(manager)
   restored, last_checkpoint = checkpointing.restore_latest(manager, abstract_state, train_iter)
   if restored is not None:
     state = restored
@@ -268,6 +268,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pending.append(step_metrics)
     for hook in hooks:
       hook(step)
+    saver.check(step)
 
     preempted = preemption.reached(manager, step)
     is_last = step == config.num_train_steps
@@ -306,7 +307,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logging.info('step %d  eval loss %.4f  (%s) on %d targets', step, eval_row['eval_loss'],
                    details, sums['eval_targets'])
     if save_now:
-      checkpointing.save(manager, step, state, train_iter, force=True)
+      saver.save(step, state, train_iter)
     if log_now or eval_now or save_now:
       throughput.reset(step)  # Keep eval and checkpoint time out of the next speed report.
     writer.flush()
@@ -315,11 +316,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       'same command to resume.', step)
       break
 
-  manager.wait_until_finished()
+  final_step = int(jax.device_get(state.step))
+  saver.check(final_step, wait=True)
   manager.close()
   if eval_row is None:  # Resumed a finished run or stopped early: measure held-out loss now.
     eval_row = eval_metrics(evaluate(eval_step, state, eval_batches, batch_sharding), datasets)
-  final_step = int(jax.device_get(state.step))
   summary = {'step': final_step, 'finished': final_step >= config.num_train_steps, **eval_row,
              'skipped_updates': int(jax.device_get(state.skipped_updates)),
              'train_loss': last_train_loss if math.isfinite(last_train_loss) else None,

@@ -212,6 +212,46 @@ def test_keep_n_keeps_the_older_checkpoint_when_a_newer_save_is_interrupted(tmp_
   assert restarted.all_steps() == [3]
 
 
+def test_a_failed_save_stops_the_run_naming_the_step_and_keeps_finished_checkpoints(
+    data_dir, tmp_path, monkeypatch):
+  real_save = checkpointing.TfDataIteratorHandler.save
+
+  def full_disk_at_step_4(self, directory, args):
+    if '/4.' in os.fspath(directory) or os.fspath(directory).endswith('/4'):
+      raise OSError('No space left on device (simulated)')
+    return real_save(self, directory, args)
+
+  monkeypatch.setattr(checkpointing.TfDataIteratorHandler, 'save', full_disk_at_step_4)
+  config = _markov_config(data_dir, num_train_steps=8, checkpoint_every_steps=2,
+                          eval_every_steps=8, log_every_steps=2, async_checkpointing=True)
+  with pytest.raises(checkpointing.CheckpointSaveError) as raised:
+    train.run(config, str(tmp_path))
+  message = str(raised.value)
+  assert 'step 4' in message and str(tmp_path / 'checkpoints' / '4') in message
+  assert 'steps 2' in message and 'No space left' in message
+  assert not (tmp_path / 'summary.json').exists()
+  monkeypatch.undo()
+  # The finished checkpoint restores, and rerunning resumes from it to the end.
+  summary = train.run(config, str(tmp_path))
+  assert summary['finished'] and summary['step'] == 8
+
+
+def test_an_asynchronous_save_failure_surfaces_at_the_next_step_boundary(tmp_path, monkeypatch):
+  """Orbax reports a failed background save only when next waited on; the Saver asks as soon
+  as the save is done, so training cannot go on for an interval believing it has a checkpoint."""
+  monkeypatch.chdir(tmp_path)
+  config = tiny_config(async_checkpointing=True)
+  # A relative path: TensorStore refuses it in the background thread, after save() returned.
+  manager = checkpointing.make_manager(epath.Path('relative_workdir'), config)
+  saver = checkpointing.Saver(manager)
+  saver.save(2, {'w': np.ones(3, np.float32)}, iter(tf.data.Dataset.range(10)))
+  deadline = time.time() + 60
+  while manager.is_saving_in_progress() and time.time() < deadline:
+    time.sleep(0.05)
+  with pytest.raises(checkpointing.CheckpointSaveError, match=r'step 2 .*Training stopped at step 3'):
+    saver.check(3)
+
+
 # ---------------------------------------------------------------- memory
 
 

@@ -32,7 +32,11 @@ def test_mlp_reaches_95_percent_on_digits(data_dir, tmp_path):
     assert math.isfinite(eval_rows[-1][key]), key
   assert 'tokens_seen' not in eval_rows[-1]
   assert eval_rows[-1]['examples_seen'] == 600 * 64
-  assert eval_rows[0]['eval_loss'] > eval_rows[-1]['eval_loss']
+  # Against what cannot move with the machine's rounding: the untrained loss, ln 10. (Past its
+  # best eval loss the MLP may overfit a little, so first-vs-last is no test.)
+  untrained = math.log(10)
+  assert min(r['eval_loss'] for r in eval_rows) < 0.1 * untrained, eval_rows
+  assert eval_rows[-1]['eval_loss'] < 0.25 * untrained, eval_rows
   recorded = json.loads((tmp_path / 'config.json').read_text())
   assert recorded['model']['num_classes'] == 10 and recorded['model']['image_size'] == 8
 

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from jaxscale import paths
 from jaxscale.registry import Registry
 
 DATASETS = Registry('dataset')
@@ -53,7 +54,7 @@ class ImageSource:
 
 def data_dir_or_default(dataset_config) -> str | None:
   """The config's TFDS data dir ('' means the TFDS default, ~/tensorflow_datasets)."""
-  return dataset_config.data_dir or None
+  return paths.resolve_optional(dataset_config.data_dir)
 
 
 def builder_config_or_default(dataset_config) -> str | None:

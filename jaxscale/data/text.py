@@ -8,6 +8,7 @@ import sys
 
 import tensorflow_datasets as tfds
 
+from jaxscale import paths
 from jaxscale.data import tokenizers
 from jaxscale.data.builders import python_stdlib as python_stdlib_builder
 from jaxscale.data.sources import DATASETS, TokenSource
@@ -16,7 +17,8 @@ from jaxscale.data.sources import builder_config_or_default, data_dir_or_default
 
 def text_source(builder, *, train_split: str, eval_split: str, dataset_config,
                 info: dict | None = None) -> TokenSource:
-  tokenizer = tokenizers.make_tokenizer(dataset_config.tokenizer, dataset_config.spm_model_path)
+  tokenizer = tokenizers.make_tokenizer(dataset_config.tokenizer,
+                                       paths.resolve_optional(dataset_config.spm_model_path) or '')
   return TokenSource(
       builder=builder, train_split=train_split, eval_split=eval_split,
       to_tokens=lambda example: tokenizer.tokenize_document(example['text']),
