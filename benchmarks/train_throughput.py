@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxscale import config_validation, flops, optim, sharding, steps, train
+from jaxscale import config_validation, flops, objectives, optim, sharding, steps, train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -82,7 +82,7 @@ def main(argv):
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
                                       sharding.replicated(mesh), config.optimizer.grad_accum_steps,
-                                      task=task, label_smoothing=config.label_smoothing)
+                                      objective=objectives.make(task, config))
   batch = sharding.global_batch(host_batch, batch_sharding)
 
   start = time.perf_counter()

@@ -67,6 +67,12 @@ class TfDataIteratorRestore(ocp.args.CheckpointArgs):
   iterator: tf.data.Iterator
 
 
+def has_checkpoints(workdir: epath.Path) -> bool:
+  """Whether `workdir` holds a checkpoint step (finished or damaged) of its own."""
+  directory = epath.Path(workdir) / 'checkpoints'
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def make_manager(workdir: epath.Path, config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep_checkpoints,

@@ -34,6 +34,22 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.memory_check = 'error'            # 'error' | 'warn' | 'off'
   c.deterministic = False             # GPU: --xla_gpu_deterministic_ops, for bit-exact resumes (slower).
 
+  # What the step optimises (jaxscale.objectives): '' = the dataset's task ('lm' for token
+  # streams, 'classification' for labelled examples); 'mlm' = masked-LM on a token stream.
+  c.objective = ''
+
+  # Start from another run's parameters (finetuning). Resuming from this run's own checkpoint
+  # always wins once it has one. Parameter names are dotted paths ('blocks.0.qkv_DxTxHxK');
+  # patterns are regexes matched anywhere in the name.
+  c.init_from = ml_collections.ConfigDict()
+  c.init_from.workdir = ''            # The source run's workdir (local or gs://); '' = fresh init.
+  c.init_from.step = -1               # Its checkpoint step; -1 = the newest.
+  c.init_from.load = ()               # Parameters to take from it; () = all the new model shares.
+  c.init_from.reinit = ()             # Parameters to initialise fresh on purpose (e.g. '^head').
+  # A parameter neither loaded nor in reinit (absent from the source, or another shape):
+  # 'error' names them all; 'init' initialises them fresh.
+  c.init_from.missing = 'error'       # 'error' | 'init'
+
   c.model = ml_collections.ConfigDict()
   c.model.name = 'transformer'        # Registry name in jaxscale.models.
   c.model.vocab_size = 0              # 0: take it from the dataset.
@@ -83,6 +99,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.1      # Decoupled; never applied to norms, biases or scalars.
   c.optimizer.grad_clip_norm = 1.0    # Global-norm clipping; 0 disables it.
   c.optimizer.grad_accum_steps = 1    # Micro-batches summed per update (batch_size is per update).
+  # Parameter groups (regexes on dotted parameter names, see init_from above).
+  c.optimizer.frozen = ()             # No update and no optimizer state (e.g. the backbone).
+  c.optimizer.lr_multipliers = ()     # ((regex, factor), ...): e.g. (('^head', 10.0),).
+  c.optimizer.layer_decay = 1.0       # Layer-wise LR decay: block i of L gets decay**(L - i).
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                    # Data-parallel axis; -1 = all devices left over.

@@ -85,6 +85,17 @@ def _check_values(config):
   _check_choice('config.dataset.tokenizer', config.dataset.tokenizer, ('byte', 'sentencepiece'))
   _check_choice('config.nonfinite_policy', config.nonfinite_policy, NONFINITE_POLICIES)
   _check_choice('config.memory_check', config.memory_check, MEMORY_CHECKS)
+  from jaxscale.objectives import OBJECTIVES  # noqa: PLC0415
+  if config.objective:
+    _check_choice('config.objective', config.objective, OBJECTIVES.names())
+  _check_choice('config.init_from.missing', config.init_from.missing, ('error', 'init'))
+  if not 0 < config.optimizer.layer_decay <= 1:
+    raise ConfigError(f'config.optimizer.layer_decay={config.optimizer.layer_decay} must be in '
+                      '(0, 1] (1 = no decay).')
+  for pair in config.optimizer.lr_multipliers:
+    if len(pair) != 2 or not isinstance(pair[0], str) or not isinstance(pair[1], (int, float)):
+      raise ConfigError(f'config.optimizer.lr_multipliers entry {pair!r} must be a '
+                        "(regex, factor) pair, e.g. (('^head', 10.0),).")
   if config.max_skipped_steps < 0:
     raise ConfigError(f'config.max_skipped_steps={config.max_skipped_steps} must be >= 0.')
   if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.num_train_steps:

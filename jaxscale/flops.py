@@ -232,3 +232,17 @@ def peak_flops_per_device(device=None) -> tuple[float, str]:
     # Forced host devices share the same cores, so the whole host's matmul peak is split among them.
     return measured_matmul_peak() / jax.local_device_count(), 'measured:cpu_fp32_matmul'
   return measured_matmul_peak(dtype=jnp.bfloat16), f'measured:{kind}_bf16_matmul'
+
+
+def compiled_flops(compiled) -> float | None:
+  """XLA's FLOP count of a compiled step (whole program, all devices), or None if the backend
+  gives none. Used where the analytic count does not apply, e.g. frozen parameters, whose weight
+  gradients XLA never computes."""
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # noqa: BLE001  (some backends do not implement it)
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  flops = (analysis or {}).get('flops')
+  return float(flops) * jax.device_count() if flops and flops > 0 else None

@@ -2,13 +2,21 @@
 
 Weight decay is masked to weight matrices and kernels: norms, biases, position embeddings and
 scalars are never decayed (`_decay_mask`).
+Parameter groups (`param_groups`): `optimizer.frozen` parameters get no update and no optimizer
+state (`optax.partition` with `optax.set_to_zero`); `optimizer.lr_multipliers` and
+`optimizer.layer_decay` scale the updates of the others.
 Gradient accumulation is handled by the train step (micro-batches), not by optax.MultiSteps, so
 one `train_step` call is always one optimizer update.
 """
 
+import re
+
 import jax
+import numpy as np
 import optax
 from flax import nnx
+
+from jaxscale import param_paths
 
 OPTIMIZERS = ('adamw', 'sgd', 'lion', 'adafactor')
 SCHEDULES = ('cosine', 'wsd', 'constant')
@@ -58,7 +66,7 @@ def _decay_mask(params):
 
 def make_optimizer(opt_config, num_train_steps: int) -> tuple[optax.GradientTransformation,
                                                                optax.Schedule]:
-  """The full update rule (clipping + optimizer) and its learning-rate schedule."""
+  """The full update rule (clipping + optimizer, parameter groups) and its learning-rate schedule."""
   lr = learning_rate_schedule(opt_config, num_train_steps)
   c = opt_config
   if c.name == 'adamw':
@@ -74,6 +82,69 @@ def make_optimizer(opt_config, num_train_steps: int) -> tuple[optax.GradientTran
                           weight_decay_mask=_decay_mask)
   else:
     raise ValueError(f'optimizer.name={c.name!r}; choose one of {OPTIMIZERS}')
-  if c.grad_clip_norm > 0:
+  if c.grad_clip_norm > 0:  # Over the trainable parameters only: frozen ones are outside.
     opt = optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), opt)
+  if tuple(c.get('frozen', ())):
+    opt = optax.partition({'trainable': opt, 'frozen': optax.set_to_zero()},
+                          param_labels=lambda params: trainable_labels(params, c.frozen))
+  if tuple(c.get('lr_multipliers', ())) or c.get('layer_decay', 1.0) != 1.0:
+    opt = optax.chain(opt, optax.stateless(
+        lambda updates, params=None: jax.tree.map(
+            lambda u, f: u * f, updates, update_factors(updates, c))))
   return opt, lr
+
+
+def trainable_labels(params, frozen_patterns):
+  """'frozen' or 'trainable' for each parameter, by `optimizer.frozen` regexes."""
+  return param_paths.map_named(
+      lambda name, _: 'frozen' if param_paths.matches(name, frozen_patterns) else 'trainable',
+      params)
+
+
+def trainable_mask(params, opt_config):
+  """True for the parameters the optimizer updates."""
+  frozen = tuple(opt_config.get('frozen', ()))
+  return param_paths.map_named(lambda name, _: not param_paths.matches(name, frozen), params)
+
+
+# Parameters outside the layer stack that sit below it (embeddings): the deepest layer decay.
+_BELOW_STACK = re.compile(r'embed|patch|pos|cls_token|stem')
+_UNSCANNED_LAYER = re.compile(r'(?:^|\.)blocks\.(\d+)\.')
+
+
+def update_factors(params, opt_config):
+  """Per-parameter update multipliers: the product of every matching `lr_multipliers` factor and
+  the layer-wise decay `layer_decay ** (L + 1 - depth)` (depth 0 = embeddings, 1..L = blocks,
+  L + 1 = head and final norm). A scanned stack gets a factor per layer along its leading axis."""
+  multipliers = tuple(tuple(pair) for pair in opt_config.get('lr_multipliers', ()))
+  decay = opt_config.get('layer_decay', 1.0)
+  names = param_paths.named_leaves(params)
+  num_layers = _num_layers(names)
+
+  def factor(name, variable):
+    value = 1.0
+    for pattern, multiplier in multipliers:
+      if re.search(pattern, name):
+        value *= multiplier
+    if decay == 1.0 or not num_layers:
+      return value
+    if name.startswith('blocks.') and param_paths.stacked_layers(variable):
+      depth_L = np.arange(1, num_layers + 1, dtype=np.float32)
+      shape = (num_layers,) + (1,) * (len(param_paths.shape_of(variable)) - 1)
+      return (value * decay ** (num_layers + 1 - depth_L)).reshape(shape)
+    layer = _UNSCANNED_LAYER.search(name)
+    if layer:
+      return value * decay ** (num_layers - int(layer.group(1)))
+    if _BELOW_STACK.search(name):
+      return value * decay ** (num_layers + 1)
+    return value
+
+  return param_paths.map_named(factor, params)
+
+
+def _num_layers(names: dict) -> int:
+  stacked = [v for n, v in names.items() if n.startswith('blocks.') and param_paths.stacked_layers(v)]
+  if stacked:
+    return param_paths.shape_of(stacked[0])[0]
+  indices = {int(m.group(1)) for n in names for m in [_UNSCANNED_LAYER.search(n)] if m}
+  return max(indices) + 1 if indices else 0

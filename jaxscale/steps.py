@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxscale import objectives
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -24,82 +26,56 @@ class TrainState:
   skipped_updates: jax.Array  # Updates dropped for a non-finite loss or gradient (cumulative).
 
 
-def _lm_sums(logits_BxLxV, batch, *, train: bool, label_smoothing: float):
-  del train, label_smoothing
-  losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch['targets'])
-  weights_BxL = batch['weights']
-  return {'loss_sum': jnp.sum(losses_BxL * weights_BxL), 'weight_sum': jnp.sum(weights_BxL)}
+def loss_sums(graphdef, params, model_state, batch, *, objective, train: bool, rng=None):
+  """Summed losses (and the objective's metrics) over the batch, and the new model state.
 
-
-def _classification_sums(logits_BxK, batch, *, train: bool, label_smoothing: float):
-  """Cross-entropy against (possibly mixed) soft labels, and top-1/top-5 hits on the true class.
-
-  `labels` is [B, K]: one-hot in eval, mixup/cutmix mixtures in training; the "true" class of a
-  mixture is its largest component. Smoothing applies to the training loss only, so eval loss is
-  the plain cross-entropy a scaling fit needs.
+  `objective` is a `sums` function from `jaxscale.objectives` (or a registered name, for its
+  defaults). The model runs in train mode (batch norm uses and updates batch statistics,
+  dropout is on) or eval mode (running statistics, left unchanged).
   """
-  labels_BxK, weights_B = batch['labels'], batch['weights']
-  targets_BxK = optax.smooth_labels(labels_BxK, label_smoothing) if train else labels_BxK
-  losses_B = optax.softmax_cross_entropy(logits_BxK.astype(jnp.float32), targets_BxK)
-  true_logit_B = jnp.take_along_axis(
-      logits_BxK, jnp.argmax(labels_BxK, axis=-1)[:, None], axis=-1)[:, 0]
-  rank_B = jnp.sum(logits_BxK > true_logit_B[:, None], axis=-1)  # 0 = the true class is on top.
-  return {'loss_sum': jnp.sum(losses_B * weights_B), 'weight_sum': jnp.sum(weights_B),
-          'top1_sum': jnp.sum((rank_B < 1) * weights_B),
-          'top5_sum': jnp.sum((rank_B < 5) * weights_B)}
-
-
-# Task -> (the batch key the model reads, the loss sums of its output).
-_TASKS = {'lm': ('inputs', _lm_sums), 'classification': ('image', _classification_sums)}
-
-
-def loss_sums(graphdef, params, model_state, batch, *, task: str, train: bool,
-              label_smoothing: float = 0.0):
-  """Summed losses (and task metrics) over the batch's weighted targets, and new model state.
-
-  The model runs in train mode (batch norm uses and updates batch statistics) or eval mode
-  (running statistics, left unchanged).
-  """
+  if isinstance(objective, str):
+    objective = objectives.make(objective)
   # copy=True: fresh Variables in this trace, so batch norm may update its statistics under grad.
   model = nnx.merge(graphdef, params, model_state, copy=True)
   if train:
     model.train()
   else:
     model.eval()
-  input_key, task_sums = _TASKS[task]
-  sums = task_sums(model(batch[input_key]), batch, train=train, label_smoothing=label_smoothing)
+  if rng is None:
+    rng = jax.random.key(0)
+  sums = objective(model, batch, train=train, rng=rng)
   return sums, nnx.state(model, nnx.Not(nnx.Param))
 
 
-def _loss_with_aux(params, model_state, batch, graphdef, task, label_smoothing):
-  sums, new_model_state = loss_sums(graphdef, params, model_state, batch, task=task, train=True,
-                                    label_smoothing=label_smoothing)
+def _loss_with_aux(params, model_state, batch, rng, graphdef, objective):
+  sums, new_model_state = loss_sums(graphdef, params, model_state, batch, objective=objective,
+                                    train=True, rng=rng)
   return sums['loss_sum'], (sums, new_model_state)
 
 
-def _summed_grads(graphdef, params, model_state, batch, grad_accum_steps: int, task: str,
-                  label_smoothing: float):
+def _summed_grads(graphdef, params, model_state, batch, rng, grad_accum_steps: int, objective):
   """Gradient of the summed loss, over `grad_accum_steps` sequential micro-batches."""
   grad_fn = jax.value_and_grad(
-      functools.partial(_loss_with_aux, graphdef=graphdef, task=task,
-                        label_smoothing=label_smoothing), has_aux=True)
+      functools.partial(_loss_with_aux, graphdef=graphdef, objective=objective), has_aux=True)
   if grad_accum_steps == 1:
-    (_, (sums, model_state)), grads = grad_fn(params, model_state, batch)
+    (_, (sums, model_state)), grads = grad_fn(params, model_state, batch, rng)
     return sums, model_state, grads
 
   micro_batches = jax.tree.map(
       lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]), batch)
+  micro_rngs = jax.random.split(rng, grad_accum_steps)
 
-  def accumulate(carry, micro_batch):
+  def accumulate(carry, micro):
     sums, model_state, grads = carry
-    (_, (s, model_state)), g = grad_fn(params, model_state, micro_batch)
+    micro_batch, micro_rng = micro
+    (_, (s, model_state)), g = grad_fn(params, model_state, micro_batch, micro_rng)
     return (jax.tree.map(jnp.add, sums, s), model_state, jax.tree.map(jnp.add, grads, g)), None
 
   first_micro_batch = jax.tree.map(lambda x: x[0], micro_batches)
-  sums_shape = jax.eval_shape(grad_fn, params, model_state, first_micro_batch)[0][1][0]
+  sums_shape = jax.eval_shape(grad_fn, params, model_state, first_micro_batch, rng)[0][1][0]
   zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
   init = (zero_sums, model_state, jax.tree.map(jnp.zeros_like, params))
-  (sums, model_state, grads), _ = jax.lax.scan(accumulate, init, micro_batches)
+  (sums, model_state, grads), _ = jax.lax.scan(accumulate, init, (micro_batches, micro_rngs))
   return sums, model_state, grads
 
 
@@ -116,18 +92,24 @@ def keep_old_if_nonfinite(old: TrainState, new: TrainState, loss, grad_norm) -> 
 
 
 def train_step(state: TrainState, batch, *, graphdef, optimizer: optax.GradientTransformation,
-               learning_rate_fn, grad_accum_steps: int = 1, task: str = 'lm',
-               label_smoothing: float = 0.0, skip_nonfinite: bool = False):
+               learning_rate_fn, objective='lm', grad_accum_steps: int = 1,
+               skip_nonfinite: bool = False, seed: int = 0, trainable=None):
+  """One update. `trainable` (a tree of bools like the params, or None for all) picks the
+  parameters whose gradient norm is reported; the optimizer itself leaves frozen ones alone."""
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
   sums, model_state, grads = _summed_grads(
-      graphdef, state.params, state.model_state, batch, grad_accum_steps, task, label_smoothing)
+      graphdef, state.params, state.model_state, batch, rng, grad_accum_steps, objective)
   # Mean over all targets of the global batch, however it was split.
   weight_sum = sums['weight_sum']
   grads = jax.tree.map(lambda g: g / weight_sum, grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  # Frozen parameters' gradients are left out of the norm, so XLA never computes them.
+  reported = grads if trainable is None else jax.tree.map(
+      lambda g, t: g if t else jnp.zeros((), g.dtype), grads, trainable)
   metrics = {
       'train_loss': sums['loss_sum'] / weight_sum,
-      'grad_norm': optax.tree.norm(grads),
+      'grad_norm': optax.tree.norm(reported),
       'param_norm': optax.tree.norm(params),
       'update_norm': optax.tree.norm(updates),
       'learning_rate': learning_rate_fn(state.step),
@@ -142,26 +124,31 @@ def train_step(state: TrainState, batch, *, graphdef, optimizer: optax.GradientT
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch, *, graphdef, task: str = 'lm'):
-  """Summed loss, target count and task metrics; the loop divides after summing the eval set."""
-  sums, _ = loss_sums(graphdef, state.params, state.model_state, batch, task=task, train=False)
+def eval_step(state: TrainState, batch, *, graphdef, objective='lm', seed: int = 0):
+  """Summed loss, target count and the objective's metrics; the loop divides after summing the
+  eval set. The rng is fixed, so randomised objectives (masking) see the same eval set each time."""
+  rng = jax.random.fold_in(jax.random.key(seed), jnp.iinfo(jnp.int32).max)
+  sums, _ = loss_sums(graphdef, state.params, state.model_state, batch, objective=objective,
+                      train=False, rng=rng)
   return sums
 
 
 def compile_steps(graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
-                  replicated, grad_accum_steps: int = 1, task: str = 'lm',
-                  label_smoothing: float = 0.0, skip_nonfinite: bool = False):
+                  replicated, grad_accum_steps: int = 1, objective='lm',
+                  skip_nonfinite: bool = False, seed: int = 0, trainable=None):
   """jit-compiled (train_step, eval_step) with explicit shardings and the state donated."""
+  if isinstance(objective, str):
+    objective = objectives.make(objective)
   train = jax.jit(
       functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
                         learning_rate_fn=learning_rate_fn, grad_accum_steps=grad_accum_steps,
-                        task=task, label_smoothing=label_smoothing,
-                        skip_nonfinite=skip_nonfinite),
+                        objective=objective, skip_nonfinite=skip_nonfinite, seed=seed,
+                        trainable=trainable),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, replicated),
       donate_argnames=('state',))
   evaluate = jax.jit(
-      functools.partial(eval_step, graphdef=graphdef, task=task),
+      functools.partial(eval_step, graphdef=graphdef, objective=objective, seed=seed),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=replicated)
   return train, evaluate

@@ -17,75 +17,35 @@ from absl import logging
 from clu import periodic_actions
 from flax import nnx
 
-from jaxscale import checkpointing, config_validation, flops, input_errors, memory, metrics, optim
-from jaxscale import paths, sharding, steps
+from jaxscale import experiment as experiment_lib
+from jaxscale import classification_report, flops, metrics, sharding
 from jaxscale import workdir as workdir_lib
-from jaxscale.models import MODELS
+# Builders of the experiment, also used directly by tools and tests.
+from jaxscale.experiment import build_model, create_train_state, resolve_config  # noqa: F401
 
 
-def build_model(model_config, seed: int):
-  kwargs = {k: v for k, v in model_config.items() if k != 'name'}
-  return MODELS.get(model_config.name)(**kwargs, rngs=nnx.Rngs(seed))
-
-
-def create_train_state(config, mesh, optimizer, before_init=None):
-  """(graphdef, state, state_shardings), with every array created directly in its sharding.
-
-  `before_init(graphdef, abstract_state)`, if given, sees the shapes and shardings before any
-  array is allocated (the memory check).
-  """
-
-  def init():
-    model = build_model(config.model, config.seed)
-    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
-    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                             model_state=model_state, opt_state=optimizer.init(params),
-                             skipped_updates=jnp.zeros((), jnp.int32))
-    return graphdef, state
-
-  graphdef, abstract_state = nnx.eval_shape(init)
-  state_shardings = sharding.state_shardings(abstract_state, mesh, config.mesh.rules)
-  if before_init is not None:
-    before_init(graphdef, sharding.abstract_arrays(abstract_state, state_shardings))
-  state = jax.jit(lambda: init()[1], out_shardings=state_shardings)()
-  return graphdef, state, state_shardings
-
-
-def resolve_config(config, datasets) -> ml_collections.ConfigDict:
-  """Fills in what the data decides (vocabulary size, classes, image size), so config.json is
-  the whole experiment."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  if 'num_classes' in config.model and not config.model.num_classes:
-    config.model.num_classes = datasets.num_classes
-  if 'image_size' in config.model and not config.model.image_size:
-    config.model.image_size = config.dataset.image_size
-  if 'vocab_size' in config.model:
-    if not config.model.vocab_size:
-      config.model.vocab_size = datasets.vocab_size
-    elif config.model.vocab_size < datasets.vocab_size:
-      raise config_validation.ConfigError(
-          f'config.model.vocab_size={config.model.vocab_size} is smaller than the dataset '
-          f'{config.dataset.name!r} vocabulary ({datasets.vocab_size}); set it to 0 to match.')
-  return config
-
-
-def evaluate(eval_step, state, eval_batches, batch_sharding) -> dict[str, float]:
-  """Means over the fixed eval set: `eval_loss` (nats per target), accuracies for classifiers,
-  and `eval_targets`, the number of targets (tokens or images) they were taken over."""
+def evaluate(eval_step, state, eval_batches, batch_sharding) -> dict:
+  """Over the fixed eval set: `eval_loss` (nats per target), accuracies where the objective counts
+  hits, the summed `confusion` matrix of classifiers, and `eval_targets`, the number of targets
+  (tokens or examples) they were taken over."""
   totals = jax.device_get(
       [eval_step(state, sharding.global_batch(b, batch_sharding)) for b in eval_batches])
-  sums = {k: sum(float(t[k]) for t in totals) for k in totals[0]}
-  weight_sum = sums['weight_sum']
-  result = {'eval_loss': sums['loss_sum'] / weight_sum, 'eval_targets': weight_sum}
-  if 'top1_sum' in sums:
-    result['eval_accuracy'] = sums['top1_sum'] / weight_sum
-    result['eval_top5_accuracy'] = sums['top5_sum'] / weight_sum
+  sums = {k: np.sum([np.asarray(t[k], np.float64) for t in totals], axis=0) for k in totals[0]}
+  weight_sum = float(sums['weight_sum'])
+  result = {'eval_loss': float(sums['loss_sum']) / weight_sum, 'eval_targets': weight_sum}
+  for key, name in (('top1_sum', 'eval_accuracy'), ('top5_sum', 'eval_top5_accuracy')):
+    if key in sums:
+      result[name] = float(sums[key]) / weight_sum
+  if 'confusion' in sums:
+    result['confusion'] = sums['confusion']
   return result
 
 
-def eval_metrics(sums: dict[str, float], datasets) -> dict[str, float]:
-  """The eval row's loss-derived fields: bits per token (and byte) for LMs."""
-  row = {k: v for k, v in sums.items() if k != 'eval_targets'}
+def eval_metrics(sums: dict, datasets) -> dict[str, float]:
+  """The eval row's scalars: bits per token (and byte) for LMs, macro-F1 for classifiers."""
+  row = {k: v for k, v in sums.items() if k not in ('eval_targets', 'confusion')}
+  if 'confusion' in sums:
+    row['eval_macro_f1'] = classification_report.macro_f1(sums['confusion'])
   if datasets.task == 'lm':
     row['eval_bits_per_token'] = row['eval_loss'] / math.log(2)
     if datasets.bytes_per_token:
@@ -168,79 +128,35 @@ def _check_finite(rows: list[dict], first_step: int, manager, config):
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the final summary."""
-  from jaxscale import data as data_lib  # TensorFlow loads here, after the config is known good.
+  return train_loop(experiment_lib.build(config, workdir))
 
-  config_validation.validate(config, num_devices=jax.device_count(),
-                             process_count=jax.process_count())
-  workdir = paths.resolve(workdir)
-  mesh = sharding.make_mesh(config.mesh)
-  with input_errors.explained(config.dataset):
-    datasets = data_lib.get_datasets(
-        config.dataset, local_batch_size=config.batch_size // jax.process_count(),
-        num_eval_batches=config.num_eval_batches, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
-  config = resolve_config(config, datasets)
 
-  optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
-  abstract_batch = {
-      k: jax.ShapeDtypeStruct((config.batch_size, *spec.shape[1:]), spec.dtype.as_numpy_dtype,
-                              sharding=batch_sharding)
-      for k, spec in datasets.train.element_spec.items()}
-  memory_estimate = None
-
-  def check_memory(graphdef, abstract_state):
-    nonlocal memory_estimate
-    forward = lambda p, ms, b: steps.loss_sums(graphdef, p, ms, b, task=datasets.task, train=True)
-    memory_estimate = memory.estimate(config, abstract_state, abstract_batch, forward)
-    memory.check(config, memory_estimate)
-
-  # Nothing is allocated or written to the workdir until the config is known to fit.
-  graphdef, state, state_shardings = create_train_state(config, mesh, optimizer,
-                                                        before_init=check_memory)
-  workdir.mkdir(parents=True, exist_ok=True)
-  workdir_lib.record_config(workdir, config)
-  train_step, eval_step = steps.compile_steps(
-      graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
-      sharding.replicated(mesh), config.optimizer.grad_accum_steps, task=datasets.task,
-      label_smoothing=config.label_smoothing,
-      skip_nonfinite=config.nonfinite_policy == 'skip')
-
-  # Compile ahead of the loop, so the first speed report is not the compile time.
-  abstract_state = sharding.abstract_arrays(state, state_shardings)
-  compile_start = time.perf_counter()
-  train_step = train_step.lower(abstract_state, abstract_batch).compile()
-  logging.info('Compiled the train step in %.1f s; %s.', time.perf_counter() - compile_start,
-               memory.compare_compiled(train_step, memory_estimate))
-
-  train_iter = iter(datasets.train)
-  manager = checkpointing.make_manager(workdir, config)
-  saver = checkpointing.Saver(manager)
-  restored, last_checkpoint = checkpointing.restore_latest(manager, abstract_state, train_iter)
-  if restored is not None:
-    state = restored
-    logging.info('Resumed from checkpoint at step %d.', last_checkpoint)
+def train_loop(experiment: experiment_lib.Experiment) -> dict:
+  """Runs `experiment` to config.num_train_steps (or a preemption); returns the final summary."""
+  e = experiment
+  config, workdir, datasets, state = e.config, e.workdir, e.datasets, e.state
+  manager, saver, train_iter, train_step = e.manager, e.saver, e.train_iter, e.train_step
   start_step = int(jax.device_get(state.step))
   # Rows logged after the checkpoint will be logged again by this run.
-  workdir_lib.drop_metrics_after(workdir, start_step if restored is not None else -1)
+  workdir_lib.drop_metrics_after(workdir, start_step if e.resumed else -1)
 
-  size = flops.accounting(config)
+  size = e.size
   tokens_per_step = config.batch_size * size.tokens_per_example
-  flops_per_step = config.batch_size * size.train_flops_per_example
+  flops_per_step = e.flops_per_step
   peak_per_device, peak_source = flops.peak_flops_per_device()
   logging.info('Model: %s params (%s non-embedding), %.3g train FLOPs/example; peak %.3g FLOP/s '
                'per device (%s); mesh %s.', f'{size.params_total:,}',
                f'{size.params_non_embedding:,}', size.train_flops_per_example, peak_per_device,
-               peak_source, dict(mesh.shape))
+               peak_source, dict(e.mesh.shape))
   throughput = Throughput(config.batch_size, tokens_per_step, flops_per_step,
                           peak_per_device * jax.device_count())
 
   writer = metrics.create_writer(workdir)
   scale_numbers = {'params_total': size.params_total,
                    'params_non_embedding': size.params_non_embedding,
-                   'flops_per_example': size.train_flops_per_example}
+                   'flops_per_example': flops_per_step / config.batch_size, **e.param_counts}
   if size.tokens_per_example:
-    scale_numbers['flops_per_token'] = size.train_flops_per_example / size.tokens_per_example
+    scale_numbers['flops_per_token'] = flops_per_step / tokens_per_step
   if start_step == 0:
     writer.write_scalars(0, scale_numbers)
   eval_batches = list(datasets.eval.as_numpy_iterator())
@@ -255,6 +171,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       seen['tokens_seen'] = step * tokens_per_step
     return seen
 
+  def run_eval(step):
+    sums = evaluate(e.eval_step, state, eval_batches, e.batch_sharding)
+    row = eval_metrics(sums, datasets)
+    return sums, row
+
   preemption = PreemptionNotice()
   pending, pending_start = [], start_step
   last_train_loss = float('nan')
@@ -263,7 +184,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for step in range(start_step + 1, config.num_train_steps + 1):
     # The tf iterator itself (not as_numpy_iterator) is what tf.train.Checkpoint can save.
     local_batch = {k: v.numpy() for k, v in next(train_iter).items()}
-    batch = sharding.global_batch(local_batch, batch_sharding)
+    batch = sharding.global_batch(local_batch, e.batch_sharding)
     state, step_metrics = train_step(state, batch)
     pending.append(step_metrics)
     for hook in hooks:
@@ -299,8 +220,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    speed['steps_per_sec'], rate, 100 * speed['mfu'],
                    time.strftime('%H:%M:%S', time.gmtime(remaining)))
     if eval_now:
-      sums = evaluate(eval_step, state, eval_batches, batch_sharding)
-      eval_row = eval_metrics(sums, datasets)
+      sums, eval_row = run_eval(step)
       writer.write_scalars(step, {**eval_row, 'train_loss': last_train_loss, **counters(step),
                                   **scale_numbers})
       details = ', '.join(f'{k} {v:.4f}' for k, v in eval_row.items() if k != 'eval_loss')
@@ -320,7 +240,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   saver.check(final_step, wait=True)
   manager.close()
   if eval_row is None:  # Resumed a finished run or stopped early: measure held-out loss now.
-    eval_row = eval_metrics(evaluate(eval_step, state, eval_batches, batch_sharding), datasets)
+    sums, eval_row = run_eval(final_step)
+  if 'confusion' in sums and final_step >= config.num_train_steps:
+    classification_report.write(workdir, classification_report.build(
+        sums['confusion'], datasets.class_names))
   summary = {'step': final_step, 'finished': final_step >= config.num_train_steps, **eval_row,
              'skipped_updates': int(jax.device_get(state.skipped_updates)),
              'train_loss': last_train_loss if math.isfinite(last_train_loss) else None,

@@ -142,9 +142,9 @@ def _split(config):
 def test_batch_norm_statistics_update_in_training_and_freeze_in_eval():
   graphdef, params, model_state = _split(tiny_config('resnet18_cifar'))
   batch = jax.tree.map(jnp.asarray, classification_batch())
-  run = jax.jit(steps.loss_sums, static_argnames=('graphdef', 'task', 'train'))
-  _, trained_state = run(graphdef, params, model_state, batch, task='classification', train=True)
-  _, eval_state = run(graphdef, params, model_state, batch, task='classification', train=False)
+  run = jax.jit(steps.loss_sums, static_argnames=('graphdef', 'objective', 'train'))
+  _, trained_state = run(graphdef, params, model_state, batch, objective='classification', train=True)
+  _, eval_state = run(graphdef, params, model_state, batch, objective='classification', train=False)
   before, after_train = jax.tree.leaves(model_state), jax.tree.leaves(trained_state)
   assert len(before) == 2 * (1 + 8 * 2 + 3)  # mean and var of every norm: stem, 8 blocks, shortcuts
   assert all(not np.allclose(a, b) for a, b in zip(before, after_train))
@@ -157,7 +157,7 @@ def _train_steps(config, batch, mesh, num_steps):
   graphdef, state, state_shardings = train.create_train_state(config, mesh, optimizer)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
-                                      sharding.replicated(mesh), task='classification')
+                                      sharding.replicated(mesh), objective='classification')
   losses = []
   for _ in range(num_steps):
     state, metrics = train_step(state, sharding.global_batch(batch, batch_sharding))
@@ -173,7 +173,7 @@ def test_batch_norm_uses_the_global_batch_when_sharded():
   mesh = sharding.make_mesh(config.mesh)
   assert mesh.devices.size == 8
   graphdef, params, model_state = _split(config)
-  forward = functools.partial(steps.loss_sums, graphdef, task='classification', train=True)
+  forward = functools.partial(steps.loss_sums, graphdef, objective='classification', train=True)
   batch = classification_batch()
   param_shardings = sharding.state_shardings(params, mesh, config.mesh.rules)
   sharded_sums, sharded_stats = jax.jit(forward)(
@@ -210,7 +210,7 @@ def test_train_flops_match_xla_cost_analysis(key, model):
            'weights': jax.ShapeDtypeStruct((batch_size,), jnp.float32)}
 
   def loss(p, batch):
-    sums, _ = steps.loss_sums(graphdef, p, model_state, batch, task='classification', train=True)
+    sums, _ = steps.loss_sums(graphdef, p, model_state, batch, objective='classification', train=True)
     return sums['loss_sum']
 
   compiled = jax.jit(jax.value_and_grad(loss)).lower(params, batch).compile()

@@ -1,0 +1,188 @@
+"""Building an experiment from its config: mesh, data, model, initial state, compiled steps,
+checkpoint manager. `train.run` builds one and runs the loop over it.
+
+Two seams shape the build:
+- the **objective** (`jaxscale.objectives`): what the step optimises, by name;
+- the **initial state**: the workdir's own newest checkpoint (resume) if it has one, else another
+  run's parameters (`config.init_from`, partial restore with a report), else a fresh init.
+"""
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from etils import epath
+from flax import nnx
+
+from jaxscale import checkpointing, config_validation, flops, input_errors, memory, objectives
+from jaxscale import optim, param_paths, paths, sharding, steps
+from jaxscale import workdir as workdir_lib
+from jaxscale.models import MODELS
+from jaxscale.transfer import init_from
+
+
+def build_model(model_config, seed: int):
+  kwargs = {k: v for k, v in model_config.items() if k != 'name'}
+  return MODELS.get(model_config.name)(**kwargs, rngs=nnx.Rngs(seed))
+
+
+def create_train_state(config, mesh, optimizer, before_init=None):
+  """(graphdef, state, state_shardings), with every array created directly in its sharding.
+
+  `before_init(graphdef, abstract_state)`, if given, sees the shapes and shardings before any
+  array is allocated (the memory check).
+  """
+
+  def init():
+    model = build_model(config.model, config.seed)
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                             model_state=model_state, opt_state=optimizer.init(params),
+                             skipped_updates=jnp.zeros((), jnp.int32))
+    return graphdef, state
+
+  graphdef, abstract_state = nnx.eval_shape(init)
+  state_shardings = sharding.state_shardings(abstract_state, mesh, config.mesh.rules)
+  if before_init is not None:
+    before_init(graphdef, sharding.abstract_arrays(abstract_state, state_shardings))
+  state = jax.jit(lambda: init()[1], out_shardings=state_shardings)()
+  return graphdef, state, state_shardings
+
+
+def resolve_config(config, datasets) -> ml_collections.ConfigDict:
+  """Fills in what the data decides (vocabulary size, classes, image size), so config.json is
+  the whole experiment."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if 'num_classes' in config.model and not config.model.num_classes and datasets.num_classes:
+    config.model.num_classes = datasets.num_classes
+  if 'image_size' in config.model and not config.model.image_size:
+    config.model.image_size = config.dataset.image_size
+  if 'vocab_size' in config.model:
+    if not config.model.vocab_size:
+      config.model.vocab_size = datasets.vocab_size
+    elif config.model.vocab_size < datasets.vocab_size:
+      raise config_validation.ConfigError(
+          f'config.model.vocab_size={config.model.vocab_size} is smaller than the dataset '
+          f'{config.dataset.name!r} vocabulary ({datasets.vocab_size}); set it to 0 to match.')
+  return config
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything the loop needs, built and compiled; nothing trained yet."""
+  config: ml_collections.ConfigDict  # Resolved (what config.json records).
+  workdir: epath.Path
+  mesh: jax.sharding.Mesh
+  datasets: Any                      # data.Datasets
+  graphdef: Any
+  state: steps.TrainState            # The initial state: resumed, transferred or fresh.
+  state_shardings: Any
+  batch_sharding: jax.sharding.NamedSharding
+  train_step: Any                    # Compiled.
+  eval_step: Any
+  manager: Any                       # orbax CheckpointManager
+  saver: checkpointing.Saver
+  train_iter: Any                    # At the position of the restored checkpoint.
+  resumed: bool                      # From this workdir's own checkpoint.
+  size: flops.Accounting
+  flops_per_step: float              # As computed: XLA's count when parameters are frozen.
+  param_counts: dict[str, int]       # params_trainable, params_frozen.
+
+
+def _abstract_batch(config, datasets, batch_sharding):
+  return {k: jax.ShapeDtypeStruct((config.batch_size, *spec.shape[1:]),
+                                  spec.dtype.as_numpy_dtype, sharding=batch_sharding)
+          for k, spec in datasets.train.element_spec.items()}
+
+
+def _param_counts(params, trainable) -> dict[str, int]:
+  sizes = {name: leaf.size for name, leaf in param_paths.named_leaves(params).items()}
+  flags = {name: bool(flag.value) if isinstance(flag, nnx.Variable) else bool(flag)
+           for name, flag in param_paths.named_leaves(trainable).items()}
+  trainable_count = sum(size for name, size in sizes.items() if flags[name])
+  return {'params_trainable': trainable_count,
+          'params_frozen': sum(sizes.values()) - trainable_count}
+
+
+def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
+  from jaxscale import data as data_lib  # TensorFlow loads here, after the config is known good.
+
+  config_validation.validate(config, num_devices=jax.device_count(),
+                             process_count=jax.process_count())
+  workdir = paths.resolve(workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  with input_errors.explained(config.dataset):
+    datasets = data_lib.get_datasets(
+        config.dataset, local_batch_size=config.batch_size // jax.process_count(),
+        num_eval_batches=config.num_eval_batches, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+  config = resolve_config(config, datasets)
+  objective = objectives.make(objectives.name_for(config, datasets.task), config)
+
+  optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
+  abstract_batch = _abstract_batch(config, datasets, batch_sharding)
+  memory_estimate = None
+
+  def check_memory(graphdef, abstract_state):
+    nonlocal memory_estimate
+    forward = lambda p, ms, b: steps.loss_sums(graphdef, p, ms, b, objective=objective,
+                                               train=True)
+    memory_estimate = memory.estimate(config, abstract_state, abstract_batch, forward)
+    memory.check(config, memory_estimate)
+
+  # Nothing is allocated or written to the workdir until the config is known to fit.
+  graphdef, state, state_shardings = create_train_state(config, mesh, optimizer,
+                                                        before_init=check_memory)
+  param_paths.check_patterns(config.optimizer.frozen, param_paths.named_leaves(state.params),
+                             'config.optimizer.frozen')
+  own_checkpoint = checkpointing.has_checkpoints(workdir)
+  report = None
+  if config.init_from.workdir and not own_checkpoint:
+    # Before the workdir is touched: a mismatched source fails with nothing written.
+    params, report = init_from.restore_params(config.init_from, state.params)
+    state = state.replace(params=params)
+  workdir.mkdir(parents=True, exist_ok=True)
+  workdir_lib.record_config(workdir, config)
+  if report is not None:
+    init_from.log_and_write(report, workdir)
+
+  trainable = optim.trainable_mask(state.params, config.optimizer)
+  train_step, eval_step = steps.compile_steps(
+      graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
+      sharding.replicated(mesh), config.optimizer.grad_accum_steps, objective=objective,
+      skip_nonfinite=config.nonfinite_policy == 'skip', seed=config.seed, trainable=trainable)
+  # Compile ahead of the loop, so the first speed report is not the compile time.
+  abstract_state = sharding.abstract_arrays(state, state_shardings)
+  compile_start = time.perf_counter()
+  train_step = train_step.lower(abstract_state, abstract_batch).compile()
+  logging.info('Compiled the train step in %.1f s; %s.', time.perf_counter() - compile_start,
+               memory.compare_compiled(train_step, memory_estimate))
+
+  train_iter = iter(datasets.train)
+  manager = checkpointing.make_manager(workdir, config)
+  restored, last_checkpoint = checkpointing.restore_latest(manager, abstract_state, train_iter)
+  if restored is not None:
+    state = restored
+    logging.info('Resumed from checkpoint at step %d.', last_checkpoint)
+  elif own_checkpoint:
+    logging.info('No finished checkpoint in %s: starting from step 0.', workdir / 'checkpoints')
+
+  size = flops.accounting(config)
+  param_counts = _param_counts(state.params, trainable)
+  flops_per_step = config.batch_size * size.train_flops_per_example
+  if param_counts['params_frozen']:
+    # Frozen parameters' weight gradients are never computed: count what XLA actually runs.
+    flops_per_step = flops.compiled_flops(train_step) or flops_per_step
+  logging.info('Parameters: %s trainable, %s frozen.', f'{param_counts["params_trainable"]:,}',
+               f'{param_counts["params_frozen"]:,}')
+  return Experiment(
+      config=config, workdir=workdir, mesh=mesh, datasets=datasets, graphdef=graphdef,
+      state=state, state_shardings=state_shardings, batch_sharding=batch_sharding,
+      train_step=train_step, eval_step=eval_step, manager=manager,
+      saver=checkpointing.Saver(manager), train_iter=train_iter, resumed=restored is not None,
+      size=size, flops_per_step=flops_per_step, param_counts=param_counts)

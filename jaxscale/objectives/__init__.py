@@ -1,0 +1,28 @@
+"""Objective registry: what the train step optimises, by name (`config.objective`).
+
+An objective is built once from the run config, `OBJECTIVES.get(name)(config)`, and returns
+`sums(model, batch, *, train, rng) -> dict` of summed quantities over the batch: at least
+`loss_sum` and `weight_sum` (the loss is their ratio over the whole global batch), plus whatever
+the objective measures (`top1_sum`, `confusion`, ...). Sums rather than means, so micro-batches,
+devices and eval batches add up exactly. `rng` is a per-step key (masking, dropout); the step
+stays one pure function whichever objective it runs.
+
+'' (the default) takes the dataset's task: 'lm' or 'classification'.
+"""
+
+from jaxscale.registry import Registry
+
+OBJECTIVES = Registry('objective')
+
+
+def name_for(config, task: str) -> str:
+  return config.get('objective') or task
+
+
+def make(name: str, config=None):
+  """The objective's `sums` function; `config` None uses the objective's defaults."""
+  return OBJECTIVES.get(name)(config)
+
+
+# Importing the modules registers their objectives.
+from jaxscale.objectives import classification, lm  # noqa: E402,F401

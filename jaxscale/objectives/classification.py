@@ -1,0 +1,54 @@
+"""Classification of images or token sequences against (possibly mixed) soft labels."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxscale.objectives import OBJECTIVES
+
+
+def model_inputs(batch) -> tuple:
+  """The model's arguments: an image, or tokens with their padding mask where there is one."""
+  if 'image' in batch:
+    return (batch['image'],)
+  if 'input_mask' in batch:
+    return batch['inputs'], batch['input_mask']
+  return (batch['inputs'],)
+
+
+def class_sums(logits_BxK, labels_BxK, weights_B, *, label_smoothing: float = 0.0,
+               with_confusion: bool = False) -> dict:
+  """Cross-entropy against soft labels, top-1/top-5 hits on the true class and, optionally, the
+  weighted confusion matrix [true, predicted].
+
+  The "true" class of a mixup/cutmix mixture is its largest component.
+  """
+  targets_BxK = optax.smooth_labels(labels_BxK, label_smoothing) if label_smoothing else labels_BxK
+  losses_B = optax.softmax_cross_entropy(logits_BxK.astype(jnp.float32), targets_BxK)
+  true_B = jnp.argmax(labels_BxK, axis=-1)
+  true_logit_B = jnp.take_along_axis(logits_BxK, true_B[:, None], axis=-1)[:, 0]
+  rank_B = jnp.sum(logits_BxK > true_logit_B[:, None], axis=-1)  # 0 = the true class is on top.
+  result = {'loss_sum': jnp.sum(losses_B * weights_B), 'weight_sum': jnp.sum(weights_B),
+            'top1_sum': jnp.sum((rank_B < 1) * weights_B),
+            'top5_sum': jnp.sum((rank_B < 5) * weights_B)}
+  if with_confusion:
+    num_classes = logits_BxK.shape[-1]
+    true_BxK = jax.nn.one_hot(true_B, num_classes) * weights_B[:, None]
+    predicted_BxK = jax.nn.one_hot(jnp.argmax(logits_BxK, axis=-1), num_classes)
+    result['confusion'] = jnp.einsum('bt,bp->tp', true_BxK, predicted_BxK)
+  return result
+
+
+@OBJECTIVES.register('classification')
+def classification(config=None):
+  """Label smoothing applies to the training loss only, so eval loss is the plain cross-entropy a
+  scaling fit needs; eval also accumulates the confusion matrix for the classification report."""
+  label_smoothing = config.label_smoothing if config is not None else 0.0
+
+  def sums(model, batch, *, train: bool, rng):
+    del rng
+    return class_sums(model(*model_inputs(batch)), batch['labels'], batch['weights'],
+                      label_smoothing=label_smoothing if train else 0.0,
+                      with_confusion=not train)
+
+  return sums
