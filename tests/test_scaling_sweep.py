@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 
 import ml_collections
@@ -200,3 +201,58 @@ def test_emit_config_writes_a_loadable_compute_optimal_config(tmp_path, capsys):
   assert config.dataset.name == 'markov' and config.num_train_steps == emitted['steps']
   assert (config.model.num_layers, config.model.d_model) == (emitted['num_layers'],
                                                              emitted['d_model'])
+
+
+FLAKY_TRAINER = '''
+import json, os, sys
+workdir, outcome = sys.argv[1], sys.argv[2]
+print('step 10: train loss 3.1', flush=True)
+if outcome == 'fail':
+  sys.exit('KeyError: no dataset named nonexistent')
+json.dump({'finished': True, 'eval_loss': 2.875}, open(os.path.join(workdir, 'summary.json'), 'w'))
+'''
+
+
+def test_run_reports_progress_and_exits_non_zero_naming_the_failed_log(tmp_path, monkeypatch,
+                                                                      capsys):
+  script = tmp_path / 'flaky_trainer.py'
+  script.write_text(FLAKY_TRAINER)
+  planned = sweep.plan(grid_spec((2e4,), (1e5, 2e5)))
+  sweep.write(planned, tmp_path / 'sweep')
+  good, bad = sorted(planned['runs'], key=lambda run: -run['steps'])
+  workdirs = []
+
+  def command(_, run, workdir):
+    workdirs.append(workdir)
+    return [sys.executable, str(script), workdir, 'fail' if run['name'] == bad['name'] else 'ok']
+  monkeypatch.setattr(sweep, 'command', command)
+  monkeypatch.chdir(tmp_path)
+  code = cli.main(['run', 'sweep', '--parallel', '2'])  # Relative to the current directory.
+  captured = capsys.readouterr()
+  assert code == 1
+  assert json.loads(captured.out) == {'finished': [good['name']], 'failed': [bad['name']],
+                                      'skipped': 0}
+  assert all(os.path.isabs(workdir) for workdir in workdirs)
+  bad_log = tmp_path / 'sweep' / 'runs' / bad['name'] / 'train.log'
+  assert f'started {good["name"]} in {tmp_path / "sweep" / "runs" / good["name"]}' in captured.err
+  assert f'finished {good["name"]}: eval loss 2.8750' in captured.err
+  assert f'FAILED {bad["name"]} (exit status 1); its log: {bad_log}' in captured.err
+  assert 'no dataset named nonexistent' in captured.err  # The end of its log.
+  assert '2/2 done (1 finished, 1 failed, 0 skipped)' in captured.err
+  assert 'time left: ~0:00:' in captured.err
+  assert captured.err.rstrip().endswith(f'{bad["name"]}: {bad_log}')
+
+
+def test_run_from_the_command_line_fails_loudly_for_a_broken_trainer(tmp_path):
+  """Through the real entry point and trainer: a dataset that does not exist fails at once."""
+  planned = sweep.plan(grid_spec((2e4,), (1e5,)))
+  planned['runs'][0]['overrides'].append('dataset.name=nonexistent')
+  sweep.write(planned, tmp_path / 'sweep')
+  result = subprocess.run([sys.executable, '-m', 'jaxscale.scaling', 'run', 'sweep'],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'PYTHONPATH': REPO})
+  name = planned['runs'][0]['name']
+  log = tmp_path / 'sweep' / 'runs' / name / 'train.log'
+  assert result.returncode == 1, result.stderr
+  assert json.loads(result.stdout)['failed'] == [name]
+  assert f'{name}: {log}' in result.stderr and 'nonexistent' in log.read_text()
