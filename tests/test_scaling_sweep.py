@@ -256,3 +256,24 @@ def test_run_from_the_command_line_fails_loudly_for_a_broken_trainer(tmp_path):
   assert result.returncode == 1, result.stderr
   assert json.loads(result.stdout)['failed'] == [name]
   assert f'{name}: {log}' in result.stderr and 'nonexistent' in log.read_text()
+
+
+def test_cli_paths_relative_to_the_current_directory_are_resolved(tmp_path, monkeypatch, capsys):
+  spec_text = open(TINY_SPEC).read().replace(
+      "'configs/default.py'", repr(os.path.join(REPO, 'configs', 'default.py')))
+  (tmp_path / 'spec.py').write_text(spec_text)
+  (tmp_path / 'fit.json').write_text(json.dumps(
+      {'law': 'chinchilla', 'approach': 2, 'a': 0.5, 'b': 0.5, 'N_coef': 5e4 / 1e6,
+       'D_coef': 1e12 ** 0.5 / 5e4 / 6, 'frontier': {'E': 1.1, 'k': 50.0, 'gamma': 0.1}}))
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(['sweep', '--config', 'spec.py', '--out', 'sweep']) == 0
+  assert json.loads(capsys.readouterr().out)['out'] == str(tmp_path / 'sweep')
+  run_dir = next((tmp_path / 'sweep' / 'runs').iterdir())
+  assert f'--workdir={run_dir} ' in (run_dir / 'command.sh').read_text()
+  assert cli.main(['predict', '--fit', 'fit.json', '--compute', '1e12',
+                   '--emit-config', 'optimal.py', '--sweep', 'sweep']) == 0
+  assert json.loads(capsys.readouterr().out)['config'] == str(tmp_path / 'optimal.py')
+  emitted = (tmp_path / 'optimal.py').read_text()
+  assert f'From {tmp_path / "fit.json"}, fitted to the sweep {tmp_path / "sweep"}.' in emitted
+  monkeypatch.chdir(REPO)  # The emitted config loads from anywhere.
+  assert run_config.load_config_file(str(tmp_path / 'optimal.py')).dataset.name == 'markov'
