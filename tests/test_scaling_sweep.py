@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 
 import ml_collections
@@ -200,3 +201,79 @@ def test_emit_config_writes_a_loadable_compute_optimal_config(tmp_path, capsys):
   assert config.dataset.name == 'markov' and config.num_train_steps == emitted['steps']
   assert (config.model.num_layers, config.model.d_model) == (emitted['num_layers'],
                                                              emitted['d_model'])
+
+
+FLAKY_TRAINER = '''
+import json, os, sys
+workdir, outcome = sys.argv[1], sys.argv[2]
+print('step 10: train loss 3.1', flush=True)
+if outcome == 'fail':
+  sys.exit('KeyError: no dataset named nonexistent')
+json.dump({'finished': True, 'eval_loss': 2.875}, open(os.path.join(workdir, 'summary.json'), 'w'))
+'''
+
+
+def test_run_reports_progress_and_exits_non_zero_naming_the_failed_log(tmp_path, monkeypatch,
+                                                                      capsys):
+  script = tmp_path / 'flaky_trainer.py'
+  script.write_text(FLAKY_TRAINER)
+  planned = sweep.plan(grid_spec((2e4,), (1e5, 2e5)))
+  sweep.write(planned, tmp_path / 'sweep')
+  good, bad = sorted(planned['runs'], key=lambda run: -run['steps'])
+  workdirs = []
+
+  def command(_, run, workdir):
+    workdirs.append(workdir)
+    return [sys.executable, str(script), workdir, 'fail' if run['name'] == bad['name'] else 'ok']
+  monkeypatch.setattr(sweep, 'command', command)
+  monkeypatch.chdir(tmp_path)
+  code = cli.main(['run', 'sweep', '--parallel', '2'])  # Relative to the current directory.
+  captured = capsys.readouterr()
+  assert code == 1
+  assert json.loads(captured.out) == {'finished': [good['name']], 'failed': [bad['name']],
+                                      'skipped': 0}
+  assert all(os.path.isabs(workdir) for workdir in workdirs)
+  bad_log = tmp_path / 'sweep' / 'runs' / bad['name'] / 'train.log'
+  assert f'started {good["name"]} in {tmp_path / "sweep" / "runs" / good["name"]}' in captured.err
+  assert f'finished {good["name"]}: eval loss 2.8750' in captured.err
+  assert f'FAILED {bad["name"]} (exit status 1); its log: {bad_log}' in captured.err
+  assert 'no dataset named nonexistent' in captured.err  # The end of its log.
+  assert '2/2 done (1 finished, 1 failed, 0 skipped)' in captured.err
+  assert 'time left: ~0:00:' in captured.err
+  assert captured.err.rstrip().endswith(f'{bad["name"]}: {bad_log}')
+
+
+def test_run_from_the_command_line_fails_loudly_for_a_broken_trainer(tmp_path):
+  """Through the real entry point and trainer: a dataset that does not exist fails at once."""
+  planned = sweep.plan(grid_spec((2e4,), (1e5,)))
+  planned['runs'][0]['overrides'].append('dataset.name=nonexistent')
+  sweep.write(planned, tmp_path / 'sweep')
+  result = subprocess.run([sys.executable, '-m', 'jaxscale.scaling', 'run', 'sweep'],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'PYTHONPATH': REPO})
+  name = planned['runs'][0]['name']
+  log = tmp_path / 'sweep' / 'runs' / name / 'train.log'
+  assert result.returncode == 1, result.stderr
+  assert json.loads(result.stdout)['failed'] == [name]
+  assert f'{name}: {log}' in result.stderr and 'nonexistent' in log.read_text()
+
+
+def test_cli_paths_relative_to_the_current_directory_are_resolved(tmp_path, monkeypatch, capsys):
+  spec_text = open(TINY_SPEC).read().replace(
+      "'configs/default.py'", repr(os.path.join(REPO, 'configs', 'default.py')))
+  (tmp_path / 'spec.py').write_text(spec_text)
+  (tmp_path / 'fit.json').write_text(json.dumps(
+      {'law': 'chinchilla', 'approach': 2, 'a': 0.5, 'b': 0.5, 'N_coef': 5e4 / 1e6,
+       'D_coef': 1e12 ** 0.5 / 5e4 / 6, 'frontier': {'E': 1.1, 'k': 50.0, 'gamma': 0.1}}))
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(['sweep', '--config', 'spec.py', '--out', 'sweep']) == 0
+  assert json.loads(capsys.readouterr().out)['out'] == str(tmp_path / 'sweep')
+  run_dir = next((tmp_path / 'sweep' / 'runs').iterdir())
+  assert f'--workdir={run_dir} ' in (run_dir / 'command.sh').read_text()
+  assert cli.main(['predict', '--fit', 'fit.json', '--compute', '1e12',
+                   '--emit-config', 'optimal.py', '--sweep', 'sweep']) == 0
+  assert json.loads(capsys.readouterr().out)['config'] == str(tmp_path / 'optimal.py')
+  emitted = (tmp_path / 'optimal.py').read_text()
+  assert f'From {tmp_path / "fit.json"}, fitted to the sweep {tmp_path / "sweep"}.' in emitted
+  monkeypatch.chdir(REPO)  # The emitted config loads from anywhere.
+  assert run_config.load_config_file(str(tmp_path / 'optimal.py')).dataset.name == 'markov'

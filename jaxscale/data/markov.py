@@ -2,6 +2,7 @@
 
 from jaxscale.data import markov_chain
 from jaxscale.data.builders import markov as markov_builder
+from jaxscale.data.prepare import prepare
 from jaxscale.data.sources import DATASETS, TokenSource
 from jaxscale.data.sources import builder_config_or_default, data_dir_or_default
 
@@ -12,7 +13,7 @@ def markov(dataset_config) -> TokenSource:
   builder = markov_builder.Markov(
       config=builder_config_or_default(dataset_config),
       data_dir=data_dir_or_default(dataset_config), file_format='tfrecord')
-  builder.download_and_prepare()  # Samples the chain the first time; a no-op after.
+  prepare(builder)  # Samples the chain the first time; a no-op after.
   config, metadata = builder.builder_config, builder.info.metadata
   if dataset_config.seq_len + 1 > config.sequence_length:
     raise ValueError(f'dataset.seq_len={dataset_config.seq_len} needs windows longer than the '

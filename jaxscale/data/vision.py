@@ -10,6 +10,7 @@ mean and std.
 import tensorflow_datasets as tfds
 
 from jaxscale.data.builders import digits as digits_builder
+from jaxscale.data.prepare import prepare
 from jaxscale.data.sources import DATASETS, ImageSource
 from jaxscale.data.sources import builder_config_or_default, data_dir_or_default
 
@@ -59,7 +60,7 @@ def digits(dataset_config) -> ImageSource:
   """8x8 grayscale digits, resized (bilinear) to image_size and repeated to 3 channels."""
   builder = digits_builder.Digits(data_dir=data_dir_or_default(dataset_config),
                                   file_format='tfrecord')
-  builder.download_and_prepare()  # Reads scikit-learn's copy the first time; a no-op after.
+  prepare(builder)  # Reads scikit-learn's copy the first time; a no-op after.
   return image_source(builder, train_split='train', eval_split='test', stats=_MINUS_ONE_TO_ONE)
 
 

@@ -1,8 +1,10 @@
 """`python -m jaxscale.scaling SUBCOMMAND`: plan, run and collect sweeps; fit, predict, plot,
-compare and validate scaling laws. Results print as JSON; `--help` on each subcommand says more.
+compare and validate scaling laws. Results print as JSON on stdout (progress and errors go to
+stderr); `--help` on each subcommand says more. Relative paths are taken from the current
+directory and resolved once, where they are parsed (gs:// and other URIs are left as they are).
 
   sweep    --config configs/sweeps/X.py --out DIR      plan runs (DIR/sweep.json, DIR/runs/*)
-  run      DIR [--parallel K] [--print-commands]       train them (resumable)
+  run      DIR [--parallel K] [--print-commands]       train them (resumable; exit 1 if any fails)
   collect  DIR --out runs.csv [--all-points]           one row per run (or per eval)
   fit      --csv runs.csv --law chinchilla --approach 3 --out fit.json [--fix E=1.6]
   predict  --fit fit.json --compute 1e21 | --N 1e9 --D 2e10
@@ -15,6 +17,7 @@ compare and validate scaling laws. Results print as JSON; `--help` on each subco
 import argparse
 import json
 import math
+import os
 import sys
 
 from jaxscale.scaling import collect
@@ -23,6 +26,7 @@ from jaxscale.scaling import emit_config
 from jaxscale.scaling import fits
 from jaxscale.scaling import launcher
 from jaxscale.scaling import laws
+from jaxscale.scaling import paths
 from jaxscale.scaling import plots
 from jaxscale.scaling import predict
 from jaxscale.scaling import run_config
@@ -41,7 +45,7 @@ def main(argv=None) -> int:
     return 2
   if result is not None:
     print(json.dumps(jsonable(result), indent=1))
-  return 0
+  return args.exit_code(args, result)
 
 
 def jsonable(value):
@@ -113,6 +117,19 @@ def _run(args):
   return launcher.run_all(args.dir, args.parallel)
 
 
+def _run_exit_code(args, result) -> int:
+  """1 if any run failed, after naming each on stderr with its train.log."""
+  if not result or not result['failed']:
+    return 0
+  lines = [f'error: {len(result["failed"])} run(s) of the sweep failed:']
+  for name in result['failed']:
+    log = launcher.log_path(launcher.run_dir(args.dir, {'name': name}))
+    lines.append(f'  {name}: {log}' if os.path.exists(log) else
+                 f'  {name}: never started (its trunk did not finish)')
+  print('\n'.join(lines), file=sys.stderr)
+  return 1
+
+
 def _collect(args):
   rows, unfinished = collect.collect(args.dir, args.all_points)
   collect.write(rows, args.out)
@@ -123,10 +140,11 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m jaxscale.scaling', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest='command', required=True)
+  path = paths.resolve  # Every path argument: absolute from here on, so files and children agree.
 
   def command(name, handler, help_text):
     sub = commands.add_parser(name, help=help_text, description=help_text)
-    sub.set_defaults(handler=handler)
+    sub.set_defaults(handler=handler, exit_code=lambda args, result: 0)
     return sub
 
   def add_fit_options(sub):
@@ -137,53 +155,58 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument('--seed', type=int, default=0, help='Seed of the bootstrap resampling.')
 
   sub = command('fit', _fit, 'Fit a scaling law to a run table.')
-  sub.add_argument('--csv', required=True, help='Runs: columns N, D, loss (C optional: 6ND).')
+  sub.add_argument('--csv', type=path, required=True,
+                   help='Runs: columns N, D, loss (C optional: 6ND).')
   sub.add_argument('--law', choices=fits.LAWS, default='chinchilla')
   sub.add_argument('--approach', type=int, choices=(1, 2, 3), default=3,
                    help='Chinchilla approach: 1 envelope, 2 IsoFLOP parabolas, 3 parametric.')
   sub.add_argument('--no-offset', action='store_true',
                    help='Kaplan laws without an irreducible loss (pins E=0).')
-  sub.add_argument('--out', required=True, help='fit.json to write.')
+  sub.add_argument('--out', type=path, required=True, help='fit.json to write.')
   add_fit_options(sub)
 
   sub = command('predict', _predict, 'Predict from a fit.json, with bootstrap intervals.')
-  sub.add_argument('--fit', required=True)
+  sub.add_argument('--fit', type=path, required=True)
   sub.add_argument('--compute', type=float, help='Training FLOPs: compute-optimal N, D, loss.')
   sub.add_argument('--N', type=float, help='Parameters (with --D: the loss of that run).')
   sub.add_argument('--D', type=float, help='Training tokens.')
-  sub.add_argument('--emit-config', metavar='FILE.py',
+  sub.add_argument('--emit-config', type=path, metavar='FILE.py',
                    help='With --compute and --sweep: write a runnable config for the optimum.')
-  sub.add_argument('--sweep', metavar='DIR', help='The sweep directory the fit came from.')
+  sub.add_argument('--sweep', type=path, metavar='DIR',
+                   help='The sweep directory the fit came from.')
 
   sub = command('plot', _plot, 'Write PNG figures of a fit against its runs.')
-  sub.add_argument('--csv', required=True)
-  sub.add_argument('--fit', required=True)
-  sub.add_argument('--out', required=True, help='Directory for the PNGs.')
+  sub.add_argument('--csv', type=path, required=True)
+  sub.add_argument('--fit', type=path, required=True)
+  sub.add_argument('--out', type=path, required=True, help='Directory for the PNGs.')
 
   sub = command('compare', _compare, "A variant's effective compute multiplier over a baseline.")
-  sub.add_argument('--baseline', required=True, help='Baseline runs CSV (C, loss; or N, D).')
-  sub.add_argument('--variant', required=True, help='Variant runs CSV.')
+  sub.add_argument('--baseline', type=path, required=True,
+                   help='Baseline runs CSV (C, loss; or N, D).')
+  sub.add_argument('--variant', type=path, required=True, help='Variant runs CSV.')
   add_fit_options(sub)
 
   sub = command('validate', _validate,
                 'Fit on the cheaper runs, check predictions for the most expensive ones.')
-  sub.add_argument('--csv', required=True)
+  sub.add_argument('--csv', type=path, required=True)
   sub.add_argument('--holdout-fraction', type=float, default=validate.HOLDOUT_FRACTION,
                    help='Fraction of runs (largest compute, whole budgets) held out.')
   add_fit_options(sub)
 
   sub = command('sweep', _sweep, 'Plan a sweep from a spec file.')
-  sub.add_argument('--config', required=True, help='Sweep spec, e.g. configs/sweeps/X.py.')
-  sub.add_argument('--out', required=True, help='Sweep directory to create.')
+  sub.add_argument('--config', type=path, required=True,
+                   help='Sweep spec, e.g. configs/sweeps/X.py.')
+  sub.add_argument('--out', type=path, required=True, help='Sweep directory to create.')
 
-  sub = command('run', _run, "Train a sweep's unfinished runs (resumable).")
-  sub.add_argument('dir', help='Sweep directory.')
+  sub = command('run', _run, "Train a sweep's unfinished runs (resumable); exit 1 if any fails.")
+  sub.set_defaults(exit_code=_run_exit_code)
+  sub.add_argument('dir', type=path, help='Sweep directory.')
   sub.add_argument('--parallel', type=int, default=1, metavar='K', help='Runs at once.')
   sub.add_argument('--print-commands', action='store_true',
                    help='Print the commands (for a cluster) instead of running them.')
 
   sub = command('collect', _collect, 'Collect finished runs into a CSV.')
-  sub.add_argument('dir', help='Sweep directory (or any directory of workdirs).')
-  sub.add_argument('--out', required=True, help='CSV to write.')
+  sub.add_argument('dir', type=path, help='Sweep directory (or any directory of workdirs).')
+  sub.add_argument('--out', type=path, required=True, help='CSV to write.')
   sub.add_argument('--all-points', action='store_true', help='One row per eval, not per run.')
   return parser
