@@ -85,6 +85,9 @@ def _check_values(config):
   _check_choice('config.dataset.tokenizer', config.dataset.tokenizer, ('byte', 'sentencepiece'))
   _check_choice('config.nonfinite_policy', config.nonfinite_policy, NONFINITE_POLICIES)
   _check_choice('config.memory_check', config.memory_check, MEMORY_CHECKS)
+  if not 0 < config.dataset.train_fraction <= 1:
+    raise ConfigError(f'config.dataset.train_fraction={config.dataset.train_fraction} must be in '
+                      '(0, 1] (the fraction of train labels to use).')
   if config.max_skipped_steps < 0:
     raise ConfigError(f'config.max_skipped_steps={config.max_skipped_steps} must be >= 0.')
   if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.num_train_steps:
