@@ -96,13 +96,19 @@ def _text_class_datasets(source: TextClassSource, dataset_config, *, local_batch
 
 def _classification_info(source, dataset_config, local_batch_size: int, num_eval_batches: int,
                          process_count: int) -> dict[str, Any]:
-  """How many labels train reads, and how much of the eval split the eval set holds."""
-  global_batch_size = local_batch_size * process_count
-  num_eval_examples = source.builder.info.splits[source.eval_split].num_examples
-  return {
-      'train_fraction': dataset_config.train_fraction,
-      'num_train_labels': subsets.num_kept(source.builder, source.train_split,
-                                           dataset_config.train_fraction),
-      'num_eval_examples': min(num_eval_examples, num_eval_batches * global_batch_size),
-      # The num_eval_batches that would evaluate on the whole eval split.
-      'num_eval_batches_for_whole_split': -(-num_eval_examples // global_batch_size)}
+  """How many labels train reads, and how much of the eval split the eval set holds.
+
+  Sizes come from the dataset's metadata; without it (a mocked dataset) they are left out.
+  """
+  info = {'train_fraction': dataset_config.train_fraction}
+  splits = source.builder.info.splits
+  if dataset_config.train_fraction < 1 or source.train_split in splits:
+    info['num_train_labels'] = subsets.num_kept(source.builder, source.train_split,
+                                                dataset_config.train_fraction)
+  if source.eval_split in splits:
+    global_batch_size = local_batch_size * process_count
+    num_eval_examples = splits[source.eval_split].num_examples
+    info['num_eval_examples'] = min(num_eval_examples, num_eval_batches * global_batch_size)
+    # The num_eval_batches that would evaluate on the whole eval split.
+    info['num_eval_batches_for_whole_split'] = -(-num_eval_examples // global_batch_size)
+  return info

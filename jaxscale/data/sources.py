@@ -83,8 +83,10 @@ def prepared_builder(name: str, dataset_config, how_to_prepare: str) -> tfds.cor
   Never downloads: offline, TFDS would retry for minutes before failing. An unprepared data dir
   fails at once, saying where it looked and (how_to_prepare) how to prepare it.
   """
-  builder = tfds.builder(name, config=builder_config_or_default(dataset_config),
-                         data_dir=data_dir_or_default(dataset_config))
+  config = builder_config_or_default(dataset_config)
+  # A name may carry its config ('glue/sst2'); TFDS refuses a second one, even None.
+  builder = tfds.builder(name, data_dir=data_dir_or_default(dataset_config),
+                         **({'config': config} if config else {}))
   try:
     builder.as_dataset(split='train')  # Lazy: only finds the files (what mock_data replaces).
   except AssertionError as e:  # TFDS's "could not find data in DIR".
