@@ -73,6 +73,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dataset.shuffle_buffer_size = 1024  # Examples in the shuffle buffer (packed sequences, images).
   c.dataset.tokenizer = 'byte'        # 'byte' | 'sentencepiece' (real text datasets).
   c.dataset.spm_model_path = ''       # SentencePiece model file when tokenizer='sentencepiece'.
+  # Classification: train on this fraction of the train labels (e.g. 0.01, 0.1), a stratified
+  # subset (at least one example per class) fixed by the fraction, not by the seed, so runs of
+  # different seeds see the same labels. Eval is unaffected; language modelling ignores it.
+  c.dataset.train_fraction = 1.0
   # Vision datasets. Eval preprocessing is fixed (resize/center crop to image_size); these shape
   # the training stream only.
   c.dataset.image_size = 32           # Side of the square images the model sees.

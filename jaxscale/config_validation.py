@@ -96,6 +96,9 @@ def _check_values(config):
     if len(pair) != 2 or not isinstance(pair[0], str) or not isinstance(pair[1], (int, float)):
       raise ConfigError(f'config.optimizer.lr_multipliers entry {pair!r} must be a '
                         "(regex, factor) pair, e.g. (('^head', 10.0),).")
+  if not 0 < config.dataset.train_fraction <= 1:
+    raise ConfigError(f'config.dataset.train_fraction={config.dataset.train_fraction} must be in '
+                      '(0, 1] (the fraction of train labels to use).')
   if config.max_skipped_steps < 0:
     raise ConfigError(f'config.max_skipped_steps={config.max_skipped_steps} must be >= 0.')
   if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.num_train_steps:

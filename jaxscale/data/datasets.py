@@ -5,8 +5,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from jaxscale.data import image_pipeline, pipeline
-from jaxscale.data.sources import DATASETS, ImageSource
+from jaxscale.data import image_pipeline, pipeline, subsets, text_class_pipeline
+from jaxscale.data.sources import DATASETS, ImageSource, TextClassSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,8 +17,11 @@ class Datasets:
   bytes_per_token: float | None  # Mean UTF-8 bytes per eval target token (bits per byte).
   min_loss: float | None   # Least expected loss per target (nats), for known-entropy sources.
   info: dict[str, Any]     # Extra facts to record with the run.
-  task: str = 'lm'         # 'lm' (inputs/targets/weights) | 'classification' (image/labels/weights).
+  # 'lm' (inputs/targets/weights) | 'classification' (image/labels/weights, or
+  # inputs/input_mask/labels/weights for text).
+  task: str = 'lm'
   num_classes: int | None = None  # Classification only.
+  class_names: tuple[str, ...] | None = None  # Label id -> name, where the dataset names them.
 
 
 def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int, seed: int,
@@ -29,14 +32,18 @@ def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int
   each [local_batch_size, dataset_config.seq_len]. Classification: `image` (float32
   [local_batch_size, S, S, 3], S = dataset_config.image_size), `labels` (float32
   [local_batch_size, num_classes]) and `weights` (float32 [local_batch_size]); see
-  `image_pipeline`. Resume a train iterator exactly with
-  `tf.train.Checkpoint(iterator=iter(datasets.train))`.
+  `image_pipeline`. Text classification: `inputs` and `input_mask` (int32 [local_batch_size,
+  dataset_config.seq_len]) in place of `image`; see `text_class_pipeline`. Classification trains
+  on `dataset_config.train_fraction` of the train labels (see `subsets`). Resume a train
+  iterator exactly with `tf.train.Checkpoint(iterator=iter(datasets.train))`.
   """
   source = DATASETS.get(dataset_config.name)(dataset_config)
+  kwargs = dict(local_batch_size=local_batch_size, num_eval_batches=num_eval_batches, seed=seed,
+                process_index=process_index, process_count=process_count)
   if isinstance(source, ImageSource):
-    return _image_datasets(source, dataset_config, local_batch_size=local_batch_size,
-                           num_eval_batches=num_eval_batches, seed=seed,
-                           process_index=process_index, process_count=process_count)
+    return _image_datasets(source, dataset_config, **kwargs)
+  if isinstance(source, TextClassSource):
+    return _text_class_datasets(source, dataset_config, **kwargs)
   train = pipeline.train_dataset(
       source, seq_len=dataset_config.seq_len, batch_size=local_batch_size,
       shuffle_buffer_size=dataset_config.shuffle_buffer_size, seed=seed,
@@ -63,5 +70,45 @@ def _image_datasets(source: ImageSource, dataset_config, *, local_batch_size: in
       num_batches=num_eval_batches, process_index=process_index, process_count=process_count)
   return Datasets(
       train=train, eval=eval_batches, vocab_size=0, bytes_per_token=None, min_loss=None,
-      info={**source.info, 'image_size': dataset_config.image_size},
-      task='classification', num_classes=source.num_classes)
+      info={**source.info, **_classification_info(source, dataset_config, local_batch_size,
+                                                  num_eval_batches, process_count),
+            'image_size': dataset_config.image_size},
+      task='classification', num_classes=source.num_classes, class_names=source.class_names)
+
+
+def _text_class_datasets(source: TextClassSource, dataset_config, *, local_batch_size: int,
+                         num_eval_batches: int, seed: int, process_index: int,
+                         process_count: int) -> Datasets:
+  train = text_class_pipeline.train_dataset(
+      source, dataset_config, batch_size=local_batch_size, seed=seed,
+      process_index=process_index, process_count=process_count)
+  eval_batches = text_class_pipeline.eval_dataset(
+      source, seq_len=dataset_config.seq_len, batch_size=local_batch_size,
+      num_batches=num_eval_batches, process_index=process_index, process_count=process_count)
+  return Datasets(
+      train=train, eval=eval_batches, vocab_size=source.vocab_size, bytes_per_token=None,
+      min_loss=None,
+      info={**source.info, **_classification_info(source, dataset_config, local_batch_size,
+                                                  num_eval_batches, process_count),
+            'class_names': list(source.class_names or ()), 'seq_len': dataset_config.seq_len},
+      task='classification', num_classes=source.num_classes, class_names=source.class_names)
+
+
+def _classification_info(source, dataset_config, local_batch_size: int, num_eval_batches: int,
+                         process_count: int) -> dict[str, Any]:
+  """How many labels train reads, and how much of the eval split the eval set holds.
+
+  Sizes come from the dataset's metadata; without it (a mocked dataset) they are left out.
+  """
+  info = {'train_fraction': dataset_config.train_fraction}
+  splits = source.builder.info.splits
+  if dataset_config.train_fraction < 1 or source.train_split in splits:
+    info['num_train_labels'] = subsets.num_kept(source.builder, source.train_split,
+                                                dataset_config.train_fraction)
+  if source.eval_split in splits:
+    global_batch_size = local_batch_size * process_count
+    num_eval_examples = splits[source.eval_split].num_examples
+    info['num_eval_examples'] = min(num_eval_examples, num_eval_batches * global_batch_size)
+    # The num_eval_batches that would evaluate on the whole eval split.
+    info['num_eval_batches_for_whole_split'] = -(-num_eval_examples // global_batch_size)
+  return info

@@ -3,10 +3,10 @@
 A batch holds `image` (float32 [B, S, S, 3], normalised per channel as the source says),
 `labels` (float32 [B, K]: one-hot, or mixtures under mixup/cutmix) and `weights` (float32 [B]).
 Grayscale images are repeated to 3 channels, so one model fits every dataset.
-Train: this process's shard, repeated forever, shuffled, augmented as the config asks. Every
-random draw is stateless, seeded from the run seed, the process and the element's position, so
-the stream is deterministic and the iterator is checkpointable with
-`tf.train.Checkpoint(iterator=iter(dataset))`.
+Train: this process's shard (of `config.dataset.train_fraction` of the labels, see `subsets`),
+repeated forever, shuffled, augmented as the config asks. Every random draw is stateless, seeded
+from the run seed, the process and the element's position, so the stream is deterministic and
+the iterator is checkpointable with `tf.train.Checkpoint(iterator=iter(dataset))`.
 Eval: the first images of the held-out split, eval preprocessing only, the same on every call.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jaxscale.data import augment
+from jaxscale.data import augment, subsets
 from jaxscale.data.pipeline import deterministic, read_config
 from jaxscale.data.sources import ImageSource
 
@@ -103,11 +103,10 @@ def train_dataset(source: ImageSource, dataset_config, *, batch_size: int, seed:
   # Augmentation draws differ between processes (they read different images anyway).
   image_seed = _stateless_seed(seed, process_index, 1)
   batch_seed = _stateless_seed(seed, process_index, 2)
-  split = tfds.split_for_jax_process(
-      source.train_split, process_index=process_index, process_count=process_count)
-  examples = source.builder.as_dataset(
-      split=split, shuffle_files=True, decoders=_ENCODED,
-      read_config=read_config(shuffle_seed=int(file_seed)))
+  examples = subsets.train_examples(
+      source.builder, source.train_split, fraction=dataset_config.train_fraction,
+      file_seed=file_seed, process_index=process_index, process_count=process_count,
+      decoders=_ENCODED)
   # Repeating before the shuffle makes each epoch come out in a new order.
   examples = examples.repeat()
   if dataset_config.shuffle_buffer_size > 1:

@@ -1,9 +1,10 @@
 """What each registered dataset provides to the input pipeline, and the registry itself.
 
-`DATASETS.get(name)(dataset_config)` returns a `TokenSource` (language modelling) or an
-`ImageSource` (classification): a prepared TFDS builder, its train and held-out splits, and what
-the pipeline needs to know about its examples. The pipelines (`pipeline.py`, `image_pipeline.py`)
-do the rest the same way for every dataset.
+`DATASETS.get(name)(dataset_config)` returns a `TokenSource` (language modelling), an
+`ImageSource` or a `TextClassSource` (classification): a prepared TFDS builder, its train and
+held-out splits, and what the pipeline needs to know about its examples. The pipelines
+(`pipeline.py`, `image_pipeline.py`, `text_class_pipeline.py`) do the rest the same way for every
+dataset.
 """
 
 import dataclasses
@@ -49,7 +50,53 @@ class ImageSource:
   # Eval preprocessing. None: resize to image_size. A fraction f: resize the shorter side to
   # image_size / f, then take the central image_size square (the usual ImageNet eval, f = 0.875).
   eval_crop_fraction: float | None = None
+  class_names: tuple[str, ...] | None = None  # Label id -> name, where the dataset names them.
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextClassSource:
+  """Examples with a text (string scalar) under `text_key` and an integer `label`."""
+  builder: tfds.core.DatasetBuilder
+  train_split: str
+  eval_split: str
+  text_key: str
+  num_classes: int
+  to_tokens: Callable[[tf.Tensor], tf.Tensor]  # string scalar -> int32 [num_tokens], no specials
+  # Ids past the tokenizer's own (see `special_tokens`); vocab_size counts them too.
+  pad_id: int
+  cls_id: int
+  vocab_size: int
+  class_names: tuple[str, ...] | None = None
+  info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def class_names_of(builder: tfds.core.DatasetBuilder) -> tuple[str, ...] | None:
+  """The names of the builder's `label` ClassLabel (TFDS makes '0', '1', ... if it has none)."""
+  label = builder.info.features['label']
+  names = getattr(label, 'names', None)
+  return tuple(names) if names else None
+
+
+def prepared_builder(name: str, dataset_config, how_to_prepare: str) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of a real dataset, which must already be prepared in the data dir.
+
+  Never downloads: offline, TFDS would retry for minutes before failing. An unprepared data dir
+  fails at once, saying where it looked and (how_to_prepare) how to prepare it.
+  """
+  config = builder_config_or_default(dataset_config)
+  # A name may carry its config ('glue/sst2'); TFDS refuses a second one, even None.
+  builder = tfds.builder(name, data_dir=data_dir_or_default(dataset_config),
+                         **({'config': config} if config else {}))
+  try:
+    builder.as_dataset(split='train')  # Lazy: only finds the files (what mock_data replaces).
+  except AssertionError as e:  # TFDS's "could not find data in DIR".
+    raise FileNotFoundError(
+        f'Dataset {name!r} is not prepared in {builder.data_dir} (config.dataset.data_dir='
+        f'{dataset_config.data_dir!r}). Either point config.dataset.data_dir at a TFDS data dir '
+        f'that holds it (e.g. gs://tfds-data/datasets on Cloud), or {how_to_prepare} and '
+        'set config.dataset.data_dir=DIR.') from e
+  return builder
 
 
 def data_dir_or_default(dataset_config) -> str | None:

@@ -9,10 +9,10 @@ mean and std.
 
 import tensorflow_datasets as tfds
 
+from jaxscale.data import sources
 from jaxscale.data.builders import digits as digits_builder
 from jaxscale.data.prepare import prepare
-from jaxscale.data.sources import DATASETS, ImageSource
-from jaxscale.data.sources import builder_config_or_default, data_dir_or_default
+from jaxscale.data.sources import DATASETS, ImageSource, data_dir_or_default
 
 _MINUS_ONE_TO_ONE = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}
 _CIFAR10_STATS = {'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2470, 0.2435, 0.2616)}
@@ -35,24 +35,14 @@ def image_source(builder, *, train_split: str, eval_split: str, stats: dict,
   return ImageSource(
       builder=builder, train_split=train_split, eval_split=eval_split,
       num_classes=builder.info.features['label'].num_classes, eval_crop_fraction=eval_crop_fraction,
+      class_names=sources.class_names_of(builder),
       info={f'num_{name}_examples': split.num_examples
             for name, split in builder.info.splits.items()},
       **stats)
 
 
 def prepared_builder(name: str, dataset_config) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of a real dataset, which must already be prepared in the data dir."""
-  builder = tfds.builder(name, config=builder_config_or_default(dataset_config),
-                         data_dir=data_dir_or_default(dataset_config))
-  try:
-    builder.as_dataset(split='train')  # Lazy: only finds the files (what mock_data replaces).
-  except AssertionError as e:  # TFDS's "could not find data in DIR".
-    raise FileNotFoundError(
-        f'Dataset {name!r} is not prepared in {builder.data_dir} (config.dataset.data_dir='
-        f'{dataset_config.data_dir!r}). Either point config.dataset.data_dir at a TFDS data dir '
-        f'that holds it (e.g. gs://tfds-data/datasets on Cloud), or {_HOW_TO_PREPARE[name]} and '
-        'set config.dataset.data_dir=DIR.') from e
-  return builder
+  return sources.prepared_builder(name, dataset_config, _HOW_TO_PREPARE[name])
 
 
 @DATASETS.register('digits')

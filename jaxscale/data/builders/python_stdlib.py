@@ -34,9 +34,14 @@ def source_files(root: pathlib.Path) -> list[pathlib.Path]:
                 if not {'site-packages', 'dist-packages'} & set(path.relative_to(root).parts))
 
 
-def is_validation(relative_path: str) -> bool:
+def path_hash(relative_path: str) -> int:
+  """A stable 64-bit hash of a path (Python's own hash() changes between runs)."""
   digest = hashlib.sha256(relative_path.encode('utf-8')).digest()
-  return int.from_bytes(digest[:8], 'little') % 100 < VALIDATION_PERCENT
+  return int.from_bytes(digest[:8], 'little')
+
+
+def is_validation(relative_path: str) -> bool:
+  return path_hash(relative_path) % 100 < VALIDATION_PERCENT
 
 
 class PythonStdlib(builders.CodePathFromSourceFile, tfds.core.GeneratorBasedBuilder):

@@ -1,0 +1,79 @@
+"""The labelled train examples a run reads: the whole train split, or a stratified fraction of it.
+
+`config.dataset.train_fraction` < 1 finetunes on a fixed share of the labels (1%, 10%, ...): each
+class keeps max(1, round(fraction * its count)) examples, so every class is present and the class
+mix is the split's. The choice depends on the fraction only, never on the run seed, so runs with
+different seeds compare on the same labels; and it is nested: each class's examples are taken in
+one fixed random order, so the 1% subset lies inside the 10% one.
+"""
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from jaxscale.data.pipeline import deterministic, read_config
+
+# Fixes the order examples are taken in; deliberately not the run seed (see above).
+SUBSET_SEED = 0
+_LABEL_BATCH = 4096
+
+
+def stratified_subset(labels: np.ndarray, fraction: float) -> np.ndarray:
+  """Sorted indices of the kept examples: max(1, round(fraction * n_c)) of each class c."""
+  if not 0 < fraction <= 1:
+    raise ValueError(f'fraction={fraction} must be in (0, 1].')
+  # Not sklearn's stratified splitters: they may keep no example of a rare class.
+  order = np.random.default_rng(SUBSET_SEED).permutation(len(labels))
+  kept = []
+  for label in np.unique(labels):
+    of_class = order[labels[order] == label]  # This class's examples, in the fixed order.
+    kept.append(of_class[:max(1, round(fraction * len(of_class)))])
+  return np.sort(np.concatenate(kept))
+
+
+# (data path, split) -> labels: a run reads them once (a full pass over the split).
+_LABELS: dict[tuple[str, str], np.ndarray] = {}
+
+
+def split_labels(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
+  """int64 [num_examples]: the split's labels in stored order (images are left undecoded)."""
+  key = (str(builder.data_path), split)
+  if key not in _LABELS:
+    undecoded = {name: tfds.decode.SkipDecoding() for name, feature in builder.info.features.items()
+                 if isinstance(feature, tfds.features.Image)}
+    examples = builder.as_dataset(split=split, shuffle_files=False, decoders=undecoded,
+                                  read_config=read_config())
+    labels = examples.map(lambda example: example['label']).batch(_LABEL_BATCH)
+    _LABELS[key] = np.concatenate([np.zeros([0], np.int64), *labels.as_numpy_iterator()])
+  return _LABELS[key]
+
+
+def num_kept(builder: tfds.core.DatasetBuilder, split: str, fraction: float) -> int:
+  if fraction == 1:
+    return builder.info.splits[split].num_examples
+  return len(stratified_subset(split_labels(builder, split), fraction))
+
+
+def train_examples(builder: tfds.core.DatasetBuilder, split: str, *, fraction: float,
+                   file_seed: int, process_index: int, process_count: int,
+                   decoders=None) -> tf.data.Dataset:
+  """This process's share of the kept train examples, one pass (finite, not yet shuffled).
+
+  The whole split: TFDS's per-process split, files in a seeded order. A fraction: the split in
+  stored order, filtered to the subset by position (a constant mask, so the pipeline stays
+  checkpointable), and dealt out to the processes in turn; the shuffle after this mixes it.
+  """
+  if fraction == 1:
+    process_split = tfds.split_for_jax_process(
+        split, process_index=process_index, process_count=process_count)
+    return builder.as_dataset(split=process_split, shuffle_files=True, decoders=decoders,
+                              read_config=read_config(shuffle_seed=int(file_seed)))
+  labels = split_labels(builder, split)
+  mask = np.zeros(len(labels), bool)
+  mask[stratified_subset(labels, fraction)] = True
+  mask = tf.constant(mask)
+  examples = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
+                                read_config=read_config())
+  kept = examples.enumerate().filter(lambda index, _: tf.gather(mask, index))
+  mine = kept.map(lambda _, example: example).shard(process_count, process_index)
+  return mine.with_options(deterministic())
