@@ -24,9 +24,9 @@ from jaxscale.models.layers import (DTYPES, RMSNorm, apply_blocks, apply_rotary,
 from jaxscale.models.layers import einsum_f32_accumulate as einsum
 
 MLP_ACTIVATIONS = ('swiglu', 'gelu')
-# Which position a classifier reads: '' picks the attention's natural one ('last' when causal,
-# the only position that sees the whole sequence; 'cls' when bidirectional).
-POOLINGS = ('', 'cls', 'mean', 'last')
+# Which position a classifier reads. pooling='' picks the attention's natural one: 'last' when
+# causal (the only position that sees the whole sequence), 'cls' when bidirectional.
+POOLINGS = ('cls', 'mean', 'last')
 
 
 def _normal(stddev: float):
@@ -127,8 +127,8 @@ class Transformer(nnx.Module):
                rope_theta: float = 10_000.0, dtype: str = 'float32', scan_layers: bool = False,
                remat_policy: str = 'none', attention_impl: str = 'xla', causal: bool = True,
                num_classes: int = 0, pooling: str = '', rngs: nnx.Rngs):
-    if pooling not in POOLINGS:
-      raise ValueError(f'pooling={pooling!r}; choose one of {POOLINGS}.')
+    if pooling and pooling not in POOLINGS:
+      raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS} or '' (the default).")
     block_kwargs = dict(
         d_model=d_model, num_heads=num_heads, mlp_dim=mlp_dim, mlp_activation=mlp_activation,
         num_layers=num_layers, dtype=DTYPES[dtype], attention_impl=attention_impl, causal=causal)
