@@ -1,0 +1,1 @@
+"""Training objectives: how a batch of examples becomes model inputs, targets and loss weights."""
