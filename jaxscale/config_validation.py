@@ -123,7 +123,7 @@ def _check_transformer(m):
   values = _model_values(m)
   if values['pooling']:  # '' is the model's default.
     _check_choice('config.model.pooling', values['pooling'], transformer.POOLINGS)
-  num_classes = values['num_classes']
+  num_classes = values['num_classes'] or 0  # A text dataset resolves it to None: an LM.
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
     raise ConfigError(f'config.model.num_classes={num_classes!r} must be a non-negative integer '
                       '(0: LM logits over the vocabulary).')
