@@ -63,9 +63,21 @@ class Block(nnx.Module):
     self.attention_impl = attention_impl
     self.causal = causal
 
+  def _padding(self, mask_BxL) -> dict:
+    """dot_product_attention's arguments that hide padded keys (both combine with is_causal)."""
+    if mask_BxL is None:
+      return {}
+    if self.attention_impl == 'cudnn':
+      # cuDNN's fused kernel takes padding as per-sequence lengths, so real tokens must come
+      # first (as the text pipelines pack them); a [B, 1, 1, L] mask would need an L x L bias.
+      return {'key_value_seq_lengths': jnp.sum(mask_BxL, axis=1, dtype=jnp.int32)}
+    # A key mask broadcast over heads and queries: any padding layout works.
+    return {'mask': mask_BxL[:, None, None, :]}
+
   def __call__(self, x_BxLxD, sin, cos, mask_BxL=None):
     """`mask_BxL` (bool, True for real tokens) hides padded keys from every query; the outputs at
-    padded positions are computed but meaningless."""
+    padded positions are computed but meaningless. With attention_impl='cudnn' the padding must
+    follow the real tokens."""
     dt = self.dtype
     h = self.attn_norm(x_BxLxD)
     # Three projections from slices of one weight, rather than one einsum into a stacked
@@ -73,11 +85,9 @@ class Block(nnx.Module):
     qkv_DxTxHxK = self.qkv_DxTxHxK[...].astype(dt)
     q, k, v = (einsum('bld,dhk->blhk', h, qkv_DxTxHxK[:, i]) for i in range(3))
     q, k = apply_rotary(q, sin, cos), apply_rotary(k, sin, cos)
-    # A key mask broadcast over heads and queries: it works for any padding layout, combines
-    # with is_causal, and the cudnn implementation turns it into an additive bias.
-    mask_Bx1x1xL = None if mask_BxL is None else mask_BxL[:, None, None, :]
     attn_BxLxHxK = jax.nn.dot_product_attention(
-        q, k, v, mask=mask_Bx1x1xL, is_causal=self.causal, implementation=self.attention_impl)
+        q, k, v, is_causal=self.causal, implementation=self.attention_impl,
+        **self._padding(mask_BxL))
     x_BxLxD = x_BxLxD + einsum('blhk,hkd->bld', attn_BxLxHxK, self.out_HxKxD[...].astype(dt))
 
     h = self.mlp_norm(x_BxLxD)
