@@ -51,7 +51,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.init_from.missing = 'error'       # 'error' | 'init'
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = 'transformer'        # Registry name in jaxscale.models.
+  c.model.name = 'transformer'        # Registry name: 'transformer' (causal LM), 'encoder' (bidirectional).
   c.model.vocab_size = 0              # 0: take it from the dataset.
   c.model.num_layers = 4
   c.model.d_model = 256
@@ -64,6 +64,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.scan_layers = False         # One compiled layer body scanned over depth (fast compiles).
   c.model.remat_policy = 'none'       # 'none' | 'full' | 'dots_saveable' | 'dots_with_no_batch_dims_saveable'
   c.model.attention_impl = 'xla'      # jax.nn.dot_product_attention implementation: 'xla' | 'cudnn'
+  # >0: a classifier, logits [B, num_classes] from one pooled position; 0: logits [B, L, vocab]
+  # (next-token for 'transformer', per-position for masked-LM with 'encoder').
+  c.model.num_classes = 0
+  # Which position a classifier reads: 'cls' (position 0) | 'mean' (over real tokens) |
+  # 'last' (last real token); '' = 'last' for 'transformer', 'cls' for 'encoder'.
+  c.model.pooling = ''
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'python_stdlib'    # Registry name in jaxscale.data.

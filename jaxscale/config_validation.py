@@ -10,7 +10,7 @@ import inspect
 
 
 from jaxscale import config_base, optim
-from jaxscale.models import MODELS, mlp, resnet, vit
+from jaxscale.models import MODELS, mlp, resnet, transformer, vit
 from jaxscale.models.layers import DTYPES
 from jaxscale.models.layers import REMAT_POLICIES
 from jaxscale.models.transformer import MLP_ACTIVATIONS
@@ -134,6 +134,13 @@ def _check_transformer(m):
   if m.d_model % m.num_heads or (m.d_model // m.num_heads) % 2:
     raise ConfigError(f'config.model.d_model={m.d_model} must split into config.model.num_heads='
                       f'{m.num_heads} heads of even size (rotary embeddings rotate pairs).')
+  values = _model_values(m)
+  if values['pooling']:  # '' is the model's default.
+    _check_choice('config.model.pooling', values['pooling'], transformer.POOLINGS)
+  num_classes = values['num_classes'] or 0  # A text dataset resolves it to None: an LM.
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+    raise ConfigError(f'config.model.num_classes={num_classes!r} must be a non-negative integer '
+                      '(0: LM logits over the vocabulary).')
 
 
 def _model_values(model_config) -> dict:
@@ -206,7 +213,7 @@ def validate(config, num_devices: int | None = None, process_count: int = 1):
   _check_model_keys(config.model)
   _check_values(config)
   _check_image_dataset(config.dataset)
-  if config.model.name == 'transformer':
+  if config.model.name in ('transformer', 'encoder'):
     _check_transformer(config.model)
   elif config.model.name in ('vit', 'resnet', 'mlp'):
     _check_vision_model(config)

@@ -2,7 +2,9 @@
 
 FLOPs count multiply-adds as 2 and include every matmul of the transformer: projections, the
 logits, and attention's QK^T and AV over the full L x L score matrix (XLA computes the masked
-half too, so this is what the hardware does). A training step costs 3x the forward pass
+half too, so this is what the hardware does; causal and bidirectional attention cost the same).
+A transformer classifier (`num_classes` > 0) has no per-token logits: its head runs once per
+sequence, on the pooled position. A training step costs 3x the forward pass
 (backward = 2x forward). Elementwise work (norms, softmax, optimizer) is left out; it is a few
 percent at realistic widths, and `tests/test_flops.py` checks the total against XLA's cost model.
 
@@ -28,6 +30,11 @@ from jaxscale.models import MODELS, resnet
 from jaxscale.registry import Registry
 
 
+def _num_classes(model_config) -> int:
+  """Classes of a transformer's classification head; 0 (or None, unresolved text) for an LM."""
+  return getattr(model_config, 'num_classes', 0) or 0
+
+
 def _block_matmul_params(model_config) -> int:
   d, f = model_config.d_model, model_config.mlp_dim
   mlp_matrices = 3 if model_config.mlp_activation == 'swiglu' else 2
@@ -38,12 +45,14 @@ def count_params(model_config, vocab_size: int) -> tuple[int, int]:
   """(total, non_embedding) parameter counts of the transformer.
 
   Non-embedding excludes the token embedding and, when untied, the unembedding matrix
-  (Kaplan et al. 2020's N); norms and all block weights are included.
+  (Kaplan et al. 2020's N); norms, all block weights and a classifier's head are included.
   """
-  d = model_config.d_model
-  embedding = vocab_size * d * (1 if model_config.tie_embeddings else 2)
+  d, num_classes = model_config.d_model, _num_classes(model_config)
+  # A classifier has no unembedding, tied or not.
+  embedding = vocab_size * d * (1 if model_config.tie_embeddings or num_classes else 2)
   norms = (2 * model_config.num_layers + 1) * d
-  non_embedding = model_config.num_layers * _block_matmul_params(model_config) + norms
+  head = d * num_classes + num_classes
+  non_embedding = model_config.num_layers * _block_matmul_params(model_config) + norms + head
   return embedding + non_embedding, non_embedding
 
 
@@ -51,7 +60,7 @@ def forward_flops_per_token(model_config, seq_len: int, vocab_size: int) -> floa
   d, layers = model_config.d_model, model_config.num_layers
   projections = 2 * layers * _block_matmul_params(model_config)
   attention = layers * 2 * (2 * seq_len * d)  # QK^T and AV, each 2*L*D per token.
-  logits = 2 * d * vocab_size
+  logits = 0 if _num_classes(model_config) else 2 * d * vocab_size  # A head is per sequence.
   return float(projections + attention + logits)
 
 
@@ -70,10 +79,12 @@ class Accounting:
 
 
 def _transformer_accounting(config) -> Accounting:
+  """The decoder and the encoder alike (attention costs the same either way)."""
   model, seq_len = config.model, config.dataset.seq_len
   total, non_embedding = count_params(model, model.vocab_size)
   per_token = train_flops_per_token(model, seq_len, model.vocab_size)
-  return Accounting(total, non_embedding, seq_len * per_token, seq_len)
+  head = 3.0 * 2 * model.d_model * _num_classes(model)  # Forward + backward, once per sequence.
+  return Accounting(total, non_embedding, seq_len * per_token + head, seq_len)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +189,7 @@ def _classifier_accounting(cost_fn):
 # A new model family registers its own: `@flops.ACCOUNTING.register('name')`.
 ACCOUNTING = Registry('parameter/FLOP accounting')
 ACCOUNTING.register('transformer')(_transformer_accounting)
+ACCOUNTING.register('encoder')(_transformer_accounting)
 ACCOUNTING.register('vit')(_classifier_accounting(vit_cost))
 ACCOUNTING.register('resnet')(_classifier_accounting(resnet_cost))
 ACCOUNTING.register('mlp')(_classifier_accounting(mlp_cost))

@@ -121,7 +121,7 @@ def estimate(config, abstract_state, abstract_batch, forward) -> Estimate:
   micro_batch = max(rows_per_device // config.optimizer.grad_accum_steps, 1)
   mesh_sizes = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, jax.device_count())))
   tensor_shards = mesh_sizes['tensor']
-  if config.model.name == 'transformer':
+  if config.model.name in ('transformer', 'encoder'):  # The same blocks either way.
     activations = _transformer_activations(config, micro_batch, tensor_shards)
     method = f'transformer formula, remat {config.model.remat_policy}'
   else:

@@ -21,7 +21,7 @@ def _resolved(config):
   if 'vocab_size' in config.model and not config.model.vocab_size:
     config.model.vocab_size = 256
   if 'num_classes' in config.model and not config.model.num_classes:
-    config.model.num_classes = NUM_CLASSES[config.dataset.name]
+    config.model.num_classes = NUM_CLASSES.get(config.dataset.name)  # None: a text dataset.
   if 'image_size' in config.model and not config.model.image_size:
     config.model.image_size = config.dataset.image_size
   return config

@@ -90,19 +90,22 @@ def apply_blocks(blocks, x, *block_args, scan_layers: bool, remat_policy: str):
   module whose parameters are stacked on a leading 'layers' axis (built with nnx.vmap).
 
   Blocks run as a pure function of their parameter state, so the Python loop and the scan share
-  one code path, with or without rematerialisation.
+  one code path, with or without rematerialisation. Every block gets the same `block_args`
+  (positional, after `x`; None is allowed, e.g. for "no padding mask").
   """
   graphdef, _ = nnx.split(blocks if scan_layers else blocks[0])
 
-  def block_fn(block_state, x):
-    return nnx.merge(graphdef, block_state)(x, *block_args)
+  # `block_args` (rotary tables, a padding mask or None) are explicit arguments rather than
+  # closed-over values, so the checkpointed function sees every input it depends on.
+  def block_fn(block_state, x, *args):
+    return nnx.merge(graphdef, block_state)(x, *args)
 
   if remat_policy != 'none':
     block_fn = jax.checkpoint(block_fn, policy=REMAT_POLICIES[remat_policy],
                               prevent_cse=not scan_layers)
   if scan_layers:
-    x, _ = jax.lax.scan(lambda x, s: (block_fn(s, x), None), x, nnx.state(blocks))
+    x, _ = jax.lax.scan(lambda x, s: (block_fn(s, x, *block_args), None), x, nnx.state(blocks))
     return x
   for block in blocks:
-    x = block_fn(nnx.state(block), x)
+    x = block_fn(nnx.state(block), x, *block_args)
   return x
