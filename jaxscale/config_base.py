@@ -41,6 +41,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Start from another run's parameters (finetuning). Resuming from this run's own checkpoint
   # always wins once it has one. Parameter names are dotted paths ('blocks.0.qkv_DxTxHxK');
   # patterns are regexes matched anywhere in the name.
+  c.mlm = ml_collections.ConfigDict()  # objective='mlm' (BERT's 80/10/10 corruption).
+  c.mlm.mask_rate = 0.15              # Fraction of real tokens chosen for prediction.
+  # Ids below this are ordinary tokens (256: bytes); the pad, CLS and mask ids follow them
+  # (jaxscale.data.special_tokens), so model.vocab_size must be at least this + 3.
+  c.mlm.base_vocab_size = 256
+
   c.init_from = ml_collections.ConfigDict()
   c.init_from.workdir = ''            # The source run's workdir (local or gs://); '' = fresh init.
   c.init_from.step = -1               # Its checkpoint step; -1 = the newest.

@@ -45,7 +45,7 @@ def eval_metrics(sums: dict, datasets) -> dict[str, float]:
   """The eval row's scalars: bits per token (and byte) for LMs, macro-F1 for classifiers."""
   row = {k: v for k, v in sums.items() if k not in ('eval_targets', 'confusion')}
   if 'confusion' in sums:
-    row['eval_macro_f1'] = classification_report.macro_f1(sums['confusion'])
+    row['eval_macro_f1'] = classification_report.build_report(sums['confusion'])['macro_avg']['f1']
   if datasets.task == 'lm':
     row['eval_bits_per_token'] = row['eval_loss'] / math.log(2)
     if datasets.bytes_per_token:
@@ -242,8 +242,9 @@ def train_loop(experiment: experiment_lib.Experiment) -> dict:
   if eval_row is None:  # Resumed a finished run or stopped early: measure held-out loss now.
     sums, eval_row = run_eval(final_step)
   if 'confusion' in sums and final_step >= config.num_train_steps:
-    classification_report.write(workdir, classification_report.build(
-        sums['confusion'], datasets.class_names))
+    report = classification_report.build_report(sums['confusion'], datasets.class_names)
+    classification_report.write_report(workdir, report)
+    logging.info('Classification report (eval set, step %d):\n%s', final_step, report['text'])
   summary = {'step': final_step, 'finished': final_step >= config.num_train_steps, **eval_row,
              'skipped_updates': int(jax.device_get(state.skipped_updates)),
              'train_loss': last_train_loss if math.isfinite(last_train_loss) else None,

@@ -25,4 +25,4 @@ def make(name: str, config=None):
 
 
 # Importing the modules registers their objectives.
-from jaxscale.objectives import classification, lm  # noqa: E402,F401
+from jaxscale.objectives import classification, lm, mlm  # noqa: E402,F401

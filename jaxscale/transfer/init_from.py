@@ -47,7 +47,9 @@ def _source_manager(workdir: epath.Path) -> ocp.CheckpointManager:
   if not (workdir / 'checkpoints').exists():
     raise InitFromError(f'init_from.workdir={workdir} has no checkpoints/ directory; point it at '
                         'a finished (or checkpointed) jaxscale run.')
-  return ocp.CheckpointManager(workdir / 'checkpoints', item_names=('state', 'data'),
+  # Only the train state is read (as a plain pytree, so its metadata and any subset restore).
+  return ocp.CheckpointManager(workdir / 'checkpoints',
+                               item_handlers={'state': ocp.PyTreeCheckpointHandler()},
                                options=ocp.CheckpointManagerOptions(create=False, read_only=True))
 
 

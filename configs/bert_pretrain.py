@@ -1,0 +1,43 @@
+"""A small BERT-style encoder pretrained by masked-LM on the Python standard library's bytes
+(embedded, offline): ~5 minutes on 2 CPU cores.
+
+  python -m jaxscale.main --config configs/bert_pretrain.py --workdir workdirs/bert_pretrain
+
+Then finetune it on classification with configs/bert_finetune.py. The vocabulary is the 256
+bytes plus the pad, CLS and mask ids (jaxscale.data.special_tokens), shared with the
+classification datasets, so the embedding table transfers as it is.
+"""
+
+from jaxscale import config_base
+from jaxscale.data import special_tokens
+
+
+def get_config():
+  c = config_base.get_base_config()
+  c.num_train_steps = 600
+  c.batch_size = 32
+  c.log_every_steps = 50
+  c.eval_every_steps = 200
+  c.checkpoint_every_steps = 300
+  c.num_eval_batches = 4
+
+  c.objective = 'mlm'                 # BERT's 15% of tokens, 80/10/10 mask/random/kept.
+  c.mlm.mask_rate = 0.15
+  c.mlm.base_vocab_size = special_tokens.NUM_BYTES
+
+  c.dataset.name = 'python_stdlib'
+  c.dataset.seq_len = 128
+
+  c.model.name = 'encoder'            # Bidirectional attention, the transformer's blocks.
+  c.model.vocab_size = special_tokens.BYTE_VOCAB_WITH_SPECIALS
+  c.model.num_layers = 4
+  c.model.d_model = 128
+  c.model.num_heads = 4
+  c.model.mlp_dim = 512
+  c.model.mlp_activation = 'gelu'
+
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 60
+  c.optimizer.weight_decay = 0.01
+  c.optimizer.b2 = 0.98
+  return c
