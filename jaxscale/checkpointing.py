@@ -103,14 +103,15 @@ class Saver:
   save is done, so training never goes on for long without the checkpoint it believes it has.
   """
 
-  def __init__(self, manager: ocp.CheckpointManager):
+  def __init__(self, manager: ocp.CheckpointManager, to_checkpoint=None):
     self.manager = manager
+    self._to_checkpoint = to_checkpoint or (lambda state: state)  # The fields to save.
     self._pending_step = None
 
   def save(self, step: int, state, iterator: tf.data.Iterator):
     self.check(step, wait=True)
     with self._explained(step, step):
-      save(self.manager, step, state, iterator, force=True)
+      save(self.manager, step, self._to_checkpoint(state), iterator, force=True)
     self._pending_step = step
 
   def check(self, current_step: int, wait: bool = False):

@@ -56,6 +56,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 'error' names them all; 'init' initialises them fresh.
   c.init_from.missing = 'error'       # 'error' | 'init'
 
+  # LoRA: train a low-rank update of the chosen weights only (jaxscale.transfer.lora); the base
+  # is frozen and left out of checkpoints. Usually with init_from a pretrained run.
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0                     # 0 = off.
+  c.lora.alpha = 16.0                 # The update is scaled by alpha / rank.
+  c.lora.targets = ('qkv', 'out_HxKxD')  # Regexes of the weights to adapt (attention by default;
+                                      # add 'mlp_in', 'mlp_out' for the MLP).
+  c.lora.dropout = 0.0                # Dropout on the adapters' input features.
+
   c.model = ml_collections.ConfigDict()
   c.model.name = 'transformer'        # Registry name: 'transformer' (causal LM), 'encoder' (bidirectional).
   c.model.vocab_size = 0              # 0: take it from the dataset.
@@ -117,6 +126,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optimizer.grad_accum_steps = 1    # Micro-batches summed per update (batch_size is per update).
   # Parameter groups (regexes on dotted parameter names, see init_from above).
   c.optimizer.frozen = ()             # No update and no optimizer state (e.g. the backbone).
+  c.optimizer.trainable = ()          # Exceptions to `frozen` (e.g. a new head under LoRA).
   c.optimizer.lr_multipliers = ()     # ((regex, factor), ...): e.g. (('^head', 10.0),).
   c.optimizer.layer_decay = 1.0       # Layer-wise LR decay: block i of L gets decay**(L - i).
 

@@ -89,6 +89,9 @@ def _check_values(config):
   if config.objective:
     _check_choice('config.objective', config.objective, OBJECTIVES.names())
   _check_choice('config.init_from.missing', config.init_from.missing, ('error', 'init'))
+  if config.lora.rank < 0 or not 0 <= config.lora.dropout < 1 or config.lora.alpha <= 0:
+    raise ConfigError(f'config.lora: rank={config.lora.rank} must be >= 0 (0 = off), '
+                      f'dropout={config.lora.dropout} in [0, 1), alpha={config.lora.alpha} > 0.')
   if not 0 < config.optimizer.layer_decay <= 1:
     raise ConfigError(f'config.optimizer.layer_decay={config.optimizer.layer_decay} must be in '
                       '(0, 1] (1 = no decay).')

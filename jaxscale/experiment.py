@@ -22,7 +22,7 @@ from jaxscale import checkpointing, config_validation, flops, input_errors, memo
 from jaxscale import optim, param_paths, paths, sharding, steps
 from jaxscale import workdir as workdir_lib
 from jaxscale.models import MODELS
-from jaxscale.transfer import init_from
+from jaxscale.transfer import init_from, lora
 
 
 def build_model(model_config, seed: int):
@@ -39,6 +39,8 @@ def create_train_state(config, mesh, optimizer, before_init=None):
 
   def init():
     model = build_model(config.model, config.seed)
+    if config.lora.rank:
+      lora.add_adapters(model, config.lora, nnx.Rngs(config.seed + 1))
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                              model_state=model_state, opt_state=optimizer.init(params),
@@ -57,6 +59,12 @@ def resolve_config(config, datasets) -> ml_collections.ConfigDict:
   """Fills in what the data decides (vocabulary size, classes, image size), so config.json is
   the whole experiment."""
   config = ml_collections.ConfigDict(config.to_dict())
+  if config.lora.rank:
+    # Adapters (and whatever init_from re-initialises, e.g. a new head) train; the rest is frozen.
+    reinit = tuple(p for p in config.init_from.reinit if p != lora.ADAPTER_NAME.pattern)
+    config.optimizer.frozen = _with(config.optimizer.frozen, lora.NOT_AN_ADAPTER)
+    config.optimizer.trainable = _with(config.optimizer.trainable, *reinit)
+    config.init_from.reinit = _with(config.init_from.reinit, lora.ADAPTER_NAME.pattern)
   if 'num_classes' in config.model and not config.model.num_classes and datasets.num_classes:
     config.model.num_classes = datasets.num_classes
   if 'image_size' in config.model and not config.model.image_size:
@@ -69,6 +77,10 @@ def resolve_config(config, datasets) -> ml_collections.ConfigDict:
           f'config.model.vocab_size={config.model.vocab_size} is smaller than the dataset '
           f'{config.dataset.name!r} vocabulary ({datasets.vocab_size}); set it to 0 to match.')
   return config
+
+
+def _with(patterns, *more) -> tuple:
+  return tuple(patterns) + tuple(p for p in more if p not in patterns)
 
 
 @dataclasses.dataclass
@@ -106,6 +118,25 @@ def _param_counts(params, trainable) -> dict[str, int]:
   trainable_count = sum(size for name, size in sizes.items() if flags[name])
   return {'params_trainable': trainable_count,
           'params_frozen': sum(sizes.values()) - trainable_count}
+
+
+def _checkpointed_fields(initial_state, trainable):
+  """(to_checkpoint, from_checkpoint): frozen parameters never change, so checkpoints leave them
+  out (a LoRA or frozen-backbone checkpoint holds what training changed); a restore takes them
+  from the initial state, which re-derives them the same way each start (init_from or the seed).
+  """
+  frozen = {name for name, flag in param_paths.named_leaves(trainable).items() if not flag.value}
+  if not frozen:
+    return (lambda state: state), (lambda state: state)
+
+  def is_frozen(path, _):
+    return param_paths.path_name(path) in frozen
+
+  frozen_params = initial_state.params.filter(is_frozen)
+  to_checkpoint = lambda state: state.replace(params=state.params.filter(nnx.Not(is_frozen)))
+  from_checkpoint = lambda state: state.replace(
+      params=nnx.merge_state(frozen_params, state.params))
+  return to_checkpoint, from_checkpoint
 
 
 def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
@@ -165,9 +196,11 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
 
   train_iter = iter(datasets.train)
   manager = checkpointing.make_manager(workdir, config)
-  restored, last_checkpoint = checkpointing.restore_latest(manager, abstract_state, train_iter)
+  to_checkpoint, from_checkpoint = _checkpointed_fields(state, trainable)
+  restored, last_checkpoint = checkpointing.restore_latest(
+      manager, to_checkpoint(abstract_state), train_iter)
   if restored is not None:
-    state = restored
+    state = from_checkpoint(restored)
     logging.info('Resumed from checkpoint at step %d.', last_checkpoint)
   elif own_checkpoint:
     logging.info('No finished checkpoint in %s: starting from step 0.', workdir / 'checkpoints')
@@ -184,5 +217,5 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
       config=config, workdir=workdir, mesh=mesh, datasets=datasets, graphdef=graphdef,
       state=state, state_shardings=state_shardings, batch_sharding=batch_sharding,
       train_step=train_step, eval_step=eval_step, manager=manager,
-      saver=checkpointing.Saver(manager), train_iter=train_iter, resumed=restored is not None,
+      saver=checkpointing.Saver(manager, to_checkpoint), train_iter=train_iter, resumed=restored is not None,
       size=size, flops_per_step=flops_per_step, param_counts=param_counts)

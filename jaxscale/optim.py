@@ -54,6 +54,8 @@ def _decay_mask(params):
   'layers' axis (so per-layer norm scales stay undecayed), and not a bias or position embedding."""
 
   def decays(path, variable):
+    if isinstance(variable.value, optax.MaskedNode):  # A frozen parameter (optax.partition).
+      return variable
     name = str(getattr(path[-1], 'key', path[-1]))
     axes = variable.get_metadata().get('out_sharding') or ()
     rank = variable.ndim - sum(axis == 'layers' for axis in axes)
@@ -86,7 +88,7 @@ def make_optimizer(opt_config, num_train_steps: int) -> tuple[optax.GradientTran
     opt = optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), opt)
   if tuple(c.get('frozen', ())):
     opt = optax.partition({'trainable': opt, 'frozen': optax.set_to_zero()},
-                          param_labels=lambda params: trainable_labels(params, c.frozen))
+                          param_labels=lambda params: trainable_labels(params, c))
   if tuple(c.get('lr_multipliers', ())) or c.get('layer_decay', 1.0) != 1.0:
     opt = optax.chain(opt, optax.stateless(
         lambda updates, params=None: jax.tree.map(
@@ -94,17 +96,21 @@ def make_optimizer(opt_config, num_train_steps: int) -> tuple[optax.GradientTran
   return opt, lr
 
 
-def trainable_labels(params, frozen_patterns):
-  """'frozen' or 'trainable' for each parameter, by `optimizer.frozen` regexes."""
+def is_frozen(name: str, opt_config) -> bool:
+  """By `optimizer.frozen` regexes, unless an `optimizer.trainable` regex also matches."""
+  return (param_paths.matches(name, tuple(opt_config.get('frozen', ())))
+          and not param_paths.matches(name, tuple(opt_config.get('trainable', ()))))
+
+
+def trainable_labels(params, opt_config):
+  """'frozen' or 'trainable' for each parameter (optax.partition's labels)."""
   return param_paths.map_named(
-      lambda name, _: 'frozen' if param_paths.matches(name, frozen_patterns) else 'trainable',
-      params)
+      lambda name, _: 'frozen' if is_frozen(name, opt_config) else 'trainable', params)
 
 
 def trainable_mask(params, opt_config):
   """True for the parameters the optimizer updates."""
-  frozen = tuple(opt_config.get('frozen', ()))
-  return param_paths.map_named(lambda name, _: not param_paths.matches(name, frozen), params)
+  return param_paths.map_named(lambda name, _: not is_frozen(name, opt_config), params)
 
 
 # Parameters outside the layer stack that sit below it (embeddings): the deepest layer decay.

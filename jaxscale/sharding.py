@@ -8,6 +8,7 @@ Mesh axes are `Auto`: GSPMD propagates shardings through the step from its in/ou
 import math
 
 import jax
+import optax
 import numpy as np
 from flax import linen, nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -57,7 +58,17 @@ def state_shardings(abstract_tree, mesh: Mesh, rules):
 
   Leaves without annotations (step counters, optimizer scalars) are replicated.
   """
-  return logical_to_named(nnx.get_partition_spec(abstract_tree), mesh, rules)
+  specs = nnx.get_partition_spec(abstract_tree)
+
+  def keep_masked(variable, spec):
+    # optax.partition leaves MaskedNode (no arrays) where a group does not own a parameter,
+    # e.g. no optimizer state for frozen ones: no sharding either.
+    masked = isinstance(variable, nnx.Variable) and isinstance(variable.value, optax.MaskedNode)
+    return variable if masked else spec
+
+  specs = jax.tree.map(keep_masked, abstract_tree, specs,
+                       is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return logical_to_named(specs, mesh, rules)
 
 
 def abstract_arrays(tree, shardings):

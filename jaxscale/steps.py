@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from jaxscale import objectives
+from jaxscale.transfer import lora
 
 
 @flax.struct.dataclass
@@ -43,6 +44,8 @@ def loss_sums(graphdef, params, model_state, batch, *, objective, train: bool, r
     model.eval()
   if rng is None:
     rng = jax.random.key(0)
+  if lora.has_adapters(model):  # W + (alpha / rank) A B, on this trace's copy of the model.
+    lora.merge(model, rng if train else None)
   sums = objective(model, batch, train=train, rng=rng)
   return sums, nnx.state(model, nnx.Not(nnx.Param))
 

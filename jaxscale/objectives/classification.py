@@ -27,7 +27,12 @@ def class_sums(logits_BxK, labels_BxK, weights_B, *, label_smoothing: float = 0.
   losses_B = optax.softmax_cross_entropy(logits_BxK.astype(jnp.float32), targets_BxK)
   true_B = jnp.argmax(labels_BxK, axis=-1)
   true_logit_B = jnp.take_along_axis(logits_BxK, true_B[:, None], axis=-1)[:, 0]
-  rank_B = jnp.sum(logits_BxK > true_logit_B[:, None], axis=-1)  # 0 = the true class is on top.
+  # 0 = the true class is on top. Ties rank by class index, as argmax breaks them, so constant
+  # logits (an untrained zero head) score 1/K, not a perfect accuracy.
+  classes_K = jnp.arange(logits_BxK.shape[-1])
+  ahead_BxK = (logits_BxK > true_logit_B[:, None]) | (
+      (logits_BxK == true_logit_B[:, None]) & (classes_K[None, :] < true_B[:, None]))
+  rank_B = jnp.sum(ahead_BxK, axis=-1)
   result = {'loss_sum': jnp.sum(losses_B * weights_B), 'weight_sum': jnp.sum(weights_B),
             'top1_sum': jnp.sum((rank_B < 1) * weights_B),
             'top5_sum': jnp.sum((rank_B < 5) * weights_B)}
