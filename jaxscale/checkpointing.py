@@ -168,6 +168,24 @@ def restore_fields(manager: ocp.CheckpointManager, step: int, fields: dict) -> d
   return restored.state
 
 
+def read_only_manager(workdir) -> ocp.CheckpointManager:
+  """A manager that reads another run's train state as a plain pytree (metadata, any subset)."""
+  return ocp.CheckpointManager(epath.Path(workdir) / 'checkpoints',
+                               item_handlers={'state': ocp.PyTreeCheckpointHandler()},
+                               options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+
+
+def saved_params(manager: ocp.CheckpointManager, step: int) -> dict[str, tuple[tuple, object]]:
+  """{dotted name: (key path in the saved tree, ArrayMetadata)} of a checkpoint's parameters.
+  (Frozen parameters are left out of a run's checkpoints.) `manager` from read_only_manager."""
+  from jaxscale import param_paths  # noqa: PLC0415
+  tree = manager.item_metadata(step)['state']
+  tree = getattr(tree, 'tree', tree)
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree['params'])
+  return {param_paths.path_name(path): (tuple(param_paths.key_name(k) for k in path), meta)
+          for path, meta in flat}
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator: tf.data.Iterator):
   """(state, step) from the newest checkpoint that restores, or (None, None) when there is none.
 

@@ -30,6 +30,14 @@ def build_model(model_config, seed: int):
   return MODELS.get(model_config.name)(**kwargs, rngs=nnx.Rngs(seed))
 
 
+def model_for(config):
+  """The run's model: `config.model`, with LoRA adapters where `config.lora.rank` asks."""
+  model = build_model(config.model, config.seed)
+  if config.get('lora', {}).get('rank'):
+    lora.add_adapters(model, config.lora, nnx.Rngs(config.seed + 1))
+  return model
+
+
 def create_train_state(config, mesh, optimizer, before_init=None):
   """(graphdef, state, state_shardings), with every array created directly in its sharding.
 
@@ -38,9 +46,7 @@ def create_train_state(config, mesh, optimizer, before_init=None):
   """
 
   def init():
-    model = build_model(config.model, config.seed)
-    if config.lora.rank:
-      lora.add_adapters(model, config.lora, nnx.Rngs(config.seed + 1))
+    model = model_for(config)
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                              model_state=model_state, opt_state=optimizer.init(params),
@@ -171,18 +177,20 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
                                                         before_init=check_memory)
   param_paths.check_patterns(config.optimizer.frozen, param_paths.named_leaves(state.params),
                              'config.optimizer.frozen')
+  trainable = optim.trainable_mask(state.params, config.optimizer)
+  has_frozen = not all(jax.tree.leaves(trainable))
   own_checkpoint = checkpointing.has_checkpoints(workdir)
   report = None
-  if config.init_from.workdir and not own_checkpoint:
+  # A resumed run still takes its frozen parameters from the source: checkpoints leave them out.
+  if config.init_from.workdir and (not own_checkpoint or has_frozen):
     # Before the workdir is touched: a mismatched source fails with nothing written.
     params, report = init_from.restore_params(config.init_from, state.params)
     state = state.replace(params=params)
   workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.record_config(workdir, config)
-  if report is not None:
+  if report is not None and not own_checkpoint:
     init_from.log_and_write(report, workdir)
 
-  trainable = optim.trainable_mask(state.params, config.optimizer)
   train_step, eval_step = steps.compile_steps(
       graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
       sharding.replicated(mesh), config.optimizer.grad_accum_steps, objective=objective,

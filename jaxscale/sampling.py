@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxscale import checkpointing, paths
+from jaxscale import checkpointing, param_paths, paths
 from jaxscale import workdir as workdir_lib
 from jaxscale.data.tokenizers import BYTE_SEPARATOR
 
@@ -97,32 +97,52 @@ def _generate(graphdef, state, prompt_BxP, temperature, rng, *, max_new_tokens: 
 # A trained model from its workdir.
 
 
-def restore_model(workdir, step: int | None = None) -> tuple[nnx.Module, ml_collections.ConfigDict]:
+def restore_model(workdir, step: int | None = None,
+                  merge_lora: bool = True) -> tuple[nnx.Module, ml_collections.ConfigDict]:
   """(model, config) with the variables of the newest checkpoint in `workdir` (or of `step`).
 
   Only the model's variables are read (not the optimizer state or data position), onto the
-  first local device, whatever mesh the run trained on.
+  first local device, whatever mesh the run trained on. Frozen parameters, which a run does not
+  checkpoint (a LoRA run's base, a frozen backbone), come from where the run took them: its
+  `init_from` source, or its seeded initialisation. LoRA adapters are merged into their weights
+  (`merge_lora`), so the model is a plain one, ready for generation or export.
   """
-  from jaxscale import train  # The trainer imports the data pipeline; only needed here.
+  from jaxscale import experiment  # The trainer imports the data pipeline; only needed here.
+  from jaxscale.transfer import init_from, lora  # noqa: PLC0415
   workdir = paths.resolve(workdir)
   config = workdir_lib.read_config(workdir)
   manager = checkpointing.make_manager(workdir, config)
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'No checkpoint in {workdir / "checkpoints"}; train first.')
-  abstract_model = nnx.eval_shape(lambda: train.build_model(config.model, config.seed))
-  graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
-  # TrainState fields to read: the parameters, and other model variables (e.g. batch-norm
-  # statistics) where the model has any.
-  fields = {'params': abstract_params}
-  if jax.tree.leaves(abstract_rest):
-    fields['model_state'] = abstract_rest
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), fields)
-  restored = checkpointing.restore_fields(manager, step, target)
+  on_device = lambda tree: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+  abstract_model = nnx.eval_shape(lambda: experiment.model_for(config))
+  graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
+  reader = checkpointing.read_only_manager(workdir)
+  saved = set(checkpointing.saved_params(reader, step))
+  reader.close()
+  is_saved = lambda path, _: param_paths.path_name(path) in saved
+  params = abstract_params
+  if set(param_paths.named_leaves(abstract_params)) - saved:  # Frozen ones: re-derive them.
+    with jax.default_device(jax.local_devices()[0]):
+      _, params, _ = nnx.split(experiment.model_for(config), nnx.Param, ...)
+    if config.get('init_from', {}).get('workdir'):
+      params, _ = init_from.restore_params(config.init_from, params)
+  # TrainState fields to read: the saved parameters, and other model variables (e.g. batch-norm
+  # statistics) where the model has any.
+  fields = {'params': on_device(abstract_params.filter(is_saved))}
+  if jax.tree.leaves(abstract_rest):
+    fields['model_state'] = on_device(abstract_rest)
+  restored = checkpointing.restore_fields(manager, step, fields)
   manager.close()
-  return nnx.merge(graphdef, restored['params'],
-                   restored.get('model_state', abstract_rest)), config
+  if params is not abstract_params:
+    restored['params'] = nnx.merge_state(params.filter(nnx.Not(is_saved)), restored['params'])
+  model = nnx.merge(graphdef, restored['params'], restored.get('model_state', abstract_rest))
+  if merge_lora and lora.has_adapters(model):
+    lora.merge(model)
+  return model, config
 
 
 # ---------------------------------------------------------------------------------------------

@@ -67,3 +67,19 @@ def load_config_file(name: str, **overrides):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return apply_overrides(module.get_config(), overrides)
+
+
+def interrupt_after_saving(monkeypatch, step: int):
+  """Makes the next run stop (KeyboardInterrupt, as a preemption would) right after its
+  checkpoint of `step` is written; `monkeypatch.undo()` or a new monkeypatch restores saving."""
+  from jaxscale import checkpointing  # noqa: PLC0415  (JAX-free import of this module)
+  real_save = checkpointing.save
+
+  def save_then_die(manager, saved_step, *args, **kwargs):
+    real_save(manager, saved_step, *args, **kwargs)
+    if saved_step == step:
+      manager.wait_until_finished()
+      raise KeyboardInterrupt('simulated preemption')
+
+  monkeypatch.setattr(checkpointing, 'save', save_then_die)
+  return real_save

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxscale import checkpointing, metrics, train
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, interrupt_after_saving
 
 
 def _markov_config(data_dir, **overrides):
@@ -62,15 +62,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(data_dir, tmp_pat
   config = _markov_config(data_dir)
   straight = train.run(config, str(tmp_path / 'straight'))
 
-  real_save = checkpointing.save
-
-  def save_then_die(manager, step, *args, **kwargs):
-    real_save(manager, step, *args, **kwargs)
-    if step == 10:
-      manager.wait_until_finished()
-      raise KeyboardInterrupt('simulated preemption')
-
-  monkeypatch.setattr(checkpointing, 'save', save_then_die)
+  real_save = interrupt_after_saving(monkeypatch, step=10)
   with pytest.raises(KeyboardInterrupt):
     train.run(config, str(tmp_path / 'resumed'))
   monkeypatch.setattr(checkpointing, 'save', real_save)

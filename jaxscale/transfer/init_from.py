@@ -15,7 +15,6 @@ import dataclasses
 import json
 
 import jax
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
@@ -43,14 +42,11 @@ class Report:
     return dataclasses.asdict(self)
 
 
-def _source_manager(workdir: epath.Path) -> ocp.CheckpointManager:
+def _source_manager(workdir: epath.Path):
   if not (workdir / 'checkpoints').exists():
     raise InitFromError(f'init_from.workdir={workdir} has no checkpoints/ directory; point it at '
                         'a finished (or checkpointed) jaxscale run.')
-  # Only the train state is read (as a plain pytree, so its metadata and any subset restore).
-  return ocp.CheckpointManager(workdir / 'checkpoints',
-                               item_handlers={'state': ocp.PyTreeCheckpointHandler()},
-                               options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+  return checkpointing.read_only_manager(workdir)
 
 
 def _source_step(manager, requested: int, workdir) -> int:
@@ -63,15 +59,6 @@ def _source_step(manager, requested: int, workdir) -> int:
     raise InitFromError(f'init_from.step={requested} is not a checkpoint of {workdir}; it has '
                         f'steps {sorted(steps)}.')
   return requested
-
-
-def _source_params(manager, step) -> dict[str, tuple[tuple, object]]:
-  """{name: (key path in the saved tree, ArrayMetadata)} of the source's parameters."""
-  tree = manager.item_metadata(step)['state']
-  tree = getattr(tree, 'tree', tree)
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree['params'])
-  return {param_paths.path_name(path): (tuple(param_paths.key_name(k) for k in path), meta)
-          for path, meta in flat}
 
 
 def plan(init_config, new_names: dict, source_params: dict) -> tuple[list, list, list, dict]:
@@ -116,7 +103,7 @@ def restore_params(init_config, params):
   workdir_lib.read_config(source)  # A clear error when it is not a run directory.
   manager = _source_manager(source)
   step = _source_step(manager, init_config.step, source)
-  source_params = _source_params(manager, step)
+  source_params = checkpointing.saved_params(manager, step)
   new_names = param_paths.named_leaves(params)
   loaded, reinitialised, new, mismatches = plan(init_config, new_names, source_params)
   _refuse_unaccounted(new, mismatches, source, init_config)

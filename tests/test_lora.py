@@ -1,0 +1,136 @@
+"""LoRA: only adapters train, their checkpoints are small and resume on top of the base, merging
+is exact, and scanned stacks get one stacked adapter per weight."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from jaxscale import checkpointing, experiment, metrics, param_paths, steps, train
+from jaxscale.transfer import lora
+from tests.helpers import interrupt_after_saving, tiny_config
+
+
+def _markov_config(data_dir, **overrides):
+  return tiny_config(**{
+      'dataset.name': 'markov', 'dataset.data_dir': str(data_dir), 'model.vocab_size': 0,
+      'batch_size': 8, 'dataset.seq_len': 16, 'num_eval_batches': 1, **overrides})
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+@pytest.fixture(scope='module')
+def base_run(data_dir, tmp_path_factory):
+  """A pretrained tiny LM to adapt."""
+  workdir = tmp_path_factory.mktemp('base')
+  train.run(_markov_config(data_dir, num_train_steps=10, checkpoint_every_steps=10), str(workdir))
+  return workdir
+
+
+def _lora_config(data_dir, base_run, **overrides):
+  return _markov_config(data_dir, **{
+      'init_from.workdir': str(base_run), 'lora.rank': 2, 'lora.alpha': 4.0,
+      'lora.targets': ('qkv', 'out_HxKxD', 'mlp_out'), 'optimizer.learning_rate': 1e-2,
+      'num_train_steps': 8, 'checkpoint_every_steps': 4, 'eval_every_steps': 8, **overrides})
+
+
+def _named_host(params) -> dict[str, np.ndarray]:
+  return {name: np.asarray(leaf[...]) for name, leaf in param_paths.named_leaves(params).items()}
+
+
+def test_adapter_delta_is_the_scaled_low_rank_product():
+  weight = nnx.Param(jnp.zeros((3, 4, 5)), out_sharding=('heads', 'kv', 'embed'),
+                     eager_sharding=False)
+  adapter = lora.Adapter(weight, rank=2, alpha=6.0, dropout=0.0, rngs=nnx.Rngs(0))
+  adapter.b[...] = jax.random.normal(jax.random.key(1), adapter.b.shape)
+  a, b = np.asarray(adapter.a[...]), np.asarray(adapter.b[...])
+  assert a.shape == (12, 2) and b.shape == (2, 5)  # Inputs (heads, kv) -> output embed.
+  expected = (a @ b * 3.0).reshape(3, 4, 5)
+  np.testing.assert_allclose(np.asarray(adapter.delta()), expected, rtol=1e-6)
+
+
+def test_only_adapters_train_and_the_checkpoint_holds_just_them(
+    data_dir, base_run, tmp_path):
+  config = _lora_config(data_dir, base_run)
+  built = experiment.build(config, str(tmp_path))
+  before = _named_host(built.state.params)
+  adapters = [n for n in before if lora.ADAPTER_NAME.search(n)]
+  assert adapters and all(n.split('_lora.')[0] in before for n in adapters)
+  assert built.param_counts['params_trainable'] == sum(before[n].size for n in adapters)
+  summary = train.train_loop(built)
+  assert summary['finished']
+
+  saved = ocp.StandardCheckpointer().restore(tmp_path / 'checkpoints' / '8' / 'state')
+  saved_names = set(param_paths.named_leaves(saved['params']))
+  assert saved_names == set(adapters)  # The frozen base is not in the run's checkpoints.
+
+  source = _named_host(experiment.build(config, str(tmp_path)).state.params)  # Resumes at 8.
+  for name, value in before.items():
+    if name in adapters:
+      continue
+    np.testing.assert_array_equal(source[name], value)  # The base is bit-identical.
+  assert any(not np.array_equal(source[n], before[n]) for n in adapters if n.endswith('.b'))
+
+
+def test_a_resumed_lora_run_equals_an_uninterrupted_one(data_dir, base_run, tmp_path, monkeypatch):
+  config = _lora_config(data_dir, base_run)
+  straight = train.run(config, str(tmp_path / 'straight'))
+  real_save = interrupt_after_saving(monkeypatch, step=4)
+  with pytest.raises(KeyboardInterrupt):
+    train.run(config, str(tmp_path / 'resumed'))
+  monkeypatch.setattr(checkpointing, 'save', real_save)
+  resumed = train.run(config, str(tmp_path / 'resumed'))
+  assert resumed['eval_loss'] == straight['eval_loss']
+  rows = {name: [r['train_loss'] for r in metrics.read_jsonl(tmp_path / name / 'metrics.jsonl')
+                 if 'train_loss' in r and 'eval_loss' not in r and r['step'] > 4]
+          for name in ('straight', 'resumed')}
+  assert rows['straight'] and rows['straight'] == rows['resumed']
+
+
+def test_merged_weights_give_the_logits_of_the_adapted_model(data_dir, base_run, tmp_path):
+  config = _lora_config(data_dir, base_run, num_train_steps=4, eval_every_steps=4)
+  built = experiment.build(config, str(tmp_path))
+  summary = train.train_loop(built)
+  state = experiment.build(config, str(tmp_path)).state  # The trained adapters, resumed.
+  tokens = jax.random.randint(jax.random.key(0), (2, 16), 0, built.config.model.vocab_size)
+  batch = {'inputs': tokens, 'targets': tokens, 'weights': jnp.ones((2, 16))}
+
+  def logits_of(model, batch, *, train, rng):
+    return {'logits': model(batch['inputs']), 'loss_sum': 0.0, 'weight_sum': 1.0}
+
+  adapted, _ = steps.loss_sums(built.graphdef, state.params, state.model_state, batch,
+                               objective=logits_of, train=False)
+  model = nnx.merge(built.graphdef, state.params, state.model_state)
+  assert lora.has_adapters(model)
+  merged = lora.merge(model)
+  assert not lora.has_adapters(merged)
+  graphdef, params = nnx.split(merged)  # What an export would hold: plain weights.
+  exported = nnx.merge(graphdef, params)(tokens)
+  np.testing.assert_allclose(np.asarray(exported), np.asarray(adapted['logits']), atol=1e-5)
+  base_only = experiment.build_model(built.config.model, built.config.seed)
+  assert summary['finished'] and not np.allclose(np.asarray(base_only(tokens)),
+                                                 np.asarray(exported), atol=1e-3)
+
+
+def test_scanned_layers_get_one_stacked_adapter_per_weight(data_dir, tmp_path):
+  config = _markov_config(data_dir, **{'model.scan_layers': True, 'lora.rank': 2,
+                                       'num_train_steps': 4, 'eval_every_steps': 4,
+                                       'checkpoint_every_steps': 4})
+  built = experiment.build(config, str(tmp_path))
+  names = _named_host(built.state.params)
+  adapters = {n: v for n, v in names.items() if lora.ADAPTER_NAME.search(n)}
+  num_layers = config.model.num_layers
+  assert sorted(adapters) == ['blocks.out_HxKxD_lora.a', 'blocks.out_HxKxD_lora.b',
+                              'blocks.qkv_DxTxHxK_lora.a', 'blocks.qkv_DxTxHxK_lora.b']
+  assert all(v.shape[0] == num_layers for v in adapters.values())
+  assert adapters['blocks.qkv_DxTxHxK_lora.a'].shape == (num_layers, config.model.d_model, 2)
+  summary = train.train_loop(built)
+  assert summary['finished'] and np.isfinite(summary['eval_loss'])
+  after = _named_host(experiment.build(config, str(tmp_path)).state.params)
+  assert not np.array_equal(after['blocks.qkv_DxTxHxK_lora.b'], adapters['blocks.qkv_DxTxHxK_lora.b'])
+  np.testing.assert_array_equal(after['blocks.qkv_DxTxHxK'], names['blocks.qkv_DxTxHxK'])
