@@ -7,3 +7,8 @@ os.environ['XLA_FLAGS'] = (
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # Keep TensorFlow (tf.data only) off the accelerator and from grabbing all host threads.
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+# One persistent XLA compilation cache for the whole run (and the trainer subprocesses tests
+# start): the suite compiles the same tiny steps many times.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.pytest_cache', 'jax_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
