@@ -107,8 +107,10 @@ def trainable_mask(params, opt_config):
   return param_paths.map_named(lambda name, _: not param_paths.matches(name, frozen), params)
 
 
-# Parameters outside the layer stack that sit below it (embeddings): the deepest layer decay.
-_BELOW_STACK = re.compile(r'embed|patch|pos|cls_token|stem')
+# Parameters outside the layer stack that sit below it (token, patch and position embeddings,
+# ViT's class token, a ResNet stem): the deepest layer decay. Anchored, so an untied LM's
+# 'unembed_DxV' (its head) is not taken for an embedding.
+_BELOW_STACK = re.compile(r'^(?:embed|patch|pos|cls|stem)')
 _UNSCANNED_LAYER = re.compile(r'(?:^|\.)blocks\.(\d+)\.')
 
 
