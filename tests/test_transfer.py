@@ -17,6 +17,7 @@ from flax import nnx
 
 from jaxscale import experiment, metrics, objectives, optim, param_paths, sampling, sharding
 from jaxscale import steps, train
+from jaxscale import workdir as workdir_lib
 from jaxscale.objectives import mlm_masking
 from jaxscale.transfer import init_from
 from tests.helpers import load_config_file, tiny_config
@@ -43,8 +44,14 @@ def _checkpoint_params(workdir) -> dict[str, np.ndarray]:
   return _host(nnx.state(model, nnx.Param))
 
 
+def _fresh_state(config):
+  """The initial train state a run of `config` starts from without init_from or a checkpoint."""
+  optimizer, _ = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  return experiment.create_train_state(config, sharding.make_mesh(config.mesh), optimizer)[1]
+
+
 def _fresh_params(config) -> dict[str, np.ndarray]:
-  return _host(nnx.state(train.build_model(config.model, config.seed), nnx.Param))
+  return _host(_fresh_state(config).params)
 
 
 @pytest.fixture(scope='module')
@@ -166,7 +173,8 @@ def test_frozen_parameters_stay_bit_identical_and_hold_no_optimizer_moments(
     data_dir, source, tmp_path):
   config = _lm_config(data_dir, **{'optimizer.frozen': FROZEN})
   summary = train.run(config, str(tmp_path))
-  initial, final = _fresh_params(config), _checkpoint_params(tmp_path)
+  state = _fresh_state(workdir_lib.read_config(tmp_path))  # Resolved: the vocabulary filled in.
+  initial, final = _host(state.params), _checkpoint_params(tmp_path)
   frozen = [n for n in initial if param_paths.matches(n, FROZEN)]
   trainable = [n for n in initial if n not in frozen]
   assert 'embed_VxD' in frozen and 'blocks.0.qkv_DxTxHxK' in frozen
@@ -177,8 +185,6 @@ def test_frozen_parameters_stay_bit_identical_and_hold_no_optimizer_moments(
     assert not np.array_equal(final[name], initial[name]), name
 
   # Adam's moments exist for the trainable parameters only.
-  optimizer, _ = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  _, state, _ = experiment.create_train_state(config, sharding.make_mesh(config.mesh), optimizer)
   adam_states = [s for s in jax.tree.leaves(
       state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
       if isinstance(s, optax.ScaleByAdamState)]
