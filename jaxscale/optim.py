@@ -54,8 +54,8 @@ def _decay_mask(params):
   'layers' axis (so per-layer norm scales stay undecayed), and not a bias or position embedding."""
 
   def decays(path, variable):
-    if isinstance(variable.value, optax.MaskedNode):  # A frozen parameter (optax.partition).
-      return variable
+    if isinstance(variable.get_value(), optax.MaskedNode):
+      return variable  # Frozen (optax.partition hides it from this group): nothing to mask.
     name = str(getattr(path[-1], 'key', path[-1]))
     axes = variable.get_metadata().get('out_sharding') or ()
     rank = variable.ndim - sum(axis == 'layers' for axis in axes)
@@ -113,8 +113,10 @@ def trainable_mask(params, opt_config):
   return param_paths.map_named(lambda name, _: not is_frozen(name, opt_config), params)
 
 
-# Parameters outside the layer stack that sit below it (embeddings): the deepest layer decay.
-_BELOW_STACK = re.compile(r'embed|patch|pos|cls_token|stem')
+# Parameters outside the layer stack that sit below it (token, patch and position embeddings,
+# ViT's class token, a ResNet stem): the deepest layer decay. Anchored, so an untied LM's
+# 'unembed_DxV' (its head) is not taken for an embedding.
+_BELOW_STACK = re.compile(r'^(?:embed|patch|pos|cls|stem)')
 _UNSCANNED_LAYER = re.compile(r'(?:^|\.)blocks\.(\d+)\.')
 
 

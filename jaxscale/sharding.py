@@ -8,8 +8,8 @@ Mesh axes are `Auto`: GSPMD propagates shardings through the step from its in/ou
 import math
 
 import jax
-import optax
 import numpy as np
+import optax
 from flax import linen, nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -56,19 +56,18 @@ def logical_to_named(logical_specs, mesh: Mesh, rules):
 def state_shardings(abstract_tree, mesh: Mesh, rules):
   """NamedShardings for a tree holding NNX variables with logical `out_sharding` metadata.
 
-  Leaves without annotations (step counters, optimizer scalars) are replicated.
+  Leaves without annotations (step counters, optimizer scalars) are replicated. A variable whose
+  value is `optax.MaskedNode` (a parameter group's state for a parameter it does not own, e.g. a
+  frozen one) holds no array and keeps its MaskedNode, so the shardings match the tree.
   """
   specs = nnx.get_partition_spec(abstract_tree)
-
-  def keep_masked(variable, spec):
-    # optax.partition leaves MaskedNode (no arrays) where a group does not own a parameter,
-    # e.g. no optimizer state for frozen ones: no sharding either.
-    masked = isinstance(variable, nnx.Variable) and isinstance(variable.value, optax.MaskedNode)
-    return variable if masked else spec
-
-  specs = jax.tree.map(keep_masked, abstract_tree, specs,
-                       is_leaf=lambda x: isinstance(x, nnx.Variable))
+  specs = jax.tree.map(lambda x, spec: x if _holds_masked_node(x) else spec, abstract_tree, specs,
+                       is_leaf=_holds_masked_node)
   return logical_to_named(specs, mesh, rules)
+
+
+def _holds_masked_node(x) -> bool:
+  return isinstance(x, nnx.Variable) and isinstance(x.get_value(), optax.MaskedNode)
 
 
 def abstract_arrays(tree, shardings):
