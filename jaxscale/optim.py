@@ -54,8 +54,6 @@ def _decay_mask(params):
   'layers' axis (so per-layer norm scales stay undecayed), and not a bias or position embedding."""
 
   def decays(path, variable):
-    if isinstance(variable.get_value(), optax.MaskedNode):  # Frozen: outside this partition.
-      return variable.replace(value=False)
     name = str(getattr(path[-1], 'key', path[-1]))
     axes = variable.get_metadata().get('out_sharding') or ()
     rank = variable.ndim - sum(axis == 'layers' for axis in axes)
