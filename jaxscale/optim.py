@@ -54,6 +54,8 @@ def _decay_mask(params):
   'layers' axis (so per-layer norm scales stay undecayed), and not a bias or position embedding."""
 
   def decays(path, variable):
+    if isinstance(variable.get_value(), optax.MaskedNode):
+      return variable  # Frozen (optax.partition hides it from this group): nothing to mask.
     name = str(getattr(path[-1], 'key', path[-1]))
     axes = variable.get_metadata().get('out_sharding') or ()
     rank = variable.ndim - sum(axis == 'layers' for axis in axes)

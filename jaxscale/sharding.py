@@ -9,6 +9,7 @@ import math
 
 import jax
 import numpy as np
+import optax
 from flax import linen, nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -55,9 +56,18 @@ def logical_to_named(logical_specs, mesh: Mesh, rules):
 def state_shardings(abstract_tree, mesh: Mesh, rules):
   """NamedShardings for a tree holding NNX variables with logical `out_sharding` metadata.
 
-  Leaves without annotations (step counters, optimizer scalars) are replicated.
+  Leaves without annotations (step counters, optimizer scalars) are replicated. A variable whose
+  value is `optax.MaskedNode` (a parameter group's state for a parameter it does not own, e.g. a
+  frozen one) holds no array and keeps its MaskedNode, so the shardings match the tree.
   """
-  return logical_to_named(nnx.get_partition_spec(abstract_tree), mesh, rules)
+  specs = nnx.get_partition_spec(abstract_tree)
+  specs = jax.tree.map(lambda x, spec: x if _holds_masked_node(x) else spec, abstract_tree, specs,
+                       is_leaf=_holds_masked_node)
+  return logical_to_named(specs, mesh, rules)
+
+
+def _holds_masked_node(x) -> bool:
+  return isinstance(x, nnx.Variable) and isinstance(x.get_value(), optax.MaskedNode)
 
 
 def abstract_arrays(tree, shardings):
