@@ -98,6 +98,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # subset (at least one example per class) fixed by the fraction, not by the seed, so runs of
   # different seeds see the same labels. Eval is unaffected; language modelling ignores it.
   c.dataset.train_fraction = 1.0
+  # Classification: keep only the examples whose label is one of these (train and eval), relabelled
+  # 0..k-1 in the order given, so num_classes is k; e.g. pretrain on digits (0, 1, 2, 3, 4) and
+  # finetune on (5, 6, 7, 8, 9). () = every class. train_fraction then applies to what is kept.
+  c.dataset.classes = ()
   # Vision datasets. Eval preprocessing is fixed (resize/center crop to image_size); these shape
   # the training stream only.
   c.dataset.image_size = 32           # Side of the square images the model sees.

@@ -102,6 +102,11 @@ def _check_values(config):
   if not 0 < config.dataset.train_fraction <= 1:
     raise ConfigError(f'config.dataset.train_fraction={config.dataset.train_fraction} must be in '
                       '(0, 1] (the fraction of train labels to use).')
+  classes = tuple(config.dataset.classes)
+  if classes and (len(classes) < 2 or len(set(classes)) != len(classes) or not all(
+      isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)):
+    raise ConfigError(f'config.dataset.classes={classes!r} must be () (every class) or at least '
+                      'two distinct label ids >= 0, e.g. (5, 6, 7, 8, 9).')
   if config.max_skipped_steps < 0:
     raise ConfigError(f'config.max_skipped_steps={config.max_skipped_steps} must be >= 0.')
   if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.num_train_steps:

@@ -105,8 +105,11 @@ def _transformer_activations(config, micro_batch: int, tensor_shards: int) -> in
 def _traced_activations(forward, abstract_args) -> int:
   """Sum of every intermediate in the traced forward pass: what backprop could keep."""
   jaxpr = jax.make_jaxpr(forward)(*abstract_args)
+  # PRNG keys (an extended dtype, no numpy itemsize) are a few bytes each: left out.
   return sum(math.prod(v.aval.shape) * np.dtype(v.aval.dtype).itemsize
-             for eqn in jaxpr.eqns for v in eqn.outvars if hasattr(v.aval, 'shape'))
+             for eqn in jaxpr.eqns for v in eqn.outvars
+             if hasattr(v.aval, 'shape')
+             and not jax.dtypes.issubdtype(v.aval.dtype, jax.dtypes.extended))
 
 
 def estimate(config, abstract_state, abstract_batch, forward) -> Estimate:

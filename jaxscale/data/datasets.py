@@ -5,7 +5,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from jaxscale.data import image_pipeline, pipeline, subsets, text_class_pipeline
+from jaxscale.data import image_pipeline, pipeline, sources, subsets, text_class_pipeline
 from jaxscale.data.sources import DATASETS, ImageSource, TextClassSource
 
 
@@ -34,10 +34,12 @@ def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int
   [local_batch_size, num_classes]) and `weights` (float32 [local_batch_size]); see
   `image_pipeline`. Text classification: `inputs` and `input_mask` (int32 [local_batch_size,
   dataset_config.seq_len]) in place of `image`; see `text_class_pipeline`. Classification trains
-  on `dataset_config.train_fraction` of the train labels (see `subsets`). Resume a train
+  on `dataset_config.train_fraction` of the train labels (see `subsets`), of the classes
+  `dataset_config.classes` (() = all; train and eval, relabelled 0..k-1). Resume a train
   iterator exactly with `tf.train.Checkpoint(iterator=iter(datasets.train))`.
   """
-  source = DATASETS.get(dataset_config.name)(dataset_config)
+  source = sources.keep_classes(DATASETS.get(dataset_config.name)(dataset_config),
+                                dataset_config.classes)
   kwargs = dict(local_batch_size=local_batch_size, num_eval_batches=num_eval_batches, seed=seed,
                 process_index=process_index, process_count=process_count)
   if isinstance(source, ImageSource):
@@ -102,12 +104,12 @@ def _classification_info(source, dataset_config, local_batch_size: int, num_eval
   """
   info = {'train_fraction': dataset_config.train_fraction}
   splits = source.builder.info.splits
-  if dataset_config.train_fraction < 1 or source.train_split in splits:
+  if dataset_config.train_fraction < 1 or source.classes or source.train_split in splits:
     info['num_train_labels'] = subsets.num_kept(source.builder, source.train_split,
-                                                dataset_config.train_fraction)
+                                                dataset_config.train_fraction, source.classes)
   if source.eval_split in splits:
     global_batch_size = local_batch_size * process_count
-    num_eval_examples = splits[source.eval_split].num_examples
+    num_eval_examples = subsets.num_kept(source.builder, source.eval_split, 1.0, source.classes)
     info['num_eval_examples'] = min(num_eval_examples, num_eval_batches * global_batch_size)
     # The num_eval_batches that would evaluate on the whole eval split.
     info['num_eval_batches_for_whole_split'] = -(-num_eval_examples // global_batch_size)

@@ -106,7 +106,7 @@ def train_dataset(source: ImageSource, dataset_config, *, batch_size: int, seed:
   examples = subsets.train_examples(
       source.builder, source.train_split, fraction=dataset_config.train_fraction,
       file_seed=file_seed, process_index=process_index, process_count=process_count,
-      decoders=_ENCODED)
+      decoders=_ENCODED, classes=source.classes)
   # Repeating before the shuffle makes each epoch come out in a new order.
   examples = examples.repeat()
   if dataset_config.shuffle_buffer_size > 1:
@@ -136,11 +136,13 @@ def eval_dataset(source: ImageSource, *, image_size: int, batch_size: int, num_b
   The global eval set is the split's first num_batches * global_batch images in stored order;
   global batch b holds images [b*G, (b+1)*G) and process p its rows [p*B, (p+1)*B), so the set
   (and the eval loss) does not depend on the number of processes. Past the end of the split come
-  zero images with zero labels and weight 0.
+  zero images with zero labels and weight 0. With `source.classes`, the split is first cut to
+  those classes (relabelled), so each kept image still counts exactly once.
   """
   global_batch_size = batch_size * process_count
-  examples = source.builder.as_dataset(
-      split=source.eval_split, shuffle_files=False, decoders=_ENCODED, read_config=read_config())
+  examples = subsets.keep_classes(source.builder.as_dataset(
+      split=source.eval_split, shuffle_files=False, decoders=_ENCODED, read_config=read_config()),
+      source.builder, source.classes)
   mine = examples.take(num_batches * global_batch_size).enumerate().filter(
       lambda index, _: index % global_batch_size // batch_size == process_index)
   real = mine.map(

@@ -52,6 +52,9 @@ class ImageSource:
   eval_crop_fraction: float | None = None
   class_names: tuple[str, ...] | None = None  # Label id -> name, where the dataset names them.
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
+  # The builder's labels kept, in the order of the new ids 0..num_classes-1; () = every label
+  # as it is (see `keep_classes`).
+  classes: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,28 @@ class TextClassSource:
   vocab_size: int
   class_names: tuple[str, ...] | None = None
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
+  classes: tuple[int, ...] = ()  # As for ImageSource.
+
+
+def keep_classes(source, classes):
+  """`source` (an ImageSource or TextClassSource) restricted to the labels `classes` (the
+  config's `dataset.classes`), relabelled 0..k-1 in that order; () leaves it as it is. The
+  pipelines filter and relabel the examples (`subsets.keep_classes`)."""
+  from jaxscale.config_validation import ConfigError  # noqa: PLC0415
+  classes = tuple(int(c) for c in classes)
+  if not classes:
+    return source
+  if not isinstance(source, (ImageSource, TextClassSource)):
+    raise ConfigError(f'config.dataset.classes={classes} needs a classification dataset; '
+                      f'{type(source).__name__} has no labels (set it to ()).')
+  out_of_range = [c for c in classes if c >= source.num_classes]
+  if out_of_range:
+    raise ConfigError(f'config.dataset.classes={classes}: {out_of_range} are not labels of this '
+                      f'dataset, which has {source.num_classes} classes (0..'
+                      f'{source.num_classes - 1}).')
+  names = source.class_names and tuple(source.class_names[c] for c in classes)
+  return dataclasses.replace(source, classes=classes, num_classes=len(classes), class_names=names,
+                             info={**source.info, 'classes': list(classes)})
 
 
 def class_names_of(builder: tfds.core.DatasetBuilder) -> tuple[str, ...] | None:

@@ -5,6 +5,11 @@ class keeps max(1, round(fraction * its count)) examples, so every class is pres
 mix is the split's. The choice depends on the fraction only, never on the run seed, so runs with
 different seeds compare on the same labels; and it is nested: each class's examples are taken in
 one fixed random order, so the 1% subset lies inside the 10% one.
+
+`config.dataset.classes` keeps only some labels (train and eval), relabelled 0..k-1 in the order
+given (`keep_classes`). Each class's examples are taken in the same order whichever classes are
+kept, so a fraction of a class subset holds the same examples of each class as that fraction of
+the whole split.
 """
 
 import numpy as np
@@ -48,32 +53,63 @@ def split_labels(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
   return _LABELS[key]
 
 
-def num_kept(builder: tfds.core.DatasetBuilder, split: str, fraction: float) -> int:
-  if fraction == 1:
+def label_map(classes, num_source_classes: int) -> np.ndarray:
+  """int64 [num_source_classes]: each source label's position in `classes`, -1 if not kept."""
+  mapping = np.full([num_source_classes], -1, np.int64)
+  mapping[list(classes)] = np.arange(len(classes))
+  return mapping
+
+
+def num_source_classes(builder: tfds.core.DatasetBuilder) -> int:
+  return builder.info.features['label'].num_classes
+
+
+def keep_classes(examples: tf.data.Dataset, builder: tfds.core.DatasetBuilder,
+                 classes) -> tf.data.Dataset:
+  """The examples whose `label` is in `classes`, relabelled to its position there; () = all."""
+  if not classes:
+    return examples
+  mapping = tf.constant(label_map(classes, num_source_classes(builder)))
+  relabelled = examples.map(lambda example: {**example, 'label': tf.gather(mapping,
+                                                                           example['label'])})
+  return relabelled.filter(lambda example: example['label'] >= 0)
+
+
+def kept_mask(labels: np.ndarray, fraction: float, classes=()) -> np.ndarray:
+  """bool [num_examples]: the examples of `classes` (() = all) in the `fraction` subset."""
+  mask = np.zeros(len(labels), bool)
+  mask[stratified_subset(labels, fraction) if fraction < 1 else slice(None)] = True
+  if classes:
+    mask &= np.isin(labels, list(classes))
+  return mask
+
+
+def num_kept(builder: tfds.core.DatasetBuilder, split: str, fraction: float, classes=()) -> int:
+  if fraction == 1 and not classes:
     return builder.info.splits[split].num_examples
-  return len(stratified_subset(split_labels(builder, split), fraction))
+  return int(kept_mask(split_labels(builder, split), fraction, classes).sum())
 
 
 def train_examples(builder: tfds.core.DatasetBuilder, split: str, *, fraction: float,
                    file_seed: int, process_index: int, process_count: int,
-                   decoders=None) -> tf.data.Dataset:
+                   decoders=None, classes=()) -> tf.data.Dataset:
   """This process's share of the kept train examples, one pass (finite, not yet shuffled).
 
-  The whole split: TFDS's per-process split, files in a seeded order. A fraction: the split in
-  stored order, filtered to the subset by position (a constant mask, so the pipeline stays
-  checkpointable), and dealt out to the processes in turn; the shuffle after this mixes it.
+  The whole split: TFDS's per-process split, files in a seeded order (then only `classes`, if
+  given). A fraction: the split in stored order, filtered to the subset by position (a constant
+  mask, so the pipeline stays checkpointable), and dealt out to the processes in turn; the
+  shuffle after this mixes it. Labels are relabelled as `keep_classes` says.
   """
   if fraction == 1:
     process_split = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count)
-    return builder.as_dataset(split=process_split, shuffle_files=True, decoders=decoders,
-                              read_config=read_config(shuffle_seed=int(file_seed)))
-  labels = split_labels(builder, split)
-  mask = np.zeros(len(labels), bool)
-  mask[stratified_subset(labels, fraction)] = True
-  mask = tf.constant(mask)
+    examples = builder.as_dataset(split=process_split, shuffle_files=True, decoders=decoders,
+                                  read_config=read_config(shuffle_seed=int(file_seed)))
+    return keep_classes(examples, builder, classes)
+  mask = tf.constant(kept_mask(split_labels(builder, split), fraction, classes))
   examples = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
                                 read_config=read_config())
   kept = examples.enumerate().filter(lambda index, _: tf.gather(mask, index))
-  mine = kept.map(lambda _, example: example).shard(process_count, process_index)
+  kept = keep_classes(kept.map(lambda _, example: example), builder, classes)
+  mine = kept.shard(process_count, process_index)
   return mine.with_options(deterministic())

@@ -42,7 +42,8 @@ def train_dataset(source: TextClassSource, dataset_config, *, batch_size: int, s
   file_seed, shuffle_seed = np.random.SeedSequence(seed).generate_state(2)
   examples = subsets.train_examples(
       source.builder, source.train_split, fraction=dataset_config.train_fraction,
-      file_seed=file_seed, process_index=process_index, process_count=process_count)
+      file_seed=file_seed, process_index=process_index, process_count=process_count,
+      classes=source.classes)
   # Repeating before the shuffle makes each epoch come out in a new order. The buffer holds the
   # raw texts (what a checkpoint stores), tokenized only after it.
   examples = examples.repeat()
@@ -67,8 +68,9 @@ def eval_dataset(source: TextClassSource, *, seq_len: int, batch_size: int, num_
   then PAD), so that no row is all padding.
   """
   global_batch_size = batch_size * process_count
-  examples = source.builder.as_dataset(
-      split=source.eval_split, shuffle_files=False, read_config=read_config())
+  examples = subsets.keep_classes(source.builder.as_dataset(
+      split=source.eval_split, shuffle_files=False, read_config=read_config()),
+      source.builder, source.classes)  # Only those classes (relabelled), if the source keeps some.
   mine = examples.take(num_batches * global_batch_size).enumerate().filter(
       lambda index, _: index % global_batch_size // batch_size == process_index)
   real = mine.map(lambda _, example: _example(source, example, seq_len),

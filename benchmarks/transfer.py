@@ -1,0 +1,214 @@
+"""What pretraining buys a finetune, as JSON lines: one per run, then a summary line.
+
+  python benchmarks/transfer.py                                  # both tasks, the configs' budgets
+  python benchmarks/transfer.py --tasks=image --fractions=0.1 --steps=50 --pretrain_steps=100
+
+Tasks: 'text' (configs/bert_pretrain.py, masked-LM on the standard library, then
+configs/bert_finetune.py on stdlib_packages) and 'image' (configs/vit_digits_pretrain.py on
+digits 0-4, then configs/vit_digits_finetune.py on digits 5-9). Each task pretrains once (a
+finished pretrain workdir under --out is reused), then finetunes with the same budget (steps) as:
+- 'full' from the pretrained parameters and from scratch (`init_from.workdir=''`), at each label
+  fraction (`dataset.train_fraction`);
+- 'frozen' (everything but the head frozen) and 'lora' (low-rank adapters, where the config has a
+  `lora` section; else a row saying it is skipped), pretrained, at --peft_fraction;
+- images only: 'full' again with augmentation (1-pixel pad-and-crop shifts), both inits.
+A row: task, mode, init ('pretrained' | 'scratch'), train_fraction, augment, accuracy and
+macro_f1 (eval, from summary.json), params_trainable, checkpoint_bytes (the newest
+checkpoints/<step> directory), steps_per_sec (median of the logged intervals) and wall_s (the
+whole run: build, compile, train, eval, save). The summary line holds pretrained-minus-scratch
+accuracy per fraction, measured in this run. Runs go in-process through `train.run`, one after
+another, in workdirs under --out (each finetune workdir is cleared first).
+"""
+
+import importlib.util
+import json
+import pathlib
+import shutil
+import statistics
+import sys
+import time
+
+from absl import app, flags, logging
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # Run as a script from anywhere.
+
+_OUT = flags.DEFINE_string('out', '/tmp/jaxscale_transfer_bench', 'Directory for the workdirs.')
+_TASKS = flags.DEFINE_list('tasks', ['text', 'image'], 'Tasks to run: text, image.')
+_FRACTIONS = flags.DEFINE_list('fractions', ['0.01', '0.1', '1.0'],
+                               'Label fractions (dataset.train_fraction) of the finetunes.')
+_STEPS = flags.DEFINE_integer('steps', 0, 'Finetune steps of every row; 0: the config\'s.')
+_PRETRAIN_STEPS = flags.DEFINE_integer('pretrain_steps', 0, 'Pretrain steps; 0: the config\'s.')
+_MODES = flags.DEFINE_list('modes', ['full', 'frozen', 'lora'],
+                           'Finetune modes: full (both inits), frozen, lora.')
+_PEFT_FRACTION = flags.DEFINE_float('peft_fraction', 0.0,
+                                    'Label fraction of the frozen and LoRA rows; 0: the largest.')
+_AUGMENT = flags.DEFINE_bool('augment', True, 'Image task: also the rows with augmentation.')
+_LORA_RANK = flags.DEFINE_integer('lora_rank', 8, 'lora.rank of the LoRA rows.')
+_LORA_ALPHA = flags.DEFINE_float('lora_alpha', 16.0, 'lora.alpha of the LoRA rows.')
+
+TASKS = {
+    'text': dict(pretrain='bert_pretrain', finetune='bert_finetune', augment=None),
+    'image': dict(pretrain='vit_digits_pretrain', finetune='vit_digits_finetune',
+                  augment={'dataset.crop': 'pad_and_crop', 'dataset.crop_padding': 1}),
+}
+FROZEN_BACKBONE = ('^(?!head)',)  # Every parameter but head_DxK and head_bias_K.
+
+
+def load_config(name: str, overrides: dict):
+  """configs/<name>.py's get_config() with dotted-key overrides (existing keys only)."""
+  spec = importlib.util.spec_from_file_location(name, ROOT / 'configs' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    if leaf not in node:
+      raise KeyError(f'{name}: no config key {key!r}')
+    node[leaf] = value
+  return config
+
+
+def budget(config, steps: int) -> dict:
+  """Overrides that set num_train_steps (0 keeps the config's), with warmup kept below it."""
+  if not steps:
+    return {}
+  return {'num_train_steps': steps,
+          'optimizer.warmup_steps': min(config.optimizer.warmup_steps, steps // 5)}
+
+
+def checkpoint_bytes(workdir: pathlib.Path) -> int | None:
+  steps = [p for p in (workdir / 'checkpoints').glob('*') if p.is_dir() and p.name.isdigit()]
+  if not steps:
+    return None
+  newest = max(steps, key=lambda p: int(p.name))
+  return sum(f.stat().st_size for f in newest.rglob('*') if f.is_file())
+
+
+def steps_per_sec(workdir: pathlib.Path) -> float | None:
+  """Median over the logged intervals, the first (input pipeline warm-up) left out if others."""
+  path = workdir / 'metrics.jsonl'
+  rates = [row['steps_per_sec'] for row in map(json.loads, path.read_text().splitlines())
+           if isinstance(row.get('steps_per_sec'), (int, float))] if path.exists() else []
+  return statistics.median(rates[1:] or rates) if rates else None
+
+
+def train_row(name: str, overrides: dict, workdir: pathlib.Path, *, clear: bool = True) -> dict:
+  """Trains configs/<name>.py with `overrides` in `workdir`; the row's measured fields."""
+  from jaxscale import train  # noqa: PLC0415  (after absl has parsed the flags)
+  if clear and workdir.exists():
+    shutil.rmtree(workdir)
+  config = load_config(name, overrides)
+  start = time.perf_counter()
+  summary = train.run(config, str(workdir))
+  wall_s = time.perf_counter() - start
+  return {'accuracy': summary.get('eval_accuracy'), 'macro_f1': summary.get('eval_macro_f1'),
+          'eval_loss': summary.get('eval_loss'),
+          'params_trainable': summary.get('params_trainable'),
+          'checkpoint_bytes': checkpoint_bytes(workdir), 'steps_per_sec': steps_per_sec(workdir),
+          'wall_s': round(wall_s, 2)}
+
+
+def emit(row: dict):
+  print(json.dumps(row), flush=True)
+
+
+def pretrain(task: str, spec: dict, out: pathlib.Path) -> pathlib.Path:
+  workdir = out / task / 'pretrain'
+  base = {'task': task, 'mode': 'pretrain', 'init': 'scratch', 'train_fraction': 1.0,
+          'augment': False}
+  summary_path = workdir / 'summary.json'
+  if summary_path.exists():  # Finished before: reuse it.
+    summary = json.loads(summary_path.read_text())
+    emit({**base, 'accuracy': summary.get('eval_accuracy'),
+          'macro_f1': summary.get('eval_macro_f1'), 'eval_loss': summary.get('eval_loss'),
+          'params_trainable': summary.get('params_trainable'),
+          'checkpoint_bytes': checkpoint_bytes(workdir), 'steps_per_sec': steps_per_sec(workdir),
+          'wall_s': 0.0, 'reused': True})
+    return workdir
+  config = load_config(spec['pretrain'], {})
+  emit({**base, **train_row(spec['pretrain'], budget(config, _PRETRAIN_STEPS.value), workdir),
+        'reused': False})
+  return workdir
+
+
+def finetune(task: str, spec: dict, out: pathlib.Path, pretrained: pathlib.Path, *, mode: str,
+             init: str, fraction: float, augment: bool, results: list):
+  config = load_config(spec['finetune'], {})
+  overrides = {**budget(config, _STEPS.value), 'dataset.train_fraction': fraction,
+               'init_from.workdir': str(pretrained) if init == 'pretrained' else ''}
+  if augment:
+    overrides.update(spec['augment'])
+  if mode == 'frozen':
+    overrides['optimizer.frozen'] = FROZEN_BACKBONE
+  elif mode == 'lora':
+    overrides.update({'lora.rank': _LORA_RANK.value, 'lora.alpha': _LORA_ALPHA.value})
+  row = {'task': task, 'mode': mode, 'init': init, 'train_fraction': fraction, 'augment': augment}
+  workdir = out / task / f'{mode}_{init}_f{fraction:g}{"_aug" if augment else ""}'
+  try:
+    row.update(train_row(spec['finetune'], overrides, workdir))
+  except Exception as e:  # noqa: BLE001  (one failed row is reported; the others still run)
+    logging.exception('Row %s failed.', row)
+    row['error'] = f'{type(e).__name__}: {str(e)[:500]}'
+  results.append(row)
+  emit(row)
+
+
+def has_lora() -> bool:
+  from jaxscale import config_base  # noqa: PLC0415
+  return 'lora' in config_base.get_base_config()
+
+
+def accuracy_gaps(results: list, task: str, augment: bool) -> dict[str, float]:
+  """{fraction: pretrained minus scratch accuracy} of the task's full finetunes."""
+  accuracy = {(r['init'], r['train_fraction']): r.get('accuracy') for r in results
+              if r['task'] == task and r['mode'] == 'full' and r['augment'] == augment}
+  return {f'{f:g}': accuracy[('pretrained', f)] - accuracy[('scratch', f)]
+          for (init, f) in accuracy if init == 'pretrained'
+          and accuracy.get(('scratch', f)) is not None and accuracy[('pretrained', f)] is not None}
+
+
+def main(argv):
+  del argv
+  unknown = set(_TASKS.value) - set(TASKS)
+  if unknown:
+    raise app.UsageError(f'--tasks: unknown {sorted(unknown)}; choose from {sorted(TASKS)}.')
+  fractions = [float(f) for f in _FRACTIONS.value]
+  peft_fraction = _PEFT_FRACTION.value or max(fractions)
+  out = pathlib.Path(_OUT.value)
+  results, summary = [], {'summary': 'pretrained_minus_scratch_accuracy'}
+  start = time.perf_counter()
+  for task in _TASKS.value:
+    spec = TASKS[task]
+    pretrained = pretrain(task, spec, out)
+    run = lambda **kw: finetune(task, spec, out, pretrained, results=results, **kw)  # noqa: E731
+    if 'full' in _MODES.value:
+      for fraction in fractions:
+        for init in ('pretrained', 'scratch'):
+          run(mode='full', init=init, fraction=fraction, augment=False)
+    if 'frozen' in _MODES.value:
+      run(mode='frozen', init='pretrained', fraction=peft_fraction, augment=False)
+    if 'lora' in _MODES.value:
+      if has_lora():
+        run(mode='lora', init='pretrained', fraction=peft_fraction, augment=False)
+      else:
+        emit({'task': task, 'mode': 'lora', 'init': 'pretrained', 'train_fraction': peft_fraction,
+              'augment': False, 'skipped': 'config_base has no lora section'})
+    if _AUGMENT.value and spec['augment'] and 'full' in _MODES.value:
+      for fraction in fractions:
+        for init in ('pretrained', 'scratch'):
+          run(mode='full', init=init, fraction=fraction, augment=True)
+    summary[task] = accuracy_gaps(results, task, augment=False)
+    if _AUGMENT.value and spec['augment']:
+      summary[f'{task}_augment'] = accuracy_gaps(results, task, augment=True)
+  summary['wall_s'] = round(time.perf_counter() - start, 1)
+  emit(summary)
+  if any('error' in r for r in results):
+    raise SystemExit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)
