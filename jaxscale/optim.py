@@ -2,7 +2,7 @@
 
 Weight decay is masked to weight matrices and kernels: norms, biases, position embeddings and
 scalars are never decayed (`_decay_mask`).
-Parameter groups (`param_groups`): `optimizer.frozen` parameters get no update and no optimizer
+Parameter groups: `optimizer.frozen` parameters get no update and no optimizer
 state (`optax.partition` with `optax.set_to_zero`); `optimizer.lr_multipliers` and
 `optimizer.layer_decay` scale the updates of the others.
 Gradient accumulation is handled by the train step (micro-batches), not by optax.MultiSteps, so

@@ -1,7 +1,6 @@
-"""The training loop: `run(config, workdir)` builds every component from the config and trains.
-
-Resume order: the newest checkpoint in `workdir/checkpoints` (state and data-iterator position)
-if there is one, else a fresh initialisation from `config.seed`.
+"""The training loop: `run(config, workdir)` builds the experiment (`jaxscale.experiment`: mesh,
+data, model, initial state, compiled steps) and trains it, with periodic logging, evaluation and
+checkpoints, until `num_train_steps` or a preemption notice.
 """
 
 import math

@@ -23,10 +23,20 @@ def config_as_dict(config) -> dict:
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
+  """Keys whose values differ. A key the old record lacks but the new config leaves at its
+  declared default is no difference: it was added to the schema after the run started."""
   old_flat, new_flat = config_base.flatten(old), config_base.flatten(new)
+  defaults = config_base.flatten(config_as_dict(config_base.get_base_config()))
+  _absent = object()
+
+  def differs(key):
+    before, after = old_flat.get(key, _absent), new_flat.get(key, _absent)
+    if before is _absent and key in defaults and after == defaults[key]:
+      return False
+    return key not in _RESUMABLE_KEYS and before != after
+
   return [f'{k}: {old_flat.get(k, "<absent>")!r} -> {new_flat.get(k, "<absent>")!r}'
-          for k in sorted(set(old_flat) | set(new_flat))
-          if k not in _RESUMABLE_KEYS and old_flat.get(k) != new_flat.get(k)]
+          for k in sorted(set(old_flat) | set(new_flat)) if differs(k)]
 
 
 def read_config(workdir) -> ml_collections.ConfigDict:

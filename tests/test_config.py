@@ -1,5 +1,6 @@
 """Bad configs fail fast, naming the key and what is allowed."""
 
+import json
 import subprocess
 import sys
 import time
@@ -7,7 +8,7 @@ import time
 import pytest
 
 import jaxscale.data  # noqa: F401  (TensorFlow's import time is not validation time)
-from jaxscale import config_validation
+from jaxscale import config_base, config_validation
 from jaxscale.config_validation import ConfigError
 from tests.helpers import tiny_config
 
@@ -62,3 +63,14 @@ def test_cli_rejects_an_unknown_override_before_training(tmp_path):
   assert result.returncode != 0
   assert 'num_layer' in result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_keys_added_to_the_schema_since_a_run_started_do_not_block_its_resume():
+  from jaxscale import workdir
+  new = workdir.config_as_dict(config_base.get_base_config())
+  old = json.loads(json.dumps(new))
+  del old['lora'], old['init_from']['reinit']  # A record written before these keys existed.
+  assert workdir.config_differences(old, new) == []
+  changed = json.loads(json.dumps(new))
+  changed['lora']['rank'] = 4
+  assert workdir.config_differences(old, changed) == ["config.lora.rank: '<absent>' -> 4"]
