@@ -126,8 +126,9 @@ def restore_model(workdir, step: int | None = None,
   is_saved = lambda path, _: param_paths.path_name(path) in saved
   params = abstract_params
   if set(param_paths.named_leaves(abstract_params)) - saved:  # Frozen ones: re-derive them.
-    with jax.default_device(jax.local_devices()[0]):
-      _, params, _ = nnx.split(experiment.model_for(config), nnx.Param, ...)
+    # Jitted, as the run initialised them: eager initialisers may round differently.
+    params = jax.jit(lambda: nnx.state(experiment.model_for(config), nnx.Param),
+                     out_shardings=device)()
     if config.get('init_from', {}).get('workdir'):
       params, _ = init_from.restore_params(config.init_from, params)
   # TrainState fields to read: the saved parameters, and other model variables (e.g. batch-norm

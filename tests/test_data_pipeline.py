@@ -27,8 +27,8 @@ def _load(config, **overrides):
 
 
 def test_registry_names_and_unknown_name():
-  assert DATASETS.names() == ['c4', 'cifar10', 'cifar100', 'digits', 'imagenet2012', 'lm1b',
-                              'markov', 'python_stdlib']
+  assert DATASETS.names() == ['c4', 'cifar10', 'cifar100', 'digits', 'glue/sst2', 'imagenet2012',
+                              'imdb_reviews', 'lm1b', 'markov', 'python_stdlib', 'stdlib_packages']
   with pytest.raises(KeyError, match='choose one of: c4, cifar10, .*, python_stdlib'):
     DATASETS.get('wikitext')
 

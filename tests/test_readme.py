@@ -119,7 +119,7 @@ def _micro_sweep_spec(path, real_path):
       'spec.loader.exec_module(real)\n\n'
       'def get_config():\n'
       '  c = real.get_config()\n'
-      '  c.budgets = (2e9, 4e9)\n'
+      '  c.budgets = (5e8, 1e9)\n'
       '  c.sizes_per_budget = 4\n'
       '  c.shape.max_layers = 2\n'
       "  c.overrides = tuple(c.overrides) + ('dataset.data_dir=tfds', 'dataset.seq_len=32',\n"

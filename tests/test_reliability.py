@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from etils import epath
 
-from jaxscale import checkpointing, input_errors, memory, metrics, optim, sharding, steps, train
+from jaxscale import checkpointing, config_validation, input_errors, memory, metrics, optim
+from jaxscale import sharding, steps, train
 from tests.helpers import random_batch, tiny_config
 
 
@@ -322,7 +323,7 @@ def test_a_config_too_big_for_the_device_fails_fast_and_leaves_the_workdir_alone
 
 
 def test_invalid_mesh_is_refused_before_the_workdir_is_touched(tmp_path):
-  with pytest.raises(train.config_validation.ConfigError, match=r'config.mesh: .* needs 12'):
+  with pytest.raises(config_validation.ConfigError, match=r'config.mesh: .* needs 12'):
     train.run(tiny_config(**{'mesh.data': 3, 'mesh.fsdp': 4}), str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
 
@@ -373,5 +374,5 @@ def test_permission_errors_from_the_pipeline_are_explained():
     ('max_skipped_steps', -1, r'config.max_skipped_steps=-1 must be >= 0'),
 ])
 def test_reliability_keys_are_validated(key, value, message):
-  with pytest.raises(train.config_validation.ConfigError, match=message):
-    train.config_validation.validate(tiny_config(**{key: value}))
+  with pytest.raises(config_validation.ConfigError, match=message):
+    config_validation.validate(tiny_config(**{key: value}))
