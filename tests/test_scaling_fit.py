@@ -123,3 +123,13 @@ def test_too_few_points_fails():
 def test_unknown_fixed_parameter_fails():
   with pytest.raises(ValueError, match="Cannot fix 'gamma'"):
     approach3.fit(synthetic.grid_runs(), fixed={'gamma': 1.0}, num_bootstrap=0)
+
+
+def test_a_degenerate_resample_has_no_compute_optimum_rather_than_a_complex_one():
+  from jaxscale.scaling import approach3
+  degenerate = {'alpha': -0.3, 'beta': 0.2, 'A': 400.0, 'B': 410.0}
+  n_opt, d_opt = approach3.compute_optimal(degenerate, 1e13)
+  assert np.isnan(n_opt) and np.isnan(d_opt)
+  n_opt, d_opt = approach3.compute_optimal({'alpha': 0.34, 'beta': 0.28, 'A': 406.4, 'B': 410.7},
+                                           1e13)
+  assert np.isfinite(n_opt) and n_opt * d_opt == pytest.approx(1e13 / 6)

@@ -59,8 +59,11 @@ def loss(params: dict, n, d):
 
 def compute_optimal(params: dict, compute, flops_per_param_token=6.0):
   """(N_opt, D_opt) minimising L(N, D) subject to compute = flops_per_param_token * N * D."""
-  alpha, beta = params['alpha'], params['beta']
-  scale = (alpha * params['A'] / (beta * params['B'])) ** (1.0 / (alpha + beta))
-  tokens_times_params = np.asarray(compute, float) / flops_per_param_token
-  n_opt = scale * tokens_times_params ** (beta / (alpha + beta))
-  return n_opt, tokens_times_params / n_opt
+  alpha, beta = np.float64(params['alpha']), np.float64(params['beta'])
+  with np.errstate(invalid='ignore', divide='ignore'):
+    # In numpy, not Python floats: a degenerate resample (a negative exponent or coefficient)
+    # has no optimum and gives NaN, which intervals leave out, rather than a complex number.
+    scale = np.power(alpha * params['A'] / (beta * params['B']), 1.0 / (alpha + beta))
+    tokens_times_params = np.asarray(compute, float) / flops_per_param_token
+    n_opt = scale * np.power(tokens_times_params, beta / (alpha + beta))
+    return n_opt, tokens_times_params / n_opt
