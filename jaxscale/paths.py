@@ -21,6 +21,11 @@ def resolve(path) -> epath.Path:
   return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
+def resolve_str(path) -> str:
+  """`resolve` as a string: for argparse types and for paths written into files or commands."""
+  return os.fspath(resolve(path))
+
+
 def resolve_optional(path: str) -> str | None:
   """For config strings where '' means "the library's default": None, or the resolved path."""
   return os.fspath(resolve(path)) if path else None

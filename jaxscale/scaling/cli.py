@@ -20,13 +20,13 @@ import math
 import os
 import sys
 
+from jaxscale import paths
 from jaxscale.scaling import collect
 from jaxscale.scaling import compare
 from jaxscale.scaling import emit_config
 from jaxscale.scaling import fits
 from jaxscale.scaling import launcher
 from jaxscale.scaling import laws
-from jaxscale.scaling import paths
 from jaxscale.scaling import plots
 from jaxscale.scaling import predict
 from jaxscale.scaling import run_config
@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m jaxscale.scaling', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest='command', required=True)
-  path = paths.resolve  # Every path argument: absolute from here on, so files and children agree.
+  path = paths.resolve_str  # Every path argument: absolute from here on, so files and children agree.
 
   def command(name, handler, help_text):
     sub = commands.add_parser(name, help=help_text, description=help_text)

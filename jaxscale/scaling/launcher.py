@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from jaxscale.scaling import paths
+from jaxscale import paths
 from jaxscale.scaling import sweep as sweep_lib
 
 POLL_SECONDS = 2.0
@@ -48,7 +48,7 @@ def is_finished(workdir) -> bool:
 def print_commands(sweep_dir, stream=None) -> None:
   """One shell line per unfinished run, trunks first; a branch's line first copies its trunk's
   checkpoint."""
-  sweep_dir = paths.resolve(sweep_dir)
+  sweep_dir = paths.resolve_str(sweep_dir)
   sweep = sweep_lib.load(sweep_dir)
   for run in sorted(sweep['runs'], key=lambda run: 'branch_from' in run):
     workdir = run_dir(sweep_dir, run)
@@ -68,7 +68,7 @@ def run_all(sweep_dir, parallel=1, stream=None) -> dict:
 
   Progress goes to `stream` (default stderr), so stdout stays free for the caller's result.
   """
-  sweep_dir = paths.resolve(sweep_dir)  # Trainers get absolute workdirs, whatever their cwd.
+  sweep_dir = paths.resolve_str(sweep_dir)  # Trainers get absolute workdirs, whatever their cwd.
   sweep = sweep_lib.load(sweep_dir)
   pending = [run for run in sweep['runs'] if not is_finished(run_dir(sweep_dir, run))]
   skipped = len(sweep['runs']) - len(pending)
