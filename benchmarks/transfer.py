@@ -4,8 +4,9 @@
   python benchmarks/transfer.py --tasks=image --fractions=0.1 --steps=50 --pretrain_steps=100
 
 Tasks: 'text' (configs/bert_pretrain.py, masked-LM on the standard library, then
-configs/bert_finetune.py on stdlib_packages) and 'image' (configs/vit_digits_pretrain.py on
-digits 0-4, then configs/vit_digits_finetune.py on digits 5-9). Each task pretrains once (a
+configs/bert_finetune.py on stdlib_packages) and 'image' (configs/resnet_digits_pretrain.py on
+digits 0-4, then configs/resnet_digits_finetune.py on digits 5-9; `--image_model=vit` for the
+configs/vit_digits_* pair). Each task pretrains once (a
 finished pretrain workdir under --out is reused), then finetunes with the same budget (steps) as:
 - 'full' from the pretrained parameters and from scratch (`init_from.workdir=''`), at each label
   fraction (`dataset.train_fraction`);
@@ -17,7 +18,9 @@ macro_f1 (eval, from summary.json), params_trainable, checkpoint_bytes (the newe
 checkpoints/<step> directory), steps_per_sec (median of the logged intervals) and wall_s (the
 whole run: build, compile, train, eval, save). The summary line holds pretrained-minus-scratch
 accuracy per fraction, measured in this run. Runs go in-process through `train.run`, one after
-another, in workdirs under --out (each finetune workdir is cleared first).
+another, in workdirs under --out (each finetune workdir is cleared first), sharing a persistent
+compilation cache (--compile_cache), so wall_s of a row after the first of its shape is mostly
+training, not compiling.
 """
 
 import importlib.util
@@ -44,15 +47,21 @@ _MODES = flags.DEFINE_list('modes', ['full', 'frozen', 'lora'],
 _PEFT_FRACTION = flags.DEFINE_float('peft_fraction', 0.0,
                                     'Label fraction of the frozen and LoRA rows; 0: the largest.')
 _AUGMENT = flags.DEFINE_bool('augment', True, 'Image task: also the rows with augmentation.')
+_COMPILE_CACHE = flags.DEFINE_string(
+    'compile_cache', 'DEFAULT', 'Persistent XLA compilation cache shared by the runs (rows of one '
+    'task compile the same programs); DEFAULT: <out>/xla_cache; empty: none.')
+_IMAGE_MODEL = flags.DEFINE_enum('image_model', 'resnet', ['resnet', 'vit'],
+                                  'Image task: configs/<image_model>_digits_{pretrain,finetune}.py.')
 _LORA_RANK = flags.DEFINE_integer('lora_rank', 8, 'lora.rank of the LoRA rows.')
 _LORA_ALPHA = flags.DEFINE_float('lora_alpha', 16.0, 'lora.alpha of the LoRA rows.')
 
 TASKS = {
     'text': dict(pretrain='bert_pretrain', finetune='bert_finetune', augment=None),
-    'image': dict(pretrain='vit_digits_pretrain', finetune='vit_digits_finetune',
+    'image': dict(pretrain='{model}_digits_pretrain', finetune='{model}_digits_finetune',
                   augment={'dataset.crop': 'pad_and_crop', 'dataset.crop_padding': 1}),
 }
-FROZEN_BACKBONE = ('^(?!head)',)  # Every parameter but head_DxK and head_bias_K.
+# Every parameter but the classifier (head_DxK and head_bias_K; a ResNet's head.kernel, head.bias).
+FROZEN_BACKBONE = ('^(?!head)',)
 
 
 def load_config(name: str, overrides: dict):
@@ -117,7 +126,7 @@ def emit(row: dict):
 
 
 def pretrain(task: str, spec: dict, out: pathlib.Path) -> pathlib.Path:
-  workdir = out / task / 'pretrain'
+  workdir = out / task / spec['pretrain']
   base = {'task': task, 'mode': 'pretrain', 'init': 'scratch', 'train_fraction': 1.0,
           'augment': False}
   summary_path = workdir / 'summary.json'
@@ -179,10 +188,18 @@ def main(argv):
   fractions = [float(f) for f in _FRACTIONS.value]
   peft_fraction = _PEFT_FRACTION.value or max(fractions)
   out = pathlib.Path(_OUT.value)
+  cache = str(out / 'xla_cache') if _COMPILE_CACHE.value == 'DEFAULT' else _COMPILE_CACHE.value
+  if cache:
+    import jax  # noqa: PLC0415
+    jax.config.update('jax_compilation_cache_dir', cache)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   results, summary = [], {'summary': 'pretrained_minus_scratch_accuracy'}
   start = time.perf_counter()
   for task in _TASKS.value:
-    spec = TASKS[task]
+    spec = {k: v.format(model=_IMAGE_MODEL.value) if isinstance(v, str) else v
+            for k, v in TASKS[task].items()}
+    emit({'task': task, 'pretrain_config': spec['pretrain'], 'finetune_config': spec['finetune'],
+          'lora_available': has_lora()})
     pretrained = pretrain(task, spec, out)
     run = lambda **kw: finetune(task, spec, out, pretrained, results=results, **kw)  # noqa: E731
     if 'full' in _MODES.value:

@@ -137,3 +137,18 @@ def test_classes_need_a_classification_dataset(tmp_path):
   config.name, config.data_dir, config.classes = 'markov', str(tmp_path), (0, 1)
   with pytest.raises(config_validation.ConfigError, match='needs a classification dataset'):
     get_datasets(config, local_batch_size=BATCH, num_eval_batches=1, seed=0)
+
+
+def test_a_cached_subset_resumes_from_an_iterator_checkpoint(data_dir, raw, tmp_path):
+  import tensorflow as tf  # noqa: PLC0415
+  config = _config(data_dir, classes=CLASSES, train_fraction=0.05, shuffle_buffer_size=16)
+  iterator = iter(_load(config).train)
+  for _ in range(6):  # Into the second pass over the ~38 kept images: served from the cache.
+    next(iterator)
+  checkpoint = tf.train.Checkpoint(iterator=iterator)
+  path = checkpoint.save(str(tmp_path / 'ckpt'))
+  expected = [next(iterator)['image'].numpy() for _ in range(8)]
+  restored = iter(_load(config).train)
+  tf.train.Checkpoint(iterator=restored).restore(path)
+  for image in expected:
+    np.testing.assert_array_equal(next(restored)['image'].numpy(), image)

@@ -20,6 +20,10 @@ from jaxscale.data.pipeline import deterministic, read_config
 
 # Fixes the order examples are taken in; deliberately not the run seed (see above).
 SUBSET_SEED = 0
+# A subset up to this many examples is read from the split once and then kept in memory (still
+# encoded): otherwise every epoch of a 1% subset would read the whole split again, 100 times the
+# examples it keeps, and starve the step. Larger subsets are re-read each epoch.
+CACHE_MAX_EXAMPLES = 20_000
 _LABEL_BATCH = 4096
 
 
@@ -98,7 +102,8 @@ def train_examples(builder: tfds.core.DatasetBuilder, split: str, *, fraction: f
   The whole split: TFDS's per-process split, files in a seeded order (then only `classes`, if
   given). A fraction: the split in stored order, filtered to the subset by position (a constant
   mask, so the pipeline stays checkpointable), and dealt out to the processes in turn; the
-  shuffle after this mixes it. Labels are relabelled as `keep_classes` says.
+  shuffle after this mixes it. Labels are relabelled as `keep_classes` says. A subset of at most
+  CACHE_MAX_EXAMPLES is cached after its first pass (the cache is part of an iterator checkpoint).
   """
   if fraction == 1:
     process_split = tfds.split_for_jax_process(
@@ -106,10 +111,12 @@ def train_examples(builder: tfds.core.DatasetBuilder, split: str, *, fraction: f
     examples = builder.as_dataset(split=process_split, shuffle_files=True, decoders=decoders,
                                   read_config=read_config(shuffle_seed=int(file_seed)))
     return keep_classes(examples, builder, classes)
-  mask = tf.constant(kept_mask(split_labels(builder, split), fraction, classes))
+  mask = kept_mask(split_labels(builder, split), fraction, classes)
   examples = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
                                 read_config=read_config())
-  kept = examples.enumerate().filter(lambda index, _: tf.gather(mask, index))
+  kept = examples.enumerate().filter(lambda index, _: tf.gather(tf.constant(mask), index))
   kept = keep_classes(kept.map(lambda _, example: example), builder, classes)
   mine = kept.shard(process_count, process_index)
+  if mask.sum() <= CACHE_MAX_EXAMPLES:
+    mine = mine.cache()
   return mine.with_options(deterministic())

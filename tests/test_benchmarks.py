@@ -1,0 +1,38 @@
+"""benchmarks/transfer.py runs end to end at a tiny budget and prints well-formed JSON rows."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).parent.parent
+ROW_FIELDS = {'task', 'mode', 'init', 'train_fraction', 'augment', 'accuracy', 'macro_f1',
+              'params_trainable', 'checkpoint_bytes', 'steps_per_sec', 'wall_s'}
+
+
+def test_transfer_benchmark_prints_a_row_per_run_and_a_summary(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
+  result = subprocess.run(
+      [sys.executable, str(ROOT / 'benchmarks' / 'transfer.py'), '--tasks=image',
+       '--fractions=0.1', '--steps=4', '--pretrain_steps=4', f'--out={tmp_path}'],
+      capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+  rows = [line for line in lines if 'mode' in line and 'skipped' not in line]
+  runs = {(r['mode'], r['init'], r['augment']) for r in rows}
+  assert runs == {('pretrain', 'scratch', False), ('full', 'pretrained', False),
+                  ('full', 'scratch', False), ('frozen', 'pretrained', False),
+                  ('full', 'pretrained', True), ('full', 'scratch', True)} | (
+                      {('lora', 'pretrained', False)} if lines[0]['lora_available'] else set())
+  for row in rows:
+    assert ROW_FIELDS <= set(row), row
+    assert row['task'] == 'image' and 0 <= row['accuracy'] <= 1 and row['checkpoint_bytes'] > 0
+  full = next(r for r in rows if r['mode'] == 'full' and r['init'] == 'pretrained')
+  frozen = next(r for r in rows if r['mode'] == 'frozen')
+  assert frozen['params_trainable'] < full['params_trainable']
+  assert (tmp_path / 'image' / 'resnet_digits_finetune').exists() is False  # Rows have own dirs.
+  assert (tmp_path / 'image' / 'full_pretrained_f0.1' / 'init_report.json').exists()
+  summary = lines[-1]
+  assert summary['summary'] == 'pretrained_minus_scratch_accuracy'
+  assert set(summary['image']) == set(summary['image_augment']) == {'0.1'}
