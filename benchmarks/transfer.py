@@ -56,9 +56,12 @@ _LORA_RANK = flags.DEFINE_integer('lora_rank', 8, 'lora.rank of the LoRA rows.')
 _LORA_ALPHA = flags.DEFINE_float('lora_alpha', 16.0, 'lora.alpha of the LoRA rows.')
 
 TASKS = {
-    'text': dict(pretrain='bert_pretrain', finetune='bert_finetune', augment=None),
+    # lora_targets: every matmul/conv weight of the backbone (config.lora.targets regexes).
+    'text': dict(pretrain='bert_pretrain', finetune='bert_finetune', augment=None,
+                 lora_targets=('qkv', 'out_HxKxD', 'mlp_in', 'mlp_out')),
     'image': dict(pretrain='{model}_digits_pretrain', finetune='{model}_digits_finetune',
-                  augment={'dataset.crop': 'pad_and_crop', 'dataset.crop_padding': 1}),
+                  augment={'dataset.crop': 'pad_and_crop', 'dataset.crop_padding': 1},
+                  lora_targets=(r'conv\.kernel', 'qkv', 'out', 'mlp')),
 }
 # Every parameter but the classifier (head_DxK and head_bias_K; a ResNet's head.kernel, head.bias).
 FROZEN_BACKBONE = ('^(?!head)',)
@@ -154,7 +157,10 @@ def finetune(task: str, spec: dict, out: pathlib.Path, pretrained: pathlib.Path,
   if mode == 'frozen':
     overrides['optimizer.frozen'] = FROZEN_BACKBONE
   elif mode == 'lora':
-    overrides.update({'lora.rank': _LORA_RANK.value, 'lora.alpha': _LORA_ALPHA.value})
+    overrides.update({'lora.rank': _LORA_RANK.value, 'lora.alpha': _LORA_ALPHA.value,
+                      'lora.targets': spec['lora_targets'],
+                      # Adapters start at zero: they need a larger step than a full finetune.
+                      'optimizer.learning_rate': 10 * config.optimizer.learning_rate})
   row = {'task': task, 'mode': mode, 'init': init, 'train_fraction': fraction, 'augment': augment}
   workdir = out / task / f'{mode}_{init}_f{fraction:g}{"_aug" if augment else ""}'
   try:

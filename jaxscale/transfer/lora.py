@@ -18,8 +18,9 @@ copied per layer). The extra cost per step is one rank-r product per adapted wei
 to the matmuls over a batch of tokens. Merging for export is the same operation, done once.
 
 Which axes are the "input" of a weight comes from its logical axis names: a weight whose last
-axis is 'embed' projects back into the residual stream (attention output, MLP output), so all
-its other axes are inputs; any other weight reads the residual stream through its first axis.
+axis is 'embed' projects back into the residual stream (attention output, MLP output), and a
+convolution kernel ends in 'conv_out', so all their other axes are inputs; any other weight
+reads the residual stream through its first axis.
 `dropout` drops input features of A (shared by the batch within a step), the weight-space
 counterpart of dropping the adapter's input activations.
 """
@@ -48,7 +49,9 @@ class Adapter(nnx.Module):
     stacked = bool(axes) and axes[0] == 'layers'
     lead, core, core_axes = ((weight.shape[:1], weight.shape[1:], axes[1:]) if stacked
                              else ((), weight.shape, axes))
-    in_ndim = len(core) - 1 if core_axes[-1] == 'embed' and len(core) > 2 else 1
+    # Projections back to the residual stream, and convolution kernels, read all but their last
+    # axis; other weights read the residual stream through their first axis.
+    in_ndim = len(core) - 1 if core_axes[-1] in ('embed', 'conv_out') else 1
     self.in_shape, self.out_shape = tuple(core[:in_ndim]), tuple(core[in_ndim:])
     lead_axes = axes[:1] if stacked else ()
     fan_in = math.prod(self.in_shape)
