@@ -32,6 +32,7 @@ def compare(baseline, variant, fixed=None, num_bootstrap=1000, seed=0) -> dict:
   if num_bootstrap:
     samples = _bootstrap(baseline, variant, law, num_bootstrap, seed)
     result.update(confidence=intervals.CONFIDENCE, num_bootstrap=len(samples),
+                  num_bootstrap_failed=num_bootstrap - len(samples),
                   ci={'multiplier': intervals.percentile_interval(samples)})
   return result
 

@@ -1,6 +1,7 @@
 """Fit a run table with a named law and approach; read and write fit.json."""
 
 import json
+import math
 
 from jaxscale.scaling import approach1
 from jaxscale.scaling import approach2
@@ -34,10 +35,36 @@ def load(path) -> dict:
     record = json.load(f)
   if record.get('law') not in LAWS:
     raise ValueError(f'{path} is not a fit.json written by `python -m jaxscale.scaling fit`.')
+  missing = null_parameters(record)
+  if missing:
+    raise ValueError(
+        f'{path} holds no value (null: the fit diverged to NaN) for {", ".join(missing)}, so it '
+        'cannot predict. Refit with more runs, or pin a parameter (e.g. --fix E=...).')
   return record
 
 
+def null_parameters(record: dict) -> list[str]:
+  """Names of the point-estimate parameters a record holds as null (or NaN)."""
+  if record['law'] == 'kaplan':
+    groups = {key: record[key] for key in record if key.startswith('L(')}
+  elif record.get('approach') == 3:
+    groups = {'': {name: record.get(name) for name in ('E', 'A', 'B', 'alpha', 'beta')}}
+  else:
+    groups = {'': {name: record.get(name) for name in ('a', 'b', 'N_coef', 'D_coef')},
+              'frontier.': record.get('frontier') or {}}
+  return [f'{prefix}{name}' for prefix, params in groups.items()
+          for name in ('E', 'A', 'B', 'alpha', 'beta', 'k', 'gamma', 'a', 'b', 'N_coef', 'D_coef')
+          if name in params and not _is_number(params[name])]
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def bootstrap_samples(record: dict) -> list[dict]:
-  """The per-resample parameter dicts stored in a fit record (empty without a bootstrap)."""
+  """The per-resample parameter dicts stored in a fit record (empty without a bootstrap); a null
+  (a resample that diverged) reads as NaN, which intervals leave out."""
   columns = record.get('bootstrap', {})
-  return [dict(zip(columns, values)) for values in zip(*columns.values())]
+  nan_if_null = lambda value: math.nan if value is None else value
+  return [{name: nan_if_null(value) for name, value in zip(columns, values)}
+          for values in zip(*columns.values())]

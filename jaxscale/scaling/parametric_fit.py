@@ -8,7 +8,8 @@ finds, at a small fraction of the time:
      is enough to see which basin each start is in;
   2. the best few distinct results: scipy's robust least squares in float64 to full precision
      (loss='huber' with f_scale=delta minimises exactly the summed Huber loss).
-The bootstrap refits resamples (multinomial counts as point weights) from the full-data optimum.
+The bootstrap refits resamples (multinomial counts as point weights) from the full-data optimum,
+with the same two stages: a batch of solver iterations, then the float64 polish on each.
 """
 
 import dataclasses
@@ -68,15 +69,31 @@ def fit(spec, log_x, log_y, starts, fixed=None, delta=lse_law.HUBER_DELTA) -> Fi
 def refit_batch(fitted: Fit, log_x, log_y, weights, delta=lse_law.HUBER_DELTA):
   """Refits from `fitted` for each row of weights [B, n] (and of log_y, if [B, n] too).
 
-  Returns thetas [B, P]; rows whose refit diverged are NaN.
+  Each refit gets the point estimate's treatment: the vmapped solver's iterations, then the same
+  float64 polish (`_polish`) on the points its weights draw. Returns thetas [B, P]; rows whose
+  refit diverged are NaN (`num_failed` counts them).
   """
   free = np.isnan(fitted.spec.pinned_theta(fitted.fixed))
   log_y = np.broadcast_to(log_y, np.shape(weights))
   padded_x, padded_y, padded_weights = _pad_points(log_x, log_y, weights)
   thetas, objectives = lm_solver.solve_batch(
       fitted.theta, padded_x, padded_y, padded_weights, free, delta, BOOTSTRAP_ITERATIONS)
-  thetas[~np.isfinite(objectives)] = np.nan
+  thetas = np.array(thetas, float)
+  for row, counts in enumerate(np.asarray(weights)):
+    drawn = np.repeat(np.arange(len(counts)), np.round(counts).astype(int))
+    if not np.isfinite(objectives[row]) or drawn.size <= np.sum(free):
+      thetas[row] = np.nan
+      continue
+    thetas[row] = _polish(thetas[row], log_x[drawn], log_y[row][drawn], free, delta)
+    objective = lse_law.huber_objective(thetas[row], log_x[drawn], log_y[row][drawn], delta)
+    if not np.isfinite(objective):
+      thetas[row] = np.nan
   return thetas
+
+
+def num_failed(thetas) -> int:
+  """Refits in `refit_batch`'s output that diverged (NaN rows)."""
+  return int(np.sum(np.all(np.isnan(thetas), axis=1)))
 
 
 def bootstrap(fitted: Fit, log_x, log_y, num_resamples=1000, seed=0,

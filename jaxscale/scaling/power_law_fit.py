@@ -69,7 +69,8 @@ def record(fitted, bootstrap_thetas=None) -> dict:
   if bootstrap_thetas is not None:
     samples = [fitted.resample_params(theta) for theta in bootstrap_thetas
                if np.all(np.isfinite(theta[:2]))]
-    out.update(intervals.summarise(samples, fitted.spec.param_names))
+    out.update(intervals.summarise(samples, fitted.spec.param_names,
+                                   num_failed=len(bootstrap_thetas) - len(samples)))
   return out
 
 
