@@ -4,17 +4,17 @@ law (synthetic.HOFFMANN: a = beta / (alpha + beta) = 0.4516)."""
 import numpy as np
 import pytest
 
-from jaxscale.scaling import approach1
-from jaxscale.scaling import approach2
-from jaxscale.scaling import approach3
-from jaxscale.scaling import compare
-from jaxscale.scaling import envelope
-from jaxscale.scaling import fits
-from jaxscale.scaling import kaplan
-from jaxscale.scaling import predict
-from jaxscale.scaling import synthetic
-from jaxscale.scaling import table
-from jaxscale.scaling import validate
+from jaxscale.scaling.analysis import compare
+from jaxscale.scaling.analysis import predict
+from jaxscale.scaling.analysis import validate
+from jaxscale.scaling.laws import approach1
+from jaxscale.scaling.laws import approach2
+from jaxscale.scaling.laws import approach3
+from jaxscale.scaling.laws import envelope
+from jaxscale.scaling.laws import fits
+from jaxscale.scaling.laws import kaplan
+from jaxscale.scaling.runs import synthetic
+from jaxscale.scaling.runs import table
 
 TRUTH = synthetic.HOFFMANN
 TRUE_A = TRUTH['beta'] / (TRUTH['alpha'] + TRUTH['beta'])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from jaxscale.scaling import cli
-from jaxscale.scaling import synthetic
-from jaxscale.scaling import table
+from jaxscale.scaling.runs import synthetic
+from jaxscale.scaling.runs import table
 
 
 def write_runs(path, runs, extra_column=True):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from jaxscale.scaling import approach3
-from jaxscale.scaling import data_files
-from jaxscale.scaling import lse_law
-from jaxscale.scaling import parametric_fit
-from jaxscale.scaling import synthetic
+from jaxscale.scaling.laws import approach3
+from jaxscale.scaling.runs import data_files
+from jaxscale.scaling.runs import synthetic
+from jaxscale.scaling.solvers import lse_law
+from jaxscale.scaling.solvers import parametric_fit
 
 
 @pytest.fixture(scope='module')
@@ -127,7 +127,7 @@ def test_unknown_fixed_parameter_fails():
 
 
 def test_a_degenerate_resample_has_no_compute_optimum_rather_than_a_complex_one():
-  from jaxscale.scaling import approach3
+  from jaxscale.scaling.laws import approach3
   degenerate = {'alpha': -0.3, 'beta': 0.2, 'A': 400.0, 'B': 410.0}
   n_opt, d_opt = approach3.compute_optimal(degenerate, 1e13)
   assert np.isnan(n_opt) and np.isnan(d_opt)

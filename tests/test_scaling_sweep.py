@@ -10,11 +10,11 @@ import pytest
 
 from jaxscale import flops
 from jaxscale.scaling import cli
-from jaxscale.scaling import collect
-from jaxscale.scaling import launcher
-from jaxscale.scaling import run_config
-from jaxscale.scaling import shapes
-from jaxscale.scaling import sweep
+from jaxscale.scaling.runs import collect
+from jaxscale.scaling.sweeps import launcher
+from jaxscale.scaling.sweeps import run_config
+from jaxscale.scaling.sweeps import shapes
+from jaxscale.scaling.sweeps import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SPEC = os.path.join(REPO, 'configs', 'sweeps', 'tiny_isoflop.py')

@@ -21,19 +21,19 @@ import os
 import sys
 
 from jaxscale import paths
-from jaxscale.scaling import collect
-from jaxscale.scaling import compare
-from jaxscale.scaling import emit_config
-from jaxscale.scaling import fits
-from jaxscale.scaling import launcher
-from jaxscale.scaling import laws
-from jaxscale.scaling import plots
-from jaxscale.scaling import predict
-from jaxscale.scaling import run_config
-from jaxscale.scaling import shapes
-from jaxscale.scaling import sweep
-from jaxscale.scaling import table
-from jaxscale.scaling import validate
+from jaxscale.scaling.analysis import compare
+from jaxscale.scaling.analysis import plots
+from jaxscale.scaling.analysis import predict
+from jaxscale.scaling.analysis import validate
+from jaxscale.scaling.laws import fits
+from jaxscale.scaling.laws import forms
+from jaxscale.scaling.runs import collect
+from jaxscale.scaling.runs import table
+from jaxscale.scaling.sweeps import emit_config
+from jaxscale.scaling.sweeps import launcher
+from jaxscale.scaling.sweeps import run_config
+from jaxscale.scaling.sweeps import shapes
+from jaxscale.scaling.sweeps import sweep
 
 
 def main(argv=None) -> int:
@@ -61,7 +61,7 @@ def jsonable(value):
 
 def _fit(args):
   record = fits.fit_runs(table.read_csv(args.csv), args.law, args.approach,
-                         laws.parse_fixed(args.fix), not args.no_offset, args.bootstrap, args.seed)
+                         forms.parse_fixed(args.fix), not args.no_offset, args.bootstrap, args.seed)
   fits.save(jsonable(record), args.out)
   return _summary(record)
 
@@ -94,12 +94,12 @@ def _plot(args):
 
 def _compare(args):
   return compare.compare(table.read_csv(args.baseline), table.read_csv(args.variant),
-                         laws.parse_fixed(args.fix), args.bootstrap, args.seed)
+                         forms.parse_fixed(args.fix), args.bootstrap, args.seed)
 
 
 def _validate(args):
   return validate.validate(table.read_csv(args.csv), args.holdout_fraction,
-                           laws.parse_fixed(args.fix), args.bootstrap, args.seed)
+                           forms.parse_fixed(args.fix), args.bootstrap, args.seed)
 
 
 def _sweep(args):

@@ -9,12 +9,12 @@ import itertools
 
 import numpy as np
 
-from jaxscale.scaling import intervals
-from jaxscale.scaling import laws
-from jaxscale.scaling import parametric_fit
-from jaxscale.scaling import table as table_lib
+from jaxscale.scaling.laws import forms
+from jaxscale.scaling.runs import table as table_lib
+from jaxscale.scaling.solvers import intervals
+from jaxscale.scaling.solvers import parametric_fit
 
-SPEC = laws.CHINCHILLA
+SPEC = forms.CHINCHILLA
 MIN_POINTS = 6  # Five parameters; fewer points than that leave no residual to judge the fit.
 
 

@@ -1,4 +1,4 @@
-"""Robust multi-start fits of `laws.LawSpec` laws, and their bootstrap.
+"""Robust multi-start fits of `forms.LawSpec` laws, and their bootstrap.
 
 The recipe is Besiroglu et al. 2024's correction of Hoffmann et al. 2022's Approach 3: minimise
 the SUM of Huber losses (delta 1e-3) of log-loss residuals from every start of a grid, keep the
@@ -17,9 +17,9 @@ import dataclasses
 import numpy as np
 import scipy.optimize
 
-from jaxscale.scaling import laws
-from jaxscale.scaling import lm_solver
-from jaxscale.scaling import lse_law
+from jaxscale.scaling.laws import forms
+from jaxscale.scaling.solvers import lm_solver
+from jaxscale.scaling.solvers import lse_law
 
 SCREEN_ITERATIONS = 15  # Stage 1, on every start: enough to rank the basins.
 POLISH_STARTS = 8       # Stage 2 finishes this many distinct stage-1 results in float64.
@@ -28,7 +28,7 @@ BOOTSTRAP_ITERATIONS = 60
 
 @dataclasses.dataclass
 class Fit:
-  spec: laws.LawSpec
+  spec: forms.LawSpec
   theta: np.ndarray     # Internal parameter vector (see `lse_law`).
   objective: float      # Summed Huber loss at theta.
   num_points: int
@@ -43,7 +43,7 @@ class Fit:
     return self.spec.to_params(theta, self.fixed)
 
 
-def log_columns(spec: laws.LawSpec, table) -> tuple[np.ndarray, np.ndarray]:
+def log_columns(spec: forms.LawSpec, table) -> tuple[np.ndarray, np.ndarray]:
   """(log X [n, m], log loss [n]) for the law's variables."""
   log_x = np.stack([np.log(table[name]) for name in spec.variables], axis=1)
   return log_x, np.log(table['loss'])

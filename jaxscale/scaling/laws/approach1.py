@@ -15,12 +15,12 @@ each resample.
 
 import numpy as np
 
-from jaxscale.scaling import allocation
-from jaxscale.scaling import envelope
-from jaxscale.scaling import intervals
-from jaxscale.scaling import parametric_fit
-from jaxscale.scaling import power_law_fit
-from jaxscale.scaling import table as table_lib
+from jaxscale.scaling.laws import allocation
+from jaxscale.scaling.laws import envelope
+from jaxscale.scaling.laws import power_law_fit
+from jaxscale.scaling.runs import table as table_lib
+from jaxscale.scaling.solvers import intervals
+from jaxscale.scaling.solvers import parametric_fit
 
 MIN_ENVELOPE_POINTS = 3
 

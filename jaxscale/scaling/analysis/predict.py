@@ -2,11 +2,11 @@
 
 import numpy as np
 
-from jaxscale.scaling import allocation
-from jaxscale.scaling import approach3
-from jaxscale.scaling import fits
-from jaxscale.scaling import intervals
-from jaxscale.scaling import power_law_fit
+from jaxscale.scaling.laws import allocation
+from jaxscale.scaling.laws import approach3
+from jaxscale.scaling.laws import fits
+from jaxscale.scaling.laws import power_law_fit
+from jaxscale.scaling.solvers import intervals
 
 
 def at_compute(record: dict, compute: float) -> dict:

@@ -9,11 +9,11 @@ split between the two sides. Each held-out run gets its predicted loss with two 
 
 import numpy as np
 
-from jaxscale.scaling import approach3
-from jaxscale.scaling import envelope
-from jaxscale.scaling import fits
-from jaxscale.scaling import intervals
-from jaxscale.scaling import table as table_lib
+from jaxscale.scaling.laws import approach3
+from jaxscale.scaling.laws import envelope
+from jaxscale.scaling.laws import fits
+from jaxscale.scaling.runs import table as table_lib
+from jaxscale.scaling.solvers import intervals
 
 HOLDOUT_FRACTION = 0.2
 

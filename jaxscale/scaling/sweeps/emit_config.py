@@ -10,10 +10,10 @@ import math
 
 import ml_collections
 
-from jaxscale.scaling import predict
-from jaxscale.scaling import run_config
-from jaxscale.scaling import shapes
-from jaxscale.scaling import sweep as sweep_lib
+from jaxscale.scaling.analysis import predict
+from jaxscale.scaling.sweeps import run_config
+from jaxscale.scaling.sweeps import shapes
+from jaxscale.scaling.sweeps import sweep as sweep_lib
 
 _TEMPLATE = '''"""Compute-optimal run for C = {compute:.3g} FLOPs.
 
@@ -23,7 +23,7 @@ From {fit_path}, fitted to the sweep {sweep_dir}.
   python -m jaxscale.main --config {path} --workdir DIR
 """
 
-from jaxscale.scaling import run_config
+from jaxscale.scaling.sweeps import run_config
 
 BASE_CONFIG = {base_config!r}
 OVERRIDES = [
