@@ -1,15 +1,22 @@
-"""Does the law extrapolate? Fit on the cheaper runs, predict the held-out most expensive ones.
+"""Does the law extrapolate? Backtests by compute, and the most expensive runs held out.
 
-The held-out set is the largest-compute fraction of runs, widened so that no compute budget is
-split between the two sides. Each held-out run gets its predicted loss with two intervals:
-  ci: parameter uncertainty only (bootstrap of the fit);
-  pi: that plus run-to-run scatter (a training residual, in log loss, drawn for each resample),
-      the interval a single new run should fall in.
+Two views of the same question, both in the report:
+  backtest  rolling origin (`backtest`): fit on budgets up to C_k, predict those above, for every
+            k; errors by extrapolation distance, and the coverage of calibrated intervals.
+  held_out  the largest-compute `holdout_fraction` of runs (whole budgets), predicted from a fit
+            to the rest, each with two intervals:
+              ci: parameter uncertainty only (bootstrap of the fit; Approach 3 forms);
+              pi: calibrated on the training runs' own backtest errors (`calibration`), the
+                  interval a single new run should fall in, at `nominal_coverage`.
+The summary's mean_abs_relative_error, ci_coverage and pi_coverage are those of held_out.
 """
 
 import numpy as np
 
+from jaxscale.scaling.analysis import backtest
+from jaxscale.scaling.analysis import calibration
 from jaxscale.scaling.laws import approach3
+from jaxscale.scaling.laws import catalog
 from jaxscale.scaling.laws import envelope
 from jaxscale.scaling.laws import fits
 from jaxscale.scaling.runs import table as table_lib
@@ -19,29 +26,40 @@ HOLDOUT_FRACTION = 0.2
 
 
 def validate(runs, holdout_fraction=HOLDOUT_FRACTION, fixed=None, num_bootstrap=1000,
-             seed=0) -> dict:
+             seed=0, law='chinchilla', nominal=calibration.NOMINAL_COVERAGE) -> dict:
   runs = table_lib.checked_runs(runs)
+  form = catalog.get(law)
+  why_not = form.why_not(runs, fixed)
+  if why_not:
+    raise ValueError(f'Law form {law!r} does not apply to these runs: it {why_not}.')
   held_out = holdout_mask(runs['C'], holdout_fraction)
   train, test = table_lib.subset(runs, ~held_out), table_lib.subset(runs, held_out)
-  record = approach3.fit(train, fixed, num_bootstrap=num_bootstrap, seed=seed)
-  samples = fits.bootstrap_samples(record)
-  residuals = np.log(train['loss']) - np.log(approach3.loss(record, train['N'], train['D']))
-  rng = np.random.default_rng(seed)
-  rows = []
-  for index in range(table_lib.num_rows(test)):
-    rows.append(_check_run(record, samples, residuals, rng, test, index))
+  if form.in_compute_only:
+    test = table_lib.subset(test, catalog.best_of_budget(test))
+  params = form.fit(train, fixed)
+  record = _bootstrap_record(train, law, fixed, num_bootstrap, seed)
+  model = backtest.calibrate(train, law, fixed, nominal)
+  max_c = float(train['C'].max())
+  predicted = np.atleast_1d(form.loss(params, test))
+  rows = [_check_run(test, index, predicted[index], record, model, max_c)
+          for index in range(table_lib.num_rows(test))]
   errors = np.array([row['relative_error'] for row in rows])
   summary = {
-      'num_train': table_lib.num_rows(train), 'num_held_out': len(rows),
-      'train_max_C': float(train['C'].max()), 'held_out_min_C': float(test['C'].min()),
+      'law': law, 'num_train': table_lib.num_rows(train), 'num_held_out': len(rows),
+      'train_max_C': max_c, 'held_out_min_C': float(test['C'].min()),
       'mean_abs_relative_error': float(np.mean(np.abs(errors))),
       'max_abs_relative_error': float(np.max(np.abs(errors))),
+      'nominal_coverage': nominal,
+      'pi_method': model['method'] if model else
+                   'none: the training runs have too few budgets to backtest and calibrate on',
   }
-  if samples:
+  if record:
     summary['ci_coverage'] = float(np.mean([row['inside_ci'] for row in rows]))
+  if model:
     summary['pi_coverage'] = float(np.mean([row['inside_pi'] for row in rows]))
-  fitted = {name: record[name] for name in approach3.SPEC.param_names + ('a', 'b')}
-  return {'summary': summary, 'fit': fitted, 'held_out': rows}
+    summary['max_backtested_ratio'] = float(10 ** model['max_backtested_distance'])
+  return {'summary': summary, 'fit': params, 'held_out': rows,
+          'backtest': backtest.score(backtest.predictions(runs, law, fixed), nominal)}
 
 
 def holdout_mask(compute, fraction) -> np.ndarray:
@@ -57,18 +75,28 @@ def holdout_mask(compute, fraction) -> np.ndarray:
   return mask
 
 
-def _check_run(record, samples, residuals, rng, test, index) -> dict:
-  n, d, loss = test['N'][index], test['D'][index], test['loss'][index]
-  predicted = float(approach3.loss(record, n, d))
-  row = {'N': float(n), 'D': float(d), 'C': float(test['C'][index]), 'loss': float(loss),
-         'predicted': predicted, 'relative_error': (predicted - loss) / loss}
+def _bootstrap_record(train, law, fixed, num_bootstrap, seed):
+  """Approach 3's fit with its bootstrap, for the parameter intervals (ci) of its forms."""
+  if not num_bootstrap or law not in ('chinchilla', 'chinchilla_fixed_E'):
+    return None
+  if law == 'chinchilla_fixed_E':
+    fixed = {**(fixed or {}), 'E': catalog.known_min_loss(train, fixed)}
+  record = approach3.fit(train, fixed, num_bootstrap=num_bootstrap, seed=seed)
+  return record if fits.bootstrap_samples(record) else None
+
+
+def _check_run(test, index, predicted, record, model, max_c) -> dict:
+  n, d, loss, compute = (float(test[name][index]) for name in ('N', 'D', 'loss', 'C'))
+  row = {'N': n, 'D': d, 'C': compute, 'loss': loss, 'predicted': float(predicted),
+         'relative_error': (predicted - loss) / loss,
+         'extrapolation_ratio': compute / max_c}
   if 'run' in test:
     row = {'run': str(test['run'][index]), **row}
-  if samples:
-    draws = np.array([approach3.loss(sample, n, d) for sample in samples])
-    noisy = draws * np.exp(rng.choice(residuals, size=len(draws)))
+  if record:
+    draws = [approach3.loss(sample, n, d) for sample in fits.bootstrap_samples(record)]
     row['ci'] = intervals.percentile_interval(draws, record['confidence'])
-    row['pi'] = intervals.percentile_interval(noisy, record['confidence'])
     row['inside_ci'] = bool(row['ci'][0] <= loss <= row['ci'][1])
+  if model:
+    row['pi'] = calibration.interval(model, predicted, calibration.distance(compute, max_c))
     row['inside_pi'] = bool(row['pi'][0] <= loss <= row['pi'][1])
   return row

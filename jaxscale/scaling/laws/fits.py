@@ -10,6 +10,8 @@ from jaxscale.scaling.laws import kaplan
 
 APPROACHES = {1: approach1.fit, 2: approach2.fit, 3: approach3.fit}
 LAWS = ('chinchilla', 'kaplan')
+# Laws only `--law auto` writes (see analysis/selection.py), which fit.json may also hold.
+RECORD_LAWS = LAWS + ('kaplan_nd', 'data_constrained')
 
 
 def fit_runs(runs, law='chinchilla', approach=3, fixed=None, offset=True, num_bootstrap=1000,
@@ -33,7 +35,7 @@ def save(record: dict, path) -> None:
 def load(path) -> dict:
   with open(path) as f:
     record = json.load(f)
-  if record.get('law') not in LAWS:
+  if record.get('law') not in RECORD_LAWS:
     raise ValueError(f'{path} is not a fit.json written by `python -m jaxscale.scaling fit`.')
   missing = null_parameters(record)
   if missing:
@@ -47,13 +49,16 @@ def null_parameters(record: dict) -> list[str]:
   """Names of the point-estimate parameters a record holds as null (or NaN)."""
   if record['law'] == 'kaplan':
     groups = {key: record[key] for key in record if key.startswith('L(')}
+  elif record['law'] in ('kaplan_nd', 'data_constrained'):
+    groups = {'': record}
   elif record.get('approach') == 3:
     groups = {'': {name: record.get(name) for name in ('E', 'A', 'B', 'alpha', 'beta')}}
   else:
     groups = {'': {name: record.get(name) for name in ('a', 'b', 'N_coef', 'D_coef')},
               'frontier.': record.get('frontier') or {}}
   return [f'{prefix}{name}' for prefix, params in groups.items()
-          for name in ('E', 'A', 'B', 'alpha', 'beta', 'k', 'gamma', 'a', 'b', 'N_coef', 'D_coef')
+          for name in ('E', 'A', 'B', 'alpha', 'beta', 'k', 'gamma', 'a', 'b', 'N_coef', 'D_coef',
+                       'N_c', 'D_c', 'alpha_N', 'alpha_D', 'R_star')
           if name in params and not _is_number(params[name])]
 
 
