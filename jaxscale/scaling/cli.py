@@ -13,11 +13,11 @@ directory and resolved once, where they are parsed (gs:// and other URIs are lef
   plot     --csv runs.csv --fit fit.json --out DIR
   compare  --baseline A.csv --variant B.csv
   validate --csv runs.csv [--law FORM]                 rolling backtest + held-out check
+  verify   DIR --budget C                              fit, run the optimum for C, score it
 """
 
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -28,6 +28,7 @@ from jaxscale.scaling.analysis import plots
 from jaxscale.scaling.analysis import predict
 from jaxscale.scaling.analysis import selection
 from jaxscale.scaling.analysis import validate
+from jaxscale.scaling.analysis import verify
 from jaxscale.scaling.laws import catalog
 from jaxscale.scaling.laws import fits
 from jaxscale.scaling.laws import forms
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   try:
     result = args.handler(args)
-  except (ValueError, KeyError, FileNotFoundError) as error:
+  except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 2
   if result is not None:
@@ -52,15 +53,7 @@ def main(argv=None) -> int:
   return args.exit_code(args, result)
 
 
-def jsonable(value):
-  """NaN and infinity become null, so the output is strict JSON."""
-  if isinstance(value, dict):
-    return {key: jsonable(item) for key, item in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [jsonable(item) for item in value]
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
+jsonable = fits.jsonable
 
 
 def _fit(args):
@@ -120,6 +113,12 @@ def _validate(args):
   return validate.validate(table.read_csv(args.csv), args.holdout_fraction,
                            forms.parse_fixed(args.fix), args.bootstrap, args.seed, args.law,
                            args.coverage)
+
+
+def _verify(args):
+  options = {'law': args.law, 'approach': args.approach, 'fixed': forms.parse_fixed(args.fix),
+             'num_bootstrap': args.bootstrap, 'seed': args.seed, 'nominal': args.coverage}
+  return verify.verify(args.dir, args.budget, options)
 
 
 def _sweep(args):
@@ -219,6 +218,15 @@ def _parser() -> argparse.ArgumentParser:
                    help='Fraction of runs (largest compute, whole budgets) held out.')
   sub.add_argument('--law', choices=tuple(catalog.FORMS), default='chinchilla',
                    help='Law form to backtest (chinchilla: Approach 3).')
+  add_fit_options(sub)
+  add_coverage_option(sub)
+
+  sub = command('verify', _verify, 'Fit a sweep, run its compute-optimal config for --budget, '
+                'and score the prediction into DIR/verify.jsonl (resumable).')
+  sub.add_argument('dir', type=path, help='Sweep directory (its finished runs are fitted).')
+  sub.add_argument('--budget', type=float, required=True, help='Training FLOPs of the new run.')
+  sub.add_argument('--law', choices=fits.LAWS + ('auto',), default='chinchilla')
+  sub.add_argument('--approach', type=int, choices=(1, 2, 3), default=3)
   add_fit_options(sub)
   add_coverage_option(sub)
 

@@ -19,7 +19,7 @@ from jaxscale.scaling.runs import table as table_lib
 
 MIN_TRAIN_BUDGETS = 2
 MIN_TRAIN_FRACTION = 0.25  # Of the runs: a law fitted to fewer says little about the rest.
-MAX_ORIGINS = 8            # Spread evenly in log compute when the table has more budgets.
+MAX_ORIGINS = 6            # Spread evenly in log compute when the table has more budgets.
 RATIO_BINS = (1, 2, 4, 10, 100, np.inf)  # Extrapolation ratio C / largest fitted C.
 
 

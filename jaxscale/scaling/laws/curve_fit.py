@@ -50,7 +50,7 @@ def fit_kaplan(n, d, loss) -> dict:
   log_n, log_d, log_y = np.log(n), np.log(d), np.log(loss)
   starts = [(log_nc, log_dc, alpha_n, alpha_d) for log_nc, log_dc, alpha_n, alpha_d in
             itertools.product((np.log(n).max() + 2, 30.0), (np.log(d).max(), 25.0),
-                              (0.05, 0.1, 0.3), (0.05, 0.1, 0.3))]
+                              (0.08, 0.3), (0.1,))]
   theta = _best_fit(lambda t: kaplan_log_loss(t, log_n, log_d) - log_y, starts)
   return dict(zip(KAPLAN_NAMES, (float(np.exp(theta[0])), float(np.exp(theta[1])),
                                   float(theta[2]), float(theta[3]))))
@@ -66,7 +66,7 @@ def fit_data_constrained(n, d, unique, loss, fixed=None) -> dict:
   e_start = np.log(0.5 * np.min(loss))
   starts = [(a, b, e_start if 'E' not in (fixed or {}) else np.log(fixed['E']), alpha, beta, r)
             for a, b, alpha, beta, r in itertools.product(
-                (5.0, 10.0), (5.0, 10.0), (0.3, 0.6), (0.3, 0.6), (np.log(5.0), np.log(30.0)))]
+                (6.0,), (6.0,), (0.3, 0.6), (0.3, 0.6), (np.log(5.0), np.log(30.0)))]
   free = np.array([True, True, 'E' not in (fixed or {}), True, True, True])
   theta = _best_fit(lambda t: data_constrained_log_loss(t, log_n, log_d, log_u) - log_y, starts,
                     free)

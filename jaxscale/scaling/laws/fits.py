@@ -26,6 +26,17 @@ def fit_runs(runs, law='chinchilla', approach=3, fixed=None, offset=True, num_bo
   return APPROACHES[approach](runs, fixed, num_bootstrap=num_bootstrap, seed=seed)
 
 
+def jsonable(value):
+  """NaN and infinity become null, so the output is strict JSON."""
+  if isinstance(value, dict):
+    return {key: jsonable(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [jsonable(item) for item in value]
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
 def save(record: dict, path) -> None:
   with open(path, 'w') as f:
     json.dump(record, f, indent=1)
