@@ -7,7 +7,9 @@ Two views of the same question, both in the report:
             to the rest, each with two intervals:
               ci: parameter uncertainty only (bootstrap of the fit; Approach 3 forms);
               pi: calibrated on the training runs' own backtest errors (`calibration`), the
-                  interval a single new run should fall in, at `nominal_coverage`.
+                  interval a single new run should fall in, at `nominal_coverage`. Training
+                  runs too few to backtest leave the uncalibrated interval (bootstrap draws
+                  times a training residual each), and `pi_method` says so.
 The summary's mean_abs_relative_error, ci_coverage and pi_coverage are those of held_out.
 """
 
@@ -23,6 +25,8 @@ from jaxscale.scaling.runs import table as table_lib
 from jaxscale.scaling.solvers import intervals
 
 HOLDOUT_FRACTION = 0.2
+_UNCALIBRATED = ('bootstrap draws times training residuals (uncalibrated: the training runs have '
+                 'too few budgets to backtest)')
 
 
 def validate(runs, holdout_fraction=HOLDOUT_FRACTION, fixed=None, num_bootstrap=1000,
@@ -41,7 +45,11 @@ def validate(runs, holdout_fraction=HOLDOUT_FRACTION, fixed=None, num_bootstrap=
   model = backtest.calibrate(train, law, fixed, nominal)
   max_c = float(train['C'].max())
   predicted = np.atleast_1d(form.loss(params, test))
-  rows = [_check_run(test, index, predicted[index], record, model, max_c)
+  residuals = None
+  if record and not model:
+    residuals = np.log(train['loss']) - np.log(approach3.loss(record, train['N'], train['D']))
+  rng = np.random.default_rng(seed)
+  rows = [_check_run(test, index, predicted[index], record, model, max_c, residuals, rng)
           for index in range(table_lib.num_rows(test))]
   errors = np.array([row['relative_error'] for row in rows])
   summary = {
@@ -50,13 +58,14 @@ def validate(runs, holdout_fraction=HOLDOUT_FRACTION, fixed=None, num_bootstrap=
       'mean_abs_relative_error': float(np.mean(np.abs(errors))),
       'max_abs_relative_error': float(np.max(np.abs(errors))),
       'nominal_coverage': nominal,
-      'pi_method': model['method'] if model else
+      'pi_method': model['method'] if model else _UNCALIBRATED if record else
                    'none: the training runs have too few budgets to backtest and calibrate on',
   }
   if record:
     summary['ci_coverage'] = float(np.mean([row['inside_ci'] for row in rows]))
-  if model:
+  if rows and 'inside_pi' in rows[0]:
     summary['pi_coverage'] = float(np.mean([row['inside_pi'] for row in rows]))
+  if model:
     summary['max_backtested_ratio'] = float(10 ** model['max_backtested_distance'])
   return {'summary': summary, 'fit': params, 'held_out': rows,
           'backtest': backtest.score(backtest.predictions(runs, law, fixed), nominal)}
@@ -85,7 +94,7 @@ def _bootstrap_record(train, law, fixed, num_bootstrap, seed):
   return record if fits.bootstrap_samples(record) else None
 
 
-def _check_run(test, index, predicted, record, model, max_c) -> dict:
+def _check_run(test, index, predicted, record, model, max_c, residuals, rng) -> dict:
   n, d, loss, compute = (float(test[name][index]) for name in ('N', 'D', 'loss', 'C'))
   row = {'N': n, 'D': d, 'C': compute, 'loss': loss, 'predicted': float(predicted),
          'relative_error': (predicted - loss) / loss,
@@ -93,10 +102,14 @@ def _check_run(test, index, predicted, record, model, max_c) -> dict:
   if 'run' in test:
     row = {'run': str(test['run'][index]), **row}
   if record:
-    draws = [approach3.loss(sample, n, d) for sample in fits.bootstrap_samples(record)]
+    draws = np.array([approach3.loss(sample, n, d) for sample in fits.bootstrap_samples(record)])
     row['ci'] = intervals.percentile_interval(draws, record['confidence'])
     row['inside_ci'] = bool(row['ci'][0] <= loss <= row['ci'][1])
   if model:
     row['pi'] = calibration.interval(model, predicted, calibration.distance(compute, max_c))
+  elif residuals is not None:
+    noisy = draws * np.exp(rng.choice(residuals, size=len(draws)))
+    row['pi'] = intervals.percentile_interval(noisy, record['confidence'])
+  if 'pi' in row:
     row['inside_pi'] = bool(row['pi'][0] <= loss <= row['pi'][1])
   return row
