@@ -55,7 +55,11 @@ def write(run: dict, path, fit_path, sweep_dir) -> None:
   loss_text = 'The fit has no loss frontier, so no loss prediction.'
   if math.isfinite(prediction['loss']):
     loss_text = f'Predicted eval loss {prediction["loss"]:.4f}'
-    if 'ci' in prediction:
+    if 'pi' in prediction:
+      low, high = prediction['pi']
+      loss_text += (f' (backtest-calibrated {prediction["nominal_coverage"]:.0%} interval '
+                    f'{low:.4f} to {high:.4f})')
+    elif 'ci' in prediction:
       low, high = prediction['ci']['loss']
       loss_text += f' (bootstrap interval {low:.4f} to {high:.4f})'
     loss_text += '.'
