@@ -58,8 +58,7 @@ def best_of_budget(runs) -> np.ndarray:
 def _fit_chinchilla(runs, fixed):
   table_lib.require_rows(runs, approach3.MIN_POINTS, 'Approach 3')
   log_x, log_y = parametric_fit.log_columns(approach3.SPEC, runs)
-  pinned = {name: value for name, value in (fixed or {}).items() if name != 'E'}
-  return parametric_fit.fit(approach3.SPEC, log_x, log_y, approach3.start_grid(), pinned).params
+  return parametric_fit.fit(approach3.SPEC, log_x, log_y, approach3.start_grid(), fixed).params
 
 
 def _fit_chinchilla_fixed_e(runs, fixed):
@@ -72,7 +71,7 @@ def _fit_chinchilla_fixed_e(runs, fixed):
 def _frontier_fitter(pin_offset):
   def fit(runs, fixed):
     optima = approach2.minima(runs, approach2.budget_labels(runs))
-    pinned = {'E': 0.0} if pin_offset else {k: v for k, v in (fixed or {}).items() if k != 'E'}
+    pinned = {**(fixed or {}), 'E': 0.0} if pin_offset else fixed
     return power_law_fit.fit('C', optima['C'], optima['loss'], pinned).params
   return fit
 
