@@ -132,5 +132,10 @@ def test_validate_reports_errors_and_coverage(isoflop):
   assert summary['held_out_min_C'] > summary['train_max_C']
   assert summary['mean_abs_relative_error'] < 0.01
   assert 0 <= summary['pi_coverage'] <= 1
+  assert summary['nominal_coverage'] == 0.95
+  # Four budgets: too few backtest errors for a calibrated 95% interval, and it says so.
+  assert 'uncalibrated' in summary['pi_method']
   row = report['held_out'][0]
   assert {'predicted', 'relative_error', 'ci', 'pi', 'inside_ci', 'inside_pi'} <= set(row)
+  assert row['extrapolation_ratio'] > 1
+  assert report['backtest']['num_origins'] == 2  # Fit on 2 budgets (then 3), predict the rest.
