@@ -2,10 +2,11 @@
 calibrated intervals and mean |relative error| by extrapolation distance, one JSON line per
 (data set, form, nominal coverage).
 
-  python benchmarks/backtest_coverage.py
+  python benchmarks/backtest_coverage.py [DATA_NAME ...]
 """
 
 import json
+import sys
 
 import numpy as np
 
@@ -24,13 +25,18 @@ DATA = {
 }
 
 
-def main():
+def main(names):
   for data_name, make in DATA.items():
+    if names and data_name not in names:
+      continue
     runs = make()
     for form in catalog.FORMS:
       if catalog.get(form).why_not(runs, None):
         continue
       results = backtest.predictions(runs, form)
+      if not any('rows' in result for result in results):
+        print(json.dumps({'data': data_name, 'form': form, 'skipped': results[0]['skipped']}))
+        continue
       for nominal in (0.8, 0.95):
         scores = backtest.score(results, nominal)
         print(json.dumps({
@@ -44,4 +50,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  main(sys.argv[1:])
