@@ -47,6 +47,11 @@ def apply_rotary(x_BxLxHxK, sin_LxK2, cos_LxK2):
   return rotated.astype(x_BxLxHxK.dtype)
 
 
+def quantizing() -> bool:
+  """Whether Qwix quantizes the einsums of the calling module (`jaxscale.compress.quantize`)."""
+  return qwix.pallas.get_current_rule('einsum') is not None
+
+
 def einsum_f32_accumulate(spec: str, x, w, out_dtype=None):
   """`jnp.einsum(spec, x, w)` summed in fp32, returned in `out_dtype` (default: x's dtype).
 
@@ -59,7 +64,7 @@ def einsum_f32_accumulate(spec: str, x, w, out_dtype=None):
   it is a plain `jnp.einsum` on the parameter itself: Qwix intercepts that call, recognises the
   weight and brings its own quantized forward and straight-through backward.
   """
-  if qwix.pallas.get_current_rule('einsum') is not None:
+  if quantizing():
     out = jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
     return out.astype(out_dtype or x.dtype)
   return _einsum_f32_accumulate(spec, x, w, out_dtype)
@@ -115,6 +120,12 @@ def apply_blocks(blocks, x, *block_args, scan_layers: bool, remat_policy: str):
   if remat_policy != 'none':
     block_fn = jax.checkpoint(block_fn, policy=REMAT_POLICIES[remat_policy],
                               prevent_cse=not scan_layers)
+  if not scan_layers and quantizing():
+    # Qwix's post-training quantization stores each quantized weight back into its module,
+    # which only the blocks themselves (not copies merged from their state) keep.
+    for block in blocks:
+      x = block(x, *block_args)
+    return x
   if scan_layers:
     x, _ = jax.lax.scan(lambda x, s: (block_fn(s, x, *block_args), None), x, nnx.state(blocks))
     return x
