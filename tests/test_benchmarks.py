@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).parent.parent
 ROW_FIELDS = {'task', 'mode', 'init', 'train_fraction', 'augment', 'accuracy', 'macro_f1',
               'params_trainable', 'checkpoint_bytes', 'steps_per_sec', 'wall_s'}
@@ -41,6 +43,7 @@ def test_transfer_benchmark_prints_a_row_per_run_and_a_summary(tmp_path):
 COMPRESSION_FIELDS = {'task', 'row', 'params', 'bytes', 'eval_accuracy', 'latency_s', 'wall_s'}
 
 
+@pytest.mark.slow
 def test_compression_benchmark_prints_a_row_per_compression_and_a_plot(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
   png = tmp_path / 'compression.png'
