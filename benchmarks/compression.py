@@ -18,7 +18,8 @@ LM of configs/default.py, at a small step budget). Every row trains in-process t
 A row: task, row, params, bytes (stored size: integer weights at their bit width with their
 scales; a pruned model dense, and `sparse_bytes` with a bitmask of its non-zeros), eval_accuracy
 (digits) or eval_bits_per_byte (lm), latency_s (the best of 20 timed calls of the compiled eval
-step on one eval batch, CPU) and wall_s. A row whose config keys this checkout lacks prints
+step on one eval batch, CPU; a quantized row's step quantizes the float weights it loads, as
+Qwix does on load) and wall_s. A row whose config keys this checkout lacks prints
 `skipped` with the reason. --png draws accuracy (bits per byte) against bytes.
 """
 

@@ -13,8 +13,8 @@ the model: checkpoints hold float parameters only, and a quantized model is deri
 load (Qwix's quantized parameter layout may change between its versions).
 
 - QAT (`qwix.QtProvider`): fake-quantized forward, straight-through backward.
-- PTQ (`qwix.PtqProvider`): real integer operands (int8 x int8 matmuls where activations are
-  quantized too; dequantized weights otherwise).
+- PTQ (`qwix.PtqProvider`): integer weights (and activations where asked: int8 x int8 matmuls;
+  otherwise float matmuls on the integer weights, rescaled).
 """
 
 from typing import Any
@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import qwix
 from flax import nnx
+
+from jaxscale import param_paths
 
 QTYPES = {'int8': jnp.int8, 'int4': jnp.int4}
 MATMULS = ('einsum', 'dot_general')
@@ -102,9 +104,9 @@ def tree_bytes(tree) -> int:
 
 
 def quantized_state(model, weights: str, activations: str, *model_inputs) -> nnx.State:
-  """The abstract variables of `model` quantized by Qwix's PTQ: QArrays (integer values and
-  float scales) where a weight is quantized, the float arrays elsewhere. Shapes only: nothing is
-  computed."""
+  """The abstract variables of `model` quantized by Qwix's PTQ: integer values and float scales
+  (`<weight>.array.qvalue`, `.array.scale`) where a weight is quantized, the float arrays
+  elsewhere. Shapes only: nothing is computed."""
   graphdef, state = nnx.split(model)
 
   def quantize(state, *inputs):
@@ -122,7 +124,6 @@ def size_report(model, weights: str, activations: str, *model_inputs) -> dict[st
   """`bytes` of the quantized model's variables (integer values and their scales), `float_bytes`
   of the float model's, `quantized_weights` (the names of weights stored as integers) and
   `float_weights` (weight matrices and kernels left float)."""
-  from jaxscale import param_paths  # noqa: PLC0415
   quantized = quantized_state(model, weights, activations, *model_inputs)
   names = param_paths.named_leaves(nnx.state(quantized, nnx.Param))
   return {
