@@ -1,6 +1,6 @@
 """Quantization with Qwix: post-training quantization of a trained digits MLP (accuracy, honest
 bytes, the command and its result file) and quantization-aware training (trains, resumes
-exactly, checkpoints stay float)."""
+exactly, checkpoints stay float), and every weight of a transformer quantizes."""
 
 import json
 import os
@@ -18,7 +18,7 @@ from flax import nnx
 from jaxscale import checkpointing, metrics, objectives, param_paths, sampling, train
 from jaxscale.compress import __main__ as cli
 from jaxscale.compress import ptq, quantize
-from tests.helpers import interrupt_after_saving, load_config_file
+from tests.helpers import interrupt_after_saving, load_config_file, random_batch, tiny_config
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -156,3 +156,22 @@ def test_qat_trains_and_resumes_exactly_with_float_checkpoints(data_dir, tmp_pat
   names = param_paths.named_leaves(final['straight']['params'])
   assert names and all(np.asarray(x).dtype == np.float32 for x in names.values())
   assert not [name for name in names if 'qvalue' in name or 'scale' in name]
+
+
+def test_every_transformer_weight_quantizes_and_the_lm_loss_barely_moves():
+  config = tiny_config()
+  model = train.build_model(config.model, seed=0)
+  batch = {k: jnp.asarray(v) for k, v in random_batch(4, 16, 64).items()}
+  sizes = quantize.size_report(model, 'int8', '', batch['inputs'])
+  weights = {name for name in param_paths.named_leaves(nnx.state(model, nnx.Param))
+             if 'norm' not in name}  # RMSNorm scales are read elementwise, not by a matmul.
+  assert set(sizes['quantized_weights']) == weights and not sizes['float_weights']
+  assert sizes['bytes'] <= 0.3 * sizes['float_bytes']
+
+  lm = objectives.make('lm')
+  graphdef, state = nnx.split(model)
+  losses = {name: float(jax.jit(lambda s, objective=objective: objective(
+      nnx.merge(graphdef, s), batch, train=False, rng=None)['loss_sum'])(state))
+            for name, objective in (('float', lm), ('int8', quantize.ptq_objective(lm, 'int8')))}
+  assert losses['int8'] != losses['float']
+  assert losses['int8'] == pytest.approx(losses['float'], rel=0.01)

@@ -123,7 +123,7 @@ QUANTIZED_VALUES = '.array.qvalue'  # A PTQ weight's integers: '<weight>.array.q
 def size_report(model, weights: str, activations: str, *model_inputs) -> dict[str, Any]:
   """`bytes` of the quantized model's variables (integer values and their scales), `float_bytes`
   of the float model's, `quantized_weights` (the names of weights stored as integers) and
-  `float_weights` (weight matrices and kernels left float)."""
+  `float_weights` (weight matrices and kernels left float; biases are not counted as weights)."""
   quantized = quantized_state(model, weights, activations, *model_inputs)
   names = param_paths.named_leaves(nnx.state(quantized, nnx.Param))
   return {
@@ -131,6 +131,6 @@ def size_report(model, weights: str, activations: str, *model_inputs) -> dict[st
       'float_bytes': tree_bytes(nnx.state(model)),
       'quantized_weights': sorted(name.removesuffix(QUANTIZED_VALUES) for name in names
                                   if name.endswith(QUANTIZED_VALUES)),
-      'float_weights': sorted(name for name, x in names.items()
-                              if '.array.' not in name and len(x.shape) >= 2),
+      'float_weights': sorted(name for name, x in names.items() if '.array.' not in name
+                              and len(x.shape) >= 2 and 'bias' not in name.split('.')[-1]),
   }
