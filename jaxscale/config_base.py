@@ -65,6 +65,14 @@ def get_base_config() -> ml_collections.ConfigDict:
                                       # add 'mlp_in', 'mlp_out' for the MLP).
   c.lora.dropout = 0.0                # Dropout on the adapters' input features.
 
+  # Quantization-aware training (jaxscale.compress.quantize): Qwix fake-quantizes the weights
+  # (per channel) and activations of every matmul and convolution in the forward pass and passes
+  # gradients straight through; parameters and checkpoints stay float. Eval runs quantized too.
+  c.quantization = ml_collections.ConfigDict()
+  c.quantization.mode = 'none'        # 'none' | 'qat'
+  c.quantization.weight_dtype = 'int8'  # 'int8' | 'int4'
+  c.quantization.act_dtype = 'int8'   # 'int8' | '' (float activations: weight-only)
+
   c.model = ml_collections.ConfigDict()
   c.model.name = 'transformer'        # Registry name: 'transformer' (causal LM), 'encoder' (bidirectional).
   c.model.vocab_size = 0              # 0: take it from the dataset.

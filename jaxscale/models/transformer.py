@@ -19,9 +19,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxscale.models import MODELS
+from jaxscale.models.layers import (DTYPES, RMSNorm, apply_blocks, apply_rotary, quantizing,
+                                    rotary_tables, sharded_param)
 from jaxscale.sharding import constrain
-from jaxscale.models.layers import (DTYPES, RMSNorm, apply_blocks, apply_rotary, rotary_tables,
-                                    sharded_param)
 from jaxscale.models.layers import einsum_f32_accumulate as einsum
 
 MLP_ACTIVATIONS = ('swiglu', 'gelu')
@@ -89,7 +89,10 @@ class Block(nnx.Module):
     # Three projections from slices of one weight, rather than one einsum into a stacked
     # [3, B, L, H, K] tensor: the backward pass then never assembles that stack.
     qkv_DxTxHxK = self.qkv_DxTxHxK[...].astype(dt)
-    q, k, v = (einsum('bld,dhk->blhk', h, qkv_DxTxHxK[:, i]) for i in range(3))
+    if quantizing():  # Qwix quantizes a weight where an op reads it, so it must read all of it.
+      q, k, v = einsum('bld,dthk->tblhk', h, qkv_DxTxHxK)
+    else:
+      q, k, v = (einsum('bld,dhk->blhk', h, qkv_DxTxHxK[:, i]) for i in range(3))
     q, k, v = (constrain(t, HEADS_AXES) for t in (q, k, v))
     q, k = apply_rotary(q, sin, cos), apply_rotary(k, sin, cos)
     attn_BxLxHxK = jax.nn.dot_product_attention(
