@@ -33,6 +33,7 @@ def family_config(family: str, **overrides):
 def save_run(workdir, config, perturb: float = 0.01):
   """Records `config` and saves step 1 of its train state, its parameters moved off their init
   (so reading them back is a real test)."""
+  workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
   optimizer, _ = optim.make_optimizer(config.optimizer, config.num_train_steps)
   _, state, _ = train.create_train_state(config, mesh, optimizer)
