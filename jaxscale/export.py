@@ -118,7 +118,7 @@ def _describe(avals, names) -> list[dict]:
            'dtype': str(aval.dtype)} for name, aval in zip(names, avals)]
 
 
-def _class_names(workdir, num_classes: int) -> list[str]:
+def class_names(workdir, num_classes: int) -> list[str]:
   """The eval report's class names where the run wrote one, else '0', '1', ..."""
   report = workdir / 'eval_report.json'
   if report.exists():
@@ -166,7 +166,7 @@ def export_workdir(workdir, out, *, formats=('jax',), step: int | None = None,
     manifest['vocab'] = {'tokenizer': config.dataset.tokenizer,
                          'vocab_size': config.model.vocab_size}
   else:
-    manifest['class_names'] = _class_names(workdir, config.model.num_classes)
+    manifest['class_names'] = class_names(workdir, config.model.num_classes)
   if kind == 'text_classifier':
     specials = special_tokens.after(config.model.vocab_size - 3)
     manifest['vocab'] = {'tokenizer': config.dataset.tokenizer, 'vocab_size': specials.vocab_size,

@@ -95,8 +95,8 @@ def generate_rows(graphdef, state, prompts: list[np.ndarray], options: list[dict
   `top_k` (0 = all), `top_p` (1 = all) and `key`. Pads the batch and the prompt length up to
   their buckets, so similar calls reuse one compiled loop."""
   batch = len(prompts)
-  prompt_len = max(_bucket(max(len(p) for p in prompts)), MIN_PROMPT_BUCKET)
-  padded_batch = _bucket(batch)
+  prompt_len = max(bucket(max(len(p) for p in prompts)), MIN_PROMPT_BUCKET)
+  padded_batch = bucket(batch)
   padded_batch = -(-padded_batch // batch_multiple) * batch_multiple
   prompt_BxP = np.zeros((padded_batch, prompt_len), np.int32)
   first_B = np.full((padded_batch,), prompt_len - 1, np.int32)  # Filler rows: one token.
@@ -119,7 +119,7 @@ def generate_rows(graphdef, state, prompts: list[np.ndarray], options: list[dict
   return np.asarray(new_BxN)[:batch]
 
 
-def _bucket(n: int) -> int:
+def bucket(n: int) -> int:
   """The next power of two >= n: the shapes one compiled program serves."""
   return 1 << max(n - 1, 0).bit_length()
 
