@@ -104,6 +104,33 @@ def build_app(backend, *, max_batch: int = 8, max_queue: int = 64,
   return app
 
 
+@contextlib.contextmanager
+def running_server(app, host: str = '127.0.0.1', port: int = 0, start_timeout_s: float = 60):
+  """`app` served by uvicorn in a background thread (port 0: a free one); yields its base URL
+  and stops the server on exit. For tests and benchmarks."""
+  import socket  # noqa: PLC0415
+  import threading  # noqa: PLC0415
+  import time  # noqa: PLC0415
+  import uvicorn  # noqa: PLC0415
+  if not port:
+    with socket.socket() as probe:
+      probe.bind((host, 0))
+      port = probe.getsockname()[1]
+  server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level='warning'))
+  thread = threading.Thread(target=server.run, daemon=True)
+  thread.start()
+  deadline = time.time() + start_timeout_s
+  while not server.started:
+    if not thread.is_alive() or time.time() > deadline:
+      raise RuntimeError(f'The server did not start on {host}:{port}.')
+    time.sleep(0.05)
+  try:
+    yield f'http://{host}:{port}'
+  finally:
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog='python -m jaxscale.serve', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -3,16 +3,12 @@ answered with what direct generation gives, bad requests get a 400 naming the fi
 refuses at once, and the server stays up throughout."""
 
 import asyncio
-import contextlib
-import socket
 import threading
-import time
 
 import httpx
 import jax
 import numpy as np
 import pytest
-import uvicorn
 
 from jaxscale import sampling, serve
 from jaxscale.serving import backends
@@ -22,25 +18,8 @@ from tests import saved_runs
 LIMITS = dict(max_prompt_tokens=24, max_new_tokens=16)
 
 
-@contextlib.contextmanager
 def _serving(backend, **kwargs):
-  """The app on a free localhost port, in a thread; yields its base URL."""
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-  server = uvicorn.Server(uvicorn.Config(serve.build_app(backend, **kwargs), host='127.0.0.1',
-                                         port=port, log_level='warning'))
-  thread = threading.Thread(target=server.run, daemon=True)
-  thread.start()
-  deadline = time.time() + 60
-  while not server.started:
-    assert thread.is_alive() and time.time() < deadline, 'the server did not start'
-    time.sleep(0.05)
-  try:
-    yield f'http://127.0.0.1:{port}'
-  finally:
-    server.should_exit = True
-    thread.join(timeout=30)
+  return serve.running_server(serve.build_app(backend, **kwargs))
 
 
 @pytest.fixture(scope='module')
