@@ -34,15 +34,24 @@ class RMSNorm(nnx.Module):
 
 def rotary_tables(seq_len: int, head_dim: int, theta: float):
   """sin/cos tables [seq_len, head_dim // 2] for rotary position embeddings."""
+  return rotary_tables_at(jnp.arange(seq_len), head_dim, theta)
+
+
+def rotary_tables_at(positions, head_dim: int, theta: float):
+  """sin/cos tables [..., head_dim // 2] at integer `positions` of any shape (e.g. [B, L] for
+  left-padded rows whose positions start at different slots)."""
   inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-  angles = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
   return jnp.sin(angles), jnp.cos(angles)
 
 
-def apply_rotary(x_BxLxHxK, sin_LxK2, cos_LxK2):
-  """Rotates pairs (first half, second half) of each head's features by position."""
+def apply_rotary(x_BxLxHxK, sin, cos):
+  """Rotates pairs (first half, second half) of each head's features by position. The tables are
+  [L, K/2] (every row at positions 0..L-1) or [B, L, K/2] (positions per row)."""
   x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
-  sin, cos = sin_LxK2[None, :, None, :], cos_LxK2[None, :, None, :]
+  if sin.ndim == 2:
+    sin, cos = sin[None], cos[None]
+  sin, cos = sin[:, :, None, :], cos[:, :, None, :]
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return rotated.astype(x_BxLxHxK.dtype)
 

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxscale.models import MODELS
+from jaxscale.models.kv_cache import KVCache
 from jaxscale.models.layers import (DTYPES, RMSNorm, apply_blocks, apply_rotary, quantizing,
-                                    rotary_tables, sharded_param)
+                                    rotary_tables, rotary_tables_at, sharded_param)
 from jaxscale.sharding import constrain
 from jaxscale.models.layers import einsum_f32_accumulate as einsum
 
@@ -83,24 +84,42 @@ class Block(nnx.Module):
     """`mask_BxL` (bool, True for real tokens) hides padded keys from every query; the outputs at
     padded positions are computed but meaningless. With attention_impl='cudnn' the padding must
     follow the real tokens."""
-    dt = self.dtype
     x_BxLxD = constrain(x_BxLxD, RESIDUAL_AXES)
-    h = self.attn_norm(x_BxLxD)
-    # Three projections from slices of one weight, rather than one einsum into a stacked
-    # [3, B, L, H, K] tensor: the backward pass then never assembles that stack.
-    qkv_DxTxHxK = self.qkv_DxTxHxK[...].astype(dt)
-    if quantizing():  # Qwix quantizes a weight where an op reads it, so it must read all of it.
-      q, k, v = einsum('bld,dthk->tblhk', h, qkv_DxTxHxK)
-    else:
-      q, k, v = (einsum('bld,dhk->blhk', h, qkv_DxTxHxK[:, i]) for i in range(3))
-    q, k, v = (constrain(t, HEADS_AXES) for t in (q, k, v))
-    q, k = apply_rotary(q, sin, cos), apply_rotary(k, sin, cos)
+    q, k, v = self._qkv(self.attn_norm(x_BxLxD), sin, cos)
     attn_BxLxHxK = jax.nn.dot_product_attention(
         q, k, v, is_causal=self.causal, implementation=self.attention_impl,
         **self._padding(mask_BxL))
-    attn_BxLxHxK = constrain(attn_BxLxHxK, HEADS_AXES)
-    x_BxLxD = x_BxLxD + einsum('blhk,hkd->bld', attn_BxLxHxK, self.out_HxKxD[...].astype(dt))
+    return self._out_and_mlp(x_BxLxD, constrain(attn_BxLxHxK, HEADS_AXES))
 
+  def extend_cache(self, x_BxLxD, sin, cos, keys, values, layer, start, mask_BxLxS):
+    """The block on L new positions, whose keys and values are first written into the cache
+    (`keys`/`values` [layers, B, S, H, K], this block's row `layer`, slots start..start+L-1);
+    each query then attends to the cache slots `mask_BxLxS` allows. Returns (x, keys, values)."""
+    q, k, v = self._qkv(self.attn_norm(x_BxLxD), sin, cos)
+    index = (layer, 0, start, 0, 0)
+    keys = jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), index)
+    values = jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), index)
+    # The cache's dtype is the compute dtype, so q, k and v meet as in the full forward. 'xla'
+    # attention: a per-query mask over the cache is beyond the fused kernels' padding forms.
+    attn_BxLxHxK = jax.nn.dot_product_attention(
+        q, keys[layer].astype(q.dtype), values[layer].astype(q.dtype),
+        mask=mask_BxLxS[:, None], implementation='xla')
+    return self._out_and_mlp(x_BxLxD, attn_BxLxHxK), keys, values
+
+  def _qkv(self, h_BxLxD, sin, cos):
+    # Three projections from slices of one weight, rather than one einsum into a stacked
+    # [3, B, L, H, K] tensor: the backward pass then never assembles that stack.
+    qkv_DxTxHxK = self.qkv_DxTxHxK[...].astype(self.dtype)
+    if quantizing():  # Qwix quantizes a weight where an op reads it, so it must read all of it.
+      q, k, v = einsum('bld,dthk->tblhk', h_BxLxD, qkv_DxTxHxK)
+    else:
+      q, k, v = (einsum('bld,dhk->blhk', h_BxLxD, qkv_DxTxHxK[:, i]) for i in range(3))
+    q, k, v = (constrain(t, HEADS_AXES) for t in (q, k, v))
+    return apply_rotary(q, sin, cos), apply_rotary(k, sin, cos), v
+
+  def _out_and_mlp(self, x_BxLxD, attn_BxLxHxK):
+    dt = self.dtype
+    x_BxLxD = x_BxLxD + einsum('blhk,hkd->bld', attn_BxLxHxK, self.out_HxKxD[...].astype(dt))
     h = self.mlp_norm(x_BxLxD)
     # The nonlinearity runs in fp32 whatever the compute dtype: as accurate, and on CPU 4x
     # faster than bf16 elementwise math (which XLA emulates with converts around every op).
@@ -182,14 +201,20 @@ class Transformer(nnx.Module):
     self.scan_layers = scan_layers
     self.remat_policy = remat_policy
     self.head_dim = d_model // num_heads
+    self.num_layers, self.num_heads, self.causal = num_layers, num_heads, causal
     self.rope_theta = rope_theta
     self.dtype = DTYPES[dtype]
 
-  def __call__(self, tokens_BxL, input_mask_BxL=None):
+  def __call__(self, tokens_BxL, input_mask_BxL=None, positions_BxL=None):
+    """`positions_BxL` (default 0..L-1 in every row) are the RoPE positions, e.g. shifted for
+    left-padded rows."""
     mask_BxL = None if input_mask_BxL is None else input_mask_BxL.astype(bool)
     x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0).astype(self.dtype)
     x_BxLxD = constrain(x_BxLxD, RESIDUAL_AXES)
-    sin, cos = rotary_tables(tokens_BxL.shape[1], self.head_dim, self.rope_theta)
+    if positions_BxL is None:
+      sin, cos = rotary_tables(tokens_BxL.shape[1], self.head_dim, self.rope_theta)
+    else:
+      sin, cos = rotary_tables_at(positions_BxL, self.head_dim, self.rope_theta)
     x_BxLxD = apply_blocks(self.blocks, x_BxLxD, sin, cos, mask_BxL, scan_layers=self.scan_layers,
                            remat_policy=self.remat_policy)
     x_BxLxD = self.final_norm(x_BxLxD)
@@ -197,6 +222,9 @@ class Transformer(nnx.Module):
       pooled_BxD = _pool(x_BxLxD, mask_BxL, self.pooling)
       return (einsum('bd,dk->bk', pooled_BxD, self.head_DxK[...].astype(self.dtype), jnp.float32)
               + self.head_bias_K[...])
+    return self._unembed(x_BxLxD)
+
+  def _unembed(self, x_BxLxD):
     if self.tie_embeddings:
       logits_BxLxV = einsum('bld,vd->blv', x_BxLxD, self.embed_VxD[...].astype(self.dtype),
                             jnp.float32)
@@ -204,6 +232,51 @@ class Transformer(nnx.Module):
       logits_BxLxV = einsum('bld,dv->blv', x_BxLxD, self.unembed_DxV[...].astype(self.dtype),
                             jnp.float32)
     return constrain(logits_BxLxV, ('batch', 'seq', 'vocab'))
+
+  # -------------------------------------------------------------------------------------------
+  # Generation with a KV cache: `init_cache`, then `extend` with the prompt (prefill) and with
+  # each new token (decode).
+
+  def init_cache(self, batch: int, max_len: int, first_B=None) -> KVCache:
+    """An empty cache for `batch` rows of up to `max_len` tokens; `first_B` (default 0) is each
+    row's first real slot when prompts are left-padded."""
+    self._check_decoder()
+    return KVCache.create(num_layers=self.num_layers, batch=batch, max_len=max_len,
+                          num_heads=self.num_heads, head_dim=self.head_dim, dtype=self.dtype,
+                          first_B=first_B)
+
+  def extend(self, tokens_BxL, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Next-token logits [B, L, V] of L tokens that continue the cached ones (all of a padded
+    prompt at once, or one new token), and the cache with their keys and values added."""
+    self._check_decoder()
+    slots_L, positions_BxL = cache.positions(tokens_BxL.shape[1])
+    sin, cos = rotary_tables_at(positions_BxL, self.head_dim, self.rope_theta)
+    mask_BxLxS = cache.attention_mask(slots_L)
+    x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0).astype(self.dtype)
+    keys, values = cache.keys, cache.values
+    if self.scan_layers:
+      graphdef, stacked_state = nnx.split(self.blocks)
+
+      def layer_step(carry, block_state):
+        x, keys, values, layer = carry
+        x, keys, values = nnx.merge(graphdef, block_state).extend_cache(
+            x, sin, cos, keys, values, layer, cache.length, mask_BxLxS)
+        return (x, keys, values, layer + 1), None
+
+      (x_BxLxD, keys, values, _), _ = jax.lax.scan(
+          layer_step, (x_BxLxD, keys, values, jnp.int32(0)), stacked_state)
+    else:
+      for layer, block in enumerate(self.blocks):
+        x_BxLxD, keys, values = block.extend_cache(x_BxLxD, sin, cos, keys, values, layer,
+                                                   cache.length, mask_BxLxS)
+    logits_BxLxV = self._unembed(self.final_norm(x_BxLxD))
+    return logits_BxLxV, cache.replace(keys=keys, values=values,
+                                       length=cache.length + tokens_BxL.shape[1])
+
+  def _check_decoder(self):
+    if not self.causal or self.num_classes:
+      raise ValueError('A KV cache serves next-token generation: it needs a causal LM '
+                       '(model "transformer" with num_classes=0).')
 
 
 def _without_causal(init):

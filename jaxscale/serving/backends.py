@@ -1,0 +1,175 @@
+"""The models behind the endpoints: a language model that generates for a batch of prompts, and a
+classifier that returns each input's most likely classes.
+
+Requests arrive validated for type (the server's request models); a backend checks what depends
+on the model (prompt length, vocabulary, image shape) and raises `BadRequest` naming the field.
+"""
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxscale import paths, sampling
+from jaxscale.data import special_tokens
+from jaxscale.data.tokenizers import BYTE_SEPARATOR
+
+
+DEFAULT_NEW_TOKENS = 64
+
+
+class BadRequest(ValueError):
+  def __init__(self, field: str, message: str):
+    super().__init__(message)
+    self.field = field
+
+
+@dataclasses.dataclass
+class LanguageModel:
+  """Generation with the KV cache; one compiled loop per (batch, prompt, length) bucket."""
+  graphdef: nnx.GraphDef
+  state: nnx.State
+  config: dict
+  max_prompt_tokens: int
+  max_new_tokens: int
+  kind: str = 'lm'
+
+  def __post_init__(self):
+    self.vocab_size = self.config['model']['vocab_size']
+    self.byte_tokens = self.config['dataset'].get('tokenizer', 'byte') == 'byte'
+    # Byte models end a document with the separator: stop there, as the training data does.
+    self.stop_tokens = (BYTE_SEPARATOR,) if self.byte_tokens else ()
+
+  def tokens(self, prompt) -> np.ndarray:
+    """Checked token ids of a request's prompt (text for byte models, or a list of ids)."""
+    if isinstance(prompt, str):
+      if not self.byte_tokens:
+        raise BadRequest('prompt', 'this model does not use byte tokens: send the prompt as a '
+                         'list of token ids.')
+      ids = sampling.encode_bytes(prompt)
+    else:
+      ids = np.asarray(prompt, np.int64)
+      if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+        raise BadRequest('prompt', f'token ids must lie in 0..{self.vocab_size - 1}.')
+    if ids.size == 0:
+      raise BadRequest('prompt', 'the prompt is empty; send at least one token.')
+    if ids.size > self.max_prompt_tokens:
+      raise BadRequest('prompt', f'the prompt has {ids.size} tokens; this server takes at most '
+                       f'{self.max_prompt_tokens}.')
+    return ids.astype(np.int32)
+
+  def check(self, request: dict) -> dict:
+    """The request with its prompt tokenized; BadRequest on what the model cannot take."""
+    tokens = self.tokens(request['prompt'])
+    max_new_tokens = request['max_new_tokens'] or min(DEFAULT_NEW_TOKENS, self.max_new_tokens)
+    if max_new_tokens > self.max_new_tokens:
+      raise BadRequest('max_new_tokens', f'at most {self.max_new_tokens} on this server, got '
+                       f'{max_new_tokens}.')
+    return dict(request, tokens=tokens, max_new_tokens=max_new_tokens)
+
+  def run(self, requests: list[dict]) -> list[dict]:
+    options = [dict(temperature=r['temperature'], top_k=r['top_k'] or 0, top_p=r['top_p'] or 1.0,
+                    key=jax.random.fold_in(jax.random.key(r['seed']), 0)) for r in requests]
+    longest = max(r['max_new_tokens'] for r in requests)
+    new_BxN = sampling.generate_rows(
+        self.graphdef, self.state, [r['tokens'] for r in requests], options,
+        min(sampling.bucket(longest), self.max_new_tokens), stop_tokens=self.stop_tokens)
+    results = []
+    for request, row in zip(requests, new_BxN):
+      tokens = sampling.trim_at_stop(row[:request['max_new_tokens']], self.stop_tokens)
+      text = sampling.decode_bytes(tokens) if self.byte_tokens else None
+      results.append({'text': text, 'tokens': tokens.tolist()})
+    return results
+
+
+@dataclasses.dataclass
+class Classifier:
+  """`forward(inputs [B, ...]) -> logits [B, K]`, with batches padded to powers of two."""
+  forward: callable
+  input_shape: tuple[int, ...]
+  input_dtype: str
+  class_names: list[str]
+  config: dict
+  kind: str = 'classifier'
+
+  def check(self, request: dict) -> dict:
+    inputs = request['inputs']
+    if self.input_dtype == 'int32':  # A text classifier: CLS, bytes, PAD, as the pipeline does.
+      if not isinstance(inputs, str):
+        raise BadRequest('inputs', 'this classifier reads text: send a string.')
+      ids = sampling.encode_bytes(inputs)
+      seq_len = self.input_shape[0]
+      if ids.size > seq_len - 1:
+        raise BadRequest('inputs', f'the text has {ids.size} bytes; this classifier reads at most '
+                         f'{seq_len - 1}.')
+      row = np.full((seq_len,), special_tokens.PAD_ID, np.int32)
+      row[0] = special_tokens.CLS_ID
+      row[1:1 + ids.size] = ids
+    else:
+      try:
+        row = np.asarray(inputs, np.float32)
+      except (TypeError, ValueError):
+        row = None
+      if row is None or row.shape != self.input_shape:
+        raise BadRequest('inputs', f'send one image as nested lists of shape '
+                         f'{list(self.input_shape)} (height, width, channels), normalised as in '
+                         'training.')
+    return dict(request, row=row)
+
+  def run(self, requests: list[dict]) -> list[dict]:
+    rows = [r['row'] for r in requests]
+    padded = sampling.bucket(len(rows))
+    batch = np.stack(rows + [rows[0]] * (padded - len(rows)))
+    probs_BxK = np.asarray(jax.nn.softmax(self.forward(batch), axis=-1))[:len(rows)]
+    results = []
+    for request, probs_K in zip(requests, probs_BxK):
+      top = np.argsort(-probs_K)[:request['top_k']]
+      results.append({'classes': [{'class': self.class_names[k], 'probability': float(probs_K[k])}
+                                  for k in top]})
+    return results
+
+
+def from_workdir(workdir, *, max_prompt_tokens: int, max_new_tokens: int):
+  """The backend of the newest checkpoint in `workdir` (LoRA adapters merged)."""
+  from jaxscale import export  # noqa: PLC0415  (export's helpers know each model family)
+  model, config = sampling.restore_model(workdir)
+  kind = export.model_kind(model, config)
+  if kind == 'token_model':
+    raise ValueError('This run is a masked-LM encoder: it neither generates nor classifies.')
+  model.eval()
+  if kind == 'lm':
+    graphdef, state = nnx.split(model)
+    return LanguageModel(graphdef, state, config.to_dict(), max_prompt_tokens, max_new_tokens)
+  graphdef, state = nnx.split(model)
+  spec = export.input_spec(model, config, 1)
+  pad_id = special_tokens.after(config.model.vocab_size - 3).pad if kind == 'text_classifier' \
+      else None
+
+  @jax.jit
+  def forward(inputs):
+    classifier = nnx.merge(graphdef, state)
+    return classifier(inputs, inputs != pad_id) if pad_id is not None else classifier(inputs)
+
+  names = export.class_names(paths.resolve(workdir), config.model.num_classes)
+  return Classifier(forward, spec.shape[1:], str(spec.dtype), names, config.to_dict())
+
+
+def from_export(directory, *, max_prompt_tokens: int, max_new_tokens: int):
+  """A classifier backend from `python -m jaxscale.export` files (jax.export, no jaxscale
+  model code)."""
+  directory = pathlib.Path(directory)
+  manifest = json.loads((directory / 'manifest.json').read_text())
+  if manifest['kind'] not in ('image_classifier', 'text_classifier'):
+    raise ValueError(f'--export serves classifiers; {directory} holds a {manifest["kind"]}. Serve '
+                     'a language model from its --workdir.')
+  del max_prompt_tokens, max_new_tokens
+  params = {k: jnp.asarray(v) for k, v in np.load(directory / 'params.npz').items()}
+  exported = jax.export.deserialize((directory / 'forward.bin').read_bytes())
+  forward = jax.jit(lambda inputs: exported.call(params, inputs))
+  spec = manifest['functions']['forward']['inputs'][0]
+  return Classifier(forward, tuple(spec['shape'][1:]), spec['dtype'], manifest['class_names'],
+                    manifest['config'])
