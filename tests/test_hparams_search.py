@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import sys
+import time
 
 import optuna
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from jaxscale.hparams import best
 from jaxscale.hparams import search
 from jaxscale.hparams import space
+from jaxscale.hparams import trial_runner
 from jaxscale.scaling import run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,3 +123,44 @@ def test_search_space_rejects_malformed_entries():
   with pytest.raises(ValueError, match='choice'):
     space.parse([('batch_size', 'uniform', 1, 2)])
   assert space.parse([('batch_size', 'choice', (8, 16))])[0].grid(4) == [8, 16]
+
+
+FAKE_TRAINER = '''#!{python}
+"""Stands in for `python -m jaxscale.main`: an eval row every 0.3 s, then summary.json."""
+import json, math, os, sys, time
+args = dict(a[2:].split('=', 1) for a in sys.argv[1:] if a.startswith('--') and '=' in a)
+workdir, lr = args['workdir'], float(args['config.optimizer.learning_rate'])
+if lr > 0.05:
+  sys.exit('FloatingPointError: train_loss=nan at step 3')
+os.makedirs(workdir, exist_ok=True)
+for step in {steps}:
+  loss = 2.0 + (math.log10(lr) + 2.0) ** 2 + 10.0 / step
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+    f.write(json.dumps({{'step': step, 'train_loss': loss}}) + '\\n')
+    f.write(json.dumps({{'step': step, 'eval_loss': loss}}) + '\\n')
+  time.sleep(0.3)
+json.dump({{'finished': True, 'eval_loss': loss}}, open(os.path.join(workdir, 'summary.json'), 'w'))
+'''
+
+
+def test_trainer_runner_reports_eval_rows_kills_pruned_runs_and_records_failures(tmp_path):
+  script = tmp_path / 'fake_python'
+  script.write_text(FAKE_TRAINER.format(python=sys.executable, steps=EVAL_STEPS))
+  script.chmod(0o755)
+  spec = make_spec(method='tpe', pruner='median', pruner_startup_trials=2, pruner_warmup_steps=0)
+  study = search.open_study(tmp_path / 'search', spec)
+  for lr in (1e-2, 1.2e-2, 1e-3, 0.09):  # Two good, one clearly bad, one that crashes.
+    study.enqueue_trial({'optimizer.learning_rate': lr, 'optimizer.weight_decay': 0.0})
+  runner = trial_runner.TrainerRunner(spec.base_config, python=str(script), poll_seconds=0.05)
+  search.run_search(spec, tmp_path / 'search', num_trials=4, runner=runner,
+                    stream=open(os.devnull, 'w'))
+  trials = search.load_study(tmp_path / 'search').get_trials()
+  assert [t.state.name for t in trials] == ['COMPLETE', 'COMPLETE', 'PRUNED', 'FAIL']
+  assert trials[0].intermediate_values == {
+      s: pytest.approx(loss_curve(['optimizer.learning_rate=0.01'], s)) for s in EVAL_STEPS}
+  assert trials[0].value == pytest.approx(loss_curve(['optimizer.learning_rate=0.01'], 40))
+  time.sleep(1.0)  # Long enough for the pruned run to write more rows, had it not been killed.
+  pruned_dir = search.trial_dir(tmp_path / 'search', 2)
+  assert len(trial_runner.eval_rows(pruned_dir)) < len(EVAL_STEPS)
+  assert not os.path.exists(os.path.join(pruned_dir, 'summary.json'))
+  assert 'FloatingPointError' in trials[3].user_attrs['error']

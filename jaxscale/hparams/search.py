@@ -85,6 +85,7 @@ def make_pruner(search):
 
 def open_study(directory, spec) -> optuna.Study:
   """The directory's study (created on first use) with the spec's sampler and pruner."""
+  os.makedirs(directory, exist_ok=True)
   study = optuna.create_study(
       study_name=STUDY_NAME, storage=storage_url(directory), load_if_exists=True,
       sampler=make_sampler(spec.search), pruner=make_pruner(spec.search),
