@@ -123,6 +123,10 @@ def test_search_space_rejects_malformed_entries():
   with pytest.raises(ValueError, match='choice'):
     space.parse([('batch_size', 'uniform', 1, 2)])
   assert space.parse([('batch_size', 'choice', (8, 16))])[0].grid(4) == [8, 16]
+  with pytest.raises(ValueError, match=r"unknown keys \['trials'\]"):
+    search.with_defaults(make_spec(trials=3))
+  with pytest.raises(ValueError, match='successive_halving'):
+    search.with_defaults(make_spec(pruner='hyperband'))
 
 
 FAKE_TRAINER = '''#!{python}

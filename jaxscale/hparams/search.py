@@ -25,6 +25,7 @@ import json
 import os
 import sys
 
+import ml_collections
 import optuna
 
 from jaxscale import paths
@@ -60,6 +61,23 @@ def _fixed_part(record: dict) -> dict:
   return {**record, 'search': search}
 
 
+# spec.search keys and their defaults (a spec may leave any out but `params`).
+DEFAULTS = {'method': 'tpe', 'params': (), 'grid_points': 4, 'num_trials': 0,
+            'objective': 'eval_loss', 'direction': 'minimize', 'pruner': 'none',
+            'pruner_startup_trials': 5, 'pruner_warmup_steps': 0, 'seed': 0}
+
+
+def with_defaults(spec):
+  """A copy of the spec whose `search` has every key, or an error naming an unknown one."""
+  spec = ml_collections.ConfigDict(spec.to_dict())
+  unknown = sorted(set(spec.search) - set(DEFAULTS))
+  if unknown:
+    raise ValueError(f'spec.search has unknown keys {unknown}; known: {", ".join(DEFAULTS)}.')
+  spec.search = ml_collections.ConfigDict({**DEFAULTS, **spec.search.to_dict()})
+  check_settings(spec.search)
+  return spec
+
+
 def check_settings(search) -> None:
   for name, value, allowed in (('method', search.method, METHODS),
                                ('pruner', search.pruner, PRUNERS),
@@ -85,6 +103,7 @@ def make_pruner(search):
 
 def open_study(directory, spec) -> optuna.Study:
   """The directory's study (created on first use) with the spec's sampler and pruner."""
+  spec = with_defaults(spec)
   os.makedirs(directory, exist_ok=True)
   study = optuna.create_study(
       study_name=STUDY_NAME, storage=storage_url(directory), load_if_exists=True,
@@ -141,7 +160,7 @@ def num_done(study) -> int:
 
 def run_search(spec, directory, num_trials=None, runner=None, stream=None) -> dict:
   """Runs (or resumes) the search until `num_trials` trials are done; returns a summary."""
-  check_settings(spec.search)
+  spec = with_defaults(spec)
   params = space.parse(spec.search.params)
   directory = paths.resolve_str(directory)
   os.makedirs(directory, exist_ok=True)
@@ -159,8 +178,11 @@ def run_search(spec, directory, num_trials=None, runner=None, stream=None) -> di
     for left in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
       print(f'[search] resuming trial {left.number}, left running by a stopped search',
             file=stream, flush=True)
-      _run_trial(study, optuna.trial.Trial(study, left._trial_id), params, spec, directory,  # noqa: SLF001
-                 runner, stream, already_reported=set(left.intermediate_values))
+      # Trial(study, id) reattaches to the stored trial: its suggest_* calls return the stored
+      # parameters, and its number and grid point stay its own.
+      reattached = optuna.trial.Trial(study, left._trial_id)  # noqa: SLF001
+      _run_trial(study, reattached, params, spec, directory, runner, stream,
+                 already_reported=set(left.intermediate_values))
     while num_done(study) < target:
       _run_trial(study, study.ask(), params, spec, directory, runner, stream)
   return summarise(study)

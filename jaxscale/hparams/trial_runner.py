@@ -6,8 +6,10 @@ order; it raises `optuna.TrialPruned` to stop the trial, and the runner then sto
 Tests inject cheap runners with the same signature.
 """
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -51,6 +53,14 @@ def read_objective(workdir, key: str) -> float:
   return float(values[-1])
 
 
+def _die_with_parent() -> None:
+  """In the child: SIGTERM it (the trainer saves and exits) if the search process dies, even by
+  SIGKILL, so a resumed search never finds its trial's old run still writing the workdir."""
+  if sys.platform.startswith('linux'):
+    PR_SET_PDEATHSIG = 1  # noqa: N806  (linux/prctl.h)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class TrainerRunner:
   """`python -m jaxscale.main --config BASE --workdir W --config.key=value...`, polled."""
 
@@ -66,7 +76,7 @@ class TrainerRunner:
     log_path = os.path.join(workdir, 'train.log')
     with open(log_path, 'a') as log:
       process = subprocess.Popen(self.command(workdir, overrides), stdout=log,
-                                 stderr=subprocess.STDOUT)
+                                 stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
       try:
         reported = 0
         while True:
