@@ -88,6 +88,18 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):
                                            for s in EVAL_STEPS}
 
 
+def test_resumed_random_search_draws_new_points(tmp_path):
+  spec = make_spec(method='random', pruner='none')
+  with pytest.raises(KeyboardInterrupt):
+    search.run_search(spec, tmp_path, num_trials=5, runner=FakeRunner(die_in_call=3),
+                      stream=open(os.devnull, 'w'))
+  search.run_search(spec, tmp_path, num_trials=5, runner=FakeRunner(), stream=open(os.devnull, 'w'))
+  trials = search.load_study(tmp_path).get_trials()
+  assert [t.state.name for t in trials] == ['COMPLETE'] * 5
+  # A new process with the spec's seed must not replay the first process's draws.
+  assert len({tuple(sorted(t.params.items())) for t in trials}) == 5
+
+
 def test_median_pruner_stops_a_clearly_bad_trial(tmp_path):
   spec = make_spec(method='tpe', pruner='median', pruner_startup_trials=2, pruner_warmup_steps=0)
   study = search.open_study(tmp_path, spec)

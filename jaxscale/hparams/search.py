@@ -86,10 +86,13 @@ def check_settings(search) -> None:
       raise ValueError(f'spec.search.{name}={value!r}; choose one of: {", ".join(allowed)}.')
 
 
-def make_sampler(search):
+def make_sampler(search, seed_offset: int = 0):
+  """The spec's sampler, seeded with spec.search.seed + `seed_offset`: a resumed search offsets
+  by the trials already in the study, so it does not draw the first process's points again."""
+  seed = search.seed + seed_offset
   if search.method in ('grid', 'random'):  # A grid's points are enqueued (see open_study).
-    return optuna.samplers.RandomSampler(seed=search.seed)
-  return optuna.samplers.TPESampler(seed=search.seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+  return optuna.samplers.TPESampler(seed=seed)
 
 
 def make_pruner(search):
@@ -109,6 +112,7 @@ def open_study(directory, spec) -> optuna.Study:
       study_name=STUDY_NAME, storage=storage_url(directory), load_if_exists=True,
       sampler=make_sampler(spec.search), pruner=make_pruner(spec.search),
       direction=spec.search.direction)
+  study.sampler = make_sampler(spec.search, seed_offset=len(study.get_trials(deepcopy=False)))
   points = space.all_grid_points(space.parse(spec.search.params), spec.search.grid_points)
   if spec.search.method == 'grid' and len(study.get_trials(deepcopy=False)) < len(points):
     # Every point as a waiting trial, in order (optuna's GridSampler stops studies only inside
