@@ -71,8 +71,11 @@ def plot(directory, out) -> str:
     if best is not None and name in best.params:
       axis.scatter([best.params[name]], [best.value], marker='*', s=200, color='C3', label='best')
     distribution = next(t.distributions[name] for t in trials if name in t.distributions)
-    if getattr(distribution, 'log', False):
+    values = [t.params[name] for t in trials if name in t.params]
+    # A log axis over less than a decade has no labelled ticks worth reading.
+    if getattr(distribution, 'log', False) and max(values) >= 10 * min(values):
       axis.set_xscale('log')
+    axis.tick_params(axis='x', labelrotation=30)
     axis.set_xlabel(name)
     axis.set_ylabel(objective)
     axis.legend(fontsize=7)
