@@ -13,7 +13,7 @@ from jaxscale.hparams import best
 from jaxscale.hparams import search
 from jaxscale.hparams import space
 from jaxscale.hparams import trial_runner
-from jaxscale.scaling import run_config
+from jaxscale.scaling.sweeps import run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(REPO, 'configs', 'sweeps', 'tiny_lr_search.py')

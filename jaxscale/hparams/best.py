@@ -22,7 +22,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 from jaxscale import paths  # noqa: E402
 from jaxscale.hparams import search  # noqa: E402
 from jaxscale.hparams import space  # noqa: E402
-from jaxscale.scaling import run_config  # noqa: E402
+from jaxscale.scaling.sweeps import run_config  # noqa: E402
 
 _COMPLETE, _PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 

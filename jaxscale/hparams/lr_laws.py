@@ -68,7 +68,7 @@ def optimum(group: list[dict], near: float) -> dict:
 def fit(points: list[dict]) -> dict:
   """{law: {coefficient, exponent}} from the per-budget optima; a quantity that never varied
   (e.g. batch size left fixed) gets None."""
-  from jaxscale.scaling import power_law_fit  # noqa: PLC0415  (scipy only when fitting)
+  from jaxscale.scaling.laws import power_law_fit  # noqa: PLC0415  (scipy only when fitting)
 
   compute = np.array([p['C'] for p in points])
   laws = {}

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from jaxscale.scaling import run_config
+from jaxscale.scaling.sweeps import run_config
 
 
 def parse_values(assignments: list[str]) -> dict[str, list[float]]:

@@ -11,7 +11,7 @@ import sys
 
 from jaxscale import paths
 from jaxscale.hparams import search
-from jaxscale.scaling import run_config
+from jaxscale.scaling.sweeps import run_config
 
 
 def main(argv=None) -> int:
