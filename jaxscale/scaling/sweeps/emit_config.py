@@ -4,6 +4,8 @@ The fit gives N_opt(C); the sweep's own shape rule turns it into a model (so the
 the family the law was measured on), and the exact FLOPs per token of that model fix the steps
 that spend the budget. The emitted file is an ordinary config: the sweep's base config with the
 sweep's overrides and the run's, for `python -m jaxscale.main --config FILE --workdir DIR`.
+Where the sweep directory holds hparam_laws.json (`python -m jaxscale.hparams lr-laws`), the run's
+learning rate and batch size come from those laws at the budget.
 """
 
 import math
@@ -37,8 +39,12 @@ def get_config():
 
 def compute_optimal_run(record: dict, sweep_dir, compute: float) -> dict:
   """The planned run (as in sweep.json) for `compute`, with the fit's prediction attached."""
+  from jaxscale.hparams import lr_laws  # noqa: PLC0415
+
   sweep = sweep_lib.load(sweep_dir)
   spec = ml_collections.ConfigDict(sweep['spec'])
+  # Fitted optimal learning rate and batch size for this budget (DIR/hparam_laws.json), if any.
+  spec.overrides = tuple(spec.overrides) + tuple(lr_laws.overrides_at(sweep_dir, compute))
   config = run_config.apply_overrides(run_config.load_config_file(sweep['base_config']),
                                       spec.overrides)
   prediction = predict.at_compute(record, compute)

@@ -1,0 +1,182 @@
+"""Many small models in one compiled program: K models that differ only in array hyperparameters.
+
+The train step is `jax.vmap`-ed over a leading model axis of the train state; each model's
+learning rate and weight decay live in its optimizer state (`optax.inject_hyperparams`), its seed
+picks its initial parameters, dropout and data order. One compiled program trains all K, so tiny
+models fill the machine instead of paying one process, one compile and one small kernel each.
+
+Each model is the run `python -m jaxscale.main --config C --config.optimizer.learning_rate=...`
+would train, step for step (equal up to float reassociation): same init, same batches, same
+schedule. `multi_loop` writes each model's rows into its own workdir.
+
+Limits: one device (the model axis is not sharded), no checkpoints (a stopped multi run starts
+again), no init_from, LoRA or frozen parameters; configs differing in anything but the values
+below (shape, steps, batch size) are separate programs.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxscale import config_validation, experiment, flops, objectives, optim, steps
+from jaxscale.models import MODELS
+
+# Per-model values a multi run accepts -> the config key each one sets.
+ARRAY_HPARAMS = {
+    'learning_rate': 'optimizer.learning_rate',
+    'weight_decay': 'optimizer.weight_decay',
+    'seed': 'seed',
+}
+_DECAY_INJECTABLE = ('adamw', 'sgd', 'lion')  # Optimizers whose weight decay can be an array.
+
+
+def model_configs(config, values: dict[str, list]) -> list[ml_collections.ConfigDict]:
+  """One config per model: `config` with the k-th of each value list set."""
+  unknown = sorted(set(values) - set(ARRAY_HPARAMS))
+  if unknown:
+    raise ValueError(f'--values {unknown}: a multi run varies only '
+                     f'{", ".join(ARRAY_HPARAMS)} (other keys change the program).')
+  counts = {len(v) for v in values.values()}
+  if len(counts) != 1:
+    raise ValueError(f'--values lists of different lengths: '
+                     f'{ {k: len(v) for k, v in values.items()} }; give one value per model each.')
+  configs = []
+  for k in range(counts.pop()):
+    c = ml_collections.ConfigDict(config.to_dict())
+    for name, options in values.items():
+      *parents, leaf = ARRAY_HPARAMS[name].split('.')
+      node = c
+      for parent in parents:
+        node = node[parent]
+      node[leaf] = type(node[leaf])(options[k])
+    configs.append(c)
+  return configs
+
+
+def check_supported(config) -> None:
+  problems = []
+  if config.init_from.workdir:
+    problems.append('config.init_from.workdir is set')
+  if config.lora.rank:
+    problems.append('config.lora.rank is set')
+  if tuple(config.optimizer.frozen):
+    problems.append('config.optimizer.frozen is set')
+  if config.optimizer.name not in _DECAY_INJECTABLE:
+    problems.append(f'config.optimizer.name={config.optimizer.name!r} (multi supports '
+                    f'{", ".join(_DECAY_INJECTABLE)})')
+  if problems:
+    raise ValueError('A multi run trains plain models from scratch; ' + '; '.join(problems) +
+                     '. Train this config with `python -m jaxscale.main` instead.')
+
+
+def _optimizer_config(opt_config, learning_rate, weight_decay):
+  """The optimizer config with (possibly traced) array values: ConfigDict's type check would
+  refuse a tracer for a float key, so this copy is not type-safe."""
+  c = ml_collections.ConfigDict(opt_config.to_dict(), type_safe=False)
+  c.learning_rate, c.weight_decay = learning_rate, weight_decay
+  return c
+
+
+def make_optimizer(opt_config, num_train_steps: int, learning_rate, weight_decay):
+  """`optim.make_optimizer`'s update rule with the peak learning rate and weight decay held in
+  the optimizer state (optax.inject_hyperparams), so vmapped models each have their own."""
+  factory = lambda learning_rate, weight_decay: optim.make_optimizer(
+      _optimizer_config(opt_config, learning_rate, weight_decay), num_train_steps)[0]
+  return optax.inject_hyperparams(factory)(learning_rate=learning_rate, weight_decay=weight_decay)
+
+
+def _init_state(config, seed, learning_rate, weight_decay):
+  """One model's initial TrainState (arrays may be traced: this runs under vmap)."""
+  kwargs = {k: v for k, v in config.model.items() if k != 'name'}
+  # The same key `nnx.Rngs(config.seed)` makes from an integer seed.
+  model = MODELS.get(config.model.name)(**kwargs, rngs=nnx.Rngs(jax.random.key(seed)))
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  optimizer = make_optimizer(config.optimizer, config.num_train_steps, learning_rate, weight_decay)
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                           opt_state=optimizer.init(params),
+                           skipped_updates=jnp.zeros((), jnp.int32))
+  return graphdef, state
+
+
+def _one_train_step(state, batch, seed, *, config, graphdef, objective):
+  hyperparams = state.opt_state.hyperparams
+  optimizer = make_optimizer(config.optimizer, config.num_train_steps,
+                             hyperparams['learning_rate'], hyperparams['weight_decay'])
+  opt_config = _optimizer_config(config.optimizer, hyperparams['learning_rate'],
+                                 hyperparams['weight_decay'])
+  learning_rate_fn = optim.learning_rate_schedule(opt_config, config.num_train_steps)
+  return steps.train_step(state, batch, graphdef=graphdef, optimizer=optimizer,
+                          learning_rate_fn=learning_rate_fn, objective=objective,
+                          grad_accum_steps=config.optimizer.grad_accum_steps,
+                          skip_nonfinite=config.nonfinite_policy == 'skip', seed=seed)
+
+
+def _one_eval_step(state, batch, seed, *, graphdef, objective):
+  return steps.eval_step(state, batch, graphdef=graphdef, objective=objective, seed=seed)
+
+
+@dataclasses.dataclass
+class MultiExperiment:
+  """K models built and compiled; nothing trained yet."""
+  configs: list                # Per model, resolved (what each config.json records).
+  datasets: list               # data.Datasets per model (shared objects where seeds agree).
+  shared_data: bool            # All models read the same batches (one seed).
+  graphdef: Any
+  state: steps.TrainState      # Every leaf with a leading model axis of size K.
+  seeds: jax.Array             # [K]
+  train_step: Any              # (state, batch, seeds) -> (state, metrics [K])
+  eval_step: Any
+  size: flops.Accounting
+  flops_per_step: float        # Per model.
+
+
+def build(config, values: dict[str, list]) -> MultiExperiment:
+  from jaxscale import data as data_lib  # TensorFlow loads here, after the configs are known good.
+
+  check_supported(config)
+  configs = model_configs(config, values)
+  for c in configs:
+    config_validation.validate(c, num_devices=1, process_count=1)
+  datasets_by_seed = {}
+  for c in configs:
+    if c.seed not in datasets_by_seed:
+      datasets_by_seed[c.seed] = data_lib.get_datasets(
+          c.dataset, local_batch_size=c.batch_size, num_eval_batches=c.num_eval_batches,
+          seed=c.seed)
+  datasets = [datasets_by_seed[c.seed] for c in configs]
+  configs = [experiment.resolve_config(c, d) for c, d in zip(configs, datasets)]
+  first = configs[0]
+  objective = objectives.make(objectives.name_for(first, datasets[0].task), first)
+
+  seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
+  learning_rates = jnp.asarray([c.optimizer.learning_rate for c in configs], jnp.float32)
+  weight_decays = jnp.asarray([c.optimizer.weight_decay for c in configs], jnp.float32)
+  init = functools.partial(_init_state, first)
+  graphdef, _ = nnx.eval_shape(lambda: init(0, 1.0, 0.0))
+  state = jax.jit(jax.vmap(lambda *args: init(*args)[1]))(seeds, learning_rates, weight_decays)
+
+  shared_data = len(datasets_by_seed) == 1
+  batch_axis = None if shared_data else 0
+  train_step = jax.jit(
+      jax.vmap(functools.partial(_one_train_step, config=first, graphdef=graphdef,
+                                 objective=objective), in_axes=(0, batch_axis, 0)),
+      donate_argnums=(0,))
+  eval_step = jax.jit(jax.vmap(
+      functools.partial(_one_eval_step, graphdef=graphdef, objective=objective),
+      in_axes=(0, batch_axis, 0)))
+  size = flops.accounting(first)
+  return MultiExperiment(
+      configs=configs, datasets=datasets, shared_data=shared_data, graphdef=graphdef,
+      state=state, seeds=seeds, train_step=train_step, eval_step=eval_step, size=size,
+      flops_per_step=first.batch_size * size.train_flops_per_example)
+
+
+def stack_batches(batches: list[dict]) -> dict:
+  return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
