@@ -160,7 +160,8 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
   config = resolve_config(config, datasets)
   objective = objectives.make(objectives.name_for(config, datasets.task), config)
 
-  optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps,
+                                                     config.model)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   abstract_batch = _abstract_batch(config, datasets, batch_sharding)
   memory_estimate = None
