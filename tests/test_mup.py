@@ -4,6 +4,7 @@ update multipliers (hidden matrices only, through scanned layers, FSDP and the L
 import contextlib
 import io
 import json
+import math
 
 import jax
 import ml_collections
@@ -14,7 +15,7 @@ from flax import nnx
 from jaxscale import config_validation, optim, param_paths, sharding, steps
 from jaxscale.experiment import build_model, create_train_state
 from jaxscale.hparams import __main__ as hparams_cli
-from jaxscale.hparams import coord_check, mup
+from jaxscale.hparams import coord_check, lr_transfer, mup
 from jaxscale.scaling import run_config
 from tests.helpers import random_batch, tiny_config
 
@@ -152,3 +153,25 @@ def test_validation_names_what_mup_needs():
   config.model.parametrization = 'mu'
   with pytest.raises(config_validation.ConfigError, match='parametrization'):
     config_validation.validate(config)
+
+
+def test_lr_transfer_drift_is_the_parabola_optimum_slope_per_width_doubling():
+  grid = [2.0 ** e for e in range(-9, -3)]
+
+  def rows(parametrization, optimum_of_width):
+    return [{'parametrization': parametrization, 'width': width, 'learning_rate': lr,
+             # A diverged run (inf) at the largest rate must not move the optimum.
+             'loss': math.inf if lr == grid[-1] else
+                     1.0 + 0.1 * (math.log2(lr) - optimum_of_width(width)) ** 2}
+            for width in (32, 64, 128) for lr in grid]
+
+  summary = lr_transfer.transfer_summary(
+      rows('sp', lambda w: -6.3 - 0.5 * math.log2(w / 32)) + rows('mup', lambda w: -6.3))
+  assert summary['sp']['drift_per_doubling'] == pytest.approx(-0.5, abs=1e-3)
+  assert summary['mup']['drift_per_doubling'] == pytest.approx(0.0, abs=1e-3)
+  assert summary['sp']['optimal_log2_lr']['32'] == pytest.approx(-6.3, abs=1e-3)
+  assert summary['mup']['optimum_at_grid_edge'] == []
+  # An optimum beyond the grid is the grid's end, flagged.
+  edge = lr_transfer.transfer_summary(rows('sp', lambda w: -12.0))
+  assert edge['sp']['optimal_log2_lr']['64'] == -9.0
+  assert edge['sp']['optimum_at_grid_edge'] == [32, 64, 128]
