@@ -9,7 +9,8 @@ The spec (configs/sweeps/lr_transfer.py) names a base run config and overrides, 
 learning rates and parametrisations; every combination is one run, trained in-process through
 `train.run` in <out>/<parametrization>_w<width>_lr<lr>, its loss the final eval loss of
 summary.json. A run whose workdir already holds a finished summary.json is not run again, so a
-killed sweep resumes. A diverged run (non-finite loss) counts as an infinite loss.
+killed sweep resumes (`--finished_only` summarises what is done without training). A diverged run
+(non-finite loss) counts as an infinite loss.
 """
 
 import json
@@ -30,6 +31,8 @@ _WIDTHS = flags.DEFINE_list('widths', [], "Widths to run; default the spec's.")
 _LEARNING_RATES = flags.DEFINE_list('learning_rates', [], "Learning rates; default the spec's.")
 _PARAMETRIZATIONS = flags.DEFINE_list('parametrizations', [], "Default the spec's.")
 _STEPS = flags.DEFINE_integer('steps', 0, "Train steps per run; 0: the spec's.")
+_FINISHED_ONLY = flags.DEFINE_bool('finished_only', False, 'Train nothing: summarise and plot the '
+                                   'runs already finished under --out.')
 
 
 def run_overrides(spec, parametrization: str, width: int, learning_rate: float,
@@ -46,8 +49,9 @@ def run_overrides(spec, parametrization: str, width: int, learning_rate: float,
   return overrides
 
 
-def train_one(spec, workdir: pathlib.Path, overrides: list[str]) -> dict:
-  """The run's final eval loss (inf if it diverged), reusing a finished workdir."""
+def train_one(spec, workdir: pathlib.Path, overrides: list[str]) -> dict | None:
+  """The run's final eval loss (inf if it diverged), reusing a finished workdir; None for an
+  unfinished one under --finished_only."""
   from jaxscale import train  # noqa: PLC0415  (after absl has parsed the flags)
   from jaxscale.scaling import run_config  # noqa: PLC0415
   summary_path = workdir / 'summary.json'
@@ -55,6 +59,8 @@ def train_one(spec, workdir: pathlib.Path, overrides: list[str]) -> dict:
     summary = json.loads(summary_path.read_text())
     if summary.get('finished'):
       return {'loss': summary['eval_loss'], 'wall_s': None, 'reused': True}
+  if _FINISHED_ONLY.value:
+    return None
   config = run_config.apply_overrides(run_config.load_config_file(ROOT / spec.base_config),
                                       overrides)
   start = time.perf_counter()
@@ -81,6 +87,8 @@ def main(argv):
         name = f'{parametrization}_w{width}_lr{learning_rate:.3g}'
         result = train_one(spec, out / name, run_overrides(
             spec, parametrization, width, learning_rate, _STEPS.value))
+        if result is None:
+          continue
         row = {'parametrization': parametrization, 'width': width,
                'learning_rate': learning_rate, **result}
         rows.append(row)

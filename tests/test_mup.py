@@ -1,5 +1,6 @@
-"""μP: the coordinate check (flat in width under μP, logits growing under SP) and the per-parameter
-update multipliers (hidden matrices only, through scanned layers, FSDP and the LR groups)."""
+"""μP: the coordinate check (flat in width under μP, logits growing under SP), the per-parameter
+update multipliers (hidden matrices only, through scanned layers, FSDP and the LR groups) and the
+learning-rate transfer summary."""
 
 import contextlib
 import io

@@ -29,7 +29,6 @@ from jaxscale.hparams import mup
 
 # What the models sow, in the order of the forward pass.
 LAYER_TYPES = ('embedding_output', 'attention_output', 'mlp_output', 'logits')
-_MLP_WIDTH_KEYS = {'d_model': 'mlp_dim', 'width': 'mlp_dim'}
 
 
 def width_key(model_config) -> str:

@@ -68,7 +68,7 @@ def plot(rows, summary: dict, path) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # noqa: PLC0415
 
-  parametrizations = sorted(summary)
+  parametrizations = sorted(summary, key=lambda p: (p != 'sp', p))  # SP first.
   widths = sorted({r['width'] for r in rows})
   colors = dict(zip(widths, plt.cm.viridis(np.linspace(0, 0.85, len(widths)))))
   finite = [r['loss'] for r in rows if math.isfinite(r['loss'])]
