@@ -53,7 +53,7 @@ def train_one(spec, workdir: pathlib.Path, overrides: list[str]) -> dict | None:
   """The run's final eval loss (inf if it diverged), reusing a finished workdir; None for an
   unfinished one under --finished_only."""
   from jaxscale import train  # noqa: PLC0415  (after absl has parsed the flags)
-  from jaxscale.scaling import run_config  # noqa: PLC0415
+  from jaxscale.scaling.sweeps import run_config  # noqa: PLC0415
   summary_path = workdir / 'summary.json'
   if summary_path.exists():
     summary = json.loads(summary_path.read_text())
@@ -74,7 +74,7 @@ def train_one(spec, workdir: pathlib.Path, overrides: list[str]) -> dict | None:
 def main(argv):
   del argv
   from jaxscale.hparams import lr_transfer  # noqa: PLC0415
-  from jaxscale.scaling import run_config  # noqa: PLC0415
+  from jaxscale.scaling.sweeps import run_config  # noqa: PLC0415
   spec = run_config.load_config_file(_SPEC.value)
   widths = [int(w) for w in _WIDTHS.value] or list(spec.widths)
   learning_rates = [float(lr) for lr in _LEARNING_RATES.value] or list(spec.learning_rates)

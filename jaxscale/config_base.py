@@ -156,7 +156,12 @@ def get_base_config() -> ml_collections.ConfigDict:
       ('conv_in', None),            # Convolution kernels' input channels.
       ('conv_out', 'fsdp'),         # Their output channels (and a ResNet head's input).
       ('classes', None),            # Classifier heads' outputs (class counts rarely divide evenly).
+      ('act_embed', None),          # Activations' model dimension: whole on each device, so FSDP
+                                    # gathers weights, never activations.
   )
+  # Pin activations (residual stream, attention, MLP hidden, logits) to their logical axes in the
+  # compiled steps, rather than leaving their layout to XLA's propagation from the parameters.
+  c.mesh.constrain_activations = True
   return c
 
 

@@ -195,7 +195,8 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
   train_step, eval_step = steps.compile_steps(
       graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
       sharding.replicated(mesh), config.optimizer.grad_accum_steps, objective=objective,
-      skip_nonfinite=config.nonfinite_policy == 'skip', seed=config.seed, trainable=trainable)
+      skip_nonfinite=config.nonfinite_policy == 'skip', seed=config.seed, trainable=trainable,
+      activation_rules=sharding.activation_rules(mesh, config.mesh))
   # Compile ahead of the loop, so the first speed report is not the compile time.
   abstract_state = sharding.abstract_arrays(state, state_shardings)
   compile_start = time.perf_counter()

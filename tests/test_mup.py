@@ -17,7 +17,7 @@ from jaxscale import config_validation, optim, param_paths, sharding, steps
 from jaxscale.experiment import build_model, create_train_state
 from jaxscale.hparams import __main__ as hparams_cli
 from jaxscale.hparams import coord_check, lr_transfer, mup
-from jaxscale.scaling import run_config
+from jaxscale.scaling.sweeps import run_config
 from tests.helpers import random_batch, tiny_config
 
 WIDTHS = (32, 256)

@@ -170,7 +170,7 @@ def main(argv=None) -> int:
   parser.add_argument('--override', action='append', default=[], metavar='KEY=VALUE',
                       help='config override, as the trainer\'s --config.KEY=VALUE (repeatable)')
   args = parser.parse_args(argv)
-  from jaxscale.scaling import run_config  # noqa: PLC0415
+  from jaxscale.scaling.sweeps import run_config  # noqa: PLC0415
   try:
     widths = [int(w) for w in args.widths.split(',') if w.strip()]
   except ValueError:

@@ -20,6 +20,7 @@ from flax import nnx
 
 from jaxscale.hparams import mup
 from jaxscale.models import MODELS
+from jaxscale.sharding import constrain
 from jaxscale.models.layers import (DTYPES, RMSNorm, apply_blocks, apply_rotary, rotary_tables,
                                     sharded_param, sow_for_capture)
 from jaxscale.models.layers import einsum_f32_accumulate as einsum
@@ -28,6 +29,10 @@ MLP_ACTIVATIONS = ('swiglu', 'gelu')
 # Which position a classifier reads. pooling='' picks the attention's natural one: 'last' when
 # causal (the only position that sees the whole sequence), 'cls' when bidirectional.
 POOLINGS = ('cls', 'mean', 'last')
+# Logical axes of activations (`constrain`): the residual stream is split by batch and whole in its
+# model dimension ('act_embed'); attention heads and the MLP hidden split as their weights do.
+RESIDUAL_AXES = ('batch', 'seq', 'act_embed')
+HEADS_AXES = ('batch', 'seq', 'heads', 'kv')
 
 
 def _normal(stddev: float):
@@ -84,15 +89,18 @@ class Block(nnx.Module):
     padded positions are computed but meaningless. With attention_impl='cudnn' the padding must
     follow the real tokens."""
     dt = self.dtype
+    x_BxLxD = constrain(x_BxLxD, RESIDUAL_AXES)
     h = self.attn_norm(x_BxLxD)
     # Three projections from slices of one weight, rather than one einsum into a stacked
     # [3, B, L, H, K] tensor: the backward pass then never assembles that stack.
     qkv_DxTxHxK = self.qkv_DxTxHxK[...].astype(dt)
     q, k, v = (einsum('bld,dhk->blhk', h, qkv_DxTxHxK[:, i]) for i in range(3))
+    q, k, v = (constrain(t, HEADS_AXES) for t in (q, k, v))
     q, k = apply_rotary(q, sin, cos), apply_rotary(k, sin, cos)
     attn_BxLxHxK = jax.nn.dot_product_attention(
         q, k, v, scale=self.attention_scale, is_causal=self.causal,
         implementation=self.attention_impl, **self._padding(mask_BxL))
+    attn_BxLxHxK = constrain(attn_BxLxHxK, HEADS_AXES)
     attn_out_BxLxD = einsum('blhk,hkd->bld', attn_BxLxHxK, self.out_HxKxD[...].astype(dt))
     sow_for_capture(self, 'attention_output', attn_out_BxLxD)
     x_BxLxD = x_BxLxD + attn_out_BxLxD
@@ -101,13 +109,14 @@ class Block(nnx.Module):
     # The nonlinearity runs in fp32 whatever the compute dtype: as accurate, and on CPU 4x
     # faster than bf16 elementwise math (which XLA emulates with converts around every op).
     pre_TxBxLxF = einsum('bld,dtf->tblf', h, self.mlp_in_DxTxF[...].astype(dt), jnp.float32)
+    pre_TxBxLxF = constrain(pre_TxBxLxF, (None, 'batch', 'seq', 'mlp'))
     if self.mlp_activation == 'swiglu':
       act_BxLxF = jax.nn.silu(pre_TxBxLxF[0]) * pre_TxBxLxF[1]
     else:
       act_BxLxF = jax.nn.gelu(pre_TxBxLxF[0])
     mlp_out_BxLxD = einsum('blf,fd->bld', act_BxLxF.astype(dt), self.mlp_out_FxD[...].astype(dt))
     sow_for_capture(self, 'mlp_output', mlp_out_BxLxD)
-    return x_BxLxD + mlp_out_BxLxD
+    return constrain(x_BxLxD + mlp_out_BxLxD, RESIDUAL_AXES)
 
 
 def _pool(x_BxLxD, mask_BxL, pooling: str):
@@ -197,6 +206,7 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_BxL, input_mask_BxL=None):
     mask_BxL = None if input_mask_BxL is None else input_mask_BxL.astype(bool)
     x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0).astype(self.dtype)
+    x_BxLxD = constrain(x_BxLxD, RESIDUAL_AXES)
     sow_for_capture(self, 'embedding_output', x_BxLxD)
     sin, cos = rotary_tables(tokens_BxL.shape[1], self.head_dim, self.rope_theta)
     x_BxLxD = apply_blocks(self.blocks, x_BxLxD, sin, cos, mask_BxL, scan_layers=self.scan_layers,
@@ -216,9 +226,12 @@ class Transformer(nnx.Module):
       return (einsum('bd,dk->bk', pooled_BxD, self.head_DxK[...].astype(self.dtype), jnp.float32)
               + self.head_bias_K[...])
     if self.tie_embeddings:
-      unembed_VxD = self.embed_VxD[...].astype(self.dtype)
-      return einsum('bld,vd->blv', x_BxLxD, unembed_VxD, jnp.float32)
-    return einsum('bld,dv->blv', x_BxLxD, self.unembed_DxV[...].astype(self.dtype), jnp.float32)
+      logits_BxLxV = einsum('bld,vd->blv', x_BxLxD, self.embed_VxD[...].astype(self.dtype),
+                            jnp.float32)
+    else:
+      logits_BxLxV = einsum('bld,dv->blv', x_BxLxD, self.unembed_DxV[...].astype(self.dtype),
+                            jnp.float32)
+    return constrain(logits_BxLxV, ('batch', 'seq', 'vocab'))
 
 
 def _without_causal(init):

@@ -9,11 +9,11 @@ that resamples both tables' runs (and refits the baseline frontier each time).
 
 import numpy as np
 
-from jaxscale.scaling import envelope
-from jaxscale.scaling import intervals
-from jaxscale.scaling import parametric_fit
-from jaxscale.scaling import power_law_fit
-from jaxscale.scaling import table as table_lib
+from jaxscale.scaling.laws import envelope
+from jaxscale.scaling.laws import power_law_fit
+from jaxscale.scaling.runs import table as table_lib
+from jaxscale.scaling.solvers import intervals
+from jaxscale.scaling.solvers import parametric_fit
 
 
 def compare(baseline, variant, fixed=None, num_bootstrap=1000, seed=0) -> dict:
@@ -32,6 +32,7 @@ def compare(baseline, variant, fixed=None, num_bootstrap=1000, seed=0) -> dict:
   if num_bootstrap:
     samples = _bootstrap(baseline, variant, law, num_bootstrap, seed)
     result.update(confidence=intervals.CONFIDENCE, num_bootstrap=len(samples),
+                  num_bootstrap_failed=num_bootstrap - len(samples),
                   ci={'multiplier': intervals.percentile_interval(samples)})
   return result
 

@@ -9,12 +9,12 @@ import itertools
 
 import numpy as np
 
-from jaxscale.scaling import intervals
-from jaxscale.scaling import laws
-from jaxscale.scaling import parametric_fit
-from jaxscale.scaling import table as table_lib
+from jaxscale.scaling.laws import forms
+from jaxscale.scaling.runs import table as table_lib
+from jaxscale.scaling.solvers import intervals
+from jaxscale.scaling.solvers import parametric_fit
 
-SPEC = laws.CHINCHILLA
+SPEC = forms.CHINCHILLA
 MIN_POINTS = 6  # Five parameters; fewer points than that leave no residual to judge the fit.
 
 
@@ -41,8 +41,9 @@ def fit(runs, fixed=None, num_bootstrap=1000, seed=0) -> dict:
   if num_bootstrap:
     thetas = parametric_fit.bootstrap(best, log_x, log_y, num_bootstrap, seed)
     samples = [with_allocation(best.resample_params(theta)) for theta in thetas
-               if np.isfinite(theta).any()]
-    record.update(intervals.summarise(samples, SPEC.param_names + ('a', 'b')))
+               if not np.isnan(theta).all()]
+    record.update(intervals.summarise(samples, SPEC.param_names + ('a', 'b'),
+                                      num_failed=parametric_fit.num_failed(thetas)))
   return record
 
 

@@ -1,4 +1,4 @@
-"""Robust multi-start fits of `laws.LawSpec` laws, and their bootstrap.
+"""Robust multi-start fits of `forms.LawSpec` laws, and their bootstrap.
 
 The recipe is Besiroglu et al. 2024's correction of Hoffmann et al. 2022's Approach 3: minimise
 the SUM of Huber losses (delta 1e-3) of log-loss residuals from every start of a grid, keep the
@@ -8,7 +8,8 @@ finds, at a small fraction of the time:
      is enough to see which basin each start is in;
   2. the best few distinct results: scipy's robust least squares in float64 to full precision
      (loss='huber' with f_scale=delta minimises exactly the summed Huber loss).
-The bootstrap refits resamples (multinomial counts as point weights) from the full-data optimum.
+The bootstrap refits resamples (multinomial counts as point weights) from the full-data optimum,
+with the same two stages: a batch of solver iterations, then the float64 polish on each.
 """
 
 import dataclasses
@@ -16,9 +17,9 @@ import dataclasses
 import numpy as np
 import scipy.optimize
 
-from jaxscale.scaling import laws
-from jaxscale.scaling import lm_solver
-from jaxscale.scaling import lse_law
+from jaxscale.scaling.laws import forms
+from jaxscale.scaling.solvers import lm_solver
+from jaxscale.scaling.solvers import lse_law
 
 SCREEN_ITERATIONS = 15  # Stage 1, on every start: enough to rank the basins.
 POLISH_STARTS = 8       # Stage 2 finishes this many distinct stage-1 results in float64.
@@ -27,7 +28,7 @@ BOOTSTRAP_ITERATIONS = 60
 
 @dataclasses.dataclass
 class Fit:
-  spec: laws.LawSpec
+  spec: forms.LawSpec
   theta: np.ndarray     # Internal parameter vector (see `lse_law`).
   objective: float      # Summed Huber loss at theta.
   num_points: int
@@ -42,7 +43,7 @@ class Fit:
     return self.spec.to_params(theta, self.fixed)
 
 
-def log_columns(spec: laws.LawSpec, table) -> tuple[np.ndarray, np.ndarray]:
+def log_columns(spec: forms.LawSpec, table) -> tuple[np.ndarray, np.ndarray]:
   """(log X [n, m], log loss [n]) for the law's variables."""
   log_x = np.stack([np.log(table[name]) for name in spec.variables], axis=1)
   return log_x, np.log(table['loss'])
@@ -68,15 +69,31 @@ def fit(spec, log_x, log_y, starts, fixed=None, delta=lse_law.HUBER_DELTA) -> Fi
 def refit_batch(fitted: Fit, log_x, log_y, weights, delta=lse_law.HUBER_DELTA):
   """Refits from `fitted` for each row of weights [B, n] (and of log_y, if [B, n] too).
 
-  Returns thetas [B, P]; rows whose refit diverged are NaN.
+  Each refit gets the point estimate's treatment: the vmapped solver's iterations, then the same
+  float64 polish (`_polish`) on the points its weights draw. Returns thetas [B, P]; rows whose
+  refit diverged are NaN (`num_failed` counts them).
   """
   free = np.isnan(fitted.spec.pinned_theta(fitted.fixed))
   log_y = np.broadcast_to(log_y, np.shape(weights))
   padded_x, padded_y, padded_weights = _pad_points(log_x, log_y, weights)
   thetas, objectives = lm_solver.solve_batch(
       fitted.theta, padded_x, padded_y, padded_weights, free, delta, BOOTSTRAP_ITERATIONS)
-  thetas[~np.isfinite(objectives)] = np.nan
+  thetas = np.array(thetas, float)
+  for row, counts in enumerate(np.asarray(weights)):
+    drawn = np.repeat(np.arange(len(counts)), np.round(counts).astype(int))
+    if not np.isfinite(objectives[row]) or drawn.size <= np.sum(free):
+      thetas[row] = np.nan
+      continue
+    thetas[row] = _polish(thetas[row], log_x[drawn], log_y[row][drawn], free, delta)
+    objective = lse_law.huber_objective(thetas[row], log_x[drawn], log_y[row][drawn], delta)
+    if not np.isfinite(objective):
+      thetas[row] = np.nan
   return thetas
+
+
+def num_failed(thetas) -> int:
+  """Refits in `refit_batch`'s output that diverged (NaN rows)."""
+  return int(np.sum(np.all(np.isnan(thetas), axis=1)))
 
 
 def bootstrap(fitted: Fit, log_x, log_y, num_resamples=1000, seed=0,

@@ -10,10 +10,10 @@ import math
 
 import ml_collections
 
-from jaxscale.scaling import predict
-from jaxscale.scaling import run_config
-from jaxscale.scaling import shapes
-from jaxscale.scaling import sweep as sweep_lib
+from jaxscale.scaling.analysis import predict
+from jaxscale.scaling.sweeps import run_config
+from jaxscale.scaling.sweeps import shapes
+from jaxscale.scaling.sweeps import sweep as sweep_lib
 
 _TEMPLATE = '''"""Compute-optimal run for C = {compute:.3g} FLOPs.
 
@@ -23,7 +23,7 @@ From {fit_path}, fitted to the sweep {sweep_dir}.
   python -m jaxscale.main --config {path} --workdir DIR
 """
 
-from jaxscale.scaling import run_config
+from jaxscale.scaling.sweeps import run_config
 
 BASE_CONFIG = {base_config!r}
 OVERRIDES = [
@@ -55,7 +55,11 @@ def write(run: dict, path, fit_path, sweep_dir) -> None:
   loss_text = 'The fit has no loss frontier, so no loss prediction.'
   if math.isfinite(prediction['loss']):
     loss_text = f'Predicted eval loss {prediction["loss"]:.4f}'
-    if 'ci' in prediction:
+    if 'pi' in prediction:
+      low, high = prediction['pi']
+      loss_text += (f' (backtest-calibrated {prediction["nominal_coverage"]:.0%} interval '
+                    f'{low:.4f} to {high:.4f})')
+    elif 'ci' in prediction:
       low, high = prediction['ci']['loss']
       loss_text += f' (bootstrap interval {low:.4f} to {high:.4f})'
     loss_text += '.'

@@ -15,12 +15,12 @@ each resample.
 
 import numpy as np
 
-from jaxscale.scaling import allocation
-from jaxscale.scaling import envelope
-from jaxscale.scaling import intervals
-from jaxscale.scaling import parametric_fit
-from jaxscale.scaling import power_law_fit
-from jaxscale.scaling import table as table_lib
+from jaxscale.scaling.laws import allocation
+from jaxscale.scaling.laws import envelope
+from jaxscale.scaling.laws import power_law_fit
+from jaxscale.scaling.runs import table as table_lib
+from jaxscale.scaling.solvers import intervals
+from jaxscale.scaling.solvers import parametric_fit
 
 MIN_ENVELOPE_POINTS = 3
 
@@ -65,12 +65,16 @@ def _bootstrap(runs, loss_law, num_resamples, seed) -> dict:
   if loss_law:
     log_c, log_loss = np.log(runs['C'])[:, None], np.log(runs['loss'])
     loss_thetas = parametric_fit.refit_batch(loss_law, log_c, log_loss, counts * masks)
-  samples = []
+  samples, failed = [], 0
   for row, mask, theta in zip(counts, masks, loss_thetas):
     try:
       sizes = allocation.fit(runs['C'][mask], runs['N'][mask], runs['D'][mask], row[mask])
     except ValueError:
-      continue  # This resample kept a single envelope compute value; it says nothing of slopes.
+      failed += 1  # This resample kept a single envelope compute value; no slopes from it.
+      continue
     samples.append({**sizes, **power_law_fit.prefixed_params('frontier', loss_law, theta)})
   names = ('a', 'b', 'N_coef', 'D_coef', 'frontier.E', 'frontier.k', 'frontier.gamma')
-  return intervals.summarise(samples, names)
+  summary = intervals.summarise(samples, names, num_failed=failed,
+                                why_failed='the envelope kept a single compute value')
+  summary['num_frontier_refits_failed'] = parametric_fit.num_failed(loss_thetas) if loss_law else 0
+  return summary

@@ -18,7 +18,7 @@ import sys
 import time
 
 from jaxscale import paths
-from jaxscale.scaling import sweep as sweep_lib
+from jaxscale.scaling.sweeps import sweep as sweep_lib
 
 POLL_SECONDS = 2.0
 LOG_TAIL_LINES = 10  # Of a failed run's train.log, shown in the report.

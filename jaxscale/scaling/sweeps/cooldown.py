@@ -14,7 +14,7 @@ cooldown starts. The launcher copies that checkpoint into the branch before star
 
 import collections
 
-from jaxscale.scaling import shapes
+from jaxscale.scaling.sweeps import shapes
 
 
 def branch_runs(runs: list[dict], checkpoint_every_steps: int, decay_fraction: float) -> list[dict]:

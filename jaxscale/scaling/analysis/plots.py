@@ -9,12 +9,12 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import numpy as np
 
-from jaxscale.scaling import allocation
-from jaxscale.scaling import approach2
-from jaxscale.scaling import approach3
-from jaxscale.scaling import envelope
-from jaxscale.scaling import power_law_fit
-from jaxscale.scaling import table as table_lib
+from jaxscale.scaling.laws import allocation
+from jaxscale.scaling.laws import approach2
+from jaxscale.scaling.laws import approach3
+from jaxscale.scaling.laws import envelope
+from jaxscale.scaling.laws import power_law_fit
+from jaxscale.scaling.runs import table as table_lib
 
 
 def plot_all(runs, record, out_dir) -> list[str]:

@@ -8,10 +8,10 @@ Each law gets its own bootstrap over the points it was fitted to.
 
 import numpy as np
 
-from jaxscale.scaling import envelope
-from jaxscale.scaling import parametric_fit
-from jaxscale.scaling import power_law_fit
-from jaxscale.scaling import table as table_lib
+from jaxscale.scaling.laws import envelope
+from jaxscale.scaling.laws import power_law_fit
+from jaxscale.scaling.runs import table as table_lib
+from jaxscale.scaling.solvers import parametric_fit
 
 TOKEN_TOLERANCE = 0.05  # Token counts within 5% are one D (runs stop at whole steps).
 

@@ -13,12 +13,12 @@ each budget; a resample in which some budget loses its interior minimum is left 
 
 import numpy as np
 
-from jaxscale.scaling import allocation
-from jaxscale.scaling import envelope
-from jaxscale.scaling import intervals
-from jaxscale.scaling import parametric_fit
-from jaxscale.scaling import power_law_fit
-from jaxscale.scaling import table as table_lib
+from jaxscale.scaling.laws import allocation
+from jaxscale.scaling.laws import envelope
+from jaxscale.scaling.laws import power_law_fit
+from jaxscale.scaling.runs import table as table_lib
+from jaxscale.scaling.solvers import intervals
+from jaxscale.scaling.solvers import parametric_fit
 
 MIN_RUNS_PER_BUDGET = 3  # A parabola has three coefficients.
 BUDGET_TOLERANCE = 0.05
@@ -114,7 +114,7 @@ def _bootstrap(runs, labels, loss_law, num_resamples, seed) -> dict:
     except NoInteriorMinimum:
       continue
   if not resampled:
-    return {'num_bootstrap': 0}
+    return {'num_bootstrap': 0, 'num_bootstrap_failed': num_resamples}
   log_loss = np.log([optima['loss'] for optima in resampled])
   loss_thetas = np.full((len(resampled), 3), np.nan)
   if loss_law:
@@ -125,10 +125,8 @@ def _bootstrap(runs, labels, loss_law, num_resamples, seed) -> dict:
              for optima, theta in zip(resampled, loss_thetas)]
   names = ('a', 'b', 'N_coef', 'D_coef', 'frontier.E', 'frontier.k', 'frontier.gamma')
   failed = num_resamples - len(samples)
-  summary = {**intervals.summarise(samples, names), 'num_bootstrap_failed': failed}
-  if failed > 0.1 * num_resamples:
-    summary['bootstrap_note'] = (
-        f'{failed} of {num_resamples} resamples lost some budget\'s interior minimum (too few '
-        'distinct sizes drawn); the intervals come from the rest and are likely too narrow. '
-        'More sizes per budget make them trustworthy.')
+  summary = intervals.summarise(
+      samples, names, num_failed=failed,
+      why_failed="some budget lost its interior minimum: too few distinct sizes drawn")
+  summary['num_frontier_refits_failed'] = parametric_fit.num_failed(loss_thetas) if loss_law else 0
   return summary

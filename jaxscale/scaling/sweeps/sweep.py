@@ -25,9 +25,9 @@ import sys
 import numpy as np
 
 from jaxscale import flops
-from jaxscale.scaling import cooldown
-from jaxscale.scaling import run_config
-from jaxscale.scaling import shapes
+from jaxscale.scaling.sweeps import cooldown
+from jaxscale.scaling.sweeps import run_config
+from jaxscale.scaling.sweeps import shapes
 
 KINDS = ('isoflop', 'grid')
 

@@ -4,7 +4,7 @@ import importlib.resources
 
 import numpy as np
 
-from jaxscale.scaling import table as table_lib
+from jaxscale.scaling.runs import table as table_lib
 
 
 def chinchilla_fig4(drop_highest_loss: int = 0) -> table_lib.Table:

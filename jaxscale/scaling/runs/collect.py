@@ -10,7 +10,7 @@ import glob
 import json
 import os
 
-from jaxscale.scaling import table as table_lib
+from jaxscale.scaling.runs import table as table_lib
 
 # Transformer knobs, then the vision families' (ViT, ResNet, MLP); a run leaves others blank.
 SIZE_KNOBS = ('num_layers', 'd_model', 'num_heads', 'mlp_dim', 'vocab_size', 'depth', 'width',

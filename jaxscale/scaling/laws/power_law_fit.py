@@ -9,9 +9,9 @@ import itertools
 
 import numpy as np
 
-from jaxscale.scaling import intervals
-from jaxscale.scaling import laws
-from jaxscale.scaling import parametric_fit
+from jaxscale.scaling.laws import forms
+from jaxscale.scaling.solvers import intervals
+from jaxscale.scaling.solvers import parametric_fit
 
 _EXPONENT_STARTS = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5)
 _OFFSET_FRACTIONS = (0.0, 0.2, 0.5, 0.8, 0.95)  # Of the smallest loss; 0 = no offset.
@@ -23,7 +23,7 @@ class TooFewPoints(ValueError):
 
 def fit(variable, x, loss, fixed=None):
   """parametric_fit.Fit of L(x) = E + k/x^gamma to the points (x, loss)."""
-  spec = laws.power_law(variable)
+  spec = forms.power_law(variable)
   fixed = fixed or {}
   free_params = len(spec.param_names) - len(fixed)
   if len(loss) < free_params + 1:
@@ -69,7 +69,8 @@ def record(fitted, bootstrap_thetas=None) -> dict:
   if bootstrap_thetas is not None:
     samples = [fitted.resample_params(theta) for theta in bootstrap_thetas
                if np.all(np.isfinite(theta[:2]))]
-    out.update(intervals.summarise(samples, fitted.spec.param_names))
+    out.update(intervals.summarise(samples, fitted.spec.param_names,
+                                   num_failed=len(bootstrap_thetas) - len(samples)))
   return out
 
 
