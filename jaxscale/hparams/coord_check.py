@@ -145,6 +145,9 @@ def plot(result: dict, path) -> None:
     for step, color in zip(result['steps'], colors):
       ax.plot(result['widths'], values_WxS[:, step], 'o-', color=color, label=f'step {step}')
     ax.set(xscale='log', yscale='log', xlabel='width', title=name.replace('_', ' '))
+    # At least a decade tall, so a flat curve does not look steep at a tight zoom.
+    low, high = float(values_WxS.min()), float(values_WxS.max())
+    ax.set_ylim(min(low, high / 10) / 1.5, high * 1.5)
     ax.set_xticks(result['widths'], [str(w) for w in result['widths']])
     ax.minorticks_off()
   axes[0][0].set_ylabel('mean |activation|')
