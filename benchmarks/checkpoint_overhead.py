@@ -61,7 +61,8 @@ def main(argv):
     config.model.vocab_size = 256
   config.keep_checkpoints = 2
   mesh = sharding.make_mesh(config.mesh)
-  optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps,
+                                          config.model)
   graphdef, state, state_shardings = train.create_train_state(config, mesh, optimizer)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,

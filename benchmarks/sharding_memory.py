@@ -41,7 +41,8 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 def measure(config) -> dict:
   mesh = sharding.make_mesh(config.mesh)
-  optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps,
+                                                     config.model)
   graphdef, state, state_shardings = experiment.create_train_state(config, mesh, optimizer)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   shape = (config.batch_size, config.dataset.seq_len)

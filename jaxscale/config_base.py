@@ -93,6 +93,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Which position a classifier reads: 'cls' (position 0) | 'mean' (over real tokens) |
   # 'last' (last real token); '' = 'last' for 'transformer', 'cls' for 'encoder'.
   c.model.pooling = ''
+  # 'sp' (standard) | 'mup' (μP, jaxscale.hparams.mup; transformer, encoder and ViT): init,
+  # attention and readout scaled so the learning rate tuned at mup_base_width holds at any width;
+  # hidden matrices' Adam updates are scaled by mup_base_width / d_model.
+  c.model.parametrization = 'sp'
+  c.model.mup_base_width = 0          # 'mup': the width the hyperparameters were tuned at.
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'python_stdlib'    # Registry name in jaxscale.data.

@@ -10,6 +10,7 @@ import inspect
 
 
 from jaxscale import config_base, optim
+from jaxscale.hparams import mup
 from jaxscale.models import MODELS, mlp, resnet, transformer, vit
 from jaxscale.models.layers import DTYPES
 from jaxscale.models.layers import REMAT_POLICIES
@@ -155,6 +156,23 @@ def _check_transformer(m):
                       '(0: LM logits over the vocabulary).')
 
 
+def _check_parametrization(config):
+  """μP needs a base width and an optimizer whose multipliers it defines."""
+  m = _model_values(config.model)
+  _check_choice('config.model.parametrization', m['parametrization'], mup.PARAMETRIZATIONS)
+  if m['parametrization'] != 'mup':
+    return
+  base = m['mup_base_width']
+  if isinstance(base, bool) or not isinstance(base, int) or base <= 0:
+    raise ConfigError(f"config.model.mup_base_width={base!r} must be a positive integer with "
+                      "config.model.parametrization='mup' (the width the hyperparameters were "
+                      'tuned at).')
+  if config.optimizer.name not in mup.ADAM_LIKE_OPTIMIZERS:
+    raise ConfigError(f"config.model.parametrization='mup' defines learning-rate multipliers for "
+                      f'config.optimizer.name in {", ".join(mup.ADAM_LIKE_OPTIMIZERS)}, not '
+                      f'{config.optimizer.name!r}.')
+
+
 def _model_values(model_config) -> dict:
   """The config's model keys over the constructor's defaults (configs may leave defaults out)."""
   params = inspect.signature(MODELS.get(model_config.name).__init__).parameters
@@ -229,6 +247,8 @@ def validate(config, num_devices: int | None = None, process_count: int = 1):
     _check_transformer(config.model)
   elif config.model.name in ('vit', 'resnet', 'mlp'):
     _check_vision_model(config)
+  if config.model.name in ('transformer', 'encoder', 'vit'):
+    _check_parametrization(config)
   if num_devices is not None:
     from jaxscale import sharding
     from jaxscale.sharding import MESH_AXES

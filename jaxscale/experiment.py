@@ -163,7 +163,8 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
   if config.quantization.mode == 'qat':  # Fake-quantized forward, straight-through backward.
     objective = quantize.qat_objective(objective, config.quantization)
 
-  optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps,
+                                                     config.model)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   abstract_batch = _abstract_batch(config, datasets, batch_sharding)
   memory_estimate = None

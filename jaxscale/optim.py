@@ -4,7 +4,8 @@ Weight decay is masked to weight matrices and kernels: norms, biases, position e
 scalars are never decayed (`_decay_mask`).
 Parameter groups: `optimizer.frozen` parameters get no update and no optimizer
 state (`optax.partition` with `optax.set_to_zero`); `optimizer.lr_multipliers` and
-`optimizer.layer_decay` scale the updates of the others.
+`optimizer.layer_decay` scale the updates of the others, and so does μP
+(`model.parametrization='mup'`: hidden matrices' updates times base width / width).
 Gradient accumulation is handled by the train step (micro-batches), not by optax.MultiSteps, so
 one `train_step` call is always one optimizer update.
 """
@@ -17,6 +18,7 @@ import optax
 from flax import nnx
 
 from jaxscale import param_paths
+from jaxscale.hparams import mup
 
 OPTIMIZERS = ('adamw', 'sgd', 'lion', 'adafactor')
 SCHEDULES = ('cosine', 'wsd', 'constant')
@@ -66,9 +68,13 @@ def _decay_mask(params):
       decays, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def make_optimizer(opt_config, num_train_steps: int) -> tuple[optax.GradientTransformation,
-                                                               optax.Schedule]:
-  """The full update rule (clipping + optimizer, parameter groups) and its learning-rate schedule."""
+def make_optimizer(opt_config, num_train_steps: int, model_config=None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The full update rule (clipping + optimizer, parameter groups) and its learning-rate schedule.
+
+  `model_config` brings the model's parametrisation: under μP its per-parameter multipliers join
+  the groups (None: the standard parametrisation).
+  """
   lr = learning_rate_schedule(opt_config, num_train_steps)
   c = opt_config
   if c.name == 'adamw':
@@ -89,6 +95,9 @@ def make_optimizer(opt_config, num_train_steps: int) -> tuple[optax.GradientTran
   if tuple(c.get('frozen', ())):
     opt = optax.partition({'trainable': opt, 'frozen': optax.set_to_zero()},
                           param_labels=lambda params: trainable_labels(params, c))
+  mup_scaling = mup.update_scaling(model_config, c.name) if model_config is not None else None
+  if mup_scaling is not None:
+    opt = optax.chain(opt, mup_scaling)
   if tuple(c.get('lr_multipliers', ())) or c.get('layer_decay', 1.0) != 1.0:
     opt = optax.chain(opt, optax.stateless(
         lambda updates, params=None: jax.tree.map(

@@ -1,5 +1,7 @@
 """`python -m jaxscale.hparams COMMAND ...`: hyperparameter tools (`--help` on each says more).
 
+  coord-check --config C --widths 64,128,256 [--parametrization sp|mup] [--steps N] [--png P]
+                                          μP coordinate check: JSON on stdout and a plot
   search  SPEC --dir DIR [--trials N]     run or resume an Optuna search (DIR/study.db)
   best    DIR [--out PNG]                 the best trial's config, and objective-vs-parameter plots
   lr-laws DIR [--out FILE]                optimal learning rate and batch size against compute
@@ -11,6 +13,7 @@ import sys
 
 # Command -> module whose main(argv) runs it (imported on use: `multi` loads JAX, others do not).
 COMMANDS = {
+    'coord-check': 'jaxscale.hparams.coord_check',
     'search': 'jaxscale.hparams.search_cli',
     'best': 'jaxscale.hparams.best',
     'lr-laws': 'jaxscale.hparams.lr_laws',

@@ -141,3 +141,11 @@ def apply_blocks(blocks, x, *block_args, scan_layers: bool, remat_policy: str):
   for block in blocks:
     x = block_fn(nnx.state(block), x, *block_args)
   return x
+
+
+def sow_for_capture(module: nnx.Module, name: str, value):
+  """Hands `value` to an enclosing `nnx.capture(fn, nnx.Intermediate)` (the coordinate check,
+  `jaxscale.hparams.coord_check`). Outside a capture it does nothing: a plain `sow` would store the
+  value as a new variable in the module, changing the model state the train step carries."""
+  if hasattr(module, '__captures__'):  # Set on every submodule by nnx.capture.
+    module.sow(nnx.Intermediate, name, value)

@@ -18,10 +18,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxscale.hparams import mup
 from jaxscale.models import MODELS
 from jaxscale.models.kv_cache import KVCache
 from jaxscale.models.layers import (DTYPES, RMSNorm, apply_blocks, apply_rotary, quantizing,
-                                    rotary_tables, rotary_tables_at, sharded_param)
+                                    rotary_tables, rotary_tables_at, sharded_param,
+                                    sow_for_capture)
 from jaxscale.sharding import constrain
 from jaxscale.models.layers import einsum_f32_accumulate as einsum
 
@@ -42,11 +44,14 @@ def _normal(stddev: float):
 class Block(nnx.Module):
   """Pre-norm attention + MLP block with fused QKV and (for SwiGLU) fused gate/up projections.
 
-  `causal` chooses decoder (each position sees itself and earlier ones) or encoder attention.
+  `causal` chooses decoder (each position sees itself and earlier ones) or encoder attention;
+  `attention_scale` None is 1/sqrt(head_dim). Every matrix starts with variance 1/fan_in, which
+  is also μP's init for hidden matrices.
   """
 
   def __init__(self, *, d_model, num_heads, mlp_dim, mlp_activation, num_layers, dtype,
-               attention_impl, causal: bool = True, rngs: nnx.Rngs):
+               attention_impl, causal: bool = True, attention_scale: float | None = None,
+               rngs: nnx.Rngs):
     head_dim = d_model // num_heads
     # Output projections shrink with depth so the residual stream's variance stays O(1).
     out_std = 1.0 / math.sqrt(2 * num_layers)
@@ -68,6 +73,7 @@ class Block(nnx.Module):
     self.dtype = dtype
     self.attention_impl = attention_impl
     self.causal = causal
+    self.attention_scale = attention_scale
 
   def _padding(self, mask_BxL) -> dict:
     """dot_product_attention's arguments that hide padded keys (both combine with is_causal)."""
@@ -87,8 +93,8 @@ class Block(nnx.Module):
     x_BxLxD = constrain(x_BxLxD, RESIDUAL_AXES)
     q, k, v = self._qkv(self.attn_norm(x_BxLxD), sin, cos)
     attn_BxLxHxK = jax.nn.dot_product_attention(
-        q, k, v, is_causal=self.causal, implementation=self.attention_impl,
-        **self._padding(mask_BxL))
+        q, k, v, scale=self.attention_scale, is_causal=self.causal,
+        implementation=self.attention_impl, **self._padding(mask_BxL))
     return self._out_and_mlp(x_BxLxD, constrain(attn_BxLxHxK, HEADS_AXES))
 
   def extend_cache(self, x_BxLxD, sin, cos, keys, values, layer, start, mask_BxLxS):
@@ -103,7 +109,7 @@ class Block(nnx.Module):
     # attention: a per-query mask over the cache is beyond the fused kernels' padding forms.
     attn_BxLxHxK = jax.nn.dot_product_attention(
         q, keys[layer].astype(q.dtype), values[layer].astype(q.dtype),
-        mask=mask_BxLxS[:, None], implementation='xla')
+        scale=self.attention_scale, mask=mask_BxLxS[:, None], implementation='xla')
     return self._out_and_mlp(x_BxLxD, attn_BxLxHxK), keys, values
 
   def _qkv(self, h_BxLxD, sin, cos):
@@ -119,7 +125,9 @@ class Block(nnx.Module):
 
   def _out_and_mlp(self, x_BxLxD, attn_BxLxHxK):
     dt = self.dtype
-    x_BxLxD = x_BxLxD + einsum('blhk,hkd->bld', attn_BxLxHxK, self.out_HxKxD[...].astype(dt))
+    attn_out_BxLxD = einsum('blhk,hkd->bld', attn_BxLxHxK, self.out_HxKxD[...].astype(dt))
+    sow_for_capture(self, 'attention_output', attn_out_BxLxD)
+    x_BxLxD = x_BxLxD + attn_out_BxLxD
     h = self.mlp_norm(x_BxLxD)
     # The nonlinearity runs in fp32 whatever the compute dtype: as accurate, and on CPU 4x
     # faster than bf16 elementwise math (which XLA emulates with converts around every op).
@@ -129,8 +137,9 @@ class Block(nnx.Module):
       act_BxLxF = jax.nn.silu(pre_TxBxLxF[0]) * pre_TxBxLxF[1]
     else:
       act_BxLxF = jax.nn.gelu(pre_TxBxLxF[0])
-    x_BxLxD = x_BxLxD + einsum('blf,fd->bld', act_BxLxF.astype(dt), self.mlp_out_FxD[...].astype(dt))
-    return constrain(x_BxLxD, RESIDUAL_AXES)
+    mlp_out_BxLxD = einsum('blf,fd->bld', act_BxLxF.astype(dt), self.mlp_out_FxD[...].astype(dt))
+    sow_for_capture(self, 'mlp_output', mlp_out_BxLxD)
+    return constrain(x_BxLxD + mlp_out_BxLxD, RESIDUAL_AXES)
 
 
 def _pool(x_BxLxD, mask_BxL, pooling: str):
@@ -162,20 +171,29 @@ class Transformer(nnx.Module):
   then per-position predictions, as masked-LM wants. A classifier reads the final-normed features
   at one pooled position (`pooling`, see POOLINGS) through `head_DxK` + `head_bias_K`; 'cls' reads
   position 0, so the data puts its summary token there. A classifier has no unembedding.
+
+  `parametrization` 'mup' (with `mup_base_width`, the width hyperparameters were tuned at) gives
+  μP's initialisation, attention scale and readout multiplier (`jaxscale.hparams.mup`); its
+  learning-rate multipliers are the optimizer's (`optim.make_optimizer` with the model config).
   """
 
   def __init__(self, *, vocab_size: int, num_layers: int, d_model: int, num_heads: int,
                mlp_dim: int, mlp_activation: str = 'swiglu', tie_embeddings: bool = True,
                rope_theta: float = 10_000.0, dtype: str = 'float32', scan_layers: bool = False,
                remat_policy: str = 'none', attention_impl: str = 'xla', causal: bool = True,
-               num_classes: int = 0, pooling: str = '', rngs: nnx.Rngs):
+               num_classes: int = 0, pooling: str = '', parametrization: str = 'sp',
+               mup_base_width: int = 0, rngs: nnx.Rngs):
     if pooling and pooling not in POOLINGS:
       raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS} or '' (the default).")
+    mup.check_parametrization(parametrization, d_model, mup_base_width)
+    scales = (parametrization, d_model, mup_base_width)
     block_kwargs = dict(
         d_model=d_model, num_heads=num_heads, mlp_dim=mlp_dim, mlp_activation=mlp_activation,
-        num_layers=num_layers, dtype=DTYPES[dtype], attention_impl=attention_impl, causal=causal)
+        num_layers=num_layers, dtype=DTYPES[dtype], attention_impl=attention_impl, causal=causal,
+        attention_scale=mup.attention_scale(parametrization, d_model // num_heads))
     self.embed_VxD = sharded_param(
-        _normal(d_model ** -0.5), rngs.params(), (vocab_size, d_model), ('vocab', 'embed'))
+        _normal(mup.embedding_std(*scales)), rngs.params(), (vocab_size, d_model),
+        ('vocab', 'embed'))
     if scan_layers:
       @nnx.split_rngs(splits=num_layers)
       @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
@@ -194,9 +212,13 @@ class Transformer(nnx.Module):
       self.head_bias_K = sharded_param(nnx.initializers.zeros, rngs.params(),
                                        (self.num_classes,), ('classes',))
     elif not tie_embeddings:
-      self.unembed_DxV = sharded_param(
-          _normal(d_model ** -0.5), rngs.params(), (d_model, vocab_size), ('embed', 'vocab'))
+      # μP starts an untied readout at zero (the `mup` package's readout_zero_init).
+      unembed_init = (nnx.initializers.zeros if parametrization == 'mup'
+                      else _normal(d_model ** -0.5))
+      self.unembed_DxV = sharded_param(unembed_init, rngs.params(), (d_model, vocab_size),
+                                       ('embed', 'vocab'))
     self.tie_embeddings = tie_embeddings
+    self.readout_multiplier = mup.readout_multiplier(*scales)
     self.pooling = pooling or ('last' if causal else 'cls')
     self.scan_layers = scan_layers
     self.remat_policy = remat_policy
@@ -211,13 +233,26 @@ class Transformer(nnx.Module):
     mask_BxL = None if input_mask_BxL is None else input_mask_BxL.astype(bool)
     x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0).astype(self.dtype)
     x_BxLxD = constrain(x_BxLxD, RESIDUAL_AXES)
+    sow_for_capture(self, 'embedding_output', x_BxLxD)
     if positions_BxL is None:
       sin, cos = rotary_tables(tokens_BxL.shape[1], self.head_dim, self.rope_theta)
     else:
       sin, cos = rotary_tables_at(positions_BxL, self.head_dim, self.rope_theta)
     x_BxLxD = apply_blocks(self.blocks, x_BxLxD, sin, cos, mask_BxL, scan_layers=self.scan_layers,
                            remat_policy=self.remat_policy)
+    logits = self._readout(self._readout_input(x_BxLxD), mask_BxL)
+    sow_for_capture(self, 'logits', logits)
+    return logits
+
+  def _readout_input(self, x_BxLxD):
     x_BxLxD = self.final_norm(x_BxLxD)
+    # μP's multiplier goes on the readout's input, as in `mup`'s MuReadout: a head's bias is not
+    # scaled.
+    if self.readout_multiplier is not None:
+      x_BxLxD = x_BxLxD * self.readout_multiplier
+    return x_BxLxD
+
+  def _readout(self, x_BxLxD, mask_BxL):
     if self.num_classes:
       pooled_BxD = _pool(x_BxLxD, mask_BxL, self.pooling)
       return (einsum('bd,dk->bk', pooled_BxD, self.head_DxK[...].astype(self.dtype), jnp.float32)
@@ -269,7 +304,7 @@ class Transformer(nnx.Module):
       for layer, block in enumerate(self.blocks):
         x_BxLxD, keys, values = block.extend_cache(x_BxLxD, sin, cos, keys, values, layer,
                                                    cache.length, mask_BxLxS)
-    logits_BxLxV = self._unembed(self.final_norm(x_BxLxD))
+    logits_BxLxV = self._unembed(self._readout_input(x_BxLxD))
     return logits_BxLxV, cache.replace(keys=keys, values=values,
                                        length=cache.length + tokens_BxL.shape[1])
 

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxscale.hparams import mup
 from jaxscale.models import MODELS
-from jaxscale.models.layers import DTYPES, apply_blocks, quantizing, sharded_param
+from jaxscale.models.layers import DTYPES, apply_blocks, quantizing, sharded_param, sow_for_capture
 from jaxscale.models.layers import einsum_f32_accumulate as einsum
 
 POOLINGS = ('cls', 'gap')
@@ -48,9 +49,11 @@ def _zeros_param(shape, logical_axes) -> nnx.Param:
 
 
 class EncoderBlock(nnx.Module):
-  """Pre-LN multi-head self-attention (no mask) + GELU MLP, both with biases."""
+  """Pre-LN multi-head self-attention (no mask) + GELU MLP, both with biases. `attention_scale`
+  None is 1/sqrt(head_dim)."""
 
-  def __init__(self, *, width, num_heads, mlp_dim, dtype, attention_impl, rngs: nnx.Rngs):
+  def __init__(self, *, width, num_heads, mlp_dim, dtype, attention_impl,
+               attention_scale: float | None = None, rngs: nnx.Rngs):
     head_dim = width // num_heads
     xavier = nnx.initializers.xavier_uniform()
     self.attn_norm = _layer_norm(width, dtype, rngs)
@@ -70,6 +73,7 @@ class EncoderBlock(nnx.Module):
     self.mlp_out_bias_D = _zeros_param((width,), ('embed',))
     self.dtype = dtype
     self.attention_impl = attention_impl
+    self.attention_scale = attention_scale
 
   def __call__(self, x_BxLxD):
     dt = self.dtype
@@ -79,31 +83,43 @@ class EncoderBlock(nnx.Module):
       q, k, v = einsum('bld,dthk->tblhk', h, qkv_DxTxHxK) + qkv_bias[:, None, None]
     else:
       q, k, v = (einsum('bld,dhk->blhk', h, qkv_DxTxHxK[:, i]) + qkv_bias[i] for i in range(3))
-    attn_BxLxHxK = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
-    x_BxLxD = (x_BxLxD + einsum('blhk,hkd->bld', attn_BxLxHxK, self.out_HxKxD[...].astype(dt))
-               + self.out_bias_D[...].astype(dt))
+    attn_BxLxHxK = jax.nn.dot_product_attention(q, k, v, scale=self.attention_scale,
+                                                implementation=self.attention_impl)
+    attn_out_BxLxD = (einsum('blhk,hkd->bld', attn_BxLxHxK, self.out_HxKxD[...].astype(dt))
+                      + self.out_bias_D[...].astype(dt))
+    sow_for_capture(self, 'attention_output', attn_out_BxLxD)
+    x_BxLxD = x_BxLxD + attn_out_BxLxD
 
     h = self.mlp_norm(x_BxLxD)
     # GELU in fp32 whatever the compute dtype (see transformer.Block for why).
     pre_BxLxF = einsum('bld,df->blf', h, self.mlp_in_DxF[...].astype(dt), jnp.float32)
     act_BxLxF = jax.nn.gelu(pre_BxLxF + self.mlp_in_bias_F[...]).astype(dt)
-    return (x_BxLxD + einsum('blf,fd->bld', act_BxLxF, self.mlp_out_FxD[...].astype(dt))
-            + self.mlp_out_bias_D[...].astype(dt))
+    mlp_out_BxLxD = (einsum('blf,fd->bld', act_BxLxF, self.mlp_out_FxD[...].astype(dt))
+                     + self.mlp_out_bias_D[...].astype(dt))
+    sow_for_capture(self, 'mlp_output', mlp_out_BxLxD)
+    return x_BxLxD + mlp_out_BxLxD
 
 
 @MODELS.register('vit')
 class ViT(nnx.Module):
-  """Images [B, H, W, C] (normalised float32) -> class logits [B, num_classes] (fp32)."""
+  """Images [B, H, W, C] (normalised float32) -> class logits [B, num_classes] (fp32).
+
+  `parametrization` 'mup' (with `mup_base_width`) gives μP's attention scale and readout
+  multiplier (`jaxscale.hparams.mup`); its init already is μP's (patch and position embeddings do
+  not depend on width, hidden matrices have variance ~1/width, the head starts at zero).
+  """
 
   def __init__(self, *, num_classes: int, image_size: int, patch_size: int = 16,
                width: int = 384, depth: int = 12, num_heads: int = 6, mlp_dim: int = 1536,
                pooling: str = 'cls', channels: int = 3, dtype: str = 'float32',
                scan_layers: bool = False, remat_policy: str = 'none',
-               attention_impl: str = 'xla', rngs: nnx.Rngs):
+               attention_impl: str = 'xla', parametrization: str = 'sp',
+               mup_base_width: int = 0, rngs: nnx.Rngs):
     if image_size % patch_size:
       raise ValueError(f'image_size={image_size} is not a multiple of patch_size={patch_size}.')
     if pooling not in POOLINGS:
       raise ValueError(f'pooling={pooling!r}; choose one of {POOLINGS}.')
+    mup.check_parametrization(parametrization, width, mup_base_width)
     num_patches = (image_size // patch_size) ** 2
     num_tokens = num_patches + (pooling == 'cls')
     # The patch projection is a stride-patch_size convolution, stored in conv layout (P, P, C, D)
@@ -117,7 +133,8 @@ class ViT(nnx.Module):
     self.pos_LxD = sharded_param(nnx.initializers.normal(0.02), rngs.params(),
                                  (num_tokens, width), (None, 'embed'))
     block_kwargs = dict(width=width, num_heads=num_heads, mlp_dim=mlp_dim, dtype=DTYPES[dtype],
-                        attention_impl=attention_impl)
+                        attention_impl=attention_impl,
+                        attention_scale=mup.attention_scale(parametrization, width // num_heads))
     if scan_layers:
       @nnx.split_rngs(splits=depth)
       @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
@@ -130,6 +147,7 @@ class ViT(nnx.Module):
     # Zero-initialised head (big_vision's default): every class starts at the same logit.
     self.head_DxK = _zeros_param((width, num_classes), ('embed', 'classes'))
     self.head_bias_K = _zeros_param((num_classes,), ('classes',))
+    self.readout_multiplier = mup.readout_multiplier(parametrization, width, mup_base_width)
     self.patch_size, self.pooling = patch_size, pooling
     self.scan_layers, self.remat_policy = scan_layers, remat_policy
     self.dtype = DTYPES[dtype]
@@ -149,8 +167,13 @@ class ViT(nnx.Module):
       raise ValueError(f'Images of {h}x{w} give {x_BxLxD.shape[1]} tokens, but the model was built '
                        f'for {self.pos_LxD.shape[0]}; set config.model.image_size to the image side.')
     x_BxLxD = x_BxLxD + self.pos_LxD[...].astype(dt)
+    sow_for_capture(self, 'embedding_output', x_BxLxD)
     x_BxLxD = self.final_norm(apply_blocks(
         self.blocks, x_BxLxD, scan_layers=self.scan_layers, remat_policy=self.remat_policy))
     pooled_BxD = x_BxLxD[:, 0] if self.pooling == 'cls' else jnp.mean(x_BxLxD, axis=1)
-    return (einsum('bd,dk->bk', pooled_BxD, self.head_DxK[...].astype(dt), jnp.float32)
-            + self.head_bias_K[...])
+    if self.readout_multiplier is not None:  # μP: on the head's input, so its bias is not scaled.
+      pooled_BxD = pooled_BxD * self.readout_multiplier
+    logits = (einsum('bd,dk->bk', pooled_BxD, self.head_DxK[...].astype(dt), jnp.float32)
+              + self.head_bias_K[...])
+    sow_for_capture(self, 'logits', logits)
+    return logits
