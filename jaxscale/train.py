@@ -4,8 +4,6 @@ checkpoints, until `num_train_steps` or a preemption notice.
 """
 
 import math
-import signal
-import threading
 import time
 
 import jax
@@ -17,7 +15,7 @@ from clu import periodic_actions
 from flax import nnx
 
 from jaxscale import experiment as experiment_lib
-from jaxscale import classification_report, flops, metrics, sharding
+from jaxscale import classification_report, flops, metrics, preemption, sharding
 from jaxscale import workdir as workdir_lib
 # Builders of the experiment, also used directly by tools and tests.
 from jaxscale.experiment import build_model, create_train_state, resolve_config  # noqa: F401
@@ -78,19 +76,6 @@ class Throughput:
     if self.tokens_per_step:
       speed['tokens_per_sec'] = steps_per_sec * self.tokens_per_step
     return speed
-
-
-class PreemptionNotice:
-  """Set by SIGTERM (how schedulers and TPU VM maintenance stop a job) or JAX's multi-host
-  preemption sync point; the loop then checkpoints at the next step boundary and returns."""
-
-  def __init__(self):
-    self._event = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, lambda signum, frame: self._event.set())
-
-  def reached(self, manager, step: int) -> bool:
-    return self._event.is_set() or manager.reached_preemption(step)
 
 
 def _newest_checkpoint(manager):
@@ -175,7 +160,9 @@ def train_loop(experiment: experiment_lib.Experiment) -> dict:
     row = eval_metrics(sums, datasets)
     return sums, row
 
-  preemption = PreemptionNotice()
+  # All processes stop at the same step (the loop's host syncs are its cadence without JAX's
+  # preemption service).
+  notice = preemption.PreemptionNotice(agree_every_steps=config.log_every_steps)
   pending, pending_start = [], start_step
   last_train_loss = float('nan')
   eval_row = None
@@ -190,7 +177,7 @@ def train_loop(experiment: experiment_lib.Experiment) -> dict:
       hook(step)
     saver.check(step)
 
-    preempted = preemption.reached(manager, step)
+    preempted = notice.reached(step)
     is_last = step == config.num_train_steps
     log_now = step % config.log_every_steps == 0 or is_last
     eval_now = step % config.eval_every_steps == 0 or is_last
