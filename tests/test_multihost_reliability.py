@@ -1,5 +1,5 @@
 """Two CPU processes on localhost agree: a SIGTERM to one stops both at the same step, and a
-restore that fails to read on one process sends neither to a different step."""
+restore whose reads fail for a while on one process resumes both from the same step."""
 
 import os
 import re
@@ -14,7 +14,7 @@ from jaxscale import metrics
 from tests.test_multihost import OVERRIDES, _free_port
 
 LONG_RUN = {**OVERRIDES, 'num_train_steps': 100000, 'log_every_steps': 1,
-            'eval_every_steps': 100000, 'checkpoint_every_steps': 100000}
+            'eval_every_steps': 100000, 'checkpoint_every_steps': 2, 'keep_checkpoints': 2}
 
 
 def _start_two_processes(workdir, data_dir, log_dir, overrides, module='jaxscale.main',
@@ -56,12 +56,13 @@ def _rows(workdir):
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_process_stops_both_at_the_same_step_and_a_restart_resumes(tmp_path):
+def test_sigterm_to_one_process_stops_both_at_one_step_and_a_flaky_read_still_resumes_both(
+    tmp_path):
   data_dir, workdir = tmp_path / 'tfds', tmp_path / 'run'
   started = _start_two_processes(workdir, data_dir, tmp_path, LONG_RUN, tag='first')
   deadline = time.time() + 240
   while time.time() < deadline and all(p.poll() is None for p, _ in started) and not any(
-      r.get('step', 0) >= 3 for r in _rows(workdir)):
+      r.get('step', 0) >= 5 for r in _rows(workdir)):
     time.sleep(0.2)
   started[1][0].send_signal(signal.SIGTERM)  # The second host only.
   logs = _wait_all(started, timeout=120)
@@ -69,14 +70,22 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_a_restart_resume
   stops = [re.findall(r'saved a checkpoint at step (\d+) and stopping', log) for log in logs]
   assert all(len(s) == 1 for s in stops), [log[-2000:] for log in logs]
   stop_step = int(stops[0][0])
-  assert int(stops[1][0]) == stop_step and 3 <= stop_step < 100000
-  saved = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-  assert saved == [stop_step]
+  assert int(stops[1][0]) == stop_step and 5 <= stop_step < 100000
+  checkpoints = workdir / 'checkpoints'
+  saved = sorted(int(p.name) for p in checkpoints.iterdir())
+  assert len(saved) == 2 and saved[-1] == stop_step
   assert {p.name for p in (workdir / 'checkpoints' / str(stop_step) / 'data').glob('*.index')} \
       == {'process_0_of_2.index', 'process_1_of_2.index'}
 
-  finish = {**LONG_RUN, 'num_train_steps': stop_step + 2, 'allow_config_change': True}
-  logs = _wait_all(_start_two_processes(workdir, data_dir, tmp_path, finish, tag='resume'))
+  # The restart's first two reads of the train state fail on the second process (a network file
+  # system hiccup): retried there, and both processes resume from the newest step.
+  finish = {**LONG_RUN, 'num_train_steps': stop_step + 1, 'allow_config_change': True}
+  logs = _wait_all(_start_two_processes(workdir, data_dir, tmp_path, finish,
+                                        module='tests.flaky_read_main', tag='resume',
+                                        extra_env={1: {'FLAKY_READS': '2'}}))
+  assert 'retrying (3 of 3)' in logs[1]
   for log in logs:
     assert f'Resumed from checkpoint at step {stop_step}.' in log, log[-3000:]
-  assert max(r['step'] for r in _rows(workdir)) == stop_step + 2
+  assert not list(checkpoints.glob('*.corrupt*'))
+  assert max(r['step'] for r in _rows(workdir)) == stop_step + 1
+

@@ -1,5 +1,6 @@
 """Runs that meet the real world: non-finite updates, damaged checkpoints, configs too big."""
 
+import functools
 import logging
 import os
 import re
@@ -131,11 +132,12 @@ def _saved_steps(directory, config, steps_to_save):
   optimizer, _ = optim.make_optimizer(config.optimizer, config.num_train_steps)
   _, state, shardings = train.create_train_state(config, mesh, optimizer)
   manager = checkpointing.make_manager(epath.Path(directory), config)
+  saver = checkpointing.Saver(manager)  # With the checksum manifests a training run writes.
   states = {}
   for step in steps_to_save:
     states[step] = jax.tree.map(lambda x, step=step: x + step, state)
-    checkpointing.save(manager, step, states[step], iter(tf.data.Dataset.range(10)), force=True)
-  manager.wait_until_finished()
+    saver.save(step, states[step], iter(tf.data.Dataset.range(10)))
+  saver.check(steps_to_save[-1], wait=True)
   return manager, states, sharding.abstract_arrays(state, shardings)
 
 
@@ -164,7 +166,7 @@ def test_damaged_newest_checkpoint_falls_back_and_is_kept_aside(tmp_path, how, c
                                                iter(tf.data.Dataset.range(10)))
   assert step == 1
   _assert_trees_equal(state, states[1])
-  assert 'Checkpoint at step 2 could not be restored' in caplog.text
+  assert 'Checkpoint at step 2 is damaged' in caplog.text
   assert 'falling back to step 1' in caplog.text
   assert (tmp_path / 'checkpoints' / '2.corrupt' / 'state').is_dir()  # Kept for inspection.
   assert manager.all_steps() == [1]
@@ -181,7 +183,57 @@ def test_no_restorable_checkpoint_is_a_clear_error_and_deletes_nothing(tmp_path)
     _damage(tmp_path / 'checkpoints' / step, 'truncated')
   manager = checkpointing.make_manager(epath.Path(tmp_path), config)
   with pytest.raises(checkpointing.NoRestorableCheckpointError,
-                     match=r'(?s)step 2: .*step 1: .*move them aside'):
+                     match=r'(?s)step 2: .*step 1: .*Move them aside'):
+    checkpointing.restore_latest(manager, abstract_state, iter(tf.data.Dataset.range(10)))
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['1', '2']
+
+
+def test_flipped_bytes_in_the_largest_file_fall_back_naming_both_steps(tmp_path, caplog):
+  config = tiny_config()
+  _, states, abstract_state = _saved_steps(tmp_path, config, [1, 2])
+  newest = tmp_path / 'checkpoints' / '2'
+  largest = max((p for p in newest.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(largest.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+  largest.write_bytes(bytes(data))
+
+  manager = checkpointing.make_manager(epath.Path(tmp_path), config)
+  with caplog.at_level(logging.WARNING):
+    state, step = checkpointing.restore_latest(manager, abstract_state,
+                                               iter(tf.data.Dataset.range(10)))
+  assert step == 1
+  _assert_trees_equal(state, states[1])
+  relative = str(largest.relative_to(newest))
+  assert (f'Checkpoint at step 2 is damaged ({relative} does not match its recorded SHA-256); '
+          'falling back to step 1.') in caplog.text
+  assert 'Restored step 1 instead of the damaged checkpoint(s) at step 2' in caplog.text
+
+
+def test_read_errors_are_retried_and_never_taken_for_damage(tmp_path, monkeypatch):
+  config = tiny_config()
+  _, states, abstract_state = _saved_steps(tmp_path, config, [1, 2])
+  real_restore = checkpointing.ocp.StandardCheckpointHandler.restore
+  failures_left = [2]
+
+  def flaky_restore(self, *args, **kwargs):
+    if failures_left[0] > 0:
+      failures_left[0] -= 1
+      raise OSError('simulated read error (connection reset)')
+    return real_restore(self, *args, **kwargs)
+
+  monkeypatch.setattr(checkpointing.ocp.StandardCheckpointHandler, 'restore', flaky_restore)
+  monkeypatch.setattr(checkpointing.integrity, 'retry_transient', functools.partial(
+      checkpointing.integrity.retry_transient, delay_s=0.01))
+  manager = checkpointing.make_manager(epath.Path(tmp_path), config)
+  state, step = checkpointing.restore_latest(manager, abstract_state,
+                                             iter(tf.data.Dataset.range(10)))
+  assert step == 2 and failures_left == [0]
+  _assert_trees_equal(state, states[2])
+
+  failures_left[0] = 1000  # A read that keeps failing: a clear error, and nothing moved.
+  with pytest.raises(checkpointing.CheckpointReadError,
+                     match=r'step 2 .*simulated read error.*nothing was moved or deleted'):
     checkpointing.restore_latest(manager, abstract_state, iter(tf.data.Dataset.range(10)))
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['1', '2']
 
