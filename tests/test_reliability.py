@@ -1,6 +1,5 @@
 """Runs that meet the real world: non-finite updates, damaged checkpoints, configs too big."""
 
-import functools
 import logging
 import os
 import re
@@ -223,8 +222,6 @@ def test_read_errors_are_retried_and_never_taken_for_damage(tmp_path, monkeypatc
     return real_restore(self, *args, **kwargs)
 
   monkeypatch.setattr(checkpointing.ocp.StandardCheckpointHandler, 'restore', flaky_restore)
-  monkeypatch.setattr(checkpointing.integrity, 'retry_transient', functools.partial(
-      checkpointing.integrity.retry_transient, delay_s=0.01))
   manager = checkpointing.make_manager(epath.Path(tmp_path), config)
   state, step = checkpointing.restore_latest(manager, abstract_state,
                                              iter(tf.data.Dataset.range(10)))
