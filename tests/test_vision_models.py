@@ -139,6 +139,20 @@ def _split(config):
   return graphdef, params, model_state
 
 
+def test_a_zero_initialised_head_scores_no_hit_at_init_and_ties_never_count():
+  model = train.build_model(tiny_config('vit').model, 0)
+  batch = classification_batch()
+  sums = steps.loss_sums(*nnx.split(model, nnx.Param, ...), jax.tree.map(jnp.asarray, batch),
+                         objective='classification', train=False)[0]
+  assert float(sums['weight_sum']) == 8
+  assert float(sums['top1_sum']) == 0 and float(sums['top5_sum']) == 0  # Every class ties.
+
+  from jaxscale.objectives import classification  # noqa: PLC0415
+  labels, weights = np.eye(3, dtype=np.float32)[[0, 1, 2]], np.ones(3, np.float32)
+  logits = jnp.array([[2., 1., 0.], [1., 1., 0.], [0., 1., 1.]])  # Strictly top; tie; tie.
+  assert float(classification.class_sums(logits, labels, weights)['top1_sum']) == 1
+
+
 def test_batch_norm_statistics_update_in_training_and_freeze_in_eval():
   graphdef, params, model_state = _split(tiny_config('resnet18_cifar'))
   batch = jax.tree.map(jnp.asarray, classification_batch())
