@@ -52,10 +52,10 @@ def eval_metrics(sums: dict, datasets) -> dict[str, float]:
 
 class Throughput:
   """Steps/s, examples/s, tokens/s and MFU over the time spent in training steps since the last
-  report."""
+  report; no MFU where the peak is unknown (`peak_flops_total` None)."""
 
   def __init__(self, examples_per_step: int, tokens_per_step: int, flops_per_step: float,
-               peak_flops_total: float):
+               peak_flops_total: float | None):
     self.examples_per_step, self.tokens_per_step = examples_per_step, tokens_per_step
     self.flops_per_step = flops_per_step
     self.peak_flops_total = peak_flops_total
@@ -71,8 +71,9 @@ class Throughput:
         'steps_per_sec': steps_per_sec,
         'examples_per_sec': steps_per_sec * self.examples_per_step,
         'flops_per_sec': steps_per_sec * self.flops_per_step,
-        'mfu': steps_per_sec * self.flops_per_step / self.peak_flops_total,
     }
+    if self.peak_flops_total:
+      speed['mfu'] = steps_per_sec * self.flops_per_step / self.peak_flops_total
     if self.tokens_per_step:
       speed['tokens_per_sec'] = steps_per_sec * self.tokens_per_step
     return speed
@@ -128,12 +129,13 @@ def train_loop(experiment: experiment_lib.Experiment) -> dict:
   tokens_per_step = config.batch_size * size.tokens_per_example
   flops_per_step = e.flops_per_step
   peak_per_device, peak_source = flops.peak_flops_per_device()
-  logging.info('Model: %s params (%s non-embedding), %.3g train FLOPs/example; peak %.3g FLOP/s '
-               'per device (%s); mesh %s.', f'{size.params_total:,}',
-               f'{size.params_non_embedding:,}', size.train_flops_per_example, peak_per_device,
-               peak_source, dict(e.mesh.shape))
+  peak_text = (f'peak {peak_per_device:.3g} FLOP/s per device ({peak_source})' if peak_per_device
+               else f'MFU not reported: {peak_source}')
+  logging.info('Model: %s params (%s non-embedding), %.3g train FLOPs/example; %s; mesh %s.',
+               f'{size.params_total:,}', f'{size.params_non_embedding:,}',
+               size.train_flops_per_example, peak_text, dict(e.mesh.shape))
   throughput = Throughput(config.batch_size, tokens_per_step, flops_per_step,
-                          peak_per_device * jax.device_count())
+                          peak_per_device and peak_per_device * jax.device_count())
 
   writer = metrics.create_writer(workdir)
   scale_numbers = {'params_total': size.params_total,
@@ -201,9 +203,10 @@ def train_loop(experiment: experiment_lib.Experiment) -> dict:
                                   **speed, **counters(step)})
       rate = (f'{speed["tokens_per_sec"]:.0f} tokens/s' if tokens_per_step
               else f'{speed["examples_per_sec"]:.1f} examples/s')
-      logging.info('step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  %s  MFU %.1f%%  ETA %s',
+      mfu = f'MFU {100 * speed["mfu"]:.1f}%' if 'mfu' in speed else 'MFU n/a'
+      logging.info('step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  %s  %s  ETA %s',
                    step, config.num_train_steps, last_train_loss, float(rows[-1]['learning_rate']),
-                   speed['steps_per_sec'], rate, 100 * speed['mfu'],
+                   speed['steps_per_sec'], rate, mfu,
                    time.strftime('%H:%M:%S', time.gmtime(remaining)))
     if eval_now:
       sums, eval_row = run_eval(step)
