@@ -127,6 +127,19 @@ def test_validation_names_the_bad_model_key(model, message):
     config_validation.validate(config)
 
 
+def test_gradient_accumulation_with_batch_norm_is_refused_at_validation():
+  resnet = tiny_config('resnet18_cifar')
+  resnet.optimizer.grad_accum_steps = 2
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"grad_accum_steps=2 with model 'resnet', which uses batch norm"):
+    config_validation.validate(resnet)
+  resnet.optimizer.grad_accum_steps = 1
+  config_validation.validate(resnet)
+  vit_config = tiny_config('vit')  # No batch norm: micro-batches sum to the whole-batch step.
+  vit_config.optimizer.grad_accum_steps = 2
+  config_validation.validate(vit_config)
+
+
 def test_mlp_widths_may_be_a_tuple_or_a_list():
   for dims in [(32, 16), [32, 16]]:
     config = vision_config('mlp', hidden_dims=dims)
