@@ -1,8 +1,11 @@
 """Runs that meet the real world: non-finite updates, damaged checkpoints, configs too big."""
 
+import ctypes
 import logging
 import os
 import re
+import subprocess
+import sys
 import time
 
 import jax
@@ -336,15 +339,18 @@ def _estimate_and_compiled(config):
   return estimates[0], memory.compiled_bytes(compiled)
 
 
-@pytest.mark.parametrize('overrides', [{}, {'model.remat_policy': 'full'}],
+# What the estimate achieves against XLA's buffer assignment (0.93 and 0.60 with jax 0.10 on CPU):
+# close without remat; with full remat it undercounts what XLA keeps live for the recompute.
+@pytest.mark.parametrize('overrides, low, high', [({}, 0.8, 1.2),
+                                                  ({'model.remat_policy': 'full'}, 0.45, 0.8)],
                          ids=['no_remat', 'remat_full'])
-def test_memory_estimate_is_within_a_sane_factor_of_xla(overrides):
+def test_memory_estimate_is_close_to_xla(overrides, low, high):
   config = tiny_config(**{'batch_size': 64, 'dataset.seq_len': 128, 'model.vocab_size': 256,
                           **overrides})
   estimate, compiled = _estimate_and_compiled(config)
   ratio = estimate.total / compiled
   print(f'{overrides}: estimate {estimate.total} B, XLA {compiled} B, ratio {ratio:.2f}')
-  assert 0.4 < ratio < 2.5, (estimate.describe(), compiled)
+  assert low < ratio < high, (estimate.describe(), compiled)
 
 
 def test_memory_estimate_traces_models_it_has_no_formula_for():
@@ -411,12 +417,34 @@ def test_an_unprepared_downloadable_dataset_says_how_to_prepare_it(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason='root reads any directory')
-def test_an_unreadable_data_dir_is_reported_as_such(data_dir, tmp_path):
+_UNREADABLE_DATA_DIR_RUN = """
+import sys
+from jaxscale import input_errors, train
+from tests.test_reliability import _markov_config
+try:
+  train.run(_markov_config(sys.argv[1]), sys.argv[2])
+except input_errors.DatasetUnavailableError as e:
+  print('DatasetUnavailableError:', e)
+"""
+
+
+def _without_root_file_access():
+  """Drops the capabilities that let root read any file (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH)
+  from the bounding set, so the exec'd process obeys permission bits even as root (as in CI)."""
+  libc = ctypes.CDLL(None, use_errno=True)
+  for capability in (1, 2):
+    libc.prctl(24, capability, 0, 0, 0)  # PR_CAPBSET_DROP; fails harmlessly when not root.
+
+
+def test_an_unreadable_data_dir_is_reported_as_such(tmp_path):
   locked = tmp_path / 'locked'
   locked.mkdir(mode=0)
-  with pytest.raises(input_errors.DatasetUnavailableError, match='permission denied'):
-    train.run(_markov_config(locked), str(tmp_path / 'run'))
+  result = subprocess.run(
+      [sys.executable, '-c', _UNREADABLE_DATA_DIR_RUN, str(locked), str(tmp_path / 'run')],
+      capture_output=True, text=True, timeout=300, preexec_fn=_without_root_file_access)
+  assert 'DatasetUnavailableError' in result.stdout and 'permission denied' in result.stdout, (
+      result.stdout + result.stderr[-3000:])
+  assert not (tmp_path / 'run').exists()
 
 
 def test_permission_errors_from_the_pipeline_are_explained():
