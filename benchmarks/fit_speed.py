@@ -21,10 +21,10 @@ import time
 import numpy as np
 import scipy.optimize
 
-from jaxscale.scaling import approach3
-from jaxscale.scaling import data_files
-from jaxscale.scaling import lse_law
-from jaxscale.scaling import parametric_fit
+from jaxscale.scaling.laws import approach3
+from jaxscale.scaling.runs import data_files
+from jaxscale.scaling.solvers import lse_law
+from jaxscale.scaling.solvers import parametric_fit
 
 
 def reference_fit(log_x, log_y, starts):

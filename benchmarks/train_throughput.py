@@ -79,7 +79,8 @@ def main(argv):
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
                                       sharding.replicated(mesh), config.optimizer.grad_accum_steps,
-                                      objective=objectives.make(task, config))
+                                      objective=objectives.make(task, config),
+                                      activation_rules=sharding.activation_rules(mesh, config.mesh))
   batch = sharding.global_batch(host_batch, batch_sharding)
 
   start = time.perf_counter()
@@ -109,7 +110,7 @@ def main(argv):
     row.update(model=config.model.name, image_size=config.model.image_size,
                num_classes=config.model.num_classes)
   row.update({
-      'dtype': flops.model_kwargs(config).dtype, 'compile_s': round(compile_s, 3),
+      'dtype': config.model.dtype, 'compile_s': round(compile_s, 3),
       'step_s_median': step_s, 'step_s_min': min(step_times), 'steps_per_s': 1 / step_s})
   if task == 'lm':
     row['tokens_per_s'] = config.batch_size * size.tokens_per_example / step_s

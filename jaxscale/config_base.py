@@ -65,6 +65,14 @@ def get_base_config() -> ml_collections.ConfigDict:
                                       # add 'mlp_in', 'mlp_out' for the MLP).
   c.lora.dropout = 0.0                # Dropout on the adapters' input features.
 
+  # Quantization-aware training (jaxscale.compress.quantize): Qwix fake-quantizes the weights
+  # (per channel) and activations of every matmul and convolution in the forward pass and passes
+  # gradients straight through; parameters and checkpoints stay float. Eval runs quantized too.
+  c.quantization = ml_collections.ConfigDict()
+  c.quantization.mode = 'none'        # 'none' | 'qat'
+  c.quantization.weight_dtype = 'int8'  # 'int8' | 'int4'
+  c.quantization.act_dtype = 'int8'   # 'int8' | '' (float activations: weight-only)
+
   c.model = ml_collections.ConfigDict()
   c.model.name = 'transformer'        # Registry name: 'transformer' (causal LM), 'encoder' (bidirectional).
   c.model.vocab_size = 0              # 0: take it from the dataset.
@@ -151,7 +159,12 @@ def get_base_config() -> ml_collections.ConfigDict:
       ('conv_in', None),            # Convolution kernels' input channels.
       ('conv_out', 'fsdp'),         # Their output channels (and a ResNet head's input).
       ('classes', None),            # Classifier heads' outputs (class counts rarely divide evenly).
+      ('act_embed', None),          # Activations' model dimension: whole on each device, so FSDP
+                                    # gathers weights, never activations.
   )
+  # Pin activations (residual stream, attention, MLP hidden, logits) to their logical axes in the
+  # compiled steps, rather than leaving their layout to XLA's propagation from the parameters.
+  c.mesh.constrain_activations = True
   return c
 
 

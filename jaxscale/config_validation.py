@@ -92,6 +92,10 @@ def _check_values(config):
   if config.lora.rank < 0 or not 0 <= config.lora.dropout < 1 or config.lora.alpha <= 0:
     raise ConfigError(f'config.lora: rank={config.lora.rank} must be >= 0 (0 = off), '
                       f'dropout={config.lora.dropout} in [0, 1), alpha={config.lora.alpha} > 0.')
+  _check_choice('config.quantization.mode', config.quantization.mode, ('none', 'qat'))
+  _check_choice('config.quantization.weight_dtype', config.quantization.weight_dtype,
+                ('int8', 'int4'))
+  _check_choice('config.quantization.act_dtype', config.quantization.act_dtype, ('int8', ''))
   if not 0 < config.optimizer.layer_decay <= 1:
     raise ConfigError(f'config.optimizer.layer_decay={config.optimizer.layer_decay} must be in '
                       '(0, 1] (1 = no decay).')

@@ -21,6 +21,7 @@ from flax import nnx
 from jaxscale import checkpointing, config_validation, flops, input_errors, memory, objectives
 from jaxscale import optim, param_paths, paths, sharding, steps
 from jaxscale import workdir as workdir_lib
+from jaxscale.compress import quantize
 from jaxscale.models import MODELS
 from jaxscale.transfer import init_from, lora
 
@@ -159,6 +160,8 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
         process_index=jax.process_index(), process_count=jax.process_count())
   config = resolve_config(config, datasets)
   objective = objectives.make(objectives.name_for(config, datasets.task), config)
+  if config.quantization.mode == 'qat':  # Fake-quantized forward, straight-through backward.
+    objective = quantize.qat_objective(objective, config.quantization)
 
   optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
@@ -194,7 +197,8 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
   train_step, eval_step = steps.compile_steps(
       graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
       sharding.replicated(mesh), config.optimizer.grad_accum_steps, objective=objective,
-      skip_nonfinite=config.nonfinite_policy == 'skip', seed=config.seed, trainable=trainable)
+      skip_nonfinite=config.nonfinite_policy == 'skip', seed=config.seed, trainable=trainable,
+      activation_rules=sharding.activation_rules(mesh, config.mesh))
   # Compile ahead of the loop, so the first speed report is not the compile time.
   abstract_state = sharding.abstract_arrays(state, state_shardings)
   compile_start = time.perf_counter()

@@ -3,8 +3,15 @@
 Parameters carry logical axis names (see models/); `config.mesh.rules` maps each name to mesh
 axes, so switching between data parallelism, FSDP and tensor parallelism is a config change.
 Mesh axes are `Auto`: GSPMD propagates shardings through the step from its in/out shardings.
+Activations are pinned at a few points of the model by logical names too (`constrain`): left to
+propagation alone, a residual stream [batch, seq, embed] under FSDP may be laid out by its
+weights' 'embed' axis instead of its batch, and XLA then gathers whole activations per device.
 """
 
+import contextlib
+import contextvars
+import dataclasses
+import functools
 import math
 
 import jax
@@ -42,6 +49,55 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
   shape = mesh_shape(mesh_config, len(devices))
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationRules:
+  """The mesh and logical-axis rules that `constrain` applies while a step is traced."""
+  mesh: Mesh
+  rules: tuple
+
+
+_ACTIVATION_RULES: contextvars.ContextVar[ActivationRules | None] = contextvars.ContextVar(
+    'activation_rules', default=None)
+
+
+def activation_rules(mesh: Mesh, mesh_config) -> ActivationRules | None:
+  """The rules to pin activations by, or None when `config.mesh.constrain_activations` is off."""
+  if not mesh_config.constrain_activations:
+    return None
+  return ActivationRules(mesh, _rules(mesh_config.rules))
+
+
+@contextlib.contextmanager
+def activations_constrained(rules: ActivationRules | None):
+  token = _ACTIVATION_RULES.set(rules)
+  try:
+    yield
+  finally:
+    _ACTIVATION_RULES.reset(token)
+
+
+def traced_with(fn, rules: ActivationRules | None):
+  """`fn` whose trace (under jit) applies `rules` to the model's `constrain` points."""
+  if rules is None:
+    return fn
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with activations_constrained(rules):
+      return fn(*args, **kwargs)
+  return wrapped
+
+
+def constrain(x, logical_axes: tuple[str | None, ...]):
+  """`x` laid out by its logical axis names, inside a step traced with activation rules (a
+  no-op anywhere else: eager calls, generation, export)."""
+  active = _ACTIVATION_RULES.get()
+  if active is None:
+    return x
+  named = logical_to_named(P(*logical_axes), active.mesh, active.rules)
+  return jax.lax.with_sharding_constraint(x, named)
 
 
 def _rules(rules) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxscale import objectives
+from jaxscale import objectives, sharding
 from jaxscale.transfer import lora
 
 
@@ -147,20 +147,25 @@ def eval_step(state: TrainState, batch, *, graphdef, objective='lm', seed: int =
 
 def compile_steps(graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
                   replicated, grad_accum_steps: int = 1, objective='lm',
-                  skip_nonfinite: bool = False, seed: int = 0, trainable=None):
-  """jit-compiled (train_step, eval_step) with explicit shardings and the state donated."""
+                  skip_nonfinite: bool = False, seed: int = 0, trainable=None,
+                  activation_rules: sharding.ActivationRules | None = None):
+  """jit-compiled (train_step, eval_step) with explicit shardings and the state donated.
+
+  `activation_rules` (`sharding.activation_rules`) pin the model's activations by logical axis
+  names while the steps are traced."""
   if isinstance(objective, str):
     objective = objectives.make(objective)
   train = jax.jit(
-      functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
-                        learning_rate_fn=learning_rate_fn, grad_accum_steps=grad_accum_steps,
-                        objective=objective, skip_nonfinite=skip_nonfinite, seed=seed,
-                        trainable=trainable),
+      sharding.traced_with(functools.partial(
+          train_step, graphdef=graphdef, optimizer=optimizer, learning_rate_fn=learning_rate_fn,
+          grad_accum_steps=grad_accum_steps, objective=objective, skip_nonfinite=skip_nonfinite,
+          seed=seed, trainable=trainable), activation_rules),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, replicated),
       donate_argnames=('state',))
   evaluate = jax.jit(
-      functools.partial(eval_step, graphdef=graphdef, objective=objective, seed=seed),
+      sharding.traced_with(functools.partial(
+          eval_step, graphdef=graphdef, objective=objective, seed=seed), activation_rules),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=replicated)
   return train, evaluate

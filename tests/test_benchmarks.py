@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).parent.parent
 ROW_FIELDS = {'task', 'mode', 'init', 'train_fraction', 'augment', 'accuracy', 'macro_f1',
               'params_trainable', 'checkpoint_bytes', 'steps_per_sec', 'wall_s'}
@@ -36,3 +38,31 @@ def test_transfer_benchmark_prints_a_row_per_run_and_a_summary(tmp_path):
   summary = lines[-1]
   assert summary['summary'] == 'pretrained_minus_scratch_accuracy'
   assert set(summary['image']) == set(summary['image_augment']) == {'0.1'}
+
+
+COMPRESSION_FIELDS = {'task', 'row', 'params', 'bytes', 'eval_accuracy', 'latency_s', 'wall_s'}
+
+
+@pytest.mark.slow
+def test_compression_benchmark_prints_a_row_per_compression_and_a_plot(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
+  png = tmp_path / 'compression.png'
+  result = subprocess.run(
+      [sys.executable, str(ROOT / 'benchmarks' / 'compression.py'), '--tasks=digits',
+       '--rows=baseline,ptq,qat,distill,prune', '--steps=4', '--sparsities=0.5',
+       f'--out={tmp_path}', f'--png={png}'],
+      capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = {r['row']: r for r in map(json.loads, result.stdout.strip().splitlines())}
+  assert {'baseline', 'ptq_w8a8', 'ptq_w8', 'ptq_w4', 'qat_w8a8', 'distill', 'prune_50'} <= set(rows)
+  for name, row in rows.items():
+    if 'skipped' in row:  # Only a compression whose config keys this checkout lacks.
+      assert name in ('distill', 'prune_50') and 'config key missing' in row['skipped'], row
+      continue
+    assert COMPRESSION_FIELDS <= set(row), row
+    assert row['task'] == 'digits' and 0 <= row['eval_accuracy'] <= 1 and row['latency_s'] > 0
+  baseline = rows['baseline']
+  assert baseline['bytes'] == 4 * baseline['params']
+  assert rows['ptq_w4']['bytes'] < rows['ptq_w8']['bytes'] <= 0.3 * baseline['bytes']
+  assert rows['qat_w8a8']['bytes'] == rows['ptq_w8a8']['bytes']
+  assert png.stat().st_size > 0

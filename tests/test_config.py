@@ -26,6 +26,8 @@ def test_the_tiny_config_is_valid():
     (lambda c: c.model.__setattr__('name', 'gpt5'), "config.model.name='gpt5' is not a registered model; choose one of: .*transformer"),
     (lambda c: c.model.__setattr__('num_heads', 5), 'config.model.d_model=32 must split into config.model.num_heads=5'),
     (lambda c: c.__setattr__('num_train_steps', 0), 'config.num_train_steps=0 must be positive'),
+    (lambda c: c.quantization.__setattr__('mode', 'ptq'), "config.quantization.mode='ptq' is not allowed; choose one of: none, qat"),
+    (lambda c: c.quantization.__setattr__('weight_dtype', 'int2'), "config.quantization.weight_dtype='int2' is not allowed; choose one of: int4, int8"),
 ])
 def test_bad_keys_and_values_are_named(mutate, message):
   config = tiny_config()

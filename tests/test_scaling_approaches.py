@@ -4,17 +4,17 @@ law (synthetic.HOFFMANN: a = beta / (alpha + beta) = 0.4516)."""
 import numpy as np
 import pytest
 
-from jaxscale.scaling import approach1
-from jaxscale.scaling import approach2
-from jaxscale.scaling import approach3
-from jaxscale.scaling import compare
-from jaxscale.scaling import envelope
-from jaxscale.scaling import fits
-from jaxscale.scaling import kaplan
-from jaxscale.scaling import predict
-from jaxscale.scaling import synthetic
-from jaxscale.scaling import table
-from jaxscale.scaling import validate
+from jaxscale.scaling.analysis import compare
+from jaxscale.scaling.analysis import predict
+from jaxscale.scaling.analysis import validate
+from jaxscale.scaling.laws import approach1
+from jaxscale.scaling.laws import approach2
+from jaxscale.scaling.laws import approach3
+from jaxscale.scaling.laws import envelope
+from jaxscale.scaling.laws import fits
+from jaxscale.scaling.laws import kaplan
+from jaxscale.scaling.runs import synthetic
+from jaxscale.scaling.runs import table
 
 TRUTH = synthetic.HOFFMANN
 TRUE_A = TRUTH['beta'] / (TRUTH['alpha'] + TRUTH['beta'])
@@ -131,9 +131,14 @@ def test_validate_reports_errors_and_coverage(isoflop):
   assert summary['num_held_out'] == 7  # The whole largest budget, never half of one.
   assert summary['held_out_min_C'] > summary['train_max_C']
   assert summary['mean_abs_relative_error'] < 0.01
-  # 95% prediction intervals of a well-specified law hold most held-out runs (6 of 7 here);
-  # intervals on the mean alone are narrower and hold fewer.
+  # Prediction intervals of a well-specified law hold most held-out runs; intervals on the
+  # mean alone are narrower and hold fewer.
   assert summary['pi_coverage'] >= 5 / 7
   assert summary['ci_coverage'] <= summary['pi_coverage']
+  assert summary['nominal_coverage'] == 0.95
+  # Four budgets: too few backtest errors for a calibrated 95% interval, and it says so.
+  assert 'uncalibrated' in summary['pi_method']
   row = report['held_out'][0]
   assert {'predicted', 'relative_error', 'ci', 'pi', 'inside_ci', 'inside_pi'} <= set(row)
+  assert row['extrapolation_ratio'] > 1
+  assert report['backtest']['num_origins'] == 2  # Fit on 2 budgets (then 3), predict the rest.

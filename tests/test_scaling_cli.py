@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from jaxscale.scaling import cli
-from jaxscale.scaling import synthetic
-from jaxscale.scaling import table
+from jaxscale.scaling.runs import synthetic
+from jaxscale.scaling.runs import table
 
 
 def write_runs(path, runs, extra_column=True):
@@ -109,3 +109,29 @@ def test_module_entry_point_runs():
                           capture_output=True, text=True, check=True)
   for command in ('fit', 'predict', 'plot', 'compare', 'validate', 'sweep', 'run', 'collect'):
     assert command in result.stdout
+
+
+def test_predict_on_a_fit_with_nulls_exits_with_a_message(tmp_path, capsys, isoflop_csv):
+  fit_path = tmp_path / 'fit.json'
+  assert run_cli(capsys, 'fit', '--csv', isoflop_csv, '--out', fit_path, '--bootstrap', 5)[0] == 0
+  record = json.loads(fit_path.read_text())
+  record['E'] = record['alpha'] = None  # What a fit that diverged to NaN writes.
+  fit_path.write_text(json.dumps(record))
+  code, output, error = run_cli(capsys, 'predict', '--fit', fit_path, '--compute', 1e21)
+  assert code == 2 and output is None
+  assert 'E, alpha' in error and 'null' in error and 'Traceback' not in error
+
+
+def test_every_approach_reports_its_failed_bootstrap_refits(tmp_path, capsys, isoflop_csv):
+  for approach in (1, 2, 3):
+    fit_path = tmp_path / f'fit{approach}.json'
+    code, _, _ = run_cli(capsys, 'fit', '--csv', isoflop_csv, '--approach', approach, '--out',
+                         fit_path, '--bootstrap', 20)
+    assert code == 0, approach
+    stored = json.loads(fit_path.read_text())
+    assert stored['num_bootstrap'] + stored['num_bootstrap_failed'] == 20, approach
+  code, _, _ = run_cli(capsys, 'fit', '--csv', isoflop_csv, '--law', 'kaplan', '--out',
+                       tmp_path / 'kaplan.json', '--bootstrap', 20)
+  stored = json.loads((tmp_path / 'kaplan.json').read_text())
+  for law in ('L(N)', 'L(D)', 'L(C)'):
+    assert stored[law]['num_bootstrap'] + stored[law]['num_bootstrap_failed'] == 20, law

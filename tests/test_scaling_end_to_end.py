@@ -7,10 +7,10 @@ import subprocess
 import ml_collections
 import pytest
 
-from jaxscale.scaling import collect
-from jaxscale.scaling import launcher
-from jaxscale.scaling import sweep
-from jaxscale.scaling import table
+from jaxscale.scaling.runs import collect
+from jaxscale.scaling.runs import table
+from jaxscale.scaling.sweeps import launcher
+from jaxscale.scaling.sweeps import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

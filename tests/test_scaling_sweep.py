@@ -10,11 +10,11 @@ import pytest
 
 from jaxscale import flops
 from jaxscale.scaling import cli
-from jaxscale.scaling import collect
-from jaxscale.scaling import launcher
-from jaxscale.scaling import run_config
-from jaxscale.scaling import shapes
-from jaxscale.scaling import sweep
+from jaxscale.scaling.runs import collect
+from jaxscale.scaling.sweeps import launcher
+from jaxscale.scaling.sweeps import run_config
+from jaxscale.scaling.sweeps import shapes
+from jaxscale.scaling.sweeps import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SPEC = os.path.join(REPO, 'configs', 'sweeps', 'tiny_isoflop.py')
@@ -93,14 +93,28 @@ def test_cooldown_branches_share_a_trunk():
 def test_overrides_are_typed_and_checked():
   config = run_config.load_config_file(os.path.join(REPO, 'configs', 'default.py'))
   changed = run_config.apply_overrides(
-      config, ['num_train_steps=1e3', 'optimizer.learning_rate=0.01', 'model.tie_embeddings=False',
+      config, ['num_train_steps=1000', 'optimizer.learning_rate=1e-2', 'model.tie_embeddings=false',
                'dataset.name=markov'])
   assert changed.num_train_steps == 1000 and changed.optimizer.learning_rate == 0.01
   assert changed.model.tie_embeddings is False and changed.dataset.name == 'markov'
   with pytest.raises(KeyError, match='model.widht'):
     run_config.apply_overrides(config, ['model.widht=3'])
-  with pytest.raises(ValueError, match='integer'):
+  with pytest.raises(ValueError, match='int'):
     run_config.apply_overrides(config, ['num_train_steps=12.5'])
+
+
+@pytest.mark.parametrize('override', ['num_train_steps=1e3', 'batch_size=8.0',
+                                      'async_checkpointing=maybe'])
+def test_planner_rejects_what_the_trainer_rejects(override, tmp_path):
+  """The same override on the trainer's own command line fails before training starts."""
+  config_path = os.path.join(REPO, 'configs', 'default.py')
+  with pytest.raises(ValueError, match=override.split('=')[0]):
+    run_config.apply_overrides(run_config.load_config_file(config_path), [override])
+  result = subprocess.run(
+      [sys.executable, '-m', 'jaxscale.main', f'--config={config_path}',
+       f'--workdir={tmp_path}', f'--config.{override}'],
+      capture_output=True, text=True, timeout=120, cwd=REPO)
+  assert result.returncode != 0 and override.split('=')[0] in result.stderr
 
 
 FAKE_TRAINER = '''

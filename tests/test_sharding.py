@@ -19,7 +19,8 @@ def _train_losses(config, devices, num_steps=3):
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
                                       sharding.replicated(mesh),
-                                      config.optimizer.grad_accum_steps)
+                                      config.optimizer.grad_accum_steps,
+                                      activation_rules=sharding.activation_rules(mesh, config.mesh))
   losses, grad_norms = [], []
   for i in range(num_steps):
     batch = random_batch(config.batch_size, config.dataset.seq_len, 64, seed=i)
@@ -69,3 +70,28 @@ def test_mesh_shape_fills_the_auto_axis_and_rejects_bad_meshes():
   config.mesh.fsdp = 3
   with pytest.raises(ValueError, match='does not divide the 8 devices'):
     sharding.mesh_shape(config.mesh, 8)
+
+
+def _compiled_temp_bytes(config) -> int:
+  mesh = sharding.make_mesh(config.mesh)
+  optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  graphdef, state, state_shardings = train.create_train_state(config, mesh, optimizer)
+  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
+  train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
+                                      sharding.replicated(mesh),
+                                      activation_rules=sharding.activation_rules(mesh, config.mesh))
+  batch = sharding.global_batch(random_batch(config.batch_size, config.dataset.seq_len, 64),
+                                batch_sharding)
+  compiled = train_step.lower(sharding.abstract_arrays(state, state_shardings), batch).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_fsdp_activation_constraints_keep_activations_split_by_batch():
+  # Under FSDP both the batch and the weights' 'embed' axis map to 'fsdp'. Left to propagation,
+  # XLA lays some activations out by 'embed' and gathers the batch; pinned, each device holds
+  # only its own examples' activations (measured: 1.8x less temp memory at this size).
+  config = tiny_config(**{'mesh.data': 1, 'mesh.fsdp': 8})
+  constrained = _compiled_temp_bytes(config)
+  config.mesh.constrain_activations = False
+  unconstrained = _compiled_temp_bytes(config)
+  assert constrained < 0.75 * unconstrained, (constrained, unconstrained)

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from jaxscale import metrics, train
-from jaxscale.scaling import collect
+from jaxscale.scaling.runs import collect
 from tests.helpers import load_config_file
 
 

@@ -19,14 +19,19 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxscale.models import MODELS
-from jaxscale.models.layers import (DTYPES, RMSNorm, apply_blocks, apply_rotary, rotary_tables,
-                                    sharded_param)
+from jaxscale.models.layers import (DTYPES, RMSNorm, apply_blocks, apply_rotary, quantizing,
+                                    rotary_tables, sharded_param)
+from jaxscale.sharding import constrain
 from jaxscale.models.layers import einsum_f32_accumulate as einsum
 
 MLP_ACTIVATIONS = ('swiglu', 'gelu')
 # Which position a classifier reads. pooling='' picks the attention's natural one: 'last' when
 # causal (the only position that sees the whole sequence), 'cls' when bidirectional.
 POOLINGS = ('cls', 'mean', 'last')
+# Logical axes of activations (`constrain`): the residual stream is split by batch and whole in its
+# model dimension ('act_embed'); attention heads and the MLP hidden split as their weights do.
+RESIDUAL_AXES = ('batch', 'seq', 'act_embed')
+HEADS_AXES = ('batch', 'seq', 'heads', 'kv')
 
 
 def _normal(stddev: float):
@@ -79,26 +84,34 @@ class Block(nnx.Module):
     padded positions are computed but meaningless. With attention_impl='cudnn' the padding must
     follow the real tokens."""
     dt = self.dtype
+    x_BxLxD = constrain(x_BxLxD, RESIDUAL_AXES)
     h = self.attn_norm(x_BxLxD)
     # Three projections from slices of one weight, rather than one einsum into a stacked
     # [3, B, L, H, K] tensor: the backward pass then never assembles that stack.
     qkv_DxTxHxK = self.qkv_DxTxHxK[...].astype(dt)
-    q, k, v = (einsum('bld,dhk->blhk', h, qkv_DxTxHxK[:, i]) for i in range(3))
+    if quantizing():  # Qwix quantizes a weight where an op reads it, so it must read all of it.
+      q, k, v = einsum('bld,dthk->tblhk', h, qkv_DxTxHxK)
+    else:
+      q, k, v = (einsum('bld,dhk->blhk', h, qkv_DxTxHxK[:, i]) for i in range(3))
+    q, k, v = (constrain(t, HEADS_AXES) for t in (q, k, v))
     q, k = apply_rotary(q, sin, cos), apply_rotary(k, sin, cos)
     attn_BxLxHxK = jax.nn.dot_product_attention(
         q, k, v, is_causal=self.causal, implementation=self.attention_impl,
         **self._padding(mask_BxL))
+    attn_BxLxHxK = constrain(attn_BxLxHxK, HEADS_AXES)
     x_BxLxD = x_BxLxD + einsum('blhk,hkd->bld', attn_BxLxHxK, self.out_HxKxD[...].astype(dt))
 
     h = self.mlp_norm(x_BxLxD)
     # The nonlinearity runs in fp32 whatever the compute dtype: as accurate, and on CPU 4x
     # faster than bf16 elementwise math (which XLA emulates with converts around every op).
     pre_TxBxLxF = einsum('bld,dtf->tblf', h, self.mlp_in_DxTxF[...].astype(dt), jnp.float32)
+    pre_TxBxLxF = constrain(pre_TxBxLxF, (None, 'batch', 'seq', 'mlp'))
     if self.mlp_activation == 'swiglu':
       act_BxLxF = jax.nn.silu(pre_TxBxLxF[0]) * pre_TxBxLxF[1]
     else:
       act_BxLxF = jax.nn.gelu(pre_TxBxLxF[0])
-    return x_BxLxD + einsum('blf,fd->bld', act_BxLxF.astype(dt), self.mlp_out_FxD[...].astype(dt))
+    x_BxLxD = x_BxLxD + einsum('blf,fd->bld', act_BxLxF.astype(dt), self.mlp_out_FxD[...].astype(dt))
+    return constrain(x_BxLxD, RESIDUAL_AXES)
 
 
 def _pool(x_BxLxD, mask_BxL, pooling: str):
@@ -175,6 +188,7 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_BxL, input_mask_BxL=None):
     mask_BxL = None if input_mask_BxL is None else input_mask_BxL.astype(bool)
     x_BxLxD = jnp.take(self.embed_VxD[...], tokens_BxL, axis=0).astype(self.dtype)
+    x_BxLxD = constrain(x_BxLxD, RESIDUAL_AXES)
     sin, cos = rotary_tables(tokens_BxL.shape[1], self.head_dim, self.rope_theta)
     x_BxLxD = apply_blocks(self.blocks, x_BxLxD, sin, cos, mask_BxL, scan_layers=self.scan_layers,
                            remat_policy=self.remat_policy)
@@ -184,9 +198,12 @@ class Transformer(nnx.Module):
       return (einsum('bd,dk->bk', pooled_BxD, self.head_DxK[...].astype(self.dtype), jnp.float32)
               + self.head_bias_K[...])
     if self.tie_embeddings:
-      unembed_VxD = self.embed_VxD[...].astype(self.dtype)
-      return einsum('bld,vd->blv', x_BxLxD, unembed_VxD, jnp.float32)
-    return einsum('bld,dv->blv', x_BxLxD, self.unembed_DxV[...].astype(self.dtype), jnp.float32)
+      logits_BxLxV = einsum('bld,vd->blv', x_BxLxD, self.embed_VxD[...].astype(self.dtype),
+                            jnp.float32)
+    else:
+      logits_BxLxV = einsum('bld,dv->blv', x_BxLxD, self.unembed_DxV[...].astype(self.dtype),
+                            jnp.float32)
+    return constrain(logits_BxLxV, ('batch', 'seq', 'vocab'))
 
 
 def _without_causal(init):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxscale.models import MODELS
-from jaxscale.models.layers import DTYPES, apply_blocks, sharded_param
+from jaxscale.models.layers import DTYPES, apply_blocks, quantizing, sharded_param
 from jaxscale.models.layers import einsum_f32_accumulate as einsum
 
 POOLINGS = ('cls', 'gap')
@@ -75,7 +75,10 @@ class EncoderBlock(nnx.Module):
     dt = self.dtype
     h = self.attn_norm(x_BxLxD)
     qkv_DxTxHxK, qkv_bias = self.qkv_DxTxHxK[...].astype(dt), self.qkv_bias_TxHxK[...].astype(dt)
-    q, k, v = (einsum('bld,dhk->blhk', h, qkv_DxTxHxK[:, i]) + qkv_bias[i] for i in range(3))
+    if quantizing():  # Qwix quantizes a weight where an op reads it, so it must read all of it.
+      q, k, v = einsum('bld,dthk->tblhk', h, qkv_DxTxHxK) + qkv_bias[:, None, None]
+    else:
+      q, k, v = (einsum('bld,dhk->blhk', h, qkv_DxTxHxK[:, i]) + qkv_bias[i] for i in range(3))
     attn_BxLxHxK = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
     x_BxLxD = (x_BxLxD + einsum('blhk,hkd->bld', attn_BxLxHxK, self.out_HxKxD[...].astype(dt))
                + self.out_bias_D[...].astype(dt))

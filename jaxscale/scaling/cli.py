@@ -7,40 +7,45 @@ directory and resolved once, where they are parsed (gs:// and other URIs are lef
   run      DIR [--parallel K] [--print-commands]       train them (resumable; exit 1 if any fails)
   collect  DIR --out runs.csv [--all-points]           one row per run (or per eval)
   fit      --csv runs.csv --law chinchilla --approach 3 --out fit.json [--fix E=1.6]
+           [--law auto]                                 the form that backtests best
   predict  --fit fit.json --compute 1e21 | --N 1e9 --D 2e10
            [--compute 1e21 --emit-config run.py --sweep DIR]   a runnable compute-optimal config
   plot     --csv runs.csv --fit fit.json --out DIR
   compare  --baseline A.csv --variant B.csv
-  validate --csv runs.csv
+  validate --csv runs.csv [--law FORM]                 rolling backtest + held-out check
+  verify   DIR --budget C                              fit, run the optimum for C, score it
 """
 
 import argparse
 import json
-import math
 import os
 import sys
 
 from jaxscale import paths
-from jaxscale.scaling import collect
-from jaxscale.scaling import compare
-from jaxscale.scaling import emit_config
-from jaxscale.scaling import fits
-from jaxscale.scaling import launcher
-from jaxscale.scaling import laws
-from jaxscale.scaling import plots
-from jaxscale.scaling import predict
-from jaxscale.scaling import run_config
-from jaxscale.scaling import shapes
-from jaxscale.scaling import sweep
-from jaxscale.scaling import table
-from jaxscale.scaling import validate
+from jaxscale.scaling.analysis import calibration
+from jaxscale.scaling.analysis import compare
+from jaxscale.scaling.analysis import plots
+from jaxscale.scaling.analysis import predict
+from jaxscale.scaling.analysis import selection
+from jaxscale.scaling.analysis import validate
+from jaxscale.scaling.analysis import verify
+from jaxscale.scaling.laws import catalog
+from jaxscale.scaling.laws import fits
+from jaxscale.scaling.laws import forms
+from jaxscale.scaling.runs import collect
+from jaxscale.scaling.runs import table
+from jaxscale.scaling.sweeps import emit_config
+from jaxscale.scaling.sweeps import launcher
+from jaxscale.scaling.sweeps import run_config
+from jaxscale.scaling.sweeps import shapes
+from jaxscale.scaling.sweeps import sweep
 
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   try:
     result = args.handler(args)
-  except (ValueError, KeyError, FileNotFoundError) as error:
+  except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 2
   if result is not None:
@@ -48,22 +53,24 @@ def main(argv=None) -> int:
   return args.exit_code(args, result)
 
 
-def jsonable(value):
-  """NaN and infinity become null, so the output is strict JSON."""
-  if isinstance(value, dict):
-    return {key: jsonable(item) for key, item in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [jsonable(item) for item in value]
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
+jsonable = fits.jsonable
 
 
 def _fit(args):
-  record = fits.fit_runs(table.read_csv(args.csv), args.law, args.approach,
-                         laws.parse_fixed(args.fix), not args.no_offset, args.bootstrap, args.seed)
+  record = selection.fit(table.read_csv(args.csv), args.law, args.approach,
+                         forms.parse_fixed(args.fix), not args.no_offset, args.bootstrap, args.seed,
+                         args.coverage)
   fits.save(jsonable(record), args.out)
+  if 'selection' in record:
+    print(f'law: {record["selection"]["why"]}', file=sys.stderr)
+  warn_degenerate(record, args.out)
   return _summary(record)
+
+
+def warn_degenerate(record: dict, source) -> None:
+  """Names each degenerate parameter of a fit on stderr (fit.json lists them too)."""
+  for flag in record.get('degenerate') or []:
+    print(f'warning: degenerate fit ({source}): {flag}', file=sys.stderr)
 
 
 def _summary(record: dict) -> dict:
@@ -74,6 +81,7 @@ def _summary(record: dict) -> dict:
 
 def _predict(args):
   record = fits.load(args.fit)
+  warn_degenerate(record, args.fit)
   if args.emit_config:
     if args.compute is None or not args.sweep:
       raise ValueError('--emit-config needs --compute and --sweep (the fitted sweep directory).')
@@ -82,10 +90,14 @@ def _predict(args):
     return {'config': args.emit_config, **{key: run[key] for key in (
         'N', 'D', 'C', 'steps', *shapes.SHAPE_KEYS, 'prediction')}}
   if args.compute is not None:
-    return predict.at_compute(record, args.compute)
-  if args.N is None and args.D is None:
+    result = predict.at_compute(record, args.compute)
+  elif args.N is None and args.D is None:
     raise ValueError('predict needs --compute, or --N and --D.')
-  return predict.at_size(record, args.N, args.D)
+  else:
+    result = predict.at_size(record, args.N, args.D)
+  if 'warning' in result:
+    print(f'warning: {result["warning"]}', file=sys.stderr)
+  return result
 
 
 def _plot(args):
@@ -94,12 +106,19 @@ def _plot(args):
 
 def _compare(args):
   return compare.compare(table.read_csv(args.baseline), table.read_csv(args.variant),
-                         laws.parse_fixed(args.fix), args.bootstrap, args.seed)
+                         forms.parse_fixed(args.fix), args.bootstrap, args.seed)
 
 
 def _validate(args):
   return validate.validate(table.read_csv(args.csv), args.holdout_fraction,
-                           laws.parse_fixed(args.fix), args.bootstrap, args.seed)
+                           forms.parse_fixed(args.fix), args.bootstrap, args.seed, args.law,
+                           args.coverage)
+
+
+def _verify(args):
+  options = {'law': args.law, 'approach': args.approach, 'fixed': forms.parse_fixed(args.fix),
+             'num_bootstrap': args.bootstrap, 'seed': args.seed, 'nominal': args.coverage}
+  return verify.verify(args.dir, args.budget, options)
 
 
 def _sweep(args):
@@ -154,16 +173,22 @@ def _parser() -> argparse.ArgumentParser:
                      help='Bootstrap resamples for intervals (0: none).')
     sub.add_argument('--seed', type=int, default=0, help='Seed of the bootstrap resampling.')
 
+  def add_coverage_option(sub):
+    sub.add_argument('--coverage', type=float, default=calibration.NOMINAL_COVERAGE,
+                     help='Nominal coverage of the backtest-calibrated prediction intervals.')
+
   sub = command('fit', _fit, 'Fit a scaling law to a run table.')
   sub.add_argument('--csv', type=path, required=True,
                    help='Runs: columns N, D, loss (C optional: 6ND).')
-  sub.add_argument('--law', choices=fits.LAWS, default='chinchilla')
+  sub.add_argument('--law', choices=fits.LAWS + ('auto',), default='chinchilla',
+                   help='auto: the law form with the lowest rolling-backtest error (says why).')
   sub.add_argument('--approach', type=int, choices=(1, 2, 3), default=3,
                    help='Chinchilla approach: 1 envelope, 2 IsoFLOP parabolas, 3 parametric.')
   sub.add_argument('--no-offset', action='store_true',
                    help='Kaplan laws without an irreducible loss (pins E=0).')
   sub.add_argument('--out', type=path, required=True, help='fit.json to write.')
   add_fit_options(sub)
+  add_coverage_option(sub)
 
   sub = command('predict', _predict, 'Predict from a fit.json, with bootstrap intervals.')
   sub.add_argument('--fit', type=path, required=True)
@@ -191,7 +216,19 @@ def _parser() -> argparse.ArgumentParser:
   sub.add_argument('--csv', type=path, required=True)
   sub.add_argument('--holdout-fraction', type=float, default=validate.HOLDOUT_FRACTION,
                    help='Fraction of runs (largest compute, whole budgets) held out.')
+  sub.add_argument('--law', choices=tuple(catalog.FORMS), default='chinchilla',
+                   help='Law form to backtest (chinchilla: Approach 3).')
   add_fit_options(sub)
+  add_coverage_option(sub)
+
+  sub = command('verify', _verify, 'Fit a sweep, run its compute-optimal config for --budget, '
+                'and score the prediction into DIR/verify.jsonl (resumable).')
+  sub.add_argument('dir', type=path, help='Sweep directory (its finished runs are fitted).')
+  sub.add_argument('--budget', type=float, required=True, help='Training FLOPs of the new run.')
+  sub.add_argument('--law', choices=fits.LAWS + ('auto',), default='chinchilla')
+  sub.add_argument('--approach', type=int, choices=(1, 2, 3), default=3)
+  add_fit_options(sub)
+  add_coverage_option(sub)
 
   sub = command('sweep', _sweep, 'Plan a sweep from a spec file.')
   sub.add_argument('--config', type=path, required=True,

@@ -1,0 +1,1 @@
+"""Compression: distillation, quantization and pruning (`python -m jaxscale.compress`)."""
