@@ -28,13 +28,10 @@ _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
 flags.mark_flags_as_required(['config'])
 
 
-def _peak_flops() -> tuple[float, str]:
-  """Whole-host peak: the per-device figure times the number of devices."""
+def _peak_flops() -> tuple[float | None, str]:
+  """Whole-job peak: the per-device spec figure times the number of devices (None if unknown)."""
   per_device, source = flops.peak_flops_per_device()
-  if source.startswith('measured'):
-    # Measured on the device itself; fp32 matmul peak for CPU (all cores), bf16 elsewhere.
-    return per_device * jax.local_device_count(), source
-  return per_device * jax.device_count(), source
+  return per_device and per_device * jax.device_count(), source
 
 
 def _num_classes(dataset_config) -> int:
@@ -123,7 +120,7 @@ def main(argv):
   row.update({
       'flops_per_step': flops_per_step, 'flops_per_s': flops_per_step / step_s,
       'peak_flops_per_s': peak, 'peak_source': peak_source,
-      'fraction_of_peak': flops_per_step / step_s / peak,
+      'fraction_of_peak': flops_per_step / step_s / peak if peak else None,
       'final_loss': float(metrics['train_loss']),
   })
   print(json.dumps(row))

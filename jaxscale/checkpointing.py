@@ -6,9 +6,9 @@ exactly the batches the interrupted one would have).
 
 Crash safety comes from Orbax: a step is written under a temporary name and renamed when
 complete, so a run killed mid-save leaves no step directory a restart could pick up, and
-keep-N deletes old steps only after a newer one is committed. A checkpoint that is damaged
-after the fact (truncated or missing files) is detected at restore: `restore_latest` falls back
-to the newest one that restores and renames the damaged ones to `<step>.corrupt`.
+keep-N deletes old steps only after a newer one is committed. Damage after the fact is found
+by the checksum manifests of `checkpoint_integrity`: `restore_latest` falls back past verified
+damage only, and every process restores the same step.
 """
 
 import contextlib
@@ -16,10 +16,13 @@ import dataclasses
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 import tensorflow as tf
 from etils import epath
+
+from jaxscale import checkpoint_integrity as integrity
 
 
 REPLAY_SUFFIX = '.replay'
@@ -43,15 +46,21 @@ class TfDataIteratorHandler(ocp.CheckpointHandler):
       tf.io.gfile.GFile(self._prefix(directory) + REPLAY_SUFFIX, 'w').write('replay\n')
 
   def restore(self, directory: epath.Path, args: 'TfDataIteratorRestore'):
-    """The restored iterator, or None where the position must be replayed by the caller."""
+    """The restored iterator, None where the position must be replayed by the caller, or a
+    ReadFailure (returned, not raised: see ReadFailure)."""
     prefix = self._prefix(directory)
-    if tf.io.gfile.exists(prefix + REPLAY_SUFFIX):
-      return None
-    if not tf.io.gfile.exists(prefix + '.index'):
-      raise FileNotFoundError(
-          f'No data-iterator checkpoint for this process at {prefix}: the checkpoint was written '
-          'by a run with a different number of processes.')
-    tf.train.Checkpoint(iterator=args.iterator).read(prefix).assert_consumed()
+    try:
+      if tf.io.gfile.exists(prefix + REPLAY_SUFFIX):
+        return None
+      if not tf.io.gfile.exists(prefix + '.index'):
+        raise FileNotFoundError(
+            f'No data-iterator checkpoint for this process at {prefix}: the checkpoint was '
+            'written by a run with a different number of processes.')
+      integrity.retry_transient(
+          lambda: tf.train.Checkpoint(iterator=args.iterator).read(prefix).assert_consumed(),
+          f'the data-iterator checkpoint {prefix}')
+    except Exception as e:  # noqa: BLE001
+      return ReadFailure(f'{type(e).__name__}: {str(e).splitlines()[0][:300]}')
     return args.iterator
 
 
@@ -65,6 +74,25 @@ class TfDataIteratorSave(ocp.args.CheckpointArgs):
 @dataclasses.dataclass
 class TfDataIteratorRestore(ocp.args.CheckpointArgs):
   iterator: tf.data.Iterator
+
+
+@dataclasses.dataclass
+class ReadFailure:
+  """What an item handler returns instead of raising, so every process still reaches Orbax's
+  barrier after a restore and all of them learn together that one failed."""
+  error: str
+
+
+class RetryingStateHandler(ocp.StandardCheckpointHandler):
+  """The train state's handler; a restore retries a read that fails (maybe transiently), then
+  returns a ReadFailure rather than raising."""
+
+  def restore(self, directory, item=None, args=None):
+    try:
+      return integrity.retry_transient(lambda: super(RetryingStateHandler, self).restore(
+          directory, item=item, args=args), f'the train state in {directory}')
+    except Exception as e:  # noqa: BLE001  (TensorStore, OS and Orbax errors alike)
+      return ReadFailure(f'{type(e).__name__}: {str(e).splitlines()[0][:300]}')
 
 
 def has_checkpoints(workdir: epath.Path) -> bool:
@@ -81,8 +109,14 @@ def make_manager(workdir: epath.Path, config) -> ocp.CheckpointManager:
       # are deleted only after a newer one has been committed.
       create=True,
   )
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for item, handler, args_types in (
+      ('state', RetryingStateHandler(), (ocp.args.StandardSave, ocp.args.StandardRestore)),
+      ('data', TfDataIteratorHandler(), (TfDataIteratorSave, TfDataIteratorRestore))):
+    for args_type in args_types:
+      registry.add(item, args_type, handler)
   return ocp.CheckpointManager(workdir / 'checkpoints', options=options,
-                               item_names=('state', 'data'))
+                               handler_registry=registry)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, iterator: tf.data.Iterator,
@@ -96,17 +130,21 @@ class CheckpointSaveError(RuntimeError):
 
 
 class Saver:
-  """Saves through `manager` and surfaces a failed save at the next step boundary.
+  """Saves through `manager`, surfaces a failed save at the next step boundary, and writes each
+  finished step's checksum manifest in the background.
 
   An asynchronous save that fails in Orbax's background thread is only reported by the next
   `wait_until_finished` (or the next save, a whole interval later); `check` asks as soon as the
   save is done, so training never goes on for long without the checkpoint it believes it has.
+  The manifest is hashed only once Orbax has finalized the step, and is finished before the next
+  save (whose keep-N may delete old steps) or when `check(wait=True)` returns.
   """
 
   def __init__(self, manager: ocp.CheckpointManager, to_checkpoint=None):
     self.manager = manager
     self._to_checkpoint = to_checkpoint or (lambda state: state)  # The fields to save.
     self._pending_step = None
+    self._manifest = integrity.ManifestWriter()
 
   def save(self, step: int, state, iterator: tf.data.Iterator):
     self.check(step, wait=True)
@@ -120,7 +158,10 @@ class Saver:
       return
     with self._explained(self._pending_step, current_step):
       self.manager.wait_until_finished()
+    self._manifest.start(epath.Path(self.manager.directory) / str(self._pending_step))
     self._pending_step = None
+    if wait:
+      self._manifest.wait()
 
   @contextlib.contextmanager
   def _explained(self, failed_step: int, current_step: int):
@@ -145,14 +186,29 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state,
   moves `iterator` to where it was at `step`.
 
   The target shardings come from the current mesh, so a checkpoint written on one mesh
-  restores onto another.
+  restores onto another. A read that still fails after retries on any process raises
+  CheckpointReadError on every process.
   """
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), data=TfDataIteratorRestore(iterator)))
+  failures = [f'{name}: {item.error}' for name, item in (('state', restored.state),
+                                                         ('data', restored.data))
+              if isinstance(item, ReadFailure)]
+  if integrity.agreed(int(bool(failures))):
+    mine = '; '.join(failures) or 'this process read it; another one could not'
+    raise CheckpointReadError(
+        f'Reading the checkpoint of step {step} in {manager.directory} failed after '
+        f'{integrity.READ_ATTEMPTS} attempts ({mine}). Its files are not known to be damaged, '
+        'so nothing was moved or deleted: rerun to retry. If it keeps failing and the files '
+        'were written by another version of the code or config, resume with that version.')
   if restored.data is None:  # Position not serialisable: replay the deterministic stream.
     for _ in range(step):
       next(iterator)
   return restored.state
+
+
+class CheckpointReadError(RuntimeError):
+  pass
 
 
 class NoRestorableCheckpointError(RuntimeError):
@@ -186,36 +242,58 @@ def saved_params(manager: ocp.CheckpointManager, step: int) -> dict[str, tuple[t
           for path, meta in flat}
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator: tf.data.Iterator):
-  """(state, step) from the newest checkpoint that restores, or (None, None) when there is none.
-
-  A checkpoint that fails to restore is skipped with a warning naming it and the step tried
-  next. Once an older one restores (so the code and config match the checkpoints and the newer
-  failure is damage), the damaged ones are renamed to `<step>.corrupt`, kept for inspection and
-  out of the way of the steps this run will save again. If none restores, nothing is renamed.
-  """
+def _agreed_steps(manager: ocp.CheckpointManager) -> list[int]:
+  """Process 0's list of finished steps, newest first, on every process (listings of a shared
+  file system may briefly differ between hosts)."""
   steps = sorted(manager.all_steps(), reverse=True)
-  failed = []
+  if jax.process_count() == 1:
+    return steps
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+  count = int(multihost_utils.broadcast_one_to_all(np.asarray(len(steps), np.int64)))
+  padded = np.full(count, -1, np.int64)
+  padded[:min(count, len(steps))] = steps[:count]
+  return [int(s) for s in multihost_utils.broadcast_one_to_all(padded)]
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator: tf.data.Iterator):
+  """(state, step) from the newest checkpoint without verified damage, or (None, None) when
+  there is none; every process takes the same decision.
+
+  Each step's files are checked against their checksum manifest (checkpoint_integrity). Verified
+  damage is skipped with a warning naming it and the step tried next; once an older one restores,
+  the damaged ones are renamed to `<step>.corrupt`, kept for inspection and out of the way of the
+  steps this run will save again. A read that keeps failing (possibly transient) stops the run
+  with CheckpointReadError and moves nothing.
+  """
+  steps = _agreed_steps(manager)
+  directory = epath.Path(manager.directory)
+  damaged = []
   for index, step in enumerate(steps):
-    try:
-      state = restore(manager, step, abstract_state, iterator)
-    except Exception as e:  # noqa: BLE001  (Orbax and TensorStore raise many types for bad files)
-      failed.append((step, f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'))
+    verdict, why = integrity.local_verdict(directory / str(step))
+    agreed = integrity.agreed(verdict)
+    if agreed == integrity.UNREADABLE:
+      raise CheckpointReadError(
+          f'Could not read the checkpoint of step {step} in {directory} to verify it '
+          f'({why if verdict == agreed else "on another process"}). This may be transient, so '
+          'nothing was moved or deleted: rerun to retry.')
+    if agreed == integrity.DAMAGED:
+      damaged.append((step, why if verdict == agreed else 'damage found by another process'))
       fallback = f'step {steps[index + 1]}' if index + 1 < len(steps) else 'none left'
-      logging.warning('Checkpoint at step %d could not be restored (%s); falling back to %s.',
-                      step, failed[-1][1], fallback)
+      logging.warning('Checkpoint at step %d is damaged (%s); falling back to %s.', step,
+                      damaged[-1][1], fallback)
       continue
-    if failed:
-      _set_aside(manager, [s for s, _ in failed])
+    state = restore(manager, step, abstract_state, iterator)
+    if damaged:
+      logging.warning('Restored step %d instead of the damaged checkpoint(s) at step %s.', step,
+                      ', '.join(str(s) for s, _ in damaged))
+      _set_aside(manager, [s for s, _ in damaged])
     return state, step
-  if failed:
-    directory = manager.directory
+  if damaged:
     raise NoRestorableCheckpointError(
-        f'None of the checkpoints in {directory} could be restored:\n  '
-        + '\n  '.join(f'step {s}: {why}' for s, why in failed)
-        + f'\nIf they were written by another version of the code or config, resume with that '
-        f'version. Otherwise move them aside (mv {directory} {directory}.bad) to train from '
-        'scratch in this workdir, or use a new --workdir.')
+        f'Every checkpoint in {directory} is damaged:\n  '
+        + '\n  '.join(f'step {s}: {why}' for s, why in damaged)
+        + f'\nMove them aside (mv {directory} {directory}.bad) to train from scratch in this '
+        'workdir, or use a new --workdir.')
   return None, None
 
 

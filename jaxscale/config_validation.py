@@ -120,6 +120,15 @@ def _check_values(config):
   if config.batch_size % config.optimizer.grad_accum_steps:
     raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by '
                       f'config.optimizer.grad_accum_steps={config.optimizer.grad_accum_steps}.')
+  if config.optimizer.grad_accum_steps > 1 and getattr(
+      MODELS.get(config.model.name), 'uses_batch_norm', False):
+    # Each micro-batch would normalise by its own statistics and move the running averages once
+    # per micro-batch: not the step one pass over the whole batch takes.
+    raise ConfigError(
+        f'config.optimizer.grad_accum_steps={config.optimizer.grad_accum_steps} with '
+        f'model {config.model.name!r}, which uses batch norm: its statistics would come from each '
+        'micro-batch, not from the whole batch. Set optimizer.grad_accum_steps=1 and fit the batch '
+        'with a larger mesh, FSDP or model.dtype=bfloat16.')
 
 
 def _check_image_dataset(d):

@@ -82,15 +82,24 @@ def _summed_grads(graphdef, params, model_state, batch, rng, grad_accum_steps: i
   return sums, model_state, grads
 
 
+def _is_step_count(path) -> bool:
+  """Optax keeps its step counters (schedules, Adam's bias correction) in fields named `count`."""
+  return bool(path) and getattr(path[-1], 'name', None) == 'count'
+
+
 def keep_old_if_nonfinite(old: TrainState, new: TrainState, loss, grad_norm) -> TrainState:
-  """`new`, or `old`'s params, model and optimizer state when the loss or gradient norm is not
-  finite; the step counter advances either way (so the data and schedule move on) and the drop is
-  counted. A select, not a branch: both sides already exist and it keeps the step one program."""
+  """`new`, or `old`'s params, model state and optimizer moments when the loss or gradient norm is
+  not finite; the step counter and the optimizer's own step counts advance either way (so the data
+  and schedule move on, and the logged learning rate is the one the next update applies) and the
+  drop is counted. A select, not a branch: both sides already exist and it keeps the step one
+  program."""
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
-                      (new.params, new.model_state, new.opt_state),
-                      (old.params, old.model_state, old.opt_state))
-  return new.replace(params=kept[0], model_state=kept[1], opt_state=kept[2],
+  keep = lambda n, o: jnp.where(finite, n, o)
+  params, model_state = jax.tree.map(keep, (new.params, new.model_state),
+                                     (old.params, old.model_state))
+  opt_state = jax.tree_util.tree_map_with_path(
+      lambda path, n, o: n if _is_step_count(path) else keep(n, o), new.opt_state, old.opt_state)
+  return new.replace(params=params, model_state=model_state, opt_state=opt_state,
                      skipped_updates=old.skipped_updates + jnp.where(finite, 0, 1))
 
 

@@ -4,8 +4,6 @@ checkpoints, until `num_train_steps` or a preemption notice.
 """
 
 import math
-import signal
-import threading
 import time
 
 import jax
@@ -17,7 +15,7 @@ from clu import periodic_actions
 from flax import nnx
 
 from jaxscale import experiment as experiment_lib
-from jaxscale import classification_report, flops, metrics, sharding
+from jaxscale import classification_report, flops, metrics, preemption, sharding
 from jaxscale import workdir as workdir_lib
 # Builders of the experiment, also used directly by tools and tests.
 from jaxscale.experiment import build_model, create_train_state, resolve_config  # noqa: F401
@@ -54,10 +52,10 @@ def eval_metrics(sums: dict, datasets) -> dict[str, float]:
 
 class Throughput:
   """Steps/s, examples/s, tokens/s and MFU over the time spent in training steps since the last
-  report."""
+  report; no MFU where the peak is unknown (`peak_flops_total` None)."""
 
   def __init__(self, examples_per_step: int, tokens_per_step: int, flops_per_step: float,
-               peak_flops_total: float):
+               peak_flops_total: float | None):
     self.examples_per_step, self.tokens_per_step = examples_per_step, tokens_per_step
     self.flops_per_step = flops_per_step
     self.peak_flops_total = peak_flops_total
@@ -73,24 +71,12 @@ class Throughput:
         'steps_per_sec': steps_per_sec,
         'examples_per_sec': steps_per_sec * self.examples_per_step,
         'flops_per_sec': steps_per_sec * self.flops_per_step,
-        'mfu': steps_per_sec * self.flops_per_step / self.peak_flops_total,
     }
+    if self.peak_flops_total:
+      speed['mfu'] = steps_per_sec * self.flops_per_step / self.peak_flops_total
     if self.tokens_per_step:
       speed['tokens_per_sec'] = steps_per_sec * self.tokens_per_step
     return speed
-
-
-class PreemptionNotice:
-  """Set by SIGTERM (how schedulers and TPU VM maintenance stop a job) or JAX's multi-host
-  preemption sync point; the loop then checkpoints at the next step boundary and returns."""
-
-  def __init__(self):
-    self._event = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, lambda signum, frame: self._event.set())
-
-  def reached(self, manager, step: int) -> bool:
-    return self._event.is_set() or manager.reached_preemption(step)
 
 
 def _newest_checkpoint(manager):
@@ -143,12 +129,13 @@ def train_loop(experiment: experiment_lib.Experiment) -> dict:
   tokens_per_step = config.batch_size * size.tokens_per_example
   flops_per_step = e.flops_per_step
   peak_per_device, peak_source = flops.peak_flops_per_device()
-  logging.info('Model: %s params (%s non-embedding), %.3g train FLOPs/example; peak %.3g FLOP/s '
-               'per device (%s); mesh %s.', f'{size.params_total:,}',
-               f'{size.params_non_embedding:,}', size.train_flops_per_example, peak_per_device,
-               peak_source, dict(e.mesh.shape))
+  peak_text = (f'peak {peak_per_device:.3g} FLOP/s per device ({peak_source})' if peak_per_device
+               else f'MFU not reported: {peak_source}')
+  logging.info('Model: %s params (%s non-embedding), %.3g train FLOPs/example; %s; mesh %s.',
+               f'{size.params_total:,}', f'{size.params_non_embedding:,}',
+               size.train_flops_per_example, peak_text, dict(e.mesh.shape))
   throughput = Throughput(config.batch_size, tokens_per_step, flops_per_step,
-                          peak_per_device * jax.device_count())
+                          peak_per_device and peak_per_device * jax.device_count())
 
   writer = metrics.create_writer(workdir)
   scale_numbers = {'params_total': size.params_total,
@@ -175,7 +162,9 @@ def train_loop(experiment: experiment_lib.Experiment) -> dict:
     row = eval_metrics(sums, datasets)
     return sums, row
 
-  preemption = PreemptionNotice()
+  # All processes stop at the same step (the loop's host syncs are its cadence without JAX's
+  # preemption service).
+  notice = preemption.PreemptionNotice(agree_every_steps=config.log_every_steps)
   pending, pending_start = [], start_step
   last_train_loss = float('nan')
   eval_row = None
@@ -190,7 +179,7 @@ def train_loop(experiment: experiment_lib.Experiment) -> dict:
       hook(step)
     saver.check(step)
 
-    preempted = preemption.reached(manager, step)
+    preempted = notice.reached(step)
     is_last = step == config.num_train_steps
     log_now = step % config.log_every_steps == 0 or is_last
     eval_now = step % config.eval_every_steps == 0 or is_last
@@ -214,9 +203,10 @@ def train_loop(experiment: experiment_lib.Experiment) -> dict:
                                   **speed, **counters(step)})
       rate = (f'{speed["tokens_per_sec"]:.0f} tokens/s' if tokens_per_step
               else f'{speed["examples_per_sec"]:.1f} examples/s')
-      logging.info('step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  %s  MFU %.1f%%  ETA %s',
+      mfu = f'MFU {100 * speed["mfu"]:.1f}%' if 'mfu' in speed else 'MFU n/a'
+      logging.info('step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  %s  %s  ETA %s',
                    step, config.num_train_steps, last_train_loss, float(rows[-1]['learning_rate']),
-                   speed['steps_per_sec'], rate, 100 * speed['mfu'],
+                   speed['steps_per_sec'], rate, mfu,
                    time.strftime('%H:%M:%S', time.gmtime(remaining)))
     if eval_now:
       sums, eval_row = run_eval(step)

@@ -29,8 +29,11 @@ def test_state_saved_on_an_fsdp_mesh_restores_onto_one_device_and_another_mesh(t
 
   for mesh, devices in [(dict(data=1, fsdp=1), jax.devices()[:1]),
                         (dict(data=2, fsdp=4), jax.devices())]:
-    target_config = tiny_config(**{f'mesh.{k}': v for k, v in mesh.items()})
+    # Another seed: a restore that silently kept (or re-created) the target's values would fail.
+    target_config = tiny_config(seed=1, **{f'mesh.{k}': v for k, v in mesh.items()})
     target, shardings = _state_on(target_config, devices)
+    assert not np.array_equal(np.asarray(target.params['embed_VxD'][...]),
+                              np.asarray(state.params['embed_VxD'][...]))
     restored = checkpointing.restore(manager, 3, sharding.abstract_arrays(target, shardings), iter(_numbers()))
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,5 +1,7 @@
 """Parameter and FLOP counts against the model itself and XLA's cost model."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -63,6 +65,17 @@ def test_encoder_and_classifier_flops_match_xla_cost_analysis(name, num_classes)
   assert abs(ours - xla_flops) / xla_flops < 0.10, (ours, xla_flops)
 
 
-def test_peak_flops_table_and_cpu_measurement():
-  peak, source = flops.peak_flops_per_device()
-  assert peak > 1e8 and source.startswith('measured:cpu')
+def test_peak_flops_match_device_kinds_exactly_and_are_unknown_otherwise():
+  device = lambda kind: types.SimpleNamespace(device_kind=kind, platform='gpu')
+  assert flops.peak_flops_per_device(device('NVIDIA H100 80GB HBM3')) == (989e12,
+                                                                          'spec:NVIDIA H100 80GB HBM3')
+  assert flops.peak_flops_per_device(device('NVIDIA H100 PCIe'))[0] == 756e12  # Not the SXM's.
+  for kind in ('NVIDIA H100 SXM5 94GB', 'NVIDIA GeForce RTX 4090', 'TPU v7x', 'cpu'):
+    peak, why = flops.peak_flops_per_device(device(kind))
+    assert peak is None and repr(kind) in why
+  assert flops.peak_flops_per_device()[0] is None  # This CPU: MFU is not reported.
+
+
+def test_throughput_reports_no_mfu_without_a_peak():
+  known, unknown = (train.Throughput(8, 0, 1e9, peak) for peak in (1e12, None))
+  assert 'mfu' in known.report(step=2) and 'mfu' not in unknown.report(step=2)

@@ -1,8 +1,11 @@
 """Runs that meet the real world: non-finite updates, damaged checkpoints, configs too big."""
 
+import ctypes
 import logging
 import os
 import re
+import subprocess
+import sys
 import time
 
 import jax
@@ -50,17 +53,30 @@ def _compiled_step(config, skip_nonfinite):
   return state, lambda s, b: train_step(s, sharding.global_batch(b, batch_sharding))
 
 
-def test_skip_mode_leaves_state_unchanged_for_a_nonfinite_batch():
+def _counts(opt_state) -> list[int]:
+  return [int(x) for path, x in jax.tree_util.tree_flatten_with_path(opt_state)[0]
+          if getattr(path[-1], 'name', None) == 'count']
+
+
+def _moments(opt_state):
+  return [x for path, x in jax.tree_util.tree_flatten_with_path(opt_state)[0]
+          if getattr(path[-1], 'name', None) != 'count']
+
+
+def test_skip_mode_keeps_params_and_moments_and_advances_the_step_counts():
   config = tiny_config()
   good = random_batch(8, 16, 64)
   poisoned = dict(good, weights=np.full_like(good['weights'], np.inf))  # Loss becomes NaN.
 
   state, step = _compiled_step(config, skip_nonfinite=True)
   state, _ = step(state, good)
-  before = _host((state.params, state.model_state, state.opt_state))
+  before = _host((state.params, state.model_state, _moments(state.opt_state)))
   state, step_metrics = step(state, poisoned)
   assert not np.isfinite(float(step_metrics['train_loss']))
-  _assert_trees_equal(before, (state.params, state.model_state, state.opt_state))
+  _assert_trees_equal(before, (state.params, state.model_state, _moments(state.opt_state)))
+  # Optax's step counts move on with the run's step, so the schedule (and Adam's bias
+  # correction) apply the learning rate the next row logs.
+  assert _counts(state.opt_state) and set(_counts(state.opt_state)) == {2}
   assert int(state.step) == 2 and int(state.skipped_updates) == 1
   assert int(step_metrics['skipped_updates']) == 1
   state, _ = step(state, good)  # Training goes on from the kept state.
@@ -131,11 +147,12 @@ def _saved_steps(directory, config, steps_to_save):
   optimizer, _ = optim.make_optimizer(config.optimizer, config.num_train_steps)
   _, state, shardings = train.create_train_state(config, mesh, optimizer)
   manager = checkpointing.make_manager(epath.Path(directory), config)
+  saver = checkpointing.Saver(manager)  # With the checksum manifests a training run writes.
   states = {}
   for step in steps_to_save:
     states[step] = jax.tree.map(lambda x, step=step: x + step, state)
-    checkpointing.save(manager, step, states[step], iter(tf.data.Dataset.range(10)), force=True)
-  manager.wait_until_finished()
+    saver.save(step, states[step], iter(tf.data.Dataset.range(10)))
+  saver.check(steps_to_save[-1], wait=True)
   return manager, states, sharding.abstract_arrays(state, shardings)
 
 
@@ -164,7 +181,7 @@ def test_damaged_newest_checkpoint_falls_back_and_is_kept_aside(tmp_path, how, c
                                                iter(tf.data.Dataset.range(10)))
   assert step == 1
   _assert_trees_equal(state, states[1])
-  assert 'Checkpoint at step 2 could not be restored' in caplog.text
+  assert 'Checkpoint at step 2 is damaged' in caplog.text
   assert 'falling back to step 1' in caplog.text
   assert (tmp_path / 'checkpoints' / '2.corrupt' / 'state').is_dir()  # Kept for inspection.
   assert manager.all_steps() == [1]
@@ -181,7 +198,55 @@ def test_no_restorable_checkpoint_is_a_clear_error_and_deletes_nothing(tmp_path)
     _damage(tmp_path / 'checkpoints' / step, 'truncated')
   manager = checkpointing.make_manager(epath.Path(tmp_path), config)
   with pytest.raises(checkpointing.NoRestorableCheckpointError,
-                     match=r'(?s)step 2: .*step 1: .*move them aside'):
+                     match=r'(?s)step 2: .*step 1: .*Move them aside'):
+    checkpointing.restore_latest(manager, abstract_state, iter(tf.data.Dataset.range(10)))
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['1', '2']
+
+
+def test_flipped_bytes_in_the_largest_file_fall_back_naming_both_steps(tmp_path, caplog):
+  config = tiny_config()
+  _, states, abstract_state = _saved_steps(tmp_path, config, [1, 2])
+  newest = tmp_path / 'checkpoints' / '2'
+  largest = max((p for p in newest.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(largest.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+  largest.write_bytes(bytes(data))
+
+  manager = checkpointing.make_manager(epath.Path(tmp_path), config)
+  with caplog.at_level(logging.WARNING):
+    state, step = checkpointing.restore_latest(manager, abstract_state,
+                                               iter(tf.data.Dataset.range(10)))
+  assert step == 1
+  _assert_trees_equal(state, states[1])
+  relative = str(largest.relative_to(newest))
+  assert (f'Checkpoint at step 2 is damaged ({relative} does not match its recorded SHA-256); '
+          'falling back to step 1.') in caplog.text
+  assert 'Restored step 1 instead of the damaged checkpoint(s) at step 2' in caplog.text
+
+
+def test_read_errors_are_retried_and_never_taken_for_damage(tmp_path, monkeypatch):
+  config = tiny_config()
+  _, states, abstract_state = _saved_steps(tmp_path, config, [1, 2])
+  real_restore = checkpointing.ocp.StandardCheckpointHandler.restore
+  failures_left = [2]
+
+  def flaky_restore(self, *args, **kwargs):
+    if failures_left[0] > 0:
+      failures_left[0] -= 1
+      raise OSError('simulated read error (connection reset)')
+    return real_restore(self, *args, **kwargs)
+
+  monkeypatch.setattr(checkpointing.ocp.StandardCheckpointHandler, 'restore', flaky_restore)
+  manager = checkpointing.make_manager(epath.Path(tmp_path), config)
+  state, step = checkpointing.restore_latest(manager, abstract_state,
+                                             iter(tf.data.Dataset.range(10)))
+  assert step == 2 and failures_left == [0]
+  _assert_trees_equal(state, states[2])
+
+  failures_left[0] = 1000  # A read that keeps failing: a clear error, and nothing moved.
+  with pytest.raises(checkpointing.CheckpointReadError,
+                     match=r'step 2 .*simulated read error.*nothing was moved or deleted'):
     checkpointing.restore_latest(manager, abstract_state, iter(tf.data.Dataset.range(10)))
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['1', '2']
 
@@ -274,15 +339,18 @@ def _estimate_and_compiled(config):
   return estimates[0], memory.compiled_bytes(compiled)
 
 
-@pytest.mark.parametrize('overrides', [{}, {'model.remat_policy': 'full'}],
+# What the estimate achieves against XLA's buffer assignment (0.93 and 0.60 with jax 0.10 on CPU):
+# close without remat; with full remat it undercounts what XLA keeps live for the recompute.
+@pytest.mark.parametrize('overrides, low, high', [({}, 0.8, 1.2),
+                                                  ({'model.remat_policy': 'full'}, 0.45, 0.8)],
                          ids=['no_remat', 'remat_full'])
-def test_memory_estimate_is_within_a_sane_factor_of_xla(overrides):
+def test_memory_estimate_is_close_to_xla(overrides, low, high):
   config = tiny_config(**{'batch_size': 64, 'dataset.seq_len': 128, 'model.vocab_size': 256,
                           **overrides})
   estimate, compiled = _estimate_and_compiled(config)
   ratio = estimate.total / compiled
   print(f'{overrides}: estimate {estimate.total} B, XLA {compiled} B, ratio {ratio:.2f}')
-  assert 0.4 < ratio < 2.5, (estimate.describe(), compiled)
+  assert low < ratio < high, (estimate.describe(), compiled)
 
 
 def test_memory_estimate_traces_models_it_has_no_formula_for():
@@ -349,12 +417,34 @@ def test_an_unprepared_downloadable_dataset_says_how_to_prepare_it(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason='root reads any directory')
-def test_an_unreadable_data_dir_is_reported_as_such(data_dir, tmp_path):
+_UNREADABLE_DATA_DIR_RUN = """
+import sys
+from jaxscale import input_errors, train
+from tests.test_reliability import _markov_config
+try:
+  train.run(_markov_config(sys.argv[1]), sys.argv[2])
+except input_errors.DatasetUnavailableError as e:
+  print('DatasetUnavailableError:', e)
+"""
+
+
+def _without_root_file_access():
+  """Drops the capabilities that let root read any file (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH)
+  from the bounding set, so the exec'd process obeys permission bits even as root (as in CI)."""
+  libc = ctypes.CDLL(None, use_errno=True)
+  for capability in (1, 2):
+    libc.prctl(24, capability, 0, 0, 0)  # PR_CAPBSET_DROP; fails harmlessly when not root.
+
+
+def test_an_unreadable_data_dir_is_reported_as_such(tmp_path):
   locked = tmp_path / 'locked'
   locked.mkdir(mode=0)
-  with pytest.raises(input_errors.DatasetUnavailableError, match='permission denied'):
-    train.run(_markov_config(locked), str(tmp_path / 'run'))
+  result = subprocess.run(
+      [sys.executable, '-c', _UNREADABLE_DATA_DIR_RUN, str(locked), str(tmp_path / 'run')],
+      capture_output=True, text=True, timeout=300, preexec_fn=_without_root_file_access)
+  assert 'DatasetUnavailableError' in result.stdout and 'permission denied' in result.stdout, (
+      result.stdout + result.stderr[-3000:])
+  assert not (tmp_path / 'run').exists()
 
 
 def test_permission_errors_from_the_pipeline_are_explained():

@@ -122,7 +122,7 @@ def test_compare_finds_a_known_compute_multiplier(isoflop):
   result = compare.compare(isoflop, variant, num_bootstrap=100)
   assert result['multiplier'] == pytest.approx(3.0, rel=0.05)
   low, high = result['ci']['multiplier']
-  assert low <= 3.0 <= high or abs(low - 3) < 0.1
+  assert low < 3.0 < high and high - low < 1.5  # Covers the truth, and says something.
 
 
 def test_validate_reports_errors_and_coverage(isoflop):
@@ -131,7 +131,10 @@ def test_validate_reports_errors_and_coverage(isoflop):
   assert summary['num_held_out'] == 7  # The whole largest budget, never half of one.
   assert summary['held_out_min_C'] > summary['train_max_C']
   assert summary['mean_abs_relative_error'] < 0.01
-  assert 0 <= summary['pi_coverage'] <= 1
+  # Prediction intervals of a well-specified law hold most held-out runs; intervals on the
+  # mean alone are narrower and hold fewer.
+  assert summary['pi_coverage'] >= 5 / 7
+  assert summary['ci_coverage'] <= summary['pi_coverage']
   assert summary['nominal_coverage'] == 0.95
   # Four budgets: too few backtest errors for a calibrated 95% interval, and it says so.
   assert 'uncalibrated' in summary['pi_method']

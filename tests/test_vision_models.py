@@ -127,6 +127,19 @@ def test_validation_names_the_bad_model_key(model, message):
     config_validation.validate(config)
 
 
+def test_gradient_accumulation_with_batch_norm_is_refused_at_validation():
+  resnet = tiny_config('resnet18_cifar')
+  resnet.optimizer.grad_accum_steps = 2
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"grad_accum_steps=2 with model 'resnet', which uses batch norm"):
+    config_validation.validate(resnet)
+  resnet.optimizer.grad_accum_steps = 1
+  config_validation.validate(resnet)
+  vit_config = tiny_config('vit')  # No batch norm: micro-batches sum to the whole-batch step.
+  vit_config.optimizer.grad_accum_steps = 2
+  config_validation.validate(vit_config)
+
+
 def test_mlp_widths_may_be_a_tuple_or_a_list():
   for dims in [(32, 16), [32, 16]]:
     config = vision_config('mlp', hidden_dims=dims)
@@ -137,6 +150,20 @@ def test_mlp_widths_may_be_a_tuple_or_a_list():
 def _split(config):
   graphdef, params, model_state = nnx.split(train.build_model(config.model, 0), nnx.Param, ...)
   return graphdef, params, model_state
+
+
+def test_a_zero_initialised_head_scores_no_hit_at_init_and_ties_never_count():
+  model = train.build_model(tiny_config('vit').model, 0)
+  batch = classification_batch()
+  sums = steps.loss_sums(*nnx.split(model, nnx.Param, ...), jax.tree.map(jnp.asarray, batch),
+                         objective='classification', train=False)[0]
+  assert float(sums['weight_sum']) == 8
+  assert float(sums['top1_sum']) == 0 and float(sums['top5_sum']) == 0  # Every class ties.
+
+  from jaxscale.objectives import classification  # noqa: PLC0415
+  labels, weights = np.eye(3, dtype=np.float32)[[0, 1, 2]], np.ones(3, np.float32)
+  logits = jnp.array([[2., 1., 0.], [1., 1., 0.], [0., 1., 1.]])  # Strictly top; tie; tie.
+  assert float(classification.class_sums(logits, labels, weights)['top1_sum']) == 1
 
 
 def test_batch_norm_statistics_update_in_training_and_freeze_in_eval():

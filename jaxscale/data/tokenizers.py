@@ -1,8 +1,12 @@
 """Text -> token ids inside tf.data, with a document separator appended to every document.
 
-Both tokenizers are TensorFlow ops, so a pipeline using them stays checkpointable by tf.data
-(no `py_function`). Each knows how many UTF-8 bytes every token id stands for, from which the
-pipeline reports bytes per token (and so the trainer bits per byte).
+The byte tokenizer and SentencePiece through tensorflow-text are TensorFlow ops, so a pipeline
+using them stays checkpointable by tf.data. Without tensorflow-text (its metadata requires the full
+`tensorflow` package, so `pip install -e .[sentencepiece]` cannot bring it), SentencePiece runs
+through the `sentencepiece` package in a `tf.numpy_function`: the same tokens, but the train
+iterator's position is then restored by replaying the stream (see jaxscale.checkpointing). Each
+tokenizer knows how many UTF-8 bytes every token id stands for, from which the pipeline reports
+bytes per token (and so the trainer bits per byte).
 """
 
 import dataclasses
@@ -32,20 +36,32 @@ def byte_tokenizer() -> Tokenizer:
   return Tokenizer(256, tokenize_document, np.ones(256))
 
 
-def sentencepiece_tokenizer(model_path: str) -> Tokenizer:
-  """SentencePiece through tensorflow-text's TF op; its EOS id is the document separator."""
-  try:
-    import tensorflow_text  # pylint: disable=import-outside-toplevel
-  except ImportError as error:
-    tf_minor_version = '.'.join(tf.__version__.split('.')[:2])
-    raise ImportError(
-        "tokenizer='sentencepiece' needs tensorflow-text of the installed TensorFlow's release: "
-        f'pip install --no-deps "tensorflow-text=={tf_minor_version}.*" (--no-deps because it '
-        'requires the `tensorflow` package, which would clash with tensorflow-cpu).') from error
+SENTENCEPIECE_BACKENDS = ('auto', 'tensorflow_text', 'sentencepiece')
+
+
+def sentencepiece_tokenizer(model_path: str, backend: str = 'auto') -> Tokenizer:
+  """SentencePiece with its EOS id as the document separator. `backend` 'auto' takes
+  tensorflow-text's TF op where it is installed, else the `sentencepiece` package."""
   if not model_path:
     raise ValueError("tokenizer='sentencepiece' needs config.dataset.spm_model_path.")
   with tf.io.gfile.GFile(model_path, 'rb') as model_file:
     model = model_file.read()
+  if backend == 'auto':
+    backend = 'tensorflow_text' if _installed('tensorflow_text') else 'sentencepiece'
+  if backend == 'tensorflow_text':
+    return _tensorflow_text_tokenizer(model, model_path)
+  if backend == 'sentencepiece':
+    return _sentencepiece_package_tokenizer(model, model_path)
+  raise ValueError(f'SentencePiece backend {backend!r}; choose one of {SENTENCEPIECE_BACKENDS}.')
+
+
+def _installed(module: str) -> bool:
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  return importlib.util.find_spec(module) is not None
+
+
+def _tensorflow_text_tokenizer(model: bytes, model_path: str) -> Tokenizer:
+  import tensorflow_text  # pylint: disable=import-outside-toplevel
   tokenizer = tensorflow_text.SentencepieceTokenizer(model=model, out_type=tf.int32, add_eos=True)
   if tokenizer.tokenize('').shape[0] != 1:
     raise ValueError(f'SentencePiece model {model_path} has no EOS piece to separate documents.')
@@ -53,6 +69,31 @@ def sentencepiece_tokenizer(model_path: str) -> Tokenizer:
   pieces = [piece.decode('utf-8')
             for piece in tokenizer.id_to_string(tf.range(vocab_size)).numpy()]
   return Tokenizer(vocab_size, tokenizer.tokenize, _sentencepiece_piece_bytes(pieces))
+
+
+def _sentencepiece_package_tokenizer(model: bytes, model_path: str) -> Tokenizer:
+  try:
+    import sentencepiece  # pylint: disable=import-outside-toplevel
+  except ImportError as error:
+    raise ImportError("tokenizer='sentencepiece' needs the sentencepiece package: pip install -e "
+                      "'.[sentencepiece]' (or tensorflow-text of the installed TensorFlow's "
+                      'release, installed with --no-deps).') from error
+  processor = sentencepiece.SentencePieceProcessor(model_proto=model)
+  eos = processor.eos_id()
+  if eos < 0:
+    raise ValueError(f'SentencePiece model {model_path} has no EOS piece to separate documents.')
+
+  def encode(text: bytes) -> np.ndarray:
+    return np.array(processor.encode(text.decode('utf-8')) + [eos], np.int32)
+
+  def tokenize_document(text):
+    # Stateful: tf.data then refuses to save the iterator (a Python function's token would not
+    # exist in a resumed process) and the checkpoint records a replay instead.
+    tokens = tf.numpy_function(encode, [text], tf.int32, stateful=True)
+    tokens.set_shape([None])
+    return tokens
+  pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+  return Tokenizer(len(pieces), tokenize_document, _sentencepiece_piece_bytes(pieces))
 
 
 _BYTE_PIECE = re.compile(r'<0x[0-9A-F]{2}>')

@@ -112,6 +112,9 @@ class ResNet(nnx.Module):
   the training resolution the FLOP accounting is computed at.
   """
 
+  # Batch statistics are per forward pass: config validation refuses gradient accumulation.
+  uses_batch_norm = True
+
   def __init__(self, *, num_classes: int, image_size: int, depth: int = 50, width: int = 64,
                stem: str = 'imagenet', channels: int = 3, dtype: str = 'float32',
                rngs: nnx.Rngs):

@@ -27,11 +27,10 @@ def class_sums(logits_BxK, labels_BxK, weights_B, *, label_smoothing: float = 0.
   losses_B = optax.softmax_cross_entropy(logits_BxK.astype(jnp.float32), targets_BxK)
   true_B = jnp.argmax(labels_BxK, axis=-1)
   true_logit_B = jnp.take_along_axis(logits_BxK, true_B[:, None], axis=-1)[:, 0]
-  # 0 = the true class is on top. Ties rank by class index, as argmax breaks them, so constant
-  # logits (an untrained zero head) score 1/K, not a perfect accuracy.
+  # 0 = the true class is strictly on top. A class tied with the true one ranks ahead of it, so a
+  # tie is never a hit: constant logits (an untrained zero head) score 0, not 1/K or 100%.
   classes_K = jnp.arange(logits_BxK.shape[-1])
-  ahead_BxK = (logits_BxK > true_logit_B[:, None]) | (
-      (logits_BxK == true_logit_B[:, None]) & (classes_K[None, :] < true_B[:, None]))
+  ahead_BxK = (logits_BxK >= true_logit_B[:, None]) & (classes_K[None, :] != true_B[:, None])
   rank_B = jnp.sum(ahead_BxK, axis=-1)
   result = {'loss_sum': jnp.sum(losses_B * weights_B), 'weight_sum': jnp.sum(weights_B),
             'top1_sum': jnp.sum((rank_B < 1) * weights_B),
