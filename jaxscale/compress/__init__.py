@@ -1,0 +1,1 @@
+"""Model compression through the same trainer: distillation, pruning and quantization."""
