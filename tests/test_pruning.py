@@ -125,7 +125,7 @@ def test_n_m_masks_keep_exactly_n_of_every_m_inputs(scan_layers):
     assert np.all(kept_per_group(history[-1][name], layout) == 2), name
     mask = np.asarray(param_paths.named_leaves(state.masks)[name].get_value())
     np.testing.assert_array_equal(mask, history[-1][name] != 0)
-    # At step 6 the schedule is at 0.35 of 4 weights: one pruned per group, not two.
+    # Step 6 of the schedule asks for sparsity 0.35: one of every 4 pruned, not yet two.
     assert np.all(kept_per_group(history[5][name], layout) == 3), name
 
 

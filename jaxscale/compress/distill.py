@@ -55,8 +55,7 @@ def _output(config) -> tuple[str, int]:
   return 'model.vocab_size', model.get('vocab_size')
 
 
-def check_teacher_run(config, student_workdir, objective_name: str) -> tuple[epath.Path,
-                                                                            ml_collections.ConfigDict]:
+def check_teacher_run(config, student_workdir, objective_name: str):
   """(teacher workdir, its config), or a TeacherError naming both runs; reads two JSON files."""
   teacher = paths.resolve(config.distill.teacher_workdir)
   student = paths.resolve(student_workdir)
@@ -75,7 +74,8 @@ def check_teacher_run(config, student_workdir, objective_name: str) -> tuple[epa
   if not (summary or {}).get('finished'):
     raise TeacherError(f'{where}: the teacher run is unfinished (no summary.json marking it '
                        'finished); train it to its num_train_steps first.')
-  (teacher_key, teacher_size), (student_key, student_size) = _output(teacher_config), _output(config)
+  teacher_key, teacher_size = _output(teacher_config)
+  student_key, student_size = _output(config)
   if (teacher_key, teacher_size) != (student_key, student_size):
     raise TeacherError(f'{where}: the teacher predicts {teacher_key}={teacher_size} but this '
                        f'run predicts {student_key}={student_size}; a teacher must predict the '

@@ -62,7 +62,8 @@ def target_sparsity(step, config):
 def is_mask_update(step, config):
   """Whether the masks are recomputed for train step `step`."""
   on_grid = (step - config.start_step) % config.update_every == 0
-  return (step >= config.start_step) & (step <= config.end_step) & (on_grid | (step == config.end_step))
+  in_window = (step >= config.start_step) & (step <= config.end_step)
+  return in_window & (on_grid | (step == config.end_step))
 
 
 def _input_axis(core_axes: tuple) -> int:
@@ -84,10 +85,11 @@ def layout(name: str, variable, config, opt_config=None) -> Layout | None:
   axes = variable.get_metadata().get('out_sharding') if isinstance(variable, nnx.Variable) else None
   core_axes = tuple(axes or (None,) * len(shape))[1 if stacked else 0:]
   result = Layout(stacked=stacked, input_axis=_input_axis(core_axes))
-  if config.method == 'nm' and core_shape[result.input_axis] % config.m:
+  inputs = core_shape[result.input_axis]
+  if config.method == 'nm' and inputs % config.m:
     raise ConfigError(
-        f'config.pruning.method=nm with m={config.m}: parameter {name} has {core_shape[result.input_axis]} '
-        f'inputs along axis {result.input_axis} (shape {shape}), not a multiple of {config.m}. '
+        f'config.pruning.method=nm with m={config.m}: parameter {name} has {inputs} inputs '
+        f'along axis {result.input_axis} (shape {shape}), not a multiple of {config.m}. '
         'Add it to config.pruning.exclude or choose another m.')
   return result
 
@@ -137,9 +139,10 @@ def compute_masks(scores: dict, found: dict[str, Layout], sparsity, config) -> d
   """{name: keep mask} for the magnitudes `scores` at target `sparsity`."""
   if config.method == 'nm':
     pruned = jnp.round(sparsity * config.m).astype(jnp.int32)
-    return {name: _per_layer(lambda s, a=found[name].input_axis: _keep_n_of_m(s, a, pruned, config.m),
-                             found[name].stacked)(score)
-            for name, score in scores.items()}
+    def groups(name):
+      axis = found[name].input_axis
+      return _per_layer(lambda s: _keep_n_of_m(s, axis, pruned, config.m), found[name].stacked)
+    return {name: groups(name)(score) for name, score in scores.items()}
   if config.scope == 'layer':
     def one_layer(score):
       return _keep_largest(score, jnp.round(sparsity * score.size).astype(jnp.int32))
