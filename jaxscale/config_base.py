@@ -73,6 +73,36 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.quantization.weight_dtype = 'int8'  # 'int8' | 'int4'
   c.quantization.act_dtype = 'int8'   # 'int8' | '' (float activations: weight-only)
 
+  # Knowledge distillation (Hinton et al. 2015; jaxscale.compress.distill): a finished run of
+  # any registered model teaches this one. Its forward runs inside the same train step on the
+  # same batch, never updated nor saved in this run's checkpoints; its FLOPs count in this run's.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher_workdir = ''      # The teacher run's workdir (finished); '' = off.
+  c.distill.temperature = 1.0         # Softmax temperature T of both models in the KD term.
+  c.distill.alpha = 0.5               # loss = alpha * KL(teacher_T || student_T) * T^2
+                                      #        + (1 - alpha) * hard-label loss.
+  c.distill.top_k = 0                 # >0: the KD term on the teacher's top-k classes or tokens
+                                      # only, both distributions renormalised over them; 0 = all.
+
+  # Magnitude pruning inside the optimizer (jaxscale.compress.pruning): masks live in the
+  # optimizer state (checkpointed), pruned weights are exactly zero in the parameters.
+  c.pruning = ml_collections.ConfigDict()
+  c.pruning.sparsity = 0.0            # Final fraction of zeros in the prunable weights; 0 = off.
+  c.pruning.method = 'magnitude'      # 'magnitude' (unstructured) | 'nm' (n of every m weights
+                                      # along the input dimension kept; sparsity must be 1 - n/m).
+  c.pruning.n = 2                     # 'nm': weights kept per group...
+  c.pruning.m = 4                     # ...of this many consecutive input weights (2:4).
+  c.pruning.scope = 'layer'           # 'layer': each weight (each layer of a scanned stack) to the
+                                      # target; 'global': one magnitude threshold over all of them.
+  # Gradual schedule (Zhu & Gupta 2017): s_t = s_f (1 - (1 - (t - start) / (end - start))^3),
+  # masks recomputed every `update_every` steps from start_step to end_step, then kept.
+  c.pruning.start_step = 0
+  c.pruning.end_step = 0              # Must be set (>= 1, >= start_step) when sparsity > 0.
+  c.pruning.update_every = 100
+  # Regexes of parameters never pruned (besides every vector and scalar): embeddings, norms,
+  # biases, ViT's position embedding and class token.
+  c.pruning.exclude = ('embed', 'norm', 'bias', '^pos', '^cls')
+
   c.model = ml_collections.ConfigDict()
   c.model.name = 'transformer'        # Registry name: 'transformer' (causal LM), 'encoder' (bidirectional).
   c.model.vocab_size = 0              # 0: take it from the dataset.

@@ -7,6 +7,7 @@ Every error names the offending key and what is allowed, e.g.
 import difflib
 import importlib.util
 import inspect
+import re
 
 
 from jaxscale import config_base, optim
@@ -19,6 +20,8 @@ from jaxscale.models.transformer import MLP_ACTIVATIONS
 
 NONFINITE_POLICIES = ('stop', 'skip')
 MEMORY_CHECKS = ('error', 'warn', 'off')
+PRUNING_METHODS = ('magnitude', 'nm')
+PRUNING_SCOPES = ('layer', 'global')
 
 
 class ConfigError(ValueError):
@@ -112,6 +115,8 @@ def _check_values(config):
       isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)):
     raise ConfigError(f'config.dataset.classes={classes!r} must be () (every class) or at least '
                       'two distinct label ids >= 0, e.g. (5, 6, 7, 8, 9).')
+  _check_distill(config)
+  _check_pruning(config)
   if config.max_skipped_steps < 0:
     raise ConfigError(f'config.max_skipped_steps={config.max_skipped_steps} must be >= 0.')
   if config.optimizer.warmup_steps < 0 or config.optimizer.warmup_steps >= config.num_train_steps:
@@ -129,6 +134,40 @@ def _check_values(config):
         f'model {config.model.name!r}, which uses batch norm: its statistics would come from each '
         'micro-batch, not from the whole batch. Set optimizer.grad_accum_steps=1 and fit the batch '
         'with a larger mesh, FSDP or model.dtype=bfloat16.')
+
+
+def _check_distill(config):
+  d = config.distill
+  if d.temperature <= 0 or not 0 <= d.alpha <= 1 or d.top_k < 0:
+    raise ConfigError(f'config.distill: temperature={d.temperature} must be > 0, alpha={d.alpha} '
+                      f'in [0, 1] and top_k={d.top_k} >= 0 (0 = every class or token).')
+
+
+def _check_pruning(config):
+  p = config.pruning
+  if not 0 <= p.sparsity < 1:
+    raise ConfigError(f'config.pruning.sparsity={p.sparsity} must be in [0, 1) (0 = off).')
+  _check_choice('config.pruning.method', p.method, PRUNING_METHODS)
+  _check_choice('config.pruning.scope', p.scope, PRUNING_SCOPES)
+  if not p.sparsity:
+    return
+  if p.method == 'nm':
+    if not 0 < p.n < p.m:
+      raise ConfigError(f'config.pruning: n={p.n} and m={p.m} must satisfy 0 < n < m (e.g. 2:4).')
+    if abs(p.sparsity - (1 - p.n / p.m)) > 1e-9:
+      raise ConfigError(f'config.pruning.method=nm with n={p.n}, m={p.m} prunes to sparsity '
+                        f'{1 - p.n / p.m:g}; set config.pruning.sparsity={1 - p.n / p.m:g}.')
+  if p.update_every < 1 or p.start_step < 0 or not 1 <= p.end_step <= config.num_train_steps or (
+      p.end_step < p.start_step):
+    raise ConfigError(
+        f'config.pruning: update_every={p.update_every} must be >= 1 and start_step='
+        f'{p.start_step} <= end_step={p.end_step}, with 1 <= end_step <= num_train_steps='
+        f'{config.num_train_steps} (end_step is when the final sparsity is reached).')
+  for pattern in p.exclude:
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ConfigError(f'config.pruning.exclude: {pattern!r} is not a regular expression ({e}).')
 
 
 def _check_image_dataset(d):

@@ -21,7 +21,7 @@ from flax import nnx
 from jaxscale import checkpointing, config_validation, flops, input_errors, memory, objectives
 from jaxscale import optim, param_paths, paths, sharding, steps
 from jaxscale import workdir as workdir_lib
-from jaxscale.compress import quantize
+from jaxscale.compress import distill, pruning, quantize
 from jaxscale.models import MODELS
 from jaxscale.transfer import init_from, lora
 
@@ -110,6 +110,7 @@ class Experiment:
   size: flops.Accounting
   flops_per_step: float              # As computed: XLA's count when parameters are frozen.
   param_counts: dict[str, int]       # params_trainable, params_frozen.
+  teacher: distill.Teacher | None = None  # config.distill: passed into each train step.
 
 
 def _abstract_batch(config, datasets, batch_sharding):
@@ -159,12 +160,22 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
         num_eval_batches=config.num_eval_batches, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count())
   config = resolve_config(config, datasets)
-  objective = objectives.make(objectives.name_for(config, datasets.task), config)
+  objective_name = objectives.name_for(config, datasets.task)
+  objective = objectives.make(objective_name, config)
   if config.quantization.mode == 'qat':  # Fake-quantized forward, straight-through backward.
     objective = quantize.qat_objective(objective, config.quantization)
+  teacher = None
+  if config.distill.teacher_workdir:  # Before the workdir is touched: a bad teacher writes nothing.
+    teacher = distill.load_teacher(config, workdir, objective_name, mesh)
+    objective = distill.objective(objective, teacher.graphdef, config.distill)
+    logging.info('Distilling from %s (step %d).', teacher.workdir, teacher.step)
 
   optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps,
                                                      config.model)
+  param_metrics = None
+  if config.pruning.sparsity:
+    optimizer = pruning.wrap(optimizer, config.pruning, config.optimizer)
+    param_metrics = pruning.sparsity_metrics(config.pruning, config.optimizer)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   abstract_batch = _abstract_batch(config, datasets, batch_sharding)
   memory_estimate = None
@@ -199,11 +210,14 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
       graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
       sharding.replicated(mesh), config.optimizer.grad_accum_steps, objective=objective,
       skip_nonfinite=config.nonfinite_policy == 'skip', seed=config.seed, trainable=trainable,
+      teacher_shardings=teacher and teacher.shardings, param_metrics=param_metrics,
       activation_rules=sharding.activation_rules(mesh, config.mesh))
   # Compile ahead of the loop, so the first speed report is not the compile time.
   abstract_state = sharding.abstract_arrays(state, state_shardings)
+  abstract_teacher = () if teacher is None else (
+      sharding.abstract_arrays(teacher.variables, teacher.shardings),)
   compile_start = time.perf_counter()
-  train_step = train_step.lower(abstract_state, abstract_batch).compile()
+  train_step = train_step.lower(abstract_state, abstract_batch, *abstract_teacher).compile()
   logging.info('Compiled the train step in %.1f s; %s.', time.perf_counter() - compile_start,
                memory.compare_compiled(train_step, memory_estimate))
 
@@ -221,9 +235,14 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
   size = flops.accounting(config)
   param_counts = _param_counts(state.params, trainable)
   flops_per_step = config.batch_size * size.train_flops_per_example
+  if teacher is not None:  # Its forward pass, in the same step.
+    flops_per_step += config.batch_size * teacher.forward_flops_per_example
   if param_counts['params_frozen']:
     # Frozen parameters' weight gradients are never computed: count what XLA actually runs.
     flops_per_step = flops.compiled_flops(train_step) or flops_per_step
+  if teacher is not None:
+    compiled_step = train_step
+    train_step = lambda state, batch: compiled_step(state, batch, teacher.variables)
   logging.info('Parameters: %s trainable, %s frozen.', f'{param_counts["params_trainable"]:,}',
                f'{param_counts["params_frozen"]:,}')
   return Experiment(
@@ -231,4 +250,4 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
       state=state, state_shardings=state_shardings, batch_sharding=batch_sharding,
       train_step=train_step, eval_step=eval_step, manager=manager,
       saver=checkpointing.Saver(manager, to_checkpoint), train_iter=train_iter, resumed=restored is not None,
-      size=size, flops_per_step=flops_per_step, param_counts=param_counts)
+      size=size, flops_per_step=flops_per_step, param_counts=param_counts, teacher=teacher)

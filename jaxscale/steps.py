@@ -27,12 +27,14 @@ class TrainState:
   skipped_updates: jax.Array  # Updates dropped for a non-finite loss or gradient (cumulative).
 
 
-def loss_sums(graphdef, params, model_state, batch, *, objective, train: bool, rng=None):
+def loss_sums(graphdef, params, model_state, batch, *, objective, train: bool, rng=None,
+              teacher=None):
   """Summed losses (and the objective's metrics) over the batch, and the new model state.
 
   `objective` is a `sums` function from `jaxscale.objectives` (or a registered name, for its
   defaults). The model runs in train mode (batch norm uses and updates batch statistics,
-  dropout is on) or eval mode (running statistics, left unchanged).
+  dropout is on) or eval mode (running statistics, left unchanged). `teacher` (arrays a
+  distillation objective reads, never differentiated) is passed on to the objective if given.
   """
   if isinstance(objective, str):
     objective = objectives.make(objective)
@@ -46,22 +48,24 @@ def loss_sums(graphdef, params, model_state, batch, *, objective, train: bool, r
     rng = jax.random.key(0)
   if lora.has_adapters(model):  # W + (alpha / rank) A B, on this trace's copy of the model.
     lora.merge(model, rng if train else None)
-  sums = objective(model, batch, train=train, rng=rng)
+  extra = {} if teacher is None else {'teacher': teacher}
+  sums = objective(model, batch, train=train, rng=rng, **extra)
   return sums, nnx.state(model, nnx.Not(nnx.Param))
 
 
-def _loss_with_aux(params, model_state, batch, rng, graphdef, objective):
+def _loss_with_aux(params, model_state, batch, rng, teacher, graphdef, objective):
   sums, new_model_state = loss_sums(graphdef, params, model_state, batch, objective=objective,
-                                    train=True, rng=rng)
+                                    train=True, rng=rng, teacher=teacher)
   return sums['loss_sum'], (sums, new_model_state)
 
 
-def _summed_grads(graphdef, params, model_state, batch, rng, grad_accum_steps: int, objective):
+def _summed_grads(graphdef, params, model_state, batch, rng, grad_accum_steps: int, objective,
+                  teacher=None):
   """Gradient of the summed loss, over `grad_accum_steps` sequential micro-batches."""
   grad_fn = jax.value_and_grad(
       functools.partial(_loss_with_aux, graphdef=graphdef, objective=objective), has_aux=True)
   if grad_accum_steps == 1:
-    (_, (sums, model_state)), grads = grad_fn(params, model_state, batch, rng)
+    (_, (sums, model_state)), grads = grad_fn(params, model_state, batch, rng, teacher)
     return sums, model_state, grads
 
   micro_batches = jax.tree.map(
@@ -71,11 +75,12 @@ def _summed_grads(graphdef, params, model_state, batch, rng, grad_accum_steps: i
   def accumulate(carry, micro):
     sums, model_state, grads = carry
     micro_batch, micro_rng = micro
-    (_, (s, model_state)), g = grad_fn(params, model_state, micro_batch, micro_rng)
+    (_, (s, model_state)), g = grad_fn(params, model_state, micro_batch, micro_rng, teacher)
     return (jax.tree.map(jnp.add, sums, s), model_state, jax.tree.map(jnp.add, grads, g)), None
 
   first_micro_batch = jax.tree.map(lambda x: x[0], micro_batches)
-  sums_shape = jax.eval_shape(grad_fn, params, model_state, first_micro_batch, rng)[0][1][0]
+  sums_shape = jax.eval_shape(grad_fn, params, model_state, first_micro_batch, rng,
+                              teacher)[0][1][0]
   zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
   init = (zero_sums, model_state, jax.tree.map(jnp.zeros_like, params))
   (sums, model_state, grads), _ = jax.lax.scan(accumulate, init, (micro_batches, micro_rngs))
@@ -103,14 +108,20 @@ def keep_old_if_nonfinite(old: TrainState, new: TrainState, loss, grad_norm) -> 
                      skipped_updates=old.skipped_updates + jnp.where(finite, 0, 1))
 
 
-def train_step(state: TrainState, batch, *, graphdef, optimizer: optax.GradientTransformation,
-               learning_rate_fn, objective='lm', grad_accum_steps: int = 1,
-               skip_nonfinite: bool = False, seed: int = 0, trainable=None):
+def train_step(state: TrainState, batch, teacher=None, *, graphdef,
+               optimizer: optax.GradientTransformation, learning_rate_fn, objective='lm',
+               grad_accum_steps: int = 1, skip_nonfinite: bool = False, seed: int = 0,
+               trainable=None, param_metrics=None):
   """One update. `trainable` (a tree of bools like the params, or None for all) picks the
-  parameters whose gradient norm is reported; the optimizer itself leaves frozen ones alone."""
+  parameters whose gradient norm is reported; the optimizer itself leaves frozen ones alone.
+
+  `teacher` goes to the objective (distillation). Extra scalars to log go under
+  metrics['logged']: the objective's `logged_sums` as `train_<name>` means over the batch, and
+  `param_metrics(new_params)` (e.g. sparsity) as they are."""
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
   sums, model_state, grads = _summed_grads(
-      graphdef, state.params, state.model_state, batch, rng, grad_accum_steps, objective)
+      graphdef, state.params, state.model_state, batch, rng, grad_accum_steps, objective,
+      teacher)
   # Mean over all targets of the global batch, however it was split.
   weight_sum = sums['weight_sum']
   grads = jax.tree.map(lambda g: g / weight_sum, grads)
@@ -128,6 +139,12 @@ def train_step(state: TrainState, batch, *, graphdef, optimizer: optax.GradientT
   }
   if 'top1_sum' in sums:
     metrics['train_accuracy'] = sums['top1_sum'] / weight_sum
+  logged = {f'train_{name}': total / weight_sum
+            for name, total in sums.get('logged_sums', {}).items()}
+  if param_metrics is not None:
+    logged.update(param_metrics(params))
+  if logged:
+    metrics['logged'] = logged
   new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                             opt_state=opt_state)
   if skip_nonfinite:
@@ -148,19 +165,22 @@ def eval_step(state: TrainState, batch, *, graphdef, objective='lm', seed: int =
 def compile_steps(graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
                   replicated, grad_accum_steps: int = 1, objective='lm',
                   skip_nonfinite: bool = False, seed: int = 0, trainable=None,
+                  teacher_shardings=None, param_metrics=None,
                   activation_rules: sharding.ActivationRules | None = None):
   """jit-compiled (train_step, eval_step) with explicit shardings and the state donated.
 
-  `activation_rules` (`sharding.activation_rules`) pin the model's activations by logical axis
-  names while the steps are traced."""
+  With `teacher_shardings` the train step takes a third argument, the teacher's arrays laid out
+  by them (read, never donated nor returned). `activation_rules` (`sharding.activation_rules`)
+  pin the model's activations by logical axis names while the steps are traced."""
   if isinstance(objective, str):
     objective = objectives.make(objective)
   train = jax.jit(
       sharding.traced_with(functools.partial(
           train_step, graphdef=graphdef, optimizer=optimizer, learning_rate_fn=learning_rate_fn,
           grad_accum_steps=grad_accum_steps, objective=objective, skip_nonfinite=skip_nonfinite,
-          seed=seed, trainable=trainable), activation_rules),
-      in_shardings=(state_shardings, batch_sharding),
+          seed=seed, trainable=trainable, param_metrics=param_metrics), activation_rules),
+      in_shardings=(state_shardings, batch_sharding) + (
+          () if teacher_shardings is None else (teacher_shardings,)),
       out_shardings=(state_shardings, replicated),
       donate_argnames=('state',))
   evaluate = jax.jit(

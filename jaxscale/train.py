@@ -200,6 +200,7 @@ def train_loop(experiment: experiment_lib.Experiment) -> dict:
                                   'grad_norm': float(rows[-1]['grad_norm']),
                                   'param_norm': float(rows[-1]['param_norm']),
                                   'skipped_updates': int(rows[-1]['skipped_updates']),
+                                  **rows[-1].get('logged', {}),  # Distillation, sparsity.
                                   **speed, **counters(step)})
       rate = (f'{speed["tokens_per_sec"]:.0f} tokens/s' if tokens_per_step
               else f'{speed["examples_per_sec"]:.1f} examples/s')

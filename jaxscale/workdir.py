@@ -69,6 +69,12 @@ def write_summary(workdir: epath.Path, summary: dict):
     (workdir / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
 
 
+def read_summary(workdir) -> dict | None:
+  """The run's summary.json (written once it finished), or None if there is none."""
+  path = epath.Path(workdir) / 'summary.json'
+  return json.loads(path.read_text()) if path.exists() else None
+
+
 def drop_metrics_after(workdir: epath.Path, step: int):
   """Removes metrics.jsonl rows logged after `step` (and a torn last line), so a run resumed
   from the checkpoint at `step` leaves one row per step, as an uninterrupted run would.

@@ -1,1 +1,2 @@
-"""Compression: distillation, quantization and pruning (`python -m jaxscale.compress`)."""
+"""Compression through the same trainer: distillation, pruning and quantization
+(`python -m jaxscale.compress`)."""
