@@ -176,7 +176,8 @@ def restore_model(workdir, step: int | None = None,
   from jaxscale.transfer import init_from, lora  # noqa: PLC0415
   workdir = paths.resolve(workdir)
   config = workdir_lib.read_config(workdir)
-  manager = checkpointing.make_manager(workdir, config)
+  # Read as a plain pytree, so any subset of the train state's fields can be restored.
+  manager = checkpointing.read_only_manager(workdir)
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'No checkpoint in {workdir / "checkpoints"}; train first.')
@@ -185,9 +186,7 @@ def restore_model(workdir, step: int | None = None,
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
   abstract_model = nnx.eval_shape(lambda: experiment.model_for(config))
   graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
-  reader = checkpointing.read_only_manager(workdir)
-  saved = set(checkpointing.saved_params(reader, step))
-  reader.close()
+  saved = set(checkpointing.saved_params(manager, step))
   is_saved = lambda path, _: param_paths.path_name(path) in saved
   params = abstract_params
   if set(param_paths.named_leaves(abstract_params)) - saved:  # Frozen ones: re-derive them.
