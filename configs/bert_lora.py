@@ -9,20 +9,13 @@ stays frozen and out of the checkpoints (a few hundred KB instead of the whole m
 merged into its weights.
 """
 
-import importlib.util
 import pathlib
 
-
-def _finetune_config():
-  path = pathlib.Path(__file__).with_name('bert_finetune.py')
-  spec = importlib.util.spec_from_file_location('bert_finetune', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from jaxscale import config_base
 
 
 def get_config():
-  c = _finetune_config()
+  c = config_base.load_config_file(pathlib.Path(__file__).with_name('bert_finetune.py'))
   c.lora.rank = 8
   c.lora.alpha = 16.0
   c.lora.targets = ('qkv', 'out_HxKxD', 'mlp_in', 'mlp_out')

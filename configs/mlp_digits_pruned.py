@@ -9,39 +9,15 @@ parameters hold the zeros. Other targets: `--config.pruning.sparsity=0.5` or `0.
 structured sparsity: `--config.pruning.method=nm --config.pruning.sparsity=0.5`.
 """
 
-import ml_collections
+import pathlib
 
 from jaxscale import config_base
 
 
 def get_config():
-  c = config_base.get_base_config()
-  c.num_train_steps = 600
-  c.batch_size = 64
-  c.log_every_steps = 50
-  c.eval_every_steps = 200
-  c.checkpoint_every_steps = 300
-  c.num_eval_batches = 5           # 320 slots for the 300 test images (the rest weigh 0).
-
-  c.dataset.name = 'digits'
-  c.dataset.image_size = 8
-  c.dataset.shuffle_buffer_size = 2048
-
-  c.model = ml_collections.ConfigDict()
-  c.model.name = 'mlp'
-  c.model.num_classes = 0          # 0: from the dataset.
-  c.model.image_size = 0           # 0: config.dataset.image_size.
-  c.model.hidden_dims = (256, 256)
-  c.model.activation = 'relu'
-
+  c = config_base.load_config_file(pathlib.Path(__file__).with_name('mlp_digits.py'))
   c.pruning.sparsity = 0.9
   c.pruning.start_step = 100
   c.pruning.end_step = 400
   c.pruning.update_every = 50
-
-  c.optimizer.name = 'adamw'
-  c.optimizer.learning_rate = 3e-3
-  c.optimizer.warmup_steps = 30
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.b2 = 0.999
   return c

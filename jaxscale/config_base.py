@@ -6,6 +6,8 @@ keys (the config is locked), so a misspelled key fails at once with the allowed 
 """
 
 from collections.abc import Mapping
+import importlib.util
+import os
 
 import ml_collections
 
@@ -213,3 +215,15 @@ def flatten(config, prefix: str = 'config') -> dict[str, object]:
     else:
       flat[path] = value
   return flat
+
+
+def load_config_file(path) -> ml_collections.ConfigDict:
+  """`get_config()` of a Python config file (a `file.py:arg` suffix passes `arg`). Config files
+  use it to build on a sibling: `load_config_file(pathlib.Path(__file__).with_name('x.py'))`."""
+  path, _, argument = str(path).partition(':')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'Config file {path} does not exist.')
+  spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(argument) if argument else module.get_config()

@@ -5,23 +5,11 @@ loads the same config file and applies the same overrides the trainer's command 
 (`--config.key=value`), parsed by the same ml_collections config flags.
 """
 
-import importlib.util
-import os
-
 from absl import flags as absl_flags
 import ml_collections
 from ml_collections import config_flags
 
-
-def load_config_file(path) -> ml_collections.ConfigDict:
-  """`get_config()` of a Python config file (a `file.py:arg` suffix passes `arg`)."""
-  path, _, argument = str(path).partition(':')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'Config file {path} does not exist.')
-  spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(argument) if argument else module.get_config()
+from jaxscale.config_base import load_config_file  # noqa: F401  (the planner's entry point)
 
 
 def apply_overrides(config, overrides) -> ml_collections.ConfigDict:
