@@ -111,7 +111,8 @@ def main(argv):
     row.update(model=config.model.name, image_size=config.model.image_size,
                num_classes=config.model.num_classes)
   row.update({
-      'dtype': config.model.dtype, 'compile_s': round(compile_s, 3),
+      'dtype': config.model.get('dtype', 'float32'),  # Models without the key compute in fp32.
+      'compile_s': round(compile_s, 3),
       'step_s_median': step_s, 'step_s_min': min(step_times), 'steps_per_s': 1 / step_s})
   if task == 'lm':
     row['tokens_per_s'] = config.batch_size * size.tokens_per_example / step_s
