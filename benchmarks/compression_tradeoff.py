@@ -23,7 +23,6 @@ Qwix does on load) and wall_s. A row whose config keys this checkout lacks print
 `skipped` with the reason. --png draws accuracy (bits per byte) against bytes.
 """
 
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -71,10 +70,8 @@ DISTILL = {'distill.temperature': 2.0, 'distill.alpha': 0.5}
 def load_config(name: str, overrides: dict):
   """configs/<name>.py's get_config() with dotted-key overrides (a key the schema lacks raises
   KeyError, reported as a skipped row)."""
-  spec = importlib.util.spec_from_file_location(name, ROOT / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  from jaxscale import config_base  # noqa: PLC0415  (after the import path is set)
+  config = config_base.load_config_file(ROOT / 'configs' / f'{name}.py')
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split('.')

@@ -23,7 +23,6 @@ compilation cache (--compile_cache), so wall_s of a row after the first of its s
 training, not compiling.
 """
 
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -69,10 +68,8 @@ FROZEN_BACKBONE = ('^(?!head)',)
 
 def load_config(name: str, overrides: dict):
   """configs/<name>.py's get_config() with dotted-key overrides (existing keys only)."""
-  spec = importlib.util.spec_from_file_location(name, ROOT / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  from jaxscale import config_base  # noqa: PLC0415  (after the import path is set)
+  config = config_base.load_config_file(ROOT / 'configs' / f'{name}.py')
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split('.')

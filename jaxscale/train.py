@@ -27,6 +27,11 @@ def evaluate(eval_step, state, eval_batches, batch_sharding) -> dict:
   (tokens or examples) they were taken over."""
   totals = jax.device_get(
       [eval_step(state, sharding.global_batch(b, batch_sharding)) for b in eval_batches])
+  return eval_result(totals)
+
+
+def eval_result(totals: list[dict]) -> dict:
+  """Eval metrics from the eval step's per-batch sums (on the host): loss, accuracy, confusion."""
   sums = {k: np.sum([np.asarray(t[k], np.float64) for t in totals], axis=0) for k in totals[0]}
   weight_sum = float(sums['weight_sum'])
   result = {'eval_loss': float(sums['loss_sum']) / weight_sum, 'eval_targets': weight_sum}

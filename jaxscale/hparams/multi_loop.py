@@ -28,16 +28,8 @@ def evaluate(e: multi.MultiExperiment, state, eval_batches) -> list[dict]:
   totals = jax.device_get([e.eval_step(state, batch, e.seeds) for batch in eval_batches])
   results = []
   for k in range(len(e.configs)):
-    sums = {key: np.sum([np.asarray(t[key][k], np.float64) for t in totals], axis=0)
-            for key in totals[0]}
-    weight_sum = float(sums['weight_sum'])
-    result = {'eval_loss': float(sums['loss_sum']) / weight_sum, 'eval_targets': weight_sum}
-    for key, name in (('top1_sum', 'eval_accuracy'), ('top5_sum', 'eval_top5_accuracy')):
-      if key in sums:
-        result[name] = float(sums[key]) / weight_sum
-    if 'confusion' in sums:
-      result['confusion'] = sums['confusion']
-    results.append(train.eval_metrics(result, e.datasets[k]))
+    model_totals = [{key: value[k] for key, value in t.items()} for t in totals]
+    results.append(train.eval_metrics(train.eval_result(model_totals), e.datasets[k]))
   return results
 
 

@@ -7,7 +7,6 @@ Tests inject cheap runners with the same signature.
 """
 
 import ctypes
-import json
 import os
 import signal
 import subprocess
@@ -15,20 +14,13 @@ import sys
 import time
 
 from jaxscale import metrics
+from jaxscale.scaling.sweeps.launcher import read_summary
 
 LOG_TAIL_LINES = 10
 
 
 class RunFailed(RuntimeError):
   """The trial's run exited with an error (its train.log says why)."""
-
-
-def read_summary(workdir) -> dict:
-  path = os.path.join(workdir, 'summary.json')
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
 
 
 def eval_rows(workdir) -> list[dict]:
