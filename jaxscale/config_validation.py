@@ -12,7 +12,7 @@ import re
 
 from jaxscale import config_base, optim
 from jaxscale.hparams import mup
-from jaxscale.models import MODELS, mlp, resnet, transformer, vit
+from jaxscale.models import MODELS, attention, mlp, resnet, transformer, vit
 from jaxscale.models.layers import DTYPES
 from jaxscale.models.layers import REMAT_POLICIES
 from jaxscale.models.transformer import MLP_ACTIVATIONS
@@ -191,7 +191,7 @@ def _check_transformer(m):
   _check_choice('config.model.dtype', m.dtype, DTYPES)
   _check_choice('config.model.mlp_activation', m.mlp_activation, MLP_ACTIVATIONS)
   _check_choice('config.model.remat_policy', m.remat_policy, REMAT_POLICIES)
-  _check_choice('config.model.attention_impl', m.attention_impl, ('xla', 'cudnn'))
+  _check_choice('config.model.attention_impl', m.attention_impl, attention.IMPLEMENTATIONS)
   if m.d_model % m.num_heads or (m.d_model // m.num_heads) % 2:
     raise ConfigError(f'config.model.d_model={m.d_model} must split into config.model.num_heads='
                       f'{m.num_heads} heads of even size (rotary embeddings rotate pairs).')
@@ -247,7 +247,7 @@ def _check_vision_model(config):
     _check_positive_ints(m, 'patch_size', 'width', 'depth', 'num_heads', 'mlp_dim')
     _check_choice('config.model.pooling', m['pooling'], vit.POOLINGS)
     _check_choice('config.model.remat_policy', m['remat_policy'], REMAT_POLICIES)
-    _check_choice('config.model.attention_impl', m['attention_impl'], ('xla', 'cudnn'))
+    _check_choice('config.model.attention_impl', m['attention_impl'], attention.IMPLEMENTATIONS)
     if m['width'] % m['num_heads']:
       raise ConfigError(f'config.model.width={m["width"]} must be a multiple of '
                         f'config.model.num_heads={m["num_heads"]}.')

@@ -66,3 +66,18 @@ def test_compression_benchmark_prints_a_row_per_compression_and_a_plot(tmp_path)
   assert rows['ptq_w4']['bytes'] < rows['ptq_w8']['bytes'] <= 0.3 * baseline['bytes']
   assert rows['qat_w8a8']['bytes'] == rows['ptq_w8a8']['bytes']
   assert png.stat().st_size > 0
+
+
+def test_input_pipeline_benchmark_relates_pipeline_to_step_rate():
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
+  result = subprocess.run(
+      [sys.executable, str(ROOT / 'benchmarks' / 'input_pipeline.py'),
+       '--config=configs/bench_small.py', '--batches=5', '--steps=2',
+       '--config.model.num_layers=1', '--config.model.d_model=32', '--config.model.num_heads=2',
+       '--config.model.mlp_dim=64'],
+      capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  row = json.loads(result.stdout.strip().splitlines()[-1])
+  assert row['dataset'] == 'python_stdlib' and row['batch_size'] == 16
+  assert row['pipeline_batches_per_s'] > 0 and row['train_steps_per_s'] > 0
+  assert row['headroom'] == pytest.approx(row['pipeline_batches_per_s'] / row['train_steps_per_s'])

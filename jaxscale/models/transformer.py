@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxscale.hparams import mup
-from jaxscale.models import MODELS
+from jaxscale.models import MODELS, attention
 from jaxscale.models.kv_cache import KVCache
 from jaxscale.models.layers import (DTYPES, RMSNorm, apply_blocks, apply_rotary, quantizing,
                                     rotary_tables, rotary_tables_at, sharded_param,
@@ -75,26 +75,14 @@ class Block(nnx.Module):
     self.causal = causal
     self.attention_scale = attention_scale
 
-  def _padding(self, mask_BxL) -> dict:
-    """dot_product_attention's arguments that hide padded keys (both combine with is_causal)."""
-    if mask_BxL is None:
-      return {}
-    if self.attention_impl == 'cudnn':
-      # cuDNN's fused kernel takes padding as per-sequence lengths, so real tokens must come
-      # first (as the text pipelines pack them); a [B, 1, 1, L] mask would need an L x L bias.
-      return {'key_value_seq_lengths': jnp.sum(mask_BxL, axis=1, dtype=jnp.int32)}
-    # A key mask broadcast over heads and queries: any padding layout works.
-    return {'mask': mask_BxL[:, None, None, :]}
-
   def __call__(self, x_BxLxD, sin, cos, mask_BxL=None):
     """`mask_BxL` (bool, True for real tokens) hides padded keys from every query; the outputs at
     padded positions are computed but meaningless. With attention_impl='cudnn' the padding must
     follow the real tokens."""
     x_BxLxD = constrain(x_BxLxD, RESIDUAL_AXES)
     q, k, v = self._qkv(self.attn_norm(x_BxLxD), sin, cos)
-    attn_BxLxHxK = jax.nn.dot_product_attention(
-        q, k, v, scale=self.attention_scale, is_causal=self.causal,
-        implementation=self.attention_impl, **self._padding(mask_BxL))
+    attn_BxLxHxK = attention.attend(q, k, v, impl=self.attention_impl, scale=self.attention_scale,
+                                    causal=self.causal, key_mask_BxS=mask_BxL)
     return self._out_and_mlp(x_BxLxD, constrain(attn_BxLxHxK, HEADS_AXES))
 
   def extend_cache(self, x_BxLxD, sin, cos, keys, values, layer, start, mask_BxLxS):
@@ -105,11 +93,12 @@ class Block(nnx.Module):
     index = (layer, 0, start, 0, 0)
     keys = jax.lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), index)
     values = jax.lax.dynamic_update_slice(values, v[None].astype(values.dtype), index)
-    # The cache's dtype is the compute dtype, so q, k and v meet as in the full forward. 'xla'
-    # attention: a per-query mask over the cache is beyond the fused kernels' padding forms.
-    attn_BxLxHxK = jax.nn.dot_product_attention(
-        q, keys[layer].astype(q.dtype), values[layer].astype(q.dtype),
-        scale=self.attention_scale, mask=mask_BxLxS[:, None], implementation='xla')
+    # The cache's dtype is the compute dtype, so q, k and v meet as in the full forward. cuDNN's
+    # kernel takes no per-query mask over the cache, so it decodes with the XLA path.
+    impl = 'xla' if self.attention_impl == 'cudnn' else self.attention_impl
+    attn_BxLxHxK = attention.attend(
+        q, keys[layer].astype(q.dtype), values[layer].astype(q.dtype), impl=impl,
+        scale=self.attention_scale, mask_BxQxS=mask_BxLxS)
     return self._out_and_mlp(x_BxLxD, attn_BxLxHxK), keys, values
 
   def _qkv(self, h_BxLxD, sin, cos):
@@ -180,7 +169,7 @@ class Transformer(nnx.Module):
   def __init__(self, *, vocab_size: int, num_layers: int, d_model: int, num_heads: int,
                mlp_dim: int, mlp_activation: str = 'swiglu', tie_embeddings: bool = True,
                rope_theta: float = 10_000.0, dtype: str = 'float32', scan_layers: bool = False,
-               remat_policy: str = 'none', attention_impl: str = 'xla', causal: bool = True,
+               remat_policy: str = 'none', attention_impl: str = 'einsum', causal: bool = True,
                num_classes: int = 0, pooling: str = '', parametrization: str = 'sp',
                mup_base_width: int = 0, rngs: nnx.Rngs):
     if pooling and pooling not in POOLINGS:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxscale.hparams import mup
-from jaxscale.models import MODELS
+from jaxscale.models import MODELS, attention
 from jaxscale.models.layers import DTYPES, apply_blocks, quantizing, sharded_param, sow_for_capture
 from jaxscale.models.layers import einsum_f32_accumulate as einsum
 
@@ -83,8 +83,8 @@ class EncoderBlock(nnx.Module):
       q, k, v = einsum('bld,dthk->tblhk', h, qkv_DxTxHxK) + qkv_bias[:, None, None]
     else:
       q, k, v = (einsum('bld,dhk->blhk', h, qkv_DxTxHxK[:, i]) + qkv_bias[i] for i in range(3))
-    attn_BxLxHxK = jax.nn.dot_product_attention(q, k, v, scale=self.attention_scale,
-                                                implementation=self.attention_impl)
+    attn_BxLxHxK = attention.attend(q, k, v, impl=self.attention_impl,
+                                    scale=self.attention_scale)
     attn_out_BxLxD = (einsum('blhk,hkd->bld', attn_BxLxHxK, self.out_HxKxD[...].astype(dt))
                       + self.out_bias_D[...].astype(dt))
     sow_for_capture(self, 'attention_output', attn_out_BxLxD)
@@ -113,7 +113,7 @@ class ViT(nnx.Module):
                width: int = 384, depth: int = 12, num_heads: int = 6, mlp_dim: int = 1536,
                pooling: str = 'cls', channels: int = 3, dtype: str = 'float32',
                scan_layers: bool = False, remat_policy: str = 'none',
-               attention_impl: str = 'xla', parametrization: str = 'sp',
+               attention_impl: str = 'einsum', parametrization: str = 'sp',
                mup_base_width: int = 0, rngs: nnx.Rngs):
     if image_size % patch_size:
       raise ValueError(f'image_size={image_size} is not a multiple of patch_size={patch_size}.')

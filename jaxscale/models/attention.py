@@ -1,0 +1,74 @@
+"""Scaled dot-product attention over [B, L, H, K] queries, keys and values.
+
+Implementations (`config.model.attention_impl`):
+  'einsum'  Two plain einsums in the compute dtype with an fp32 softmax between them. On CPU this
+            is the fastest: XLA:CPU has no bf16 x bf16 -> fp32 batched matmul, so the fp32 logits
+            `jax.nn.dot_product_attention` asks for become fp32 matmuls on upcast operands, forward
+            and backward (1.4x slower for a whole bf16 step of `configs/bench_small.py`). The
+            logits are rounded to the compute dtype before the fp32 softmax, as in nanodo and
+            MaxText's default; in fp32 it equals 'xla' up to rounding.
+  'xla'     `jax.nn.dot_product_attention`'s XLA path (fp32 logits whatever the compute dtype).
+  'cudnn'   cuDNN's fused kernel (NVIDIA GPUs, bf16/fp16): padding is passed as per-sequence
+            lengths, so real tokens must come first.
+"""
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ('einsum', 'xla', 'cudnn')
+
+
+def attend(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, *, impl: str, scale: float | None = None,
+           causal: bool = False, key_mask_BxS=None, mask_BxQxS=None):
+  """Each query's attention-weighted mean of the values, [B, Q, H, K].
+
+  `scale` None is 1/sqrt(K). A query sees a key where every given mask allows it: `causal` (key
+  position <= query position, for Q == S), `key_mask_BxS` (bool, False for padded keys) and
+  `mask_BxQxS` (bool, per query and key, e.g. over a KV cache; not with 'cudnn').
+  """
+  if impl == 'einsum':
+    return _einsum_attention(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, scale=scale, causal=causal,
+                             key_mask_BxS=key_mask_BxS, mask_BxQxS=mask_BxQxS)
+  kwargs = {}
+  if impl == 'cudnn':
+    if mask_BxQxS is not None:
+      raise ValueError("attention_impl='cudnn' takes padding as sequence lengths; a per-query "
+                       "mask needs 'einsum' or 'xla'.")
+    if key_mask_BxS is not None:
+      # A [B, 1, 1, S] mask would need a materialised L x L bias in cuDNN's kernel.
+      kwargs['key_value_seq_lengths'] = jnp.sum(key_mask_BxS, axis=1, dtype=jnp.int32)
+  else:
+    mask = _combined_mask(key_mask_BxS, mask_BxQxS)
+    if mask is not None:
+      kwargs['mask'] = mask
+  return jax.nn.dot_product_attention(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, scale=scale,
+                                      is_causal=causal, implementation=impl, **kwargs)
+
+
+def _combined_mask(key_mask_BxS, mask_BxQxS):
+  """The padding masks as one bool [B, 1 (heads), Q or 1, S], or None."""
+  mask = None
+  if key_mask_BxS is not None:
+    mask = key_mask_BxS[:, None, None, :]
+  if mask_BxQxS is not None:
+    mask = mask_BxQxS[:, None] if mask is None else mask & mask_BxQxS[:, None]
+  return mask
+
+
+def _einsum_attention(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, *, scale, causal, key_mask_BxS,
+                      mask_BxQxS):
+  scale = q_BxQxHxK.shape[-1] ** -0.5 if scale is None else scale
+  # The scale is applied to the fp32 logits, where it fuses into the softmax.
+  logits_BxHxQxS = jnp.einsum('bqhk,bshk->bhqs', q_BxQxHxK, k_BxSxHxK).astype(jnp.float32)
+  logits_BxHxQxS = logits_BxHxQxS * scale
+  mask = _combined_mask(key_mask_BxS, mask_BxQxS)
+  if causal:
+    num_queries, num_keys = logits_BxHxQxS.shape[-2:]
+    causal_QxS = jnp.tril(jnp.ones((num_queries, num_keys), bool))
+    mask = causal_QxS if mask is None else mask & causal_QxS
+  if mask is not None:
+    # The lowest finite value rather than -inf: a query with every key masked gets uniform
+    # weights (as jax.nn.dot_product_attention does) instead of NaN.
+    logits_BxHxQxS = jnp.where(mask, logits_BxHxQxS, jnp.finfo(jnp.float32).min)
+  probs_BxHxQxS = jax.nn.softmax(logits_BxHxQxS, axis=-1).astype(v_BxSxHxK.dtype)
+  return jnp.einsum('bhqs,bshk->bqhk', probs_BxHxQxS, v_BxSxHxK)
