@@ -94,14 +94,19 @@ def test_init_scale_composes_with_mup():
   assert mup_embed == pytest.approx(2 * 16 ** -0.5, rel=0.1)
 
 
-def test_init_scale_scales_the_mlp_kernels():
-  model_config = tiny_config().model
-  model_config = type(model_config)({'name': 'mlp', 'num_classes': 3, 'image_size': 2,
-                                     'hidden_dims': (8,), 'channels': 1})
+@pytest.mark.parametrize('model', [
+    {'name': 'mlp', 'num_classes': 3, 'image_size': 2, 'hidden_dims': (8,), 'channels': 1},
+    {'name': 'vit', 'num_classes': 3, 'image_size': 8, 'patch_size': 4, 'width': 16, 'depth': 1,
+     'num_heads': 2, 'mlp_dim': 32, 'channels': 1}])
+def test_init_scale_scales_the_vision_models_weights(model):
+  model_config = type(tiny_config().model)(model)
   base, tripled = initial_weights(model_config, 1.0), initial_weights(model_config, 3.0)
+  scaled = 0
   for name in base:
-    factor = 3.0 if base[name].ndim == 2 else 1.0  # Biases start at zero either way.
+    factor = 3.0 if base[name].ndim >= 2 else 1.0  # Biases, norms and cls keep their init.
     np.testing.assert_allclose(tripled[name], factor * base[name], rtol=1e-6)
+    scaled += factor == 3.0 and np.abs(base[name]).max() > 0
+  assert scaled >= 2
 
 
 @pytest.mark.parametrize('scale', [0.0, -1.0, True, 'big'])
