@@ -94,6 +94,19 @@ def test_print_commands_prints_one_line_per_program(tmp_path, capsys):
     launcher.print_commands(str(tmp_path), max_models=-1)
 
 
+def test_a_stopped_group_is_relaunched_for_its_unfinished_runs_only(tmp_path, capsys):
+  planned = sweep.plan(spec(sizes=(2e4,)))
+  sweep.write(planned, tmp_path)
+  done, *rest = [run['name'] for run in planned['runs']]
+  (tmp_path / 'runs' / done / 'summary.json').write_text(json.dumps({'finished': True}))
+  (tmp_path / 'runs' / rest[0] / 'metrics.jsonl').write_text('{"step": 4}\n')  # Killed mid-way.
+  launcher.print_commands(str(tmp_path))
+  printed = capsys.readouterr().out
+  workdirs = ','.join(str(tmp_path / 'runs' / name) for name in rest)
+  assert printed.count('jaxscale.hparams multi') == 1 and f'--workdirs={workdirs} ' in printed
+  assert '--values=learning_rate=0.01,0.03 ' in printed
+
+
 def test_progress_counts_each_run_of_a_group():
   stream = io.StringIO()
   progress = launcher.Progress(total=4, skipped=0, parallel=1, stream=stream)

@@ -211,7 +211,7 @@ class Progress:
     if not self._slot_times:
       return 'time left: unknown until a run finishes'
     mean, now = sum(self._slot_times) / len(self._slot_times), time.monotonic()
-    running = set(self._processes.values())  # One entry per process.
+    running = {id(process): process for process in self._processes.values()}.values()
     remaining = mean * self._num_pending() + sum(max(0.0, mean * size - (now - start))
                                                  for start, size in running)
     return f'time left: ~{_duration(remaining / max(1, self._parallel))}'
