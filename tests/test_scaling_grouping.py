@@ -90,8 +90,9 @@ def test_print_commands_prints_one_line_per_program(tmp_path, capsys):
   assert cli.main(['run', str(tmp_path), '--print-commands', '--no-multi']) == 0
   printed = capsys.readouterr().out
   assert printed.count('-m jaxscale.main') == 6 and 'jaxscale.hparams' not in printed
-  with pytest.raises(ValueError, match='max_models_per_program'):
-    launcher.print_commands(str(tmp_path), max_models=-1)
+  for bad in (0, -1):
+    with pytest.raises(ValueError, match='max_models_per_program'):
+      launcher.print_commands(str(tmp_path), max_models=bad)
 
 
 def test_a_stopped_group_is_relaunched_for_its_unfinished_runs_only(tmp_path, capsys):

@@ -53,7 +53,8 @@ def options(sweep: dict, multi: bool | None = None, max_models: int | None = Non
   `max_models_per_program`, else on and DEFAULT_MAX_MODELS."""
   spec = sweep.get('spec', {})
   multi = spec.get('multi', True) if multi is None else multi
-  max_models = max_models or spec.get('max_models_per_program') or DEFAULT_MAX_MODELS
+  if max_models is None:
+    max_models = spec.get('max_models_per_program', DEFAULT_MAX_MODELS)
   if isinstance(max_models, bool) or not isinstance(max_models, int) or max_models < 1:
     raise ValueError(f'max_models_per_program={max_models!r}: give a positive integer (1 trains '
                      'every run in its own process).')
