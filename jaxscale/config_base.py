@@ -130,6 +130,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # hidden matrices' Adam updates are scaled by mup_base_width / d_model.
   c.model.parametrization = 'sp'
   c.model.mup_base_width = 0          # 'mup': the width the hyperparameters were tuned at.
+  # Factor on the initial weights (every parameter with 2+ axes: embeddings and matrices; norm
+  # gains and biases keep theirs), on top of the parametrization's init. A multi run varies it.
+  c.model.init_scale = 1.0
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'python_stdlib'    # Registry name in jaxscale.data.

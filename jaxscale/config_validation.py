@@ -7,6 +7,7 @@ Every error names the offending key and what is allowed, e.g.
 import difflib
 import importlib.util
 import inspect
+import math
 import re
 
 
@@ -221,6 +222,13 @@ def _check_parametrization(config):
                       f'{config.optimizer.name!r}.')
 
 
+def _check_init_scale(model_config):
+  scale = _model_values(model_config).get('init_scale', 1.0)
+  if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+    raise ConfigError(f'config.model.init_scale={scale!r} must be a positive number (a factor on '
+                      'the initial weights; 1 keeps the model\'s own init).')
+
+
 def _model_values(model_config) -> dict:
   """The config's model keys over the constructor's defaults (configs may leave defaults out)."""
   params = inspect.signature(MODELS.get(model_config.name).__init__).parameters
@@ -297,6 +305,7 @@ def validate(config, num_devices: int | None = None, process_count: int = 1):
     _check_vision_model(config)
   if config.model.name in ('transformer', 'encoder', 'vit'):
     _check_parametrization(config)
+  _check_init_scale(config.model)
   if num_devices is not None:
     from jaxscale import sharding
     from jaxscale.sharding import MESH_AXES

@@ -2,14 +2,17 @@
 
 import json
 
+import numpy as np
 import pytest
+from flax import nnx
 
-from jaxscale import metrics, train
+from jaxscale import config_validation, metrics, param_paths, train
 from jaxscale.hparams import multi
 from jaxscale.hparams import multi_loop
+from jaxscale.models import MODELS
 from tests.helpers import tiny_config
 
-VALUES = {'learning_rate': [3e-3, 3e-2], 'seed': [0, 1]}
+VALUES = {'learning_rate': [3e-3, 3e-2], 'seed': [0, 1], 'init_scale': [1.0, 2.0]}
 
 
 def config():
@@ -56,3 +59,61 @@ def test_multi_refuses_values_that_change_the_program():
     multi.model_configs(config(), {'batch_size': [8, 16]})
   with pytest.raises(ValueError, match='different lengths'):
     multi.model_configs(config(), {'learning_rate': [1e-3, 1e-2], 'seed': [0]})
+
+
+def initial_weights(model_config, init_scale):
+  kwargs = {k: v for k, v in model_config.items() if k != 'name'}
+  model = MODELS.get(model_config.name)(**{**kwargs, 'init_scale': init_scale},
+                                        rngs=nnx.Rngs(0))
+  return {name: np.asarray(v[...])
+          for name, v in param_paths.named_leaves(nnx.state(model, nnx.Param)).items()}
+
+
+@pytest.mark.parametrize('changes', [{}, {'model.parametrization': 'mup',
+                                          'model.mup_base_width': 16},
+                                     {'model.scan_layers': True}])
+def test_init_scale_multiplies_the_weights_not_the_vectors(changes):
+  model_config = tiny_config(**changes).model
+  base, doubled = initial_weights(model_config, 1.0), initial_weights(model_config, 2.0)
+  scaled = [name for name in base if base[name].std() > 0
+            and np.std(doubled[name]) == pytest.approx(2 * base[name].std(), rel=1e-6)]
+  kept = [name for name in base if np.array_equal(doubled[name], base[name])]
+  assert sorted(scaled + kept) == sorted(base)
+  assert any('embed_VxD' in n for n in scaled) and any('qkv' in n for n in scaled)
+  assert any('mlp_out' in n for n in scaled) and all('norm' in n for n in kept) and kept
+
+
+def test_init_scale_composes_with_mup():
+  """μP's stds (the embedding at the base width's scale) times init_scale."""
+  mup = tiny_config(**{'model.parametrization': 'mup', 'model.mup_base_width': 16}).model
+  sp = tiny_config().model
+  mup_embed = initial_weights(mup, 2.0)['embed_VxD'].std()
+  sp_embed = initial_weights(sp, 2.0)['embed_VxD'].std()
+  # SP's embedding std is 1/sqrt(32), μP's 1/sqrt(16): the ratio survives the scale.
+  assert mup_embed / sp_embed == pytest.approx(2 ** 0.5, rel=0.1)
+  assert mup_embed == pytest.approx(2 * 16 ** -0.5, rel=0.1)
+
+
+@pytest.mark.parametrize('model', [
+    {'name': 'mlp', 'num_classes': 3, 'image_size': 2, 'hidden_dims': (8,), 'channels': 1},
+    {'name': 'vit', 'num_classes': 3, 'image_size': 8, 'patch_size': 4, 'width': 16, 'depth': 1,
+     'num_heads': 2, 'mlp_dim': 32, 'channels': 1}])
+def test_init_scale_scales_the_vision_models_weights(model):
+  model_config = type(tiny_config().model)(model)
+  base, tripled = initial_weights(model_config, 1.0), initial_weights(model_config, 3.0)
+  scaled = 0
+  for name in base:
+    factor = 3.0 if base[name].ndim >= 2 else 1.0  # Biases, norms and cls keep their init.
+    np.testing.assert_allclose(tripled[name], factor * base[name], rtol=1e-6)
+    scaled += factor == 3.0 and np.abs(base[name]).max() > 0
+  assert scaled >= 2
+
+
+@pytest.mark.parametrize('scale', [0.0, -1.0, True, 'big'])
+def test_config_validation_refuses_a_bad_init_scale(scale):
+  fields = tiny_config().to_dict()
+  fields['model']['init_scale'] = scale
+  config = type(tiny_config())(fields)
+  assert config.model.init_scale is scale or config.model.init_scale == scale
+  with pytest.raises(config_validation.ConfigError, match='init_scale'):
+    config_validation.validate(config)

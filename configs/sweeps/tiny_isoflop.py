@@ -48,4 +48,9 @@ def get_config():
   c.cooldown = ml_collections.ConfigDict()
   c.cooldown.enabled = False             # WSD trunk + branched cooldowns per shape (cooldown.py).
   c.cooldown.checkpoint_every_steps = 50
+
+  c.vary = ()                            # (config key, values) pairs: each run per combination,
+                                         # e.g. (('optimizer.learning_rate', (3e-3, 1e-2)),).
+  c.multi = True                         # Runs differing only in learning rate, weight decay,
+  c.max_models_per_program = 16          # seed or init scale train in one program (up to 16).
   return c

@@ -2,16 +2,18 @@
 
 The train step is `jax.vmap`-ed over a leading model axis of the train state; each model's
 learning rate and weight decay live in its optimizer state (`optax.inject_hyperparams`), its seed
-picks its initial parameters, dropout and data order. One compiled program trains all K, so tiny
-models fill the machine instead of paying one process, one compile and one small kernel each.
+picks its initial parameters, dropout and data order, and its init scale multiplies its freshly
+initialised weights (`layers.scale_init`, as the model's own `init_scale` does). One compiled
+program trains all K, so tiny models fill the machine instead of paying one process, one compile
+and one small kernel each.
 
 Each model is the run `python -m jaxscale.main --config C --config.optimizer.learning_rate=...`
 would train, step for step (equal up to float reassociation): same init, same batches, same
 schedule. `multi_loop` writes each model's rows into its own workdir.
 
-Limits: one device (the model axis is not sharded), no checkpoints (a stopped multi run starts
-again), no init_from, LoRA or frozen parameters; configs differing in anything but the values
-below (shape, steps, batch size) are separate programs.
+Limits (`multi_support.unsupported`): one device (the model axis is not sharded), no checkpoints
+(a stopped multi run starts again), no init_from, LoRA or frozen parameters; configs differing in
+anything but the values of `ARRAY_HPARAMS` (shape, steps, batch size) are separate programs.
 """
 
 import dataclasses
@@ -26,15 +28,10 @@ import optax
 from flax import nnx
 
 from jaxscale import config_validation, experiment, flops, objectives, optim, steps
-from jaxscale.models import MODELS
+from jaxscale.hparams import multi_support
+from jaxscale.models import MODELS, layers
 
-# Per-model values a multi run accepts -> the config key each one sets.
-ARRAY_HPARAMS = {
-    'learning_rate': 'optimizer.learning_rate',
-    'weight_decay': 'optimizer.weight_decay',
-    'seed': 'seed',
-}
-_DECAY_INJECTABLE = ('adamw', 'sgd', 'lion')  # Optimizers whose weight decay can be an array.
+ARRAY_HPARAMS = multi_support.ARRAY_HPARAMS
 
 
 def model_configs(config, values: dict[str, list]) -> list[ml_collections.ConfigDict]:
@@ -55,25 +52,18 @@ def model_configs(config, values: dict[str, list]) -> list[ml_collections.Config
       node = c
       for parent in parents:
         node = node[parent]
-      node[leaf] = type(node[leaf])(options[k])
+      # A config may leave model.init_scale to the model's default (a float).
+      node[leaf] = type(node[leaf])(options[k]) if leaf in node else float(options[k])
     configs.append(c)
   return configs
 
 
 def check_supported(config) -> None:
-  problems = []
-  if config.init_from.workdir:
-    problems.append('config.init_from.workdir is set')
-  if config.lora.rank:
-    problems.append('config.lora.rank is set')
-  if tuple(config.optimizer.frozen):
-    problems.append('config.optimizer.frozen is set')
-  if config.optimizer.name not in _DECAY_INJECTABLE:
-    problems.append(f'config.optimizer.name={config.optimizer.name!r} (multi supports '
-                    f'{", ".join(_DECAY_INJECTABLE)})')
+  problems = multi_support.unsupported(config)
   if problems:
-    raise ValueError('A multi run trains plain models from scratch; ' + '; '.join(problems) +
-                     '. Train this config with `python -m jaxscale.main` instead.')
+    raise ValueError('A multi run trains plain models from scratch on one device; ' +
+                     '; '.join(problems) + '. Train this config with `python -m jaxscale.main` '
+                     'instead.')
 
 
 def _optimizer_config(opt_config, learning_rate, weight_decay):
@@ -92,11 +82,13 @@ def make_optimizer(opt_config, num_train_steps: int, learning_rate, weight_decay
   return optax.inject_hyperparams(factory)(learning_rate=learning_rate, weight_decay=weight_decay)
 
 
-def _init_state(config, seed, learning_rate, weight_decay):
+def _init_state(config, seed, learning_rate, weight_decay, init_scale):
   """One model's initial TrainState (arrays may be traced: this runs under vmap)."""
-  kwargs = {k: v for k, v in config.model.items() if k != 'name'}
+  kwargs = {k: v for k, v in config.model.items() if k not in ('name', 'init_scale')}
   # The same key `nnx.Rngs(config.seed)` makes from an integer seed.
   model = MODELS.get(config.model.name)(**kwargs, rngs=nnx.Rngs(jax.random.key(seed)))
+  # What the model's own init_scale does, with this model's (traced) scale.
+  layers.scale_init(model, init_scale)
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   optimizer = make_optimizer(config.optimizer, config.num_train_steps, learning_rate, weight_decay)
   state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
@@ -158,9 +150,12 @@ def build(config, values: dict[str, list]) -> MultiExperiment:
   seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
   learning_rates = jnp.asarray([c.optimizer.learning_rate for c in configs], jnp.float32)
   weight_decays = jnp.asarray([c.optimizer.weight_decay for c in configs], jnp.float32)
+  init_scales = jnp.asarray([multi_support.get(c, 'model.init_scale', 1.0) for c in configs],
+                            jnp.float32)
   init = functools.partial(_init_state, first)
-  graphdef, _ = nnx.eval_shape(lambda: init(0, 1.0, 0.0))
-  state = jax.jit(jax.vmap(lambda *args: init(*args)[1]))(seeds, learning_rates, weight_decays)
+  graphdef, _ = nnx.eval_shape(lambda: init(0, 1.0, 0.0, 1.0))
+  state = jax.jit(jax.vmap(lambda *args: init(*args)[1]))(seeds, learning_rates, weight_decays,
+                                                          init_scales)
 
   shared_data = len(datasets_by_seed) == 1
   batch_axis = None if shared_data else 0

@@ -1,7 +1,8 @@
 """`python -m jaxscale.hparams multi --config C --workdirs a,b,c --values learning_rate=1e-3,3e-3,1e-2`
 
-Trains K models of one config that differ only in learning rate, weight decay or seed, in one
-compiled program (`multi.py`); model k writes into the k-th workdir as its solo run would.
+Trains K models of one config that differ only in learning rate, weight decay, seed or init
+scale (`model.init_scale`), in one compiled program (`multi.py`); model k writes into the k-th
+workdir as its solo run would.
 `--values` repeats (`--values seed=0,1,2`), one value per model each; trailing
 `--config.key=value` arguments override the config as on the trainer's command line. Prints each
 model's summary as JSON.
@@ -35,7 +36,8 @@ def main(argv=None) -> int:
   parser.add_argument('--config', required=True, help='Run config file, as for jaxscale.main.')
   parser.add_argument('--workdirs', required=True, help='Comma-separated, one per model.')
   parser.add_argument('--values', action='append', required=True, metavar='NAME=V1,V2,...',
-                      help='Per-model values of learning_rate, weight_decay or seed.')
+                      help='Per-model values of learning_rate, weight_decay, seed or '
+                      'init_scale.')
   args, rest = parser.parse_known_args(argv)
   bad = [a for a in rest if not a.startswith('--config.') or '=' not in a]
   if bad:

@@ -1,4 +1,5 @@
-"""Building blocks shared by model families: sharded parameters, RMSNorm, rotary embeddings."""
+"""Building blocks shared by model families: sharded parameters, init scaling, RMSNorm, rotary
+embeddings."""
 
 import functools
 
@@ -16,6 +17,22 @@ def sharded_param(init, key, shape, logical_axes: tuple[str | None, ...]) -> nnx
   Eager sharding is off: parameters are created inside a jit whose out_shardings place them.
   """
   return nnx.Param(init(key, shape, jnp.float32), out_sharding=logical_axes, eager_sharding=False)
+
+
+def scale_init(module: nnx.Module, scale) -> None:
+  """Multiplies `module`'s weights by `scale` in place: every parameter with two or more axes
+  besides a scanned 'layers' axis (matrices, embeddings, kernels); vectors (norm gains, biases)
+  keep their init. The models apply `config.model.init_scale` with it after their own init (μP's
+  included, so the scale is a width-independent factor on μP's stds); a multi run applies each
+  model's scale, a traced value, to the same freshly initialised weights."""
+  for _, variable in nnx.iter_graph(module):
+    if isinstance(variable, nnx.Param) and _weight_axes(variable) >= 2:
+      variable[...] = variable[...] * scale
+
+
+def _weight_axes(variable) -> int:
+  axes = variable.get_metadata().get('out_sharding') or ()
+  return variable[...].ndim - (1 if axes and axes[0] == 'layers' else 0)
 
 
 class RMSNorm(nnx.Module):

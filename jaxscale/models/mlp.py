@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxscale.models import MODELS
-from jaxscale.models.layers import DTYPES, sharded_param
+from jaxscale.models.layers import DTYPES, scale_init, sharded_param
 from jaxscale.models.layers import einsum_f32_accumulate as einsum
 
 ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': jax.nn.gelu, 'silu': jax.nn.silu, 'tanh': jnp.tanh}
@@ -35,7 +35,7 @@ class MLP(nnx.Module):
 
   def __init__(self, *, num_classes: int, image_size: int, hidden_dims: tuple = (512, 512),
                activation: str = 'relu', channels: int = 3, dtype: str = 'float32',
-               rngs: nnx.Rngs):
+               init_scale: float = 1.0, rngs: nnx.Rngs):
     if activation not in ACTIVATIONS:
       raise ValueError(f'activation={activation!r}; choose one of {sorted(ACTIVATIONS)}.')
     # Config files and config.json may hold the widths as a list.
@@ -49,6 +49,8 @@ class MLP(nnx.Module):
     self.activation = activation
     self.image_size, self.channels = image_size, channels
     self.dtype = DTYPES[dtype]
+    if init_scale != 1.0:  # The kernels; biases stay zero (`scale_init`).
+      scale_init(self, init_scale)
 
   def __call__(self, images_BxHxWxC):
     expected = (self.image_size, self.image_size, self.channels)

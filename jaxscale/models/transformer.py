@@ -22,8 +22,8 @@ from jaxscale.hparams import mup
 from jaxscale.models import MODELS, attention
 from jaxscale.models.kv_cache import KVCache
 from jaxscale.models.layers import (DTYPES, RMSNorm, apply_blocks, apply_rotary, quantizing,
-                                    rotary_tables, rotary_tables_at, sharded_param,
-                                    sow_for_capture)
+                                    rotary_tables, rotary_tables_at, scale_init,
+                                    sharded_param, sow_for_capture)
 from jaxscale.sharding import constrain
 from jaxscale.models.layers import einsum_f32_accumulate as einsum
 
@@ -164,6 +164,7 @@ class Transformer(nnx.Module):
   `parametrization` 'mup' (with `mup_base_width`, the width hyperparameters were tuned at) gives
   μP's initialisation, attention scale and readout multiplier (`jaxscale.hparams.mup`); its
   learning-rate multipliers are the optimizer's (`optim.make_optimizer` with the model config).
+  `init_scale` multiplies the initial weights, μP's or SP's (`layers.scale_init`).
   """
 
   def __init__(self, *, vocab_size: int, num_layers: int, d_model: int, num_heads: int,
@@ -171,7 +172,7 @@ class Transformer(nnx.Module):
                rope_theta: float = 10_000.0, dtype: str = 'float32', scan_layers: bool = False,
                remat_policy: str = 'none', attention_impl: str = 'einsum', causal: bool = True,
                num_classes: int = 0, pooling: str = '', parametrization: str = 'sp',
-               mup_base_width: int = 0, rngs: nnx.Rngs):
+               mup_base_width: int = 0, init_scale: float = 1.0, rngs: nnx.Rngs):
     if pooling and pooling not in POOLINGS:
       raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS} or '' (the default).")
     mup.check_parametrization(parametrization, d_model, mup_base_width)
@@ -215,6 +216,8 @@ class Transformer(nnx.Module):
     self.num_layers, self.num_heads, self.causal = num_layers, num_heads, causal
     self.rope_theta = rope_theta
     self.dtype = DTYPES[dtype]
+    if init_scale != 1.0:
+      scale_init(self, init_scale)
 
   def __call__(self, tokens_BxL, input_mask_BxL=None, positions_BxL=None):
     """`positions_BxL` (default 0..L-1 in every row) are the RoPE positions, e.g. shifted for

@@ -14,7 +14,8 @@ from flax import nnx
 
 from jaxscale.hparams import mup
 from jaxscale.models import MODELS, attention
-from jaxscale.models.layers import DTYPES, apply_blocks, quantizing, sharded_param, sow_for_capture
+from jaxscale.models.layers import (DTYPES, apply_blocks, quantizing, scale_init, sharded_param,
+                                    sow_for_capture)
 from jaxscale.models.layers import einsum_f32_accumulate as einsum
 
 POOLINGS = ('cls', 'gap')
@@ -114,7 +115,7 @@ class ViT(nnx.Module):
                pooling: str = 'cls', channels: int = 3, dtype: str = 'float32',
                scan_layers: bool = False, remat_policy: str = 'none',
                attention_impl: str = 'einsum', parametrization: str = 'sp',
-               mup_base_width: int = 0, rngs: nnx.Rngs):
+               mup_base_width: int = 0, init_scale: float = 1.0, rngs: nnx.Rngs):
     if image_size % patch_size:
       raise ValueError(f'image_size={image_size} is not a multiple of patch_size={patch_size}.')
     if pooling not in POOLINGS:
@@ -151,6 +152,8 @@ class ViT(nnx.Module):
     self.patch_size, self.pooling = patch_size, pooling
     self.scan_layers, self.remat_policy = scan_layers, remat_policy
     self.dtype = DTYPES[dtype]
+    if init_scale != 1.0:  # Patch and position embeddings and the matrices (`scale_init`).
+      scale_init(self, init_scale)
 
   def __call__(self, images_BxHxWxC):
     dt = self.dtype

@@ -4,7 +4,9 @@ stderr); `--help` on each subcommand says more. Relative paths are taken from th
 directory and resolved once, where they are parsed (gs:// and other URIs are left as they are).
 
   sweep    --config configs/sweeps/X.py --out DIR      plan runs (DIR/sweep.json, DIR/runs/*)
-  run      DIR [--parallel K] [--print-commands]       train them (resumable; exit 1 if any fails)
+  run      DIR [--parallel K] [--print-commands]       train them (resumable; exit 1 if any fails;
+           [--no-multi] [--max-models-per-program K]   runs differing only in LR, weight decay,
+                                                       seed, init scale share one program)
   collect  DIR --out runs.csv [--all-points]           one row per run (or per eval)
   fit      --csv runs.csv --law chinchilla --approach 3 --out fit.json [--fix E=1.6]
            [--law auto]                                 the form that backtests best
@@ -130,10 +132,12 @@ def _sweep(args):
 
 
 def _run(args):
+  multi = False if args.no_multi else None  # None: the spec's `multi` (default on).
   if args.print_commands:
-    launcher.print_commands(args.dir)
+    launcher.print_commands(args.dir, multi=multi, max_models=args.max_models_per_program)
     return None
-  return launcher.run_all(args.dir, args.parallel)
+  return launcher.run_all(args.dir, args.parallel, multi=multi,
+                          max_models=args.max_models_per_program)
 
 
 def _run_exit_code(args, result) -> int:
@@ -241,6 +245,13 @@ def _parser() -> argparse.ArgumentParser:
   sub.add_argument('--parallel', type=int, default=1, metavar='K', help='Runs at once.')
   sub.add_argument('--print-commands', action='store_true',
                    help='Print the commands (for a cluster) instead of running them.')
+  sub.add_argument('--no-multi', action='store_true',
+                   help='One trainer process per run, even for runs that differ only in learning '
+                        'rate, weight decay, seed or init scale (by default those share one '
+                        'compiled program, `python -m jaxscale.hparams multi`).')
+  sub.add_argument('--max-models-per-program', type=int, metavar='K',
+                   help="Most runs one program trains (default: the spec's "
+                        'max_models_per_program, else 16).')
 
   sub = command('collect', _collect, 'Collect finished runs into a CSV.')
   sub.add_argument('dir', type=path, help='Sweep directory (or any directory of workdirs).')

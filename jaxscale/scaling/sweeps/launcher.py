@@ -4,8 +4,14 @@ A run whose summary.json says finished is skipped; any other is (re)launched wit
 command, and the trainer resumes from its own checkpoints. Cooldown branches wait for their trunk,
 then start from a copy of the trunk's checkpoint (see `cooldown`). Each run's output goes to
 runs/<name>/train.log. `print_commands` gives the same commands for a cluster scheduler instead.
+
+Runs that differ only in learning rate, weight decay, seed or init scale share one process, a
+multi program (`grouping`), unless `multi` is off; its output goes to groups/<first run>.log,
+which each member's train.log names. A multi program keeps no checkpoints: a stopped group is
+relaunched, from step 0, for its members that have not finished.
+
 While it works, `run_all` reports on stderr each run started, finished (with its final eval loss)
-or failed (with the end of its train.log), and the sweep's counts with an estimated time left.
+or failed (with the end of its log), and the sweep's counts with an estimated time left.
 """
 
 import collections
@@ -18,6 +24,7 @@ import sys
 import time
 
 from jaxscale import paths
+from jaxscale.scaling.sweeps import grouping
 from jaxscale.scaling.sweeps import sweep as sweep_lib
 
 POLL_SECONDS = 2.0
@@ -30,6 +37,10 @@ def run_dir(sweep_dir, run) -> str:
 
 def log_path(workdir) -> str:
   return os.path.join(workdir, 'train.log')
+
+
+def group_log_path(sweep_dir, launch: grouping.Launch) -> str:
+  return os.path.join(sweep_dir, 'groups', f'{launch.name}.log')
 
 
 def read_summary(workdir) -> dict:
@@ -45,55 +56,73 @@ def is_finished(workdir) -> bool:
   return bool(read_summary(workdir).get('finished'))
 
 
-def print_commands(sweep_dir, stream=None) -> None:
-  """One shell line per unfinished run, trunks first; a branch's line first copies its trunk's
-  checkpoint."""
+def print_commands(sweep_dir, stream=None, multi: bool | None = None,
+                   max_models: int | None = None) -> None:
+  """One shell line per unfinished run or group of runs sharing a program, trunks first; a
+  branch's line first copies its trunk's checkpoint. `multi`, `max_models`: as for run_all."""
   sweep_dir = paths.resolve_str(sweep_dir)
   sweep = sweep_lib.load(sweep_dir)
-  for run in sorted(sweep['runs'], key=lambda run: 'branch_from' in run):
-    workdir = run_dir(sweep_dir, run)
-    if is_finished(workdir):
-      continue
-    line = ' '.join(sweep_lib.command(sweep, run, workdir))
-    if 'branch_from' in run:
+  unfinished = [run for run in sorted(sweep['runs'], key=lambda run: 'branch_from' in run)
+                if not is_finished(run_dir(sweep_dir, run))]
+  for launch in _launches(sweep, sweep_dir, unfinished, *grouping.options(sweep, multi,
+                                                                          max_models)):
+    run = launch.runs[0]
+    workdirs = [run_dir(sweep_dir, member) for member in launch.runs]
+    line = ' '.join(launch.command(sweep, workdirs))
+    if launch.is_group:
+      line = f'# {", ".join(member["name"] for member in launch.runs)}: one program\n{line}'
+    elif 'branch_from' in run:
       source = _trunk_checkpoint(sweep_dir, run)
-      line = (f'[ -d {workdir}/checkpoints ] || (mkdir -p {workdir}/checkpoints && '
-              f'cp -r {source} {workdir}/checkpoints/) && {line}')
+      line = (f'[ -d {workdirs[0]}/checkpoints ] || (mkdir -p {workdirs[0]}/checkpoints && '
+              f'cp -r {source} {workdirs[0]}/checkpoints/) && {line}')
       line = f'# after {run["branch_from"]["run"]} finishes\n{line}'
     print(line, file=stream or sys.stdout)
 
 
-def run_all(sweep_dir, parallel=1, stream=None) -> dict:
-  """Runs every unfinished run, at most `parallel` at once. Returns {finished, failed, skipped}.
+def run_all(sweep_dir, parallel=1, stream=None, multi: bool | None = None,
+            max_models: int | None = None) -> dict:
+  """Runs every unfinished run, at most `parallel` processes at once. Returns {finished, failed,
+  skipped}, lists of run names (skipped: a count).
 
-  Progress goes to `stream` (default stderr), so stdout stays free for the caller's result.
+  `multi` (default: the spec's `multi`, else True) trains runs that share a program together, up
+  to `max_models` (default: the spec's `max_models_per_program`, else 16) per process. Progress
+  goes to `stream` (default stderr), so stdout stays free for the caller's result.
   """
   sweep_dir = paths.resolve_str(sweep_dir)  # Trainers get absolute workdirs, whatever their cwd.
   sweep = sweep_lib.load(sweep_dir)
+  multi, max_models = grouping.options(sweep, multi, max_models)
+  grouper = grouping.Grouper(sweep, sweep_dir, max_models) if multi else None
   pending = [run for run in sweep['runs'] if not is_finished(run_dir(sweep_dir, run))]
   skipped = len(sweep['runs']) - len(pending)
   progress = Progress(len(sweep['runs']), skipped, parallel, stream or sys.stderr)
-  running, failed, finished = {}, [], []
+  running, failed, finished = {}, [], []  # running: launch name -> (process, log file, launch).
   while pending or running:
-    for name, (process, log) in list(running.items()):
+    for name, (process, log, launch) in list(running.items()):
       if process.poll() is not None:
         log.close()
         del running[name]
-        workdir = run_dir(sweep_dir, {'name': name})
-        if process.returncode == 0:
-          finished.append(name)
-          progress.finished(name, workdir)
-        else:
-          failed.append(name)
-          progress.failed(name, workdir, process.returncode)
+        for run in launch.runs:
+          workdir = run_dir(sweep_dir, run)
+          # A group's exit status is the program's; a member that stopped on a non-finite loss
+          # wrote no finished summary while the others went on.
+          if process.returncode == 0 and (not launch.is_group or is_finished(workdir)):
+            finished.append(run['name'])
+            progress.finished(run['name'], workdir)
+          else:
+            failed.append(run['name'])
+            progress.failed(run['name'], log.name, process.returncode)
     for run in [run for run in pending if run.get('branch_from', {}).get('run') in failed]:
       pending.remove(run)
       failed.append(run['name'])  # Its trunk failed; there is nothing to branch from.
       progress.not_started(run['name'], f'its trunk {run["branch_from"]["run"]} failed')
-    for run in _ready(pending, sweep_dir)[:max(0, parallel - len(running))]:
-      pending.remove(run)
-      running[run['name']] = _launch(sweep, sweep_dir, run)
-      progress.started(run['name'], run_dir(sweep_dir, run))
+    free = max(0, parallel - len(running))
+    ready = _ready(pending, sweep_dir) if free else []
+    for launch in _launches(sweep, sweep_dir, ready, multi, max_models, grouper)[:free]:
+      for run in launch.runs:
+        pending.remove(run)
+      running[launch.name] = (*_launch(sweep, sweep_dir, launch), launch)
+      progress.started([run['name'] for run in launch.runs], run_dir(sweep_dir, launch.runs[0]),
+                       running[launch.name][1].name)
     if running:
       time.sleep(POLL_SECONDS)
     elif pending:  # Nothing runs and nothing can start: branches of a trunk that never finished.
@@ -104,41 +133,65 @@ def run_all(sweep_dir, parallel=1, stream=None) -> dict:
   return {'finished': finished, 'failed': failed, 'skipped': skipped}
 
 
+def _launches(sweep, sweep_dir, runs, multi, max_models, grouper=None) -> list[grouping.Launch]:
+  if not multi:
+    return [grouping.Launch((run,)) for run in runs]
+  return (grouper or grouping.Grouper(sweep, sweep_dir, max_models)).launches(runs)
+
+
 class Progress:
   """One line per event of a sweep on `stream`, each followed by the counts and time left.
 
-  Time left: the mean wall time of the runs finished so far, for each run still to start and for
-  what remains of each running one, shared among the `parallel` slots.
+  Counts are of runs: a group of K runs in one program is K running, then K finished or failed.
+  Time left: the mean slot time per run finished so far (a group's wall time shared among its
+  runs), for each run still to start and for what remains of each running process, shared among
+  the `parallel` slots.
   """
 
   def __init__(self, total: int, skipped: int, parallel: int, stream):
     self._total, self._skipped, self._parallel, self._stream = total, skipped, parallel, stream
-    self._start_times = {}  # Running run -> when it started (time.monotonic).
-    self._wall_times = []   # Of the runs finished in this sweep.
+    self._processes = {}    # Running run -> (when its process started, runs in that process).
+    self._slot_times = []   # Per run finished in this sweep: its process's wall time / its runs.
     self._num_finished = self._num_failed = 0
     if skipped:
       self._say(f'{skipped} of {total} runs already finished; skipping them.')
 
-  def started(self, name: str, workdir: str) -> None:
-    self._start_times[name] = time.monotonic()
-    self._say(f'started {name} in {workdir}')
+  def started(self, names: list[str], workdir: str, log: str) -> None:
+    """One process started for `names` (one run in `workdir`, or a group sharing a program)."""
+    process = (time.monotonic(), len(names))
+    for name in names:
+      self._processes[name] = process
+    if len(names) == 1:
+      self._say(f'started {names[0]} in {workdir}')
+    else:
+      self._say(f'started {len(names)} runs in one program ({", ".join(names)}); its log: {log}')
 
   def finished(self, name: str, workdir: str) -> None:
-    self._wall_times.append(time.monotonic() - self._start_times.pop(name))
+    wall_time = self._end(name)
     self._num_finished += 1
     self._say(f'finished {name}: eval loss {_eval_loss_text(workdir)} '
-              f'({_duration(self._wall_times[-1])})')
+              f'({_duration(wall_time)})')
 
-  def failed(self, name: str, workdir: str, returncode: int) -> None:
-    self._start_times.pop(name)
+  def failed(self, name: str, log: str, returncode: int) -> None:
+    """`log`: the output of the run's process (its train.log, or its group's log)."""
+    self._end(name, count=False)
     self._num_failed += 1
-    tail = ''.join(f'    {line}' for line in _last_lines(log_path(workdir), LOG_TAIL_LINES))
-    self._say(f'FAILED {name} (exit status {returncode}); its log: {log_path(workdir)}\n'
-              f'  last lines:\n{tail}'.rstrip())
+    status = (f'exit status {returncode}' if returncode else
+              'its program went on, but it wrote no finished summary.json')
+    tail = ''.join(f'    {line}' for line in _last_lines(log, LOG_TAIL_LINES))
+    self._say(f'FAILED {name} ({status}); its log: {log}\n  last lines:\n{tail}'.rstrip())
 
   def not_started(self, name: str, reason: str) -> None:
     self._num_failed += 1
     self._say(f'FAILED {name}: not started, {reason}')
+
+  def _end(self, name: str, count: bool = True) -> float:
+    """The wall time of `name`'s process so far; a finished run adds its share to the mean."""
+    start, size = self._processes.pop(name)
+    wall_time = time.monotonic() - start
+    if count:
+      self._slot_times.append(wall_time / size)
+    return wall_time
 
   def _say(self, event: str) -> None:
     print(f'[sweep] {event}\n[sweep] {self._counts()}', file=self._stream, flush=True)
@@ -147,19 +200,20 @@ class Progress:
     return self._num_finished + self._num_failed + self._skipped
 
   def _num_pending(self) -> int:
-    return self._total - self._num_done() - len(self._start_times)
+    return self._total - self._num_done() - len(self._processes)
 
   def _counts(self) -> str:
     return (f'{self._num_done()}/{self._total} done ({self._num_finished} finished, '
-            f'{self._num_failed} failed, {self._skipped} skipped), {len(self._start_times)} '
+            f'{self._num_failed} failed, {self._skipped} skipped), {len(self._processes)} '
             f'running, {self._num_pending()} pending; {self._time_left()}')
 
   def _time_left(self) -> str:
-    if not self._wall_times:
+    if not self._slot_times:
       return 'time left: unknown until a run finishes'
-    mean, now = sum(self._wall_times) / len(self._wall_times), time.monotonic()
-    remaining = mean * self._num_pending() + sum(max(0.0, mean - (now - start))
-                                                 for start in self._start_times.values())
+    mean, now = sum(self._slot_times) / len(self._slot_times), time.monotonic()
+    running = {id(process): process for process in self._processes.values()}.values()
+    remaining = mean * self._num_pending() + sum(max(0.0, mean * size - (now - start))
+                                                 for start, size in running)
     return f'time left: ~{_duration(remaining / max(1, self._parallel))}'
 
 
@@ -187,14 +241,25 @@ def _ready(pending, sweep_dir):
   return [run for run in pending if trunk_done(run)]
 
 
-def _launch(sweep, sweep_dir, run):
-  """Starts the run; returns (process, its open log file)."""
-  workdir = run_dir(sweep_dir, run)
-  os.makedirs(workdir, exist_ok=True)
-  if 'branch_from' in run and not os.path.exists(os.path.join(workdir, 'checkpoints')):
-    _seed_branch(sweep_dir, run, workdir)
-  log = open(log_path(workdir), 'a')
-  process = subprocess.Popen(sweep_lib.command(sweep, run, workdir), stdout=log,
+def _launch(sweep, sweep_dir, launch: grouping.Launch):
+  """Starts the launch's process; returns (process, its open log file)."""
+  workdirs = [run_dir(sweep_dir, run) for run in launch.runs]
+  for workdir in workdirs:
+    os.makedirs(workdir, exist_ok=True)
+  run = launch.runs[0]
+  if 'branch_from' in run and not os.path.exists(os.path.join(workdirs[0], 'checkpoints')):
+    _seed_branch(sweep_dir, run, workdirs[0])
+  path = log_path(workdirs[0])
+  if launch.is_group:
+    path = group_log_path(sweep_dir, launch)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    names = ', '.join(member['name'] for member in launch.runs)
+    for workdir in workdirs:  # So a run's own log leads to its group's output.
+      with open(log_path(workdir), 'a') as f:
+        f.write(f'{datetime.datetime.now():%Y-%m-%d %H:%M:%S} training in one program with '
+                f'{names}; its output: {path}\n')
+  log = open(path, 'a')
+  process = subprocess.Popen(launch.command(sweep, workdirs), stdout=log,
                              stderr=subprocess.STDOUT)
   return process, log
 

@@ -14,9 +14,15 @@ A spec file's `get_config()` returns (see configs/sweeps/tiny_isoflop.py for a f
   evals_per_run     evaluations spread over each run (points for `collect --all-points`)
   cooldown.enabled  WSD trick: runs of one shape share a trunk and branch cooldowns off it
                     (`cooldown.py`); checkpoints every `cooldown.checkpoint_every_steps`
+  vary              optional (config key, values) pairs: every run once per combination, named
+                    with a suffix (e.g. `_learning_rate0.001`); default none
+  multi             optional, default True: the launcher trains runs differing only in learning
+                    rate, weight decay, seed or init scale in one program (`grouping.py`)...
+  max_models_per_program  ...up to this many per program (default 16)
 Steps per run are tokens / (batch_size * seq_len), rounded; the planned N, D and C are recorded.
 """
 
+import itertools
 import json
 import math
 import os
@@ -52,6 +58,7 @@ def plan(spec) -> dict:
   if spec.cooldown.enabled:
     runs = cooldown.branch_runs(runs, spec.cooldown.checkpoint_every_steps,
                                 config.optimizer.decay_fraction)
+  runs = with_variants(runs, spec.get('vary', ()), config)
   return {'base_config': base_path, 'spec': spec.to_dict(), 'vocab_size': vocab_size,
           'python': sys.executable, 'runs': runs}
 
@@ -81,6 +88,42 @@ def load(sweep_dir) -> dict:
 def command(sweep: dict, run: dict, workdir) -> list[str]:
   return [sweep['python'], '-m', 'jaxscale.main', f'--config={sweep["base_config"]}',
           f'--workdir={workdir}', *(f'--config.{override}' for override in run['overrides'])]
+
+
+def with_variants(runs: list[dict], vary, config) -> list[dict]:
+  """Each run once per combination of `vary`'s values, ((config key, values), ...), its name
+  suffixed with them; a cooldown branch branches from its own variant's trunk."""
+  if not vary:
+    return runs
+  if not all(isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)
+             and isinstance(pair[1], (tuple, list)) and pair[1] for pair in vary):
+    raise ValueError(f'spec.vary={vary!r}: give (config key, (value, ...)) pairs, e.g. '
+                     "(('optimizer.learning_rate', (1e-3, 3e-3)), ('seed', (0, 1))).")
+  keys = [key for key, _ in vary]
+  combos = []  # (values, overrides, name suffix)
+  for combo in itertools.product(*(values for _, values in vary)):
+    overrides = [f'{key}={value}' for key, value in zip(keys, combo)]
+    run_config.apply_overrides(config, overrides)  # An unknown key or bad value fails here.
+    suffix = ''.join(f'_{key.split(".")[-1]}{_tag(value)}' for key, value in zip(keys, combo))
+    combos.append((combo, overrides, suffix))
+  planned = []
+  for run in runs:  # A run's variants side by side: the launcher groups them in this order.
+    for combo, overrides, suffix in combos:
+      variant = {**run, 'name': run['name'] + suffix, 'vary': dict(zip(keys, combo)),
+                 'overrides': list(run['overrides']) + overrides}
+      if 'branch_from' in run:
+        variant['branch_from'] = {**run['branch_from'], 'run': run['branch_from']['run'] + suffix}
+      planned.append(variant)
+  names = [run['name'] for run in planned]
+  if len(set(names)) != len(names):
+    raise ValueError(f'spec.vary={vary!r} gives two runs one name (values equal to 6 digits); '
+                     'make the values differ more.')
+  return planned
+
+
+def _tag(value) -> str:
+  return f'{value:g}' if isinstance(value, (int, float)) and not isinstance(value, bool) else str(
+      value)
 
 
 def _isoflop_targets(spec):
