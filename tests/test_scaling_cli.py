@@ -135,3 +135,12 @@ def test_every_approach_reports_its_failed_bootstrap_refits(tmp_path, capsys, is
   stored = json.loads((tmp_path / 'kaplan.json').read_text())
   for law in ('L(N)', 'L(D)', 'L(C)'):
     assert stored[law]['num_bootstrap'] + stored[law]['num_bootstrap_failed'] == 20, law
+
+
+def test_sweep_of_a_search_spec_points_to_the_search_command(tmp_path, capsys):
+  out = tmp_path / 'search'
+  code = cli.main(['sweep', '--config', 'configs/sweeps/tiny_lr_search.py', '--out', str(out)])
+  assert code == 2
+  error = capsys.readouterr().err
+  assert 'python -m jaxscale.hparams search ' in error and 'tiny_lr_search.py --dir' in error
+  assert not out.exists()  # Nothing planned, nothing written.

@@ -124,7 +124,14 @@ def _verify(args):
 
 
 def _sweep(args):
-  planned = sweep.plan(run_config.load_config_file(args.config))
+  spec = run_config.load_config_file(args.config)
+  if 'search' in spec:
+    # A search's runs are decided as it goes (each trial from the ones before), so there is no
+    # plan to write: the search command plans, runs and resumes it in one.
+    raise ValueError(f'{args.config} has a `search` section: a hyperparameter search, not a '
+                     f'planned sweep. Run it with `python -m jaxscale.hparams search {args.config} '
+                     f'--dir {args.out}` (resumable the same way).')
+  planned = sweep.plan(spec)
   sweep.write(planned, args.out)
   return {'out': args.out, 'num_runs': len(planned['runs']),
           'runs': [{key: run[key] for key in ('name', 'budget', 'N', 'D', 'C', 'steps')}
