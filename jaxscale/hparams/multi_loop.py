@@ -42,8 +42,9 @@ def _eval_batches(e):
 
 def _next_batch(e, iterators):
   if e.shared_data:
-    return {k: v.numpy() for k, v in next(iterators[0]).items()}
-  return multi.stack_batches([{k: v.numpy() for k, v in next(it).items()} for it in iterators])
+    return {k: np.asarray(v) for k, v in next(iterators[0]).items()}
+  return multi.stack_batches([{k: np.asarray(v) for k, v in next(it).items()}
+                               for it in iterators])
 
 
 def run(config, workdirs: list[str], values: dict[str, list]) -> list[dict]:
