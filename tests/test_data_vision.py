@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jaxscale import config_validation
+from jaxscale import config_validation, input_errors
 from jaxscale.config_base import get_base_config
 from jaxscale.data import DATASETS, augment, get_datasets, indexed_image_pipeline, prepare, vision
 from jaxscale.data.builders import digits as digits_builder
@@ -302,11 +302,13 @@ def test_grain_needs_array_record_and_says_how_to_add_it(tmp_path):
   prepare.prepare(builder)  # tfrecord only, as datasets prepared before array_record.
   source = vision.image_source(builder, train_split='train', eval_split='test',
                                stats={'mean': (0.5,) * 3, 'std': (0.5,) * 3})
+  config = _digits_config(str(tmp_path))
+  # The message reaches the user as it is (the trainer explains unprepared datasets otherwise).
   with pytest.raises(indexed_image_pipeline.ArrayRecordMissingError,
                      match=r"stored as tfrecord only.*tfds convert_format --dataset_version_dir="
-                           r".*loader=tfdata"):
-    indexed_image_pipeline.train_batches(source, _digits_config(str(tmp_path)), batch_size=BATCH,
-                                         seed=0, process_index=0, process_count=1)
+                           r".*loader=tfdata"), input_errors.explained(config):
+    indexed_image_pipeline.train_batches(source, config, batch_size=BATCH, seed=0,
+                                         process_index=0, process_count=1)
 
 
 def test_eval_caches_encoded_images_not_decoded_ones(data_dir):

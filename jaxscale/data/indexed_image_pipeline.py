@@ -39,8 +39,9 @@ _ENCODED = {'image': tfds.decode.SkipDecoding()}
 _MAX_THREADS = 16
 
 
-class ArrayRecordMissingError(FileNotFoundError):
-  pass
+class ArrayRecordMissingError(ValueError):
+  """The train split is prepared, but not in a format that can be read by index. (Not a
+  FileNotFoundError: `input_errors` would explain that as a dataset that is not prepared.)"""
 
 
 @dataclasses.dataclass(frozen=True)
