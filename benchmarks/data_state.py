@@ -3,6 +3,9 @@ training loop's peak host memory, for the tf.data loader (shuffle buffer) and th
 (index-based), as JSON.
 
   python benchmarks/data_state.py --config configs/resnet50_imagenet.py
+  # Also the code before the Grain loader (tf.data train, eval cached decoded and listed):
+  git worktree add /tmp/before <commit> && \
+    python benchmarks/data_state.py --before_checkout=/tmp/before
 
 Each loader trains the config in its own subprocess (so `ru_maxrss` is that loop's peak) on
 ImageNet-shaped fake data: `tfds.testing.mock_data` with examples made natively by TensorFlow,
@@ -31,10 +34,13 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Global batch size.')
 # tf.data repeats before it shuffles, so its buffer fills to its size from any number of images.
 _TRAIN_EXAMPLES = flags.DEFINE_integer('train_examples', 2_000, 'Fake train images.')
 _SOURCE_SIDE = flags.DEFINE_integer('source_side', 256, 'Side of the fake source images.')
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_EVAL_EXAMPLES = flags.DEFINE_integer(
+    'eval_examples', 1024, 'Fake eval images (the eval set: its cache shows in the peak RSS).')
+_BEFORE_CHECKOUT = flags.DEFINE_string(
+    'before_checkout', '', 'A checkout of the code before the Grain loader: adds its run.')
 _LOADER = flags.DEFINE_string('loader', '', 'Internal: measure this loader in this process.')
 _WORKDIR = flags.DEFINE_string('workdir', '', 'Internal: the workdir of that run.')
-
-_EVAL_EXAMPLES = 64
 
 
 def _fake_example(index, side: int):
@@ -46,7 +52,7 @@ def _fake_example(index, side: int):
 
 
 def _num_examples(split) -> int:
-  return _TRAIN_EXAMPLES.value if str(split).startswith('train') else _EVAL_EXAMPLES
+  return _TRAIN_EXAMPLES.value if str(split).startswith('train') else _EVAL_EXAMPLES.value
 
 
 def _mocked():
@@ -83,9 +89,12 @@ def _measure(loader: str, workdir: str) -> dict:
   config = config_base.load_config_file(_CONFIG.value)
   steps = _STEPS.value
   config.update_from_flattened_dict({
-      'dataset.loader': loader, 'batch_size': _BATCH_SIZE.value, 'num_train_steps': steps,
-      'checkpoint_every_steps': 2, 'eval_every_steps': steps, 'log_every_steps': steps,
-      'num_eval_batches': 2, 'optimizer.warmup_steps': 1, 'async_checkpointing': False})
+      'batch_size': _BATCH_SIZE.value, 'num_train_steps': steps, 'checkpoint_every_steps': 2,
+      'eval_every_steps': steps, 'log_every_steps': steps, 'optimizer.warmup_steps': 1,
+      'num_eval_batches': -(-_EVAL_EXAMPLES.value // _BATCH_SIZE.value),
+      'async_checkpointing': False})
+  if 'loader' in config.dataset:  # (The code before it had the tf.data loader only.)
+    config.dataset.loader = loader
   config.model = ml_collections.ConfigDict({'name': 'mlp', 'num_classes': 0, 'image_size': 0,
                                             'hidden_dims': (16,), 'activation': 'relu'})
   start = time.perf_counter()
@@ -120,19 +129,25 @@ def main(argv):
   if _LOADER.value:  # A child: measure one loader, print its row last.
     print(json.dumps(_measure(_LOADER.value, _WORKDIR.value)))
     return
+  variants = [(loader, _ROOT) for loader in _LOADERS.value]
+  if _BEFORE_CHECKOUT.value:
+    variants.insert(0, ('tfdata', os.path.abspath(_BEFORE_CHECKOUT.value)))
   rows = []
-  for loader in _LOADERS.value:
+  for loader, code in variants:
     with tempfile.TemporaryDirectory() as workdir:
       flags_passed = [f'--{name}={flags.FLAGS[name].serialize().split("=", 1)[1]}'
                       for name in ('config', 'steps', 'batch_size', 'train_examples',
-                                   'source_side')]
+                                   'source_side', 'eval_examples')]
       result = subprocess.run(
           [sys.executable, __file__, *flags_passed, f'--loader={loader}',
            f'--workdir={os.path.join(workdir, "run")}'],
-          capture_output=True, text=True, check=False)
+          capture_output=True, text=True, check=False,
+          env={**os.environ, 'PYTHONPATH': os.pathsep.join(
+              [code, *filter(None, [os.environ.get('PYTHONPATH')])])})
       if result.returncode:
-        raise RuntimeError(f'The {loader} run failed:\n{result.stderr[-4000:]}')
-      rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        raise RuntimeError(f'The {loader} run ({code}) failed:\n{result.stderr[-4000:]}')
+      rows.append({'code': 'after' if code == _ROOT else 'before',
+                   **json.loads(result.stdout.strip().splitlines()[-1])})
   print(json.dumps({'config': _CONFIG.value, 'runs': rows}, indent=1))
 
 
