@@ -82,4 +82,3 @@ def test_compression_benchmark_prints_a_row_per_compression_and_a_plot(tmp_path)
   assert rows['ptq_w4']['bytes'] < rows['ptq_w8']['bytes'] <= 0.3 * baseline['bytes']
   assert rows['qat_w8a8']['bytes'] == rows['ptq_w8a8']['bytes']
   assert png.stat().st_size > 0
-
