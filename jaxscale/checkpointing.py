@@ -1,8 +1,12 @@
-"""Orbax checkpoints of the train state together with the tf.data iterator position.
+"""Orbax checkpoints of the train state together with the input iterator position.
 
 Each checkpoint step holds two items: `state` (the sharded TrainState, restored onto whatever
-mesh the run now has) and `data` (each process's tf.data iterator, so a resumed run reads
-exactly the batches the interrupted one would have).
+mesh the run now has) and `data` (each process's input position, so a resumed run reads exactly
+the batches the interrupted one would have). The data item is either a Grain iterator's state
+(`process_<i>-of-<n>.json`, a few integers: the index-based image pipeline) or a
+`tf.train.Checkpoint` of a tf.data iterator (text, and images under loader='tfdata'; it holds
+the pipeline's shuffle buffers). A checkpoint written by one kind resumes only with the same
+kind: the other refuses with `LoaderMismatchError`, naming the loader to resume with.
 
 Crash safety comes from Orbax: a step is written under a temporary name and renamed when
 complete, so a run killed mid-save leaves no step directory a restart could pick up, and
@@ -15,6 +19,7 @@ import contextlib
 import dataclasses
 import os
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -52,6 +57,8 @@ class TfDataIteratorHandler(ocp.CheckpointHandler):
     try:
       if tf.io.gfile.exists(prefix + REPLAY_SUFFIX):
         return None
+      if _grain_state_path(directory).exists():
+        return LoaderMismatch(saved='grain', current='tfdata')
       if not tf.io.gfile.exists(prefix + '.index'):
         raise FileNotFoundError(
             f'No data-iterator checkpoint for this process at {prefix}: the checkpoint was '
@@ -76,11 +83,78 @@ class TfDataIteratorRestore(ocp.args.CheckpointArgs):
   iterator: tf.data.Iterator
 
 
+def _grain_state_path(directory: epath.Path) -> epath.Path:
+  """Where Grain's handler keeps this process's iterator state."""
+  return directory / f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+
+
+class GrainIteratorHandler(ocp.CheckpointHandler):
+  """Writes each process's Grain iterator state as JSON (Grain's own Orbax handler)."""
+
+  def __init__(self):
+    self._grain = grain.checkpoint.CheckpointHandler()
+
+  def save(self, directory: epath.Path, args: 'GrainIteratorSave'):
+    self._grain.save(directory, args=grain.checkpoint.CheckpointSave(args.iterator))
+
+  def restore(self, directory: epath.Path, args: 'GrainIteratorRestore'):
+    """The iterator at the saved position, or a ReadFailure (returned, not raised)."""
+    try:
+      if not _grain_state_path(directory).exists():
+        tf_prefix = os.fspath(directory / f'process_{jax.process_index()}_of_'
+                                          f'{jax.process_count()}')
+        if tf.io.gfile.exists(tf_prefix + '.index') or tf.io.gfile.exists(
+            tf_prefix + REPLAY_SUFFIX):
+          return LoaderMismatch(saved='tfdata', current='grain')
+        raise FileNotFoundError(
+            f'No data-iterator state for this process at {_grain_state_path(directory)}: the '
+            'checkpoint was written by a run with a different number of processes.')
+      return integrity.retry_transient(
+          lambda: self._grain.restore(directory,
+                                      args=grain.checkpoint.CheckpointRestore(args.iterator)),
+          f'the data-iterator state in {directory}')
+    except Exception as e:  # noqa: BLE001
+      return ReadFailure(f'{type(e).__name__}: {str(e).splitlines()[0][:300]}')
+
+  def metadata(self, directory: epath.Path):
+    del directory
+    return None
+
+
+@ocp.args.register_with_handler(GrainIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class GrainIteratorSave(ocp.args.CheckpointArgs):
+  iterator: grain.DatasetIterator
+
+
+@ocp.args.register_with_handler(GrainIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class GrainIteratorRestore(ocp.args.CheckpointArgs):
+  iterator: grain.DatasetIterator
+
+
+def _data_args(iterator, for_save: bool) -> ocp.args.CheckpointArgs:
+  if isinstance(iterator, grain.DatasetIterator):
+    return (GrainIteratorSave if for_save else GrainIteratorRestore)(iterator)
+  return (TfDataIteratorSave if for_save else TfDataIteratorRestore)(iterator)
+
+
 @dataclasses.dataclass
 class ReadFailure:
   """What an item handler returns instead of raising, so every process still reaches Orbax's
   barrier after a restore and all of them learn together that one failed."""
   error: str
+
+
+@dataclasses.dataclass
+class LoaderMismatch:
+  """A data item written by the other kind of input pipeline (returned, like ReadFailure)."""
+  saved: str    # config.dataset.loader of the run that wrote it.
+  current: str
+
+
+class LoaderMismatchError(RuntimeError):
+  pass
 
 
 class RetryingStateHandler(ocp.StandardCheckpointHandler):
@@ -112,17 +186,18 @@ def make_manager(workdir: epath.Path, config) -> ocp.CheckpointManager:
   registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
   for item, handler, args_types in (
       ('state', RetryingStateHandler(), (ocp.args.StandardSave, ocp.args.StandardRestore)),
-      ('data', TfDataIteratorHandler(), (TfDataIteratorSave, TfDataIteratorRestore))):
+      ('data', TfDataIteratorHandler(), (TfDataIteratorSave, TfDataIteratorRestore)),
+      ('data', GrainIteratorHandler(), (GrainIteratorSave, GrainIteratorRestore))):
     for args_type in args_types:
       registry.add(item, args_type, handler)
   return ocp.CheckpointManager(workdir / 'checkpoints', options=options,
                                handler_registry=registry)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, iterator: tf.data.Iterator,
-         force: bool = False) -> bool:
+def save(manager: ocp.CheckpointManager, step: int, state, iterator, force: bool = False) -> bool:
+  """`iterator`: a tf.data iterator or a grain.DatasetIterator."""
   return manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=TfDataIteratorSave(iterator)), force=force)
+      state=ocp.args.StandardSave(state), data=_data_args(iterator, for_save=True)), force=force)
 
 
 class CheckpointSaveError(RuntimeError):
@@ -146,7 +221,7 @@ class Saver:
     self._pending_step = None
     self._manifest = integrity.ManifestWriter()
 
-  def save(self, step: int, state, iterator: tf.data.Iterator):
+  def save(self, step: int, state, iterator):
     self.check(step, wait=True)
     with self._explained(step, step):
       save(self.manager, step, self._to_checkpoint(state), iterator, force=True)
@@ -180,8 +255,7 @@ class Saver:
           'the same command to resume.') from e
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state,
-            iterator: tf.data.Iterator):
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state, iterator):
   """Restores `state` laid out as `abstract_state` (ShapeDtypeStructs with shardings), and
   moves `iterator` to where it was at `step`.
 
@@ -190,7 +264,14 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state,
   CheckpointReadError on every process.
   """
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), data=TfDataIteratorRestore(iterator)))
+      state=ocp.args.StandardRestore(abstract_state), data=_data_args(iterator, for_save=False)))
+  if isinstance(restored.data, LoaderMismatch):  # The same on every process: same config.
+    raise LoaderMismatchError(
+        f'The checkpoint of step {step} in {manager.directory} holds the input position of the '
+        f"{restored.data.saved!r} loader, but this run uses config.dataset.loader="
+        f"{restored.data.current!r}. Resume with --config.dataset.loader={restored.data.saved} "
+        '(and --config.allow_config_change=True if the recorded config lacks the key), or start '
+        'a new --workdir to train with the other loader.')
   failures = [f'{name}: {item.error}' for name, item in (('state', restored.state),
                                                          ('data', restored.data))
               if isinstance(item, ReadFailure)]
@@ -255,7 +336,7 @@ def _agreed_steps(manager: ocp.CheckpointManager) -> list[int]:
   return [int(s) for s in multihost_utils.broadcast_one_to_all(padded)]
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator: tf.data.Iterator):
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator):
   """(state, step) from the newest checkpoint without verified damage, or (None, None) when
   there is none; every process takes the same decision.
 

@@ -175,6 +175,7 @@ def _check_image_dataset(d):
   """The vision keys of config.dataset (they only shape image datasets' training stream)."""
   from jaxscale.data.augment import MAX_RANDAUGMENT_MAGNITUDE  # Late: loads TensorFlow.
   _check_choice('config.dataset.crop', d.crop, ('none', 'pad_and_crop', 'random_resized_crop'))
+  _check_choice('config.dataset.loader', d.loader, ('grain', 'tfdata'))
   if d.image_size <= 0:
     raise ConfigError(f'config.dataset.image_size={d.image_size} must be positive.')
   for key in ('crop_padding', 'randaugment_layers', 'mixup_alpha', 'cutmix_alpha'):

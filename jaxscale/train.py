@@ -150,7 +150,6 @@ def train_loop(experiment: experiment_lib.Experiment) -> dict:
     scale_numbers['flops_per_token'] = flops_per_step / tokens_per_step
   if start_step == 0:
     writer.write_scalars(0, scale_numbers)
-  eval_batches = list(datasets.eval.as_numpy_iterator())
   hooks = []
   if config.profile_steps and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(num_profile_steps=config.profile_steps,
@@ -163,7 +162,8 @@ def train_loop(experiment: experiment_lib.Experiment) -> dict:
     return seen
 
   def run_eval(step):
-    sums = evaluate(e.eval_step, state, eval_batches, e.batch_sharding)
+    # Read anew each time rather than held: the eval set caches its images still encoded.
+    sums = evaluate(e.eval_step, state, datasets.eval.as_numpy_iterator(), e.batch_sharding)
     row = eval_metrics(sums, datasets)
     return sums, row
 
@@ -175,8 +175,9 @@ def train_loop(experiment: experiment_lib.Experiment) -> dict:
   eval_row = None
   throughput.reset(start_step)
   for step in range(start_step + 1, config.num_train_steps + 1):
-    # The tf iterator itself (not as_numpy_iterator) is what tf.train.Checkpoint can save.
-    local_batch = {k: v.numpy() for k, v in next(train_iter).items()}
+    # The iterator itself (not as_numpy_iterator) is what the checkpoint saves: tf.data
+    # iterators give tensors, Grain's numpy arrays.
+    local_batch = {k: np.asarray(v) for k, v in next(train_iter).items()}
     batch = sharding.global_batch(local_batch, e.batch_sharding)
     state, step_metrics = train_step(state, batch)
     pending.append(step_metrics)

@@ -44,6 +44,22 @@ COMPRESSION_FIELDS = {'task', 'row', 'params', 'bytes', 'eval_accuracy', 'latenc
 
 
 @pytest.mark.slow
+def test_data_state_benchmark_reports_a_grain_item_of_a_few_bytes():
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
+  result = subprocess.run(
+      [sys.executable, str(ROOT / 'benchmarks' / 'data_state.py'), '--loaders=grain',
+       '--steps=2', '--batch_size=8', '--train_examples=64', '--eval_examples=16',
+       '--source_side=64'],
+      capture_output=True, text=True, timeout=600, env=env, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  (row,) = json.loads(result.stdout)['runs']
+  assert row['loader'] == 'grain' and row['code'] == 'after'
+  assert row['shuffle_buffer_size'] == 16_384 and row['image_size'] == 224
+  assert 0 < row['data_item_bytes_per_checkpoint']['2'] < 1024
+  assert row['peak_rss_bytes'] > 0
+
+
+@pytest.mark.slow
 def test_compression_benchmark_prints_a_row_per_compression_and_a_plot(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
   png = tmp_path / 'compression.png'

@@ -1,7 +1,9 @@
 """Checkpoints: state restores onto another mesh; the data position survives either way."""
 
+import grain
 import jax
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from jaxscale import checkpointing, optim, sharding, train
@@ -55,3 +57,28 @@ def test_data_position_survives_with_and_without_a_serialisable_pipeline(tmp_pat
     fresh = iter(make())
     checkpointing.restore(manager, 7, sharding.abstract_arrays(state, shardings), fresh)
     assert [int(next(fresh)) for _ in range(5)] == expected, name
+
+
+def _grain_numbers():
+  return iter(grain.MapDataset.range(1000).shuffle(seed=0).to_iter_dataset())
+
+
+def test_grain_position_is_a_few_bytes_and_the_other_loader_refuses_it(tmp_path):
+  config = tiny_config()
+  state, shardings = _state_on(config, jax.devices())
+  iterator = _grain_numbers()
+  for _ in range(7):
+    next(iterator)
+  manager = checkpointing.make_manager(tmp_path, config)
+  checkpointing.save(manager, 7, state, iterator, force=True)
+  manager.wait_until_finished()
+  expected = [int(next(iterator)) for _ in range(5)]
+  data_item = tmp_path / '7' / 'data'
+  assert sum(f.stat().st_size for f in data_item.rglob('*') if f.is_file()) < 1024
+  abstract = sharding.abstract_arrays(state, shardings)
+  fresh = _grain_numbers()
+  checkpointing.restore(manager, 7, abstract, fresh)
+  assert [int(next(fresh)) for _ in range(5)] == expected
+  with pytest.raises(checkpointing.LoaderMismatchError,
+                     match="'grain' loader.*--config.dataset.loader=grain"):
+    checkpointing.restore(manager, 7, abstract, iter(_numbers()))

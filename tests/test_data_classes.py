@@ -141,7 +141,8 @@ def test_classes_need_a_classification_dataset(tmp_path):
 
 def test_a_cached_subset_resumes_from_an_iterator_checkpoint(data_dir, raw, tmp_path):
   import tensorflow as tf  # noqa: PLC0415
-  config = _config(data_dir, classes=CLASSES, train_fraction=0.05, shuffle_buffer_size=16)
+  config = _config(data_dir, classes=CLASSES, train_fraction=0.05, shuffle_buffer_size=16,
+                   loader='tfdata')
   iterator = iter(_load(config).train)
   for _ in range(6):  # Into the second pass over the ~38 kept images: served from the cache.
     next(iterator)
@@ -152,3 +153,16 @@ def test_a_cached_subset_resumes_from_an_iterator_checkpoint(data_dir, raw, tmp_
   tf.train.Checkpoint(iterator=restored).restore(path)
   for image in expected:
     np.testing.assert_array_equal(next(restored)['image'].numpy(), image)
+
+
+def test_a_subset_resumes_from_the_grain_batch_count(data_dir, raw):
+  config = _config(data_dir, classes=CLASSES, train_fraction=0.05, shuffle_buffer_size=16)
+  iterator = iter(_load(config).train)
+  for _ in range(6):  # Into the second pass over the ~38 kept images.
+    next(iterator)
+  state = iterator.get_state()
+  expected = [next(iterator)['image'] for _ in range(8)]
+  restored = iter(_load(config).train)
+  restored.set_state(state)
+  for image in expected:
+    np.testing.assert_array_equal(next(restored)['image'], image)

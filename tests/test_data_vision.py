@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jaxscale import config_validation
+from jaxscale import config_validation, input_errors
 from jaxscale.config_base import get_base_config
-from jaxscale.data import DATASETS, augment, get_datasets
+from jaxscale.data import DATASETS, augment, get_datasets, indexed_image_pipeline, prepare, vision
 from jaxscale.data.builders import digits as digits_builder
 from tests.helpers import assert_same_batches, first_batches, tiny_config
 
@@ -246,9 +246,9 @@ def test_a_missing_real_dataset_says_how_to_prepare_it(tmp_path):
     _load(config)
 
 
-def test_iterator_checkpoint_resumes_the_same_batches(data_dir, tmp_path):
+def test_tfdata_iterator_checkpoint_resumes_the_same_batches(data_dir, tmp_path):
   config = _digits_config(data_dir, crop='random_resized_crop', flip=True, mixup_alpha=0.4,
-                          cutmix_alpha=1.0, randaugment_layers=1)
+                          cutmix_alpha=1.0, randaugment_layers=1, loader='tfdata')
   iterator = iter(_load(config).train)
   for _ in range(3):
     next(iterator)
@@ -260,11 +260,77 @@ def test_iterator_checkpoint_resumes_the_same_batches(data_dir, tmp_path):
                                   for _ in range(2)])
 
 
+def test_grain_state_is_a_batch_count_and_resumes_the_same_batches(data_dir):
+  config = _digits_config(data_dir, crop='random_resized_crop', flip=True, mixup_alpha=0.4,
+                          cutmix_alpha=1.0, randaugment_layers=1)
+  iterator = iter(_load(config).train)
+  for _ in range(3):
+    next(iterator)
+  state = iterator.get_state()
+  assert state == {'next_index': 3}
+  expected = [next(iterator) for _ in range(2)]
+  resumed = iter(_load(config).train)
+  resumed.set_state(state)
+  assert_same_batches(expected, [next(resumed) for _ in range(2)])
+  assert not np.array_equal(expected[0]['image'], first_batches(_load(config).train, 1)[0]['image'])
+
+
+def test_grain_global_batches_do_not_depend_on_the_process_count(data_dir):
+  config = _digits_config(data_dir, crop='random_resized_crop', flip=True)
+  whole = first_batches(_load(config, local_batch_size=2 * BATCH).train, 3)
+  halves = [first_batches(_load(config, process_index=p, process_count=2).train, 3)
+            for p in (0, 1)]
+  for batch, first_half, second_half in zip(whole, *halves):
+    for key in batch:
+      np.testing.assert_array_equal(batch[key], np.concatenate([first_half[key],
+                                                                second_half[key]]))
+
+
+def test_grain_epochs_cover_the_split_in_a_new_order_each_time(data_dir):
+  config = _digits_config(data_dir, image_size=8)
+  raw_images, _ = digits_builder.load_images_and_labels()
+  # 1497 train images per epoch: the first 375 batches of 8 hold two epochs and a bit.
+  batches = first_batches(_load(config).train, 375)
+  order = [i for batch in batches for i in _digit_indices(batch, raw_images)]
+  first, second = order[:1497], order[1497:2 * 1497]
+  assert len(set(first)) == 1497 and set(second) == set(first)
+  assert first[:100] != second[:100]
+
+
+def test_grain_needs_array_record_and_says_how_to_add_it(tmp_path):
+  builder = digits_builder.Digits(data_dir=str(tmp_path), file_format='tfrecord')
+  prepare.prepare(builder)  # tfrecord only, as datasets prepared before array_record.
+  source = vision.image_source(builder, train_split='train', eval_split='test',
+                               stats={'mean': (0.5,) * 3, 'std': (0.5,) * 3})
+  config = _digits_config(str(tmp_path))
+  # The message reaches the user as it is (the trainer explains unprepared datasets otherwise).
+  with pytest.raises(indexed_image_pipeline.ArrayRecordMissingError,
+                     match=r"stored as tfrecord only.*tfds convert_format --dataset_version_dir="
+                           r".*loader=tfdata"), input_errors.explained(config):
+    indexed_image_pipeline.train_batches(source, config, batch_size=BATCH, seed=0,
+                                         process_index=0, process_count=1)
+
+
+def test_eval_caches_encoded_images_not_decoded_ones(data_dir):
+  eval_set = _load(_digits_config(data_dir)).eval
+  graph = tf.compat.v1.GraphDef.FromString(eval_set._as_serialized_graph().numpy())
+  caches = [node for node in graph.node if node.op.startswith('CacheDataset')]
+  functions = [node for f in graph.library.function for node in f.node_def
+               if node.op.startswith('CacheDataset')]
+  assert len(caches + functions) == 1
+  cached_types = caches[0].attr['output_types'].list.type if caches else functions[0].attr[
+      'output_types'].list.type
+  # (index, encoded image, label): no float32 tensor is cached.
+  assert tf.string.as_datatype_enum in cached_types
+  assert tf.float32.as_datatype_enum not in cached_types
+
+
 @pytest.mark.parametrize('key,value,message', [
     ('crop', 'center', 'config.dataset.crop=.* choose one of: none, pad_and_crop'),
     ('mixup_alpha', -0.1, r'config.dataset.mixup_alpha=-0.1 must be >= 0'),
     ('randaugment_magnitude', 31, r'config.dataset.randaugment_magnitude=31 must be in \[0, 30\]'),
     ('image_size', 0, 'config.dataset.image_size=0 must be positive'),
+    ('loader', 'torch', "config.dataset.loader='torch' is not allowed; choose one of: grain, tfdata"),
 ])
 def test_config_validation_names_the_bad_dataset_key(key, value, message):
   config = tiny_config(**{f'dataset.{key}': value})

@@ -2,10 +2,14 @@
 
 import json
 import math
+import shutil
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from jaxscale import metrics, train
+from jaxscale import checkpointing, metrics, train
 from jaxscale.scaling.runs import collect
 from tests.helpers import load_config_file
 
@@ -61,3 +65,47 @@ def test_a_width_sweep_over_digits_is_collectable(data_dir, tmp_path):
   assert narrow['N'] < wide['N'] and narrow['C'] < wide['C']
   assert narrow['D'] == wide['D'] == 40 * 64  # Images seen.
   assert all(math.isfinite(row['loss']) for row in rows)
+
+
+def _data_item_bytes(workdir, step) -> int:
+  item = workdir / 'checkpoints' / str(step) / 'data'
+  return sum(f.stat().st_size for f in item.rglob('*') if f.is_file())
+
+
+def _saved_params(workdir, step):
+  return ocp.StandardCheckpointer().restore(workdir / 'checkpoints' / str(step) / 'state')['params']
+
+
+_SHORT = {'num_train_steps': 6, 'log_every_steps': 3, 'eval_every_steps': 6,
+          'checkpoint_every_steps': 3, 'optimizer.warmup_steps': 2, 'dataset.crop': 'pad_and_crop',
+          'dataset.flip': True, 'dataset.mixup_alpha': 0.4}
+
+
+def test_vision_run_resumed_from_a_checkpoint_matches_the_uninterrupted_one(data_dir, tmp_path):
+  config = _digits_run_config('mlp_digits', data_dir, **_SHORT)
+  straight = train.run(config, str(tmp_path / 'straight'))
+  workdir = tmp_path / 'resumed'
+  train.run(config, str(workdir))
+  # As if stopped after the checkpoint of step 3: the resumed run reads batches 4-6 again.
+  shutil.rmtree(workdir / 'checkpoints' / '6')
+  (workdir / 'summary.json').unlink()
+  resumed = train.run(config, str(workdir))
+  assert resumed['step'] == 6 and resumed['eval_loss'] == straight['eval_loss']
+  jax.tree.map(np.testing.assert_array_equal, _saved_params(workdir, 6),
+               _saved_params(tmp_path / 'straight', 6))
+  # The data item is this process's batch count: a few bytes, whatever the shuffle.
+  state = json.loads((workdir / 'checkpoints' / '3' / 'data' / 'process_0-of-1.json').read_text())
+  assert state == {'next_index': 3}
+  assert _data_item_bytes(workdir, 3) < 1024
+
+
+def test_tfdata_checkpoints_hold_the_buffer_and_do_not_resume_under_grain(data_dir, tmp_path):
+  config = _digits_run_config('mlp_digits', data_dir,
+                              **{**_SHORT, 'dataset.loader': 'tfdata', 'num_train_steps': 3})
+  train.run(config, str(tmp_path))
+  # The shuffle buffer of (encoded) digits images: what the index-based state avoids.
+  assert _data_item_bytes(tmp_path, 3) > 1024
+  config = _digits_run_config('mlp_digits', data_dir, **_SHORT, allow_config_change=True)
+  with pytest.raises(checkpointing.LoaderMismatchError,
+                     match="'tfdata' loader.*--config.dataset.loader=tfdata"):
+    train.run(config, str(tmp_path))

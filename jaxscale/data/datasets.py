@@ -5,13 +5,16 @@ from typing import Any
 
 import tensorflow as tf
 
-from jaxscale.data import image_pipeline, pipeline, sources, subsets, text_class_pipeline
+from jaxscale.data import (image_pipeline, indexed_image_pipeline, pipeline, sources, subsets,
+                           text_class_pipeline)
 from jaxscale.data.sources import DATASETS, ImageSource, TextClassSource
 
 
 @dataclasses.dataclass(frozen=True)
 class Datasets:
-  train: tf.data.Dataset   # Infinite; this process's batches, reshuffled every epoch.
+  # Infinite; this process's batches, reshuffled every epoch. A tf.data.Dataset, or for images
+  # under config.dataset.loader='grain' an IndexedBatches (Grain iterator, index-based state).
+  train: tf.data.Dataset | indexed_image_pipeline.IndexedBatches
   eval: tf.data.Dataset    # Exactly num_eval_batches batches of the same held-out windows.
   vocab_size: int
   bytes_per_token: float | None  # Mean UTF-8 bytes per eval target token (bits per byte).
@@ -36,7 +39,8 @@ def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int
   dataset_config.seq_len]) in place of `image`; see `text_class_pipeline`. Classification trains
   on `dataset_config.train_fraction` of the train labels (see `subsets`), of the classes
   `dataset_config.classes` (() = all; train and eval, relabelled 0..k-1). Resume a train
-  iterator exactly with `tf.train.Checkpoint(iterator=iter(datasets.train))`.
+  iterator exactly with `tf.train.Checkpoint(iterator=iter(datasets.train))`, or for images under
+  `dataset_config.loader='grain'` with the Grain iterator's `get_state`/`set_state`.
   """
   source = sources.keep_classes(DATASETS.get(dataset_config.name)(dataset_config),
                                 dataset_config.classes)
@@ -64,9 +68,10 @@ def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int
 def _image_datasets(source: ImageSource, dataset_config, *, local_batch_size: int,
                     num_eval_batches: int, seed: int, process_index: int,
                     process_count: int) -> Datasets:
-  train = image_pipeline.train_dataset(
-      source, dataset_config, batch_size=local_batch_size, seed=seed,
-      process_index=process_index, process_count=process_count)
+  train_pipeline = {'grain': indexed_image_pipeline.train_batches,
+                    'tfdata': image_pipeline.train_dataset}[dataset_config.loader]
+  train = train_pipeline(source, dataset_config, batch_size=local_batch_size, seed=seed,
+                         process_index=process_index, process_count=process_count)
   eval_batches = image_pipeline.eval_dataset(
       source, image_size=dataset_config.image_size, batch_size=local_batch_size,
       num_batches=num_eval_batches, process_index=process_index, process_count=process_count)

@@ -62,3 +62,56 @@ def _exclusive_lock(path: epath.Path, holder: str):
       yield
     finally:
       fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def add_array_record(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  """Adds array_record copies of a prepared dataset's tfrecord shards, unless already there.
+
+  Index-based train pipelines read examples by position (`as_data_source`, array_record) while
+  tf.data reads them from tfrecord (`as_dataset`), so the embedded datasets keep both. (TFDS's
+  own `tfds convert_format` does the same but needs Apache Beam installed.)
+  """
+  if _has_array_record(builder):
+    return builder
+  with _exclusive_lock(_lock_path(builder.data_path), holder=f'converting {builder.data_dir}'):
+    builder.info.read_from_directory(builder.data_dir)
+    if not _has_array_record(builder):  # No other process converted it meanwhile.
+      for split in builder.info.splits.values():
+        for tfrecord_path in split.filepaths:
+          _copy_as_array_record(tfrecord_path)
+      builder.info.add_alternative_file_format(ARRAY_RECORD)
+      builder.info.write_to_directory(builder.data_dir)
+  return builder
+
+
+ARRAY_RECORD = tfds.core.file_adapters.FileFormat.ARRAY_RECORD
+
+
+def _has_array_record(builder: tfds.core.DatasetBuilder) -> bool:
+  return ARRAY_RECORD in recorded_file_formats(builder)
+
+
+def recorded_file_formats(builder: tfds.core.DatasetBuilder) -> set:
+  """The formats the prepared dataset holds, as `builder.info.available_file_formats()`.
+
+  TFDS 4.9.10's `read_from_directory` (a code builder of an already prepared dataset) loads the
+  recorded alternative formats into the info proto only, so `available_file_formats` (which
+  `as_data_source` asks) misses them; this adds them to the info first.
+  """
+  info = builder.info
+  for name in set(info.as_proto.alternative_file_formats) - {
+      f.value for f in info.available_file_formats()}:
+    info.add_alternative_file_format(name)
+  return info.available_file_formats()
+
+
+def _copy_as_array_record(tfrecord_path: epath.Path):
+  """Writes the shard's records, in order, to its array_record name (TFDS's naming template)."""
+  import tensorflow as tf  # noqa: PLC0415
+  tfrecord_path = epath.Path(tfrecord_path)
+  target = tfrecord_path.parent / tfrecord_path.name.replace('.tfrecord-', '.array_record-')
+  partial = target.parent / f'{target.name}.incomplete'
+  records = tf.data.TFRecordDataset(os.fspath(tfrecord_path)).as_numpy_iterator()
+  tfds.core.file_adapters.ADAPTER_FOR_FORMAT[ARRAY_RECORD].write_examples(
+      partial, ((None, record) for record in records))
+  partial.replace(target)  # Only complete shards carry the name TFDS reads.

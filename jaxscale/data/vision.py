@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from jaxscale.data import sources
 from jaxscale.data.builders import digits as digits_builder
-from jaxscale.data.prepare import prepare
+from jaxscale.data.prepare import add_array_record, prepare
 from jaxscale.data.sources import DATASETS, ImageSource, data_dir_or_default
 
 _MINUS_ONE_TO_ONE = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}
@@ -51,6 +51,7 @@ def digits(dataset_config) -> ImageSource:
   builder = digits_builder.Digits(data_dir=data_dir_or_default(dataset_config),
                                   file_format='tfrecord')
   prepare(builder)  # Reads scikit-learn's copy the first time; a no-op after.
+  add_array_record(builder)  # For the index-based train pipeline; tf.data reads the tfrecords.
   return image_source(builder, train_split='train', eval_split='test', stats=_MINUS_ONE_TO_ONE)
 
 

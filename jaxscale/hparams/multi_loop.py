@@ -34,16 +34,19 @@ def evaluate(e: multi.MultiExperiment, state, eval_batches) -> list[dict]:
 
 
 def _eval_batches(e):
+  """The eval batches, read anew on each call (the eval sets cache their inputs themselves)."""
   if e.shared_data:
-    return list(e.datasets[0].eval.as_numpy_iterator())
-  per_model = [list(d.eval.as_numpy_iterator()) for d in e.datasets]
-  return [multi.stack_batches(list(group)) for group in zip(*per_model)]
+    yield from e.datasets[0].eval.as_numpy_iterator()
+    return
+  for group in zip(*[d.eval.as_numpy_iterator() for d in e.datasets]):
+    yield multi.stack_batches(list(group))
 
 
 def _next_batch(e, iterators):
   if e.shared_data:
-    return {k: v.numpy() for k, v in next(iterators[0]).items()}
-  return multi.stack_batches([{k: v.numpy() for k, v in next(it).items()} for it in iterators])
+    return {k: np.asarray(v) for k, v in next(iterators[0]).items()}
+  return multi.stack_batches([{k: np.asarray(v) for k, v in next(it).items()}
+                               for it in iterators])
 
 
 def run(config, workdirs: list[str], values: dict[str, list]) -> list[dict]:
@@ -83,7 +86,6 @@ def train_loop(e: multi.MultiExperiment, workdirs) -> list[dict]:
     return seen
 
   iterators = [iter(d.train) for d in ([e.datasets[0]] if e.shared_data else e.datasets)]
-  eval_batches = _eval_batches(e)
   state, pending = e.state, []
   alive = [True] * num_models        # False once a model's loss went non-finite ('stop').
   last_loss = [math.nan] * num_models
@@ -111,7 +113,7 @@ def train_loop(e: multi.MultiExperiment, workdirs) -> list[dict]:
             'param_norm': float(rows[-1]['param_norm'][k]),
             'skipped_updates': int(rows[-1]['skipped_updates'][k]), **speed, **counters(step)})
     if eval_now:
-      for k, row in enumerate(evaluate(e, state, eval_batches)):
+      for k, row in enumerate(evaluate(e, state, _eval_batches(e))):
         if alive[k]:
           eval_rows[k] = row
           writers[k].write_scalars(step, {**row, 'train_loss': last_loss[k], **counters(step),
