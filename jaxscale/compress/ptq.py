@@ -57,7 +57,9 @@ class Evaluator:
     self.datasets = data_lib.get_datasets(
         config.dataset, local_batch_size=config.batch_size,
         num_eval_batches=config.num_eval_batches, seed=config.seed)
-    self.eval_batches = list(self.datasets.eval.as_numpy_iterator())
+    # The first batch only (calibration and latency); evaluation reads the set anew each time,
+    # so no decoded copy of the whole eval set stays in memory.
+    self.first_eval_batch = next(self.datasets.eval.as_numpy_iterator())
     self.objective = objectives.make(objectives.name_for(config, self.datasets.task), config)
     mesh = jax.make_mesh((1,), ('batch',), axis_types=(jax.sharding.AxisType.Auto,),
                          devices=jax.local_devices()[:1])
@@ -69,7 +71,7 @@ class Evaluator:
 
   def sample_inputs(self):
     """One eval batch's model inputs (Qwix traces the model on them to see its ops)."""
-    return model_inputs(sharding.global_batch(self.eval_batches[0], self.batch_sharding))
+    return model_inputs(sharding.global_batch(self.first_eval_batch, self.batch_sharding))
 
   def eval_step(self, objective):
     return jax.jit(lambda state, batch: steps.eval_step(
@@ -77,8 +79,8 @@ class Evaluator:
 
   def evaluate(self, objective) -> dict:
     """The eval row (as training logs it) of the model under `objective`."""
-    sums = self._train.evaluate(self.eval_step(objective), self.state, self.eval_batches,
-                                self.batch_sharding)
+    sums = self._train.evaluate(self.eval_step(objective), self.state,
+                                self.datasets.eval.as_numpy_iterator(), self.batch_sharding)
     row = self._train.eval_metrics(sums, self.datasets)
     return {k: row[k] for k in REPORTED if k in row}
 
@@ -86,7 +88,7 @@ class Evaluator:
     """Seconds per eval batch of the compiled step: the fastest of `repeats` timed calls (the
     least disturbed by whatever else the machine runs)."""
     step = self.eval_step(objective)
-    batch = sharding.global_batch(self.eval_batches[0], self.batch_sharding)
+    batch = sharding.global_batch(self.first_eval_batch, self.batch_sharding)
     jax.block_until_ready(step(self.state, batch))  # Compile.
     times = []
     for _ in range(repeats):

@@ -1,13 +1,14 @@
 """Scaled dot-product attention over [B, L, H, K] queries, keys and values.
 
 Implementations (`config.model.attention_impl`):
-  'einsum'  Two plain einsums in the compute dtype with an fp32 softmax between them. On CPU this
-            is the fastest: XLA:CPU has no bf16 x bf16 -> fp32 batched matmul, so the fp32 logits
-            `jax.nn.dot_product_attention` asks for become fp32 matmuls on upcast operands, forward
-            and backward (1.4x slower for a whole bf16 step of `configs/bench_small.py`). The
-            logits are rounded to the compute dtype before the fp32 softmax, as in nanodo and
-            MaxText's default; in fp32 it equals 'xla' up to rounding.
-  'xla'     `jax.nn.dot_product_attention`'s XLA path (fp32 logits whatever the compute dtype).
+  'xla'     `jax.nn.dot_product_attention`'s XLA path (the default): fp32 logits whatever the
+            compute dtype.
+  'einsum'  Two plain einsums in the compute dtype with an fp32 softmax between them, as nanodo
+            and MaxText's default write it: under bf16 the logits are rounded to bf16 before the
+            softmax; in fp32 it equals 'xla' up to rounding. On CPU it is no faster (XLA:CPU
+            computes batched bf16 matmuls in fp32 either way; measured within 1% for a bf16 step
+            of `configs/bench_small.py`); it is the reference form for comparing with those
+            codebases.
   'cudnn'   cuDNN's fused kernel (NVIDIA GPUs, bf16/fp16): padding is passed as per-sequence
             lengths, so real tokens must come first.
 """
@@ -15,7 +16,7 @@ Implementations (`config.model.attention_impl`):
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ('einsum', 'xla', 'cudnn')
+IMPLEMENTATIONS = ('xla', 'einsum', 'cudnn')
 
 
 def attend(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, *, impl: str, scale: float | None = None,
