@@ -118,7 +118,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'           # Compute dtype: 'float32' | 'bfloat16'. Params stay fp32.
   c.model.scan_layers = False         # One compiled layer body scanned over depth (fast compiles).
   c.model.remat_policy = 'none'       # 'none' | 'full' | 'dots_saveable' | 'dots_with_no_batch_dims_saveable'
-  c.model.attention_impl = 'xla'      # 'xla' | 'einsum' | 'cudnn' (see jaxscale/models/attention.py)
+  c.model.attention_impl = 'einsum'   # 'einsum' | 'xla' | 'cudnn' (see jaxscale/models/attention.py)
   # >0: a classifier, logits [B, num_classes] from one pooled position; 0: logits [B, L, vocab]
   # (next-token for 'transformer', per-position for masked-LM with 'encoder').
   c.model.num_classes = 0

@@ -178,7 +178,7 @@ class Transformer(nnx.Module):
   def __init__(self, *, vocab_size: int, num_layers: int, d_model: int, num_heads: int,
                mlp_dim: int, mlp_activation: str = 'swiglu', tie_embeddings: bool = True,
                rope_theta: float = 10_000.0, dtype: str = 'float32', scan_layers: bool = False,
-               remat_policy: str = 'none', attention_impl: str = 'xla', causal: bool = True,
+               remat_policy: str = 'none', attention_impl: str = 'einsum', causal: bool = True,
                num_classes: int = 0, pooling: str = '', parametrization: str = 'sp',
                mup_base_width: int = 0, init_scale: float = 1.0, rngs: nnx.Rngs):
     if pooling and pooling not in POOLINGS:

@@ -114,7 +114,7 @@ class ViT(nnx.Module):
                width: int = 384, depth: int = 12, num_heads: int = 6, mlp_dim: int = 1536,
                pooling: str = 'cls', channels: int = 3, dtype: str = 'float32',
                scan_layers: bool = False, remat_policy: str = 'none',
-               attention_impl: str = 'xla', parametrization: str = 'sp',
+               attention_impl: str = 'einsum', parametrization: str = 'sp',
                mup_base_width: int = 0, init_scale: float = 1.0, rngs: nnx.Rngs):
     if image_size % patch_size:
       raise ValueError(f'image_size={image_size} is not a multiple of patch_size={patch_size}.')
