@@ -119,10 +119,14 @@ def _abstract_batch(config, datasets, batch_sharding):
           for k, spec in datasets.train.element_spec.items()}
 
 
+def _is_trainable(flag) -> bool:
+  """A leaf of the trainable mask: a bool, or a Variable holding one."""
+  return bool(flag.get_value() if isinstance(flag, nnx.Variable) else flag)
+
+
 def _param_counts(params, trainable) -> dict[str, int]:
   sizes = {name: leaf.size for name, leaf in param_paths.named_leaves(params).items()}
-  flags = {name: bool(flag.value) if isinstance(flag, nnx.Variable) else bool(flag)
-           for name, flag in param_paths.named_leaves(trainable).items()}
+  flags = {name: _is_trainable(flag) for name, flag in param_paths.named_leaves(trainable).items()}
   trainable_count = sum(size for name, size in sizes.items() if flags[name])
   return {'params_trainable': trainable_count,
           'params_frozen': sum(sizes.values()) - trainable_count}
@@ -133,7 +137,8 @@ def _checkpointed_fields(initial_state, trainable):
   out (a LoRA or frozen-backbone checkpoint holds what training changed); a restore takes them
   from the initial state, which re-derives them the same way each start (init_from or the seed).
   """
-  frozen = {name for name, flag in param_paths.named_leaves(trainable).items() if not flag.value}
+  frozen = {name for name, flag in param_paths.named_leaves(trainable).items()
+            if not _is_trainable(flag)}
   if not frozen:
     return (lambda state: state), (lambda state: state)
 
