@@ -71,14 +71,8 @@ def load_config(name: str, overrides: dict):
   """configs/<name>.py's get_config() with dotted-key overrides (a key the schema lacks raises
   KeyError, reported as a skipped row)."""
   from jaxscale import config_base  # noqa: PLC0415  (after the import path is set)
-  config = config_base.load_config_file(ROOT / 'configs' / f'{name}.py')
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  return config_base.set_existing_keys(
+      config_base.load_config_file(ROOT / 'configs' / f'{name}.py'), overrides, name=name)
 
 
 def train_run(task: str, name: str, overrides: dict, out: pathlib.Path) -> pathlib.Path:

@@ -69,16 +69,8 @@ FROZEN_BACKBONE = ('^(?!head)',)
 def load_config(name: str, overrides: dict):
   """configs/<name>.py's get_config() with dotted-key overrides (existing keys only)."""
   from jaxscale import config_base  # noqa: PLC0415  (after the import path is set)
-  config = config_base.load_config_file(ROOT / 'configs' / f'{name}.py')
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    if leaf not in node:
-      raise KeyError(f'{name}: no config key {key!r}')
-    node[leaf] = value
-  return config
+  return config_base.set_existing_keys(
+      config_base.load_config_file(ROOT / 'configs' / f'{name}.py'), overrides, name=name)
 
 
 def budget(config, steps: int) -> dict:

@@ -225,6 +225,21 @@ def flatten(config, prefix: str = 'config') -> dict[str, object]:
   return flat
 
 
+def set_existing_keys(config, values: dict, *, name: str = 'config') -> ml_collections.ConfigDict:
+  """Sets each dotted key of `values` ('model.d_model': 64) in `config`, as --config.key=value
+  does from Python values; returns `config`. A key the config lacks raises KeyError naming it
+  (never added silently)."""
+  for key, value in values.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    if leaf not in node:
+      raise KeyError(f'{name}: no config key {key!r}')
+    node[leaf] = value
+  return config
+
+
 def load_config_file(path) -> ml_collections.ConfigDict:
   """`get_config()` of a Python config file (a `file.py:arg` suffix passes `arg`). Config files
   use it to build on a sibling: `load_config_file(pathlib.Path(__file__).with_name('x.py'))`."""
