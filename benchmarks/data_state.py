@@ -1,8 +1,10 @@
-"""What the image input pipeline's position costs: bytes of the checkpoint's data item and the
-training loop's peak host memory, for the tf.data loader (shuffle buffer) and the Grain loader
+"""What the input pipeline's position costs: bytes of the checkpoint's data item and the
+training loop's peak host memory, for the tf.data loader (shuffle buffers) and the Grain loader
 (index-based), as JSON.
 
   python benchmarks/data_state.py --config configs/resnet50_imagenet.py
+  # A language-modelling config trains on its own (embedded) data, with a tiny model:
+  python benchmarks/data_state.py --config configs/default.py --shuffle_buffer_size 4096
   # Also the code before the Grain loader (tf.data train, eval cached decoded and listed):
   git worktree add /tmp/before <commit> && \
     python benchmarks/data_state.py --before_checkout=/tmp/before
@@ -16,6 +18,7 @@ pixels, JPEG-encoded: noise compresses worse than photographs, so their encoded 
 differs from real ImageNet's (~110 KB on average); the buffer's bytes scale with it.
 """
 
+import contextlib
 import json
 import os
 import resource
@@ -39,6 +42,8 @@ _EVAL_EXAMPLES = flags.DEFINE_integer(
     'eval_examples', 1024, 'Fake eval images (the eval set: its cache shows in the peak RSS).')
 _BEFORE_CHECKOUT = flags.DEFINE_string(
     'before_checkout', '', 'A checkout of the code before the Grain loader: adds its run.')
+_SHUFFLE_BUFFER_SIZE = flags.DEFINE_integer(
+    'shuffle_buffer_size', 0, "config.dataset.shuffle_buffer_size (0: the config's).")
 _LOADER = flags.DEFINE_string('loader', '', 'Internal: measure this loader in this process.')
 _WORKDIR = flags.DEFINE_string('workdir', '', 'Internal: the workdir of that run.')
 
@@ -95,10 +100,17 @@ def _measure(loader: str, workdir: str) -> dict:
       'async_checkpointing': False})
   if 'loader' in config.dataset:  # (The code before it had the tf.data loader only.)
     config.dataset.loader = loader
-  config.model = ml_collections.ConfigDict({'name': 'mlp', 'num_classes': 0, 'image_size': 0,
-                                            'hidden_dims': (16,), 'activation': 'relu'})
+  if _SHUFFLE_BUFFER_SIZE.value:
+    config.dataset.shuffle_buffer_size = _SHUFFLE_BUFFER_SIZE.value
+  is_text = config.model.name == 'transformer'  # Language modelling on the config's own data.
+  if is_text:  # The model's size does not change the data item; keep the step short.
+    config.update_from_flattened_dict({'model.num_layers': 1, 'model.d_model': 32,
+                                       'model.num_heads': 2, 'model.mlp_dim': 64})
+  else:
+    config.model = ml_collections.ConfigDict({'name': 'mlp', 'num_classes': 0, 'image_size': 0,
+                                              'hidden_dims': (16,), 'activation': 'relu'})
   start = time.perf_counter()
-  with _mocked():
+  with contextlib.nullcontext() if is_text else _mocked():
     summary = train.run(config, workdir)
   seconds = time.perf_counter() - start
   checkpoints = os.path.join(workdir, 'checkpoints')
@@ -109,8 +121,9 @@ def _measure(loader: str, workdir: str) -> dict:
           'peak_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
           'run_seconds': round(seconds, 1), 'eval_loss': summary['eval_loss'],
           'shuffle_buffer_size': config.dataset.shuffle_buffer_size,
-          'image_size': config.dataset.image_size,
-          'mean_encoded_image_bytes': _mean_encoded_bytes()}
+          **({'seq_len': config.dataset.seq_len} if is_text else {
+              'image_size': config.dataset.image_size,
+              'mean_encoded_image_bytes': _mean_encoded_bytes()})}
 
 
 def _mean_encoded_bytes(count: int = 32) -> float:
@@ -137,7 +150,7 @@ def main(argv):
     with tempfile.TemporaryDirectory() as workdir:
       flags_passed = [f'--{name}={flags.FLAGS[name].serialize().split("=", 1)[1]}'
                       for name in ('config', 'steps', 'batch_size', 'train_examples',
-                                   'source_side', 'eval_examples')]
+                                   'source_side', 'eval_examples', 'shuffle_buffer_size')]
       result = subprocess.run(
           [sys.executable, __file__, *flags_passed, f'--loader={loader}',
            f'--workdir={os.path.join(workdir, "run")}'],

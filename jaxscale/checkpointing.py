@@ -3,8 +3,8 @@
 Each checkpoint step holds two items: `state` (the sharded TrainState, restored onto whatever
 mesh the run now has) and `data` (each process's input position, so a resumed run reads exactly
 the batches the interrupted one would have). The data item is either a Grain iterator's state
-(`process_<i>-of-<n>.json`, a few integers: the index-based image pipeline) or a
-`tf.train.Checkpoint` of a tf.data iterator (text, and images under loader='tfdata'; it holds
+(`process_<i>-of-<n>.json`, a few integers: the index-based pipelines of loader='grain') or a
+`tf.train.Checkpoint` of a tf.data iterator (loader='tfdata', and text classification; it holds
 the pipeline's shuffle buffers). A checkpoint written by one kind resumes only with the same
 kind: the other refuses with `LoaderMismatchError`, naming the loader to resume with.
 

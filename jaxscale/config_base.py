@@ -140,10 +140,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dataset.data_dir = ''             # TFDS data dir ('' = TFDS default, ~/tensorflow_datasets).
   c.dataset.seq_len = 256             # Tokens per training sequence.
   c.dataset.shuffle_buffer_size = 1024  # Examples in the shuffle buffer (packed sequences, images).
-  # Image train pipeline: 'grain' reads examples by index (a global permutation per epoch; the
-  # checkpointed data state is a few integers; needs the train split in array_record; any
-  # shuffle_buffer_size > 1 just turns the shuffle on), 'tfdata' shuffles in a buffer (its
-  # checkpoints store the buffer). Text datasets always use tf.data.
+  # Train pipeline of language-modelling and image datasets: 'grain' reads examples by index (a
+  # new permutation of the documents/images each epoch; the checkpointed data state is a few
+  # integers; needs the train split in array_record; images: any shuffle_buffer_size > 1 turns
+  # the shuffle on, text: packed windows are mixed in groups of shuffle_buffer_size), 'tfdata'
+  # shuffles in buffers (its checkpoints store them). Text classification always uses tf.data.
   c.dataset.loader = 'grain'
   c.dataset.tokenizer = 'byte'        # 'byte' | 'sentencepiece' (real text datasets).
   c.dataset.spm_model_path = ''       # SentencePiece model file when tokenizer='sentencepiece'.

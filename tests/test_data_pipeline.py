@@ -1,11 +1,15 @@
 """The input pipeline on the byte-level python_stdlib corpus: the contract the trainer relies on."""
 
+import json
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from jaxscale.config_base import get_base_config
-from jaxscale.data import DATASETS, get_datasets
+from jaxscale.data import (DATASETS, add_array_record, get_datasets, indexed,
+                           indexed_text_pipeline, prepare, text)
 from jaxscale.data.builders import python_stdlib
 from tests.helpers import assert_same_batches, first_batches
 
@@ -124,15 +128,94 @@ def test_eval_packs_real_validation_files_back_to_back(stdlib_config):
   compile(source, validation_files[source], 'exec')  # Real Python source.
 
 
-def test_train_iterator_resumes_exactly_from_a_checkpoint(stdlib_config, tmp_path):
-  iterator = iter(_load(stdlib_config).train)
+def test_tfdata_train_iterator_resumes_exactly_from_a_checkpoint(stdlib_config, tmp_path):
+  config = stdlib_config.copy_and_resolve_references()
+  config.loader = 'tfdata'
+  iterator = iter(_load(config).train)
   for _ in range(5):
     next(iterator)
   path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'iterator'))
   expected = [next(iterator) for _ in range(3)]
-  resumed = iter(_load(stdlib_config).train)
+  resumed = iter(_load(config).train)
   tf.train.Checkpoint(iterator=resumed).read(path).assert_consumed()
   for want in expected:
     got = next(resumed)
     for key in want:
       np.testing.assert_array_equal(want[key].numpy(), got[key].numpy())
+
+
+def _grain_config(stdlib_config, shuffle_buffer_size):
+  config = stdlib_config.copy_and_resolve_references()
+  config.loader, config.shuffle_buffer_size = 'grain', shuffle_buffer_size
+  return config
+
+
+@pytest.mark.parametrize('shuffle_buffer_size', [1, 64])
+def test_grain_train_state_is_small_json_and_resumes_exactly(stdlib_config, shuffle_buffer_size):
+  """Saved as checkpoints save it (JSON, Grain's handler), at the start of the stream (no
+  remainder document: JSON turns its empty slices into lists) and inside windows and groups."""
+  train = _load(_grain_config(stdlib_config, shuffle_buffer_size)).train
+  for skip in [0, 3, 8, 9, 70]:
+    iterator = iter(train)
+    for _ in range(skip):
+      next(iterator)
+    saved = json.dumps(iterator.get_state())
+    assert len(saved) < 400  # A few integers, however large the shuffle group.
+    expected = [next(iterator) for _ in range(10)]
+    resumed = iter(_load(_grain_config(stdlib_config, shuffle_buffer_size)).train)
+    resumed.set_state(json.loads(saved))
+    assert_same_batches(expected, [next(resumed) for _ in range(10)])
+
+
+def test_grain_state_does_not_grow_with_the_shuffle_group(stdlib_config):
+  sizes = []
+  for shuffle_buffer_size in [16, 1024]:
+    iterator = iter(_load(_grain_config(stdlib_config, shuffle_buffer_size)).train)
+    next(iterator)
+    sizes.append(len(json.dumps(iterator.get_state())))
+  assert sizes[1] <= sizes[0] + 4  # Only the digits of its counters differ.
+
+
+def test_grain_windows_are_whole_documents_end_to_end(stdlib_config):
+  """Unshuffled windows, laid end to end, are train files separated by NUL: nothing dropped or
+  repeated at window or document boundaries, each document read once in an epoch."""
+  train = _load(_grain_config(stdlib_config, 1)).train
+  stream = b''.join(bytes(np.append(inputs, targets[-1]).astype(np.uint8))
+                    for batch in first_batches(train, 1500)
+                    for inputs, targets in zip(batch['inputs'], batch['targets']))
+  root = python_stdlib.stdlib_root()
+  train_files = {(root / path).read_bytes()
+                 for path in map(lambda p: p.relative_to(root).as_posix(),
+                                 python_stdlib.source_files(root))
+                 if not python_stdlib.is_validation(path)}
+  # The stream starts at a document's start; only the last piece is cut off.
+  *complete_documents, last_piece = stream.split(b'\0')
+  assert len(complete_documents) >= 2
+  assert all(document in train_files for document in complete_documents)
+  assert len(set(complete_documents)) == len(complete_documents)
+  assert any(document.startswith(last_piece) for document in train_files)
+
+
+def test_grain_needs_array_record_and_the_command_adds_it(tmp_path):
+  builder = python_stdlib.PythonStdlib(data_dir=str(tmp_path), file_format='tfrecord')
+  prepare.prepare(builder)  # tfrecord only, as datasets prepared without array_record.
+  source = text.text_source(builder, train_split='train', eval_split='validation',
+                            dataset_config=get_base_config().dataset)
+  config = get_base_config().dataset
+  config.seq_len = SEQ_LEN
+  with pytest.raises(indexed.ArrayRecordMissingError,
+                     match=r'stored as tfrecord only.*python -m jaxscale.data.add_array_record '
+                           + re.escape(builder.data_dir) + r'.*loader=tfdata'):
+    indexed_text_pipeline.train_batches(source, config, batch_size=BATCH, seed=0,
+                                        process_index=0, process_count=1)
+  add_array_record.main(['add_array_record', builder.data_dir])
+  builder = prepare.prepare(  # As the next run would find it.
+      python_stdlib.PythonStdlib(data_dir=str(tmp_path), file_format='tfrecord'))
+  source = text.text_source(builder, train_split='train', eval_split='validation',
+                            dataset_config=get_base_config().dataset)
+  batches = first_batches(indexed_text_pipeline.train_batches(
+      source, config, batch_size=BATCH, seed=0, process_index=0, process_count=1), 2)
+  assert batches[1]['inputs'].shape == (BATCH, SEQ_LEN)
+  # tf.data still reads the tfrecord files, unchanged by the added format.
+  assert builder.info.file_format.value == 'tfrecord'
+  assert next(iter(builder.as_dataset(split='validation')))['text'].numpy()

@@ -7,7 +7,8 @@ import tensorflow_datasets as tfds
 
 from jaxscale import config_validation, input_errors
 from jaxscale.config_base import get_base_config
-from jaxscale.data import DATASETS, augment, get_datasets, indexed_image_pipeline, prepare, vision
+from jaxscale.data import (DATASETS, augment, get_datasets, indexed, indexed_image_pipeline, prepare,
+                           vision)
 from jaxscale.data.builders import digits as digits_builder
 from tests.helpers import assert_same_batches, first_batches, tiny_config
 
@@ -304,8 +305,8 @@ def test_grain_needs_array_record_and_says_how_to_add_it(tmp_path):
                                stats={'mean': (0.5,) * 3, 'std': (0.5,) * 3})
   config = _digits_config(str(tmp_path))
   # The message reaches the user as it is (the trainer explains unprepared datasets otherwise).
-  with pytest.raises(indexed_image_pipeline.ArrayRecordMissingError,
-                     match=r"stored as tfrecord only.*tfds convert_format --dataset_version_dir="
+  with pytest.raises(indexed.ArrayRecordMissingError,
+                     match=r"stored as tfrecord only.*python -m jaxscale.data.add_array_record "
                            r".*loader=tfdata"), input_errors.explained(config):
     indexed_image_pipeline.train_batches(source, config, batch_size=BATCH, seed=0,
                                          process_index=0, process_count=1)

@@ -7,13 +7,14 @@ import socket
 import subprocess
 import sys
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import tensorflow as tf
 
 import jaxscale.data
+from jaxscale.data import indexed
 from jaxscale import metrics, train
 
 NUM_STEPS = 6
@@ -77,8 +78,11 @@ def _two_shard_datasets(real_get_datasets):
                                 num_eval_batches=kwargs['num_eval_batches'], seed=kwargs['seed'],
                                 process_index=index, process_count=2).train
               for index in range(2)]
-    train_batches = tf.data.Dataset.zip(tuple(shards)).map(
-        lambda a, b: {k: tf.concat([a[k], b[k]], axis=0) for k in a})
+    # Grain streams (the default loader): zipped the same way, batches stay numpy.
+    train_batches = indexed.IndexedBatches(
+        batches=grain.experimental.ZipIterDataset([shard.batches for shard in shards]).map(
+            lambda pair: {k: np.concatenate([pair[0][k], pair[1][k]]) for k in pair[0]}),
+        element_spec=whole.train.element_spec)
     return dataclasses.replace(whole, train=train_batches)
 
   return get_datasets
@@ -104,8 +108,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, mo
 
   # Checkpoints are written by both processes together; each saved its own data position.
   final = workdir / 'checkpoints' / str(NUM_STEPS)
-  assert {p.name for p in (final / 'data').glob('*.index')} == {
-      'process_0_of_2.index', 'process_1_of_2.index'}
+  assert {p.name for p in (final / 'data').glob('process_*.json')} == {
+      'process_0-of-2.json', 'process_1-of-2.json'}
   checkpointer = ocp.StandardCheckpointer()
   state_one = checkpointer.restore(tmp_path / 'one' / 'checkpoints' / str(NUM_STEPS) / 'state')
   # Device ids differ across the two topologies: restore onto this process's layout.

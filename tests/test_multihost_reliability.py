@@ -74,8 +74,8 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_a_flaky_read_still_re
   checkpoints = workdir / 'checkpoints'
   saved = sorted(int(p.name) for p in checkpoints.iterdir())
   assert len(saved) == 2 and saved[-1] == stop_step
-  assert {p.name for p in (workdir / 'checkpoints' / str(stop_step) / 'data').glob('*.index')} \
-      == {'process_0_of_2.index', 'process_1_of_2.index'}
+  assert {p.name for p in (workdir / 'checkpoints' / str(stop_step) / 'data').glob('process_*')} \
+      == {'process_0-of-2.json', 'process_1-of-2.json'}
 
   # The restart's first two reads of the train state fail on the second process (a network file
   # system hiccup): retried there, and both processes resume from the newest step.

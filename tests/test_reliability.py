@@ -280,14 +280,14 @@ def test_keep_n_keeps_the_older_checkpoint_when_a_newer_save_is_interrupted(tmp_
 
 def test_a_failed_save_stops_the_run_naming_the_step_and_keeps_finished_checkpoints(
     data_dir, tmp_path, monkeypatch):
-  real_save = checkpointing.TfDataIteratorHandler.save
+  real_save = checkpointing.GrainIteratorHandler.save
 
   def full_disk_at_step_4(self, directory, args):
     if '/4.' in os.fspath(directory) or os.fspath(directory).endswith('/4'):
       raise OSError('No space left on device (simulated)')
     return real_save(self, directory, args)
 
-  monkeypatch.setattr(checkpointing.TfDataIteratorHandler, 'save', full_disk_at_step_4)
+  monkeypatch.setattr(checkpointing.GrainIteratorHandler, 'save', full_disk_at_step_4)
   config = _markov_config(data_dir, num_train_steps=8, checkpoint_every_steps=2,
                           eval_every_steps=8, log_every_steps=2, async_checkpointing=True)
   with pytest.raises(checkpointing.CheckpointSaveError) as raised:

@@ -5,16 +5,17 @@ from typing import Any
 
 import tensorflow as tf
 
-from jaxscale.data import (image_pipeline, indexed_image_pipeline, pipeline, sources, subsets,
-                           text_class_pipeline)
+from jaxscale.data import (image_pipeline, indexed, indexed_image_pipeline, indexed_text_pipeline,
+                           pipeline, sources, subsets, text_class_pipeline)
 from jaxscale.data.sources import DATASETS, ImageSource, TextClassSource
 
 
 @dataclasses.dataclass(frozen=True)
 class Datasets:
-  # Infinite; this process's batches, reshuffled every epoch. A tf.data.Dataset, or for images
-  # under config.dataset.loader='grain' an IndexedBatches (Grain iterator, index-based state).
-  train: tf.data.Dataset | indexed_image_pipeline.IndexedBatches
+  # Infinite; this process's batches, reshuffled every epoch. Under config.dataset.loader='grain'
+  # (language modelling and images) an IndexedBatches (Grain iterator, index-based state), else a
+  # tf.data.Dataset.
+  train: tf.data.Dataset | indexed.IndexedBatches
   eval: tf.data.Dataset    # Exactly num_eval_batches batches of the same held-out windows.
   vocab_size: int
   bytes_per_token: float | None  # Mean UTF-8 bytes per eval target token (bits per byte).
@@ -39,8 +40,8 @@ def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int
   dataset_config.seq_len]) in place of `image`; see `text_class_pipeline`. Classification trains
   on `dataset_config.train_fraction` of the train labels (see `subsets`), of the classes
   `dataset_config.classes` (() = all; train and eval, relabelled 0..k-1). Resume a train
-  iterator exactly with `tf.train.Checkpoint(iterator=iter(datasets.train))`, or for images under
-  `dataset_config.loader='grain'` with the Grain iterator's `get_state`/`set_state`.
+  iterator exactly with the Grain iterator's `get_state`/`set_state` (language modelling and images
+  under `dataset_config.loader='grain'`), else with `tf.train.Checkpoint(iterator=iter(train))`.
   """
   source = sources.keep_classes(DATASETS.get(dataset_config.name)(dataset_config),
                                 dataset_config.classes)
@@ -50,10 +51,15 @@ def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int
     return _image_datasets(source, dataset_config, **kwargs)
   if isinstance(source, TextClassSource):
     return _text_class_datasets(source, dataset_config, **kwargs)
-  train = pipeline.train_dataset(
-      source, seq_len=dataset_config.seq_len, batch_size=local_batch_size,
-      shuffle_buffer_size=dataset_config.shuffle_buffer_size, seed=seed,
-      process_index=process_index, process_count=process_count)
+  if dataset_config.loader == 'grain':
+    train = indexed_text_pipeline.train_batches(
+        source, dataset_config, batch_size=local_batch_size, seed=seed,
+        process_index=process_index, process_count=process_count)
+  else:
+    train = pipeline.train_dataset(
+        source, seq_len=dataset_config.seq_len, batch_size=local_batch_size,
+        shuffle_buffer_size=dataset_config.shuffle_buffer_size, seed=seed,
+        process_index=process_index, process_count=process_count)
   eval_batches = pipeline.eval_dataset(
       source, seq_len=dataset_config.seq_len, batch_size=local_batch_size,
       num_batches=num_eval_batches, process_index=process_index, process_count=process_count)

@@ -19,10 +19,9 @@ TensorFlow (`image_pipeline.train_preprocess`: JPEG decoding of the crop only, R
 mixup/cutmix), run as one `tf.function` per batch: the ops release the GIL, so Grain's threads
 decode batches in parallel. Random access needs the split in array_record (TFDS's
 `as_data_source`); the eval set and label reads still go through tf.data (`as_dataset`), which
-reads tfrecord, so a prepared dataset holds both (see `_data_source`).
+reads tfrecord, so a prepared dataset holds both (see `indexed.data_source`).
 """
 
-import dataclasses
 import os
 
 import grain
@@ -30,7 +29,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jaxscale.data import image_pipeline, prepare, subsets
+from jaxscale.data import image_pipeline, subsets
+from jaxscale.data.indexed import IndexedBatches, data_source
 from jaxscale.data.sources import ImageSource
 
 _ENCODED = {'image': tfds.decode.SkipDecoding()}
@@ -39,33 +39,10 @@ _ENCODED = {'image': tfds.decode.SkipDecoding()}
 _MAX_THREADS = 16
 
 
-class ArrayRecordMissingError(ValueError):
-  """The train split is prepared, but not in a format that can be read by index. (Not a
-  FileNotFoundError: `input_errors` would explain that as a dataset that is not prepared.)"""
-
-
-@dataclasses.dataclass(frozen=True)
-class IndexedBatches:
-  """This process's infinite stream of train batches (numpy dicts), by batch index.
-
-  `iter()` gives a `grain.DatasetIterator`: `get_state()` is `{'next_index': batches read}`
-  and `set_state` resumes there exactly.
-  """
-  batches: grain.MapDataset
-  element_spec: dict[str, tf.TensorSpec]  # As tf.data's, so callers treat both alike.
-  read_options: grain.ReadOptions
-
-  def __iter__(self) -> grain.DatasetIterator:
-    return iter(self.batches.to_iter_dataset(self.read_options))
-
-  def as_numpy_iterator(self) -> grain.DatasetIterator:
-    return iter(self)
-
-
 def train_batches(source: ImageSource, dataset_config, *, batch_size: int, seed: int,
                   process_index: int, process_count: int) -> IndexedBatches:
   """This process's shuffled, augmented batches, deterministic for the seed."""
-  examples = _data_source(source.builder, source.train_split, dataset_config)
+  examples = data_source(source.builder, source.train_split, dataset_config, decoders=_ENCODED)
   record_keys, label_of = _kept_examples(source, dataset_config.train_fraction, len(examples))
   order = grain.MapDataset.range(len(record_keys))
   if dataset_config.shuffle_buffer_size > 1:
@@ -89,32 +66,8 @@ def train_batches(source: ImageSource, dataset_config, *, batch_size: int, seed:
   threads = max(1, min(_MAX_THREADS, os.cpu_count() or 1))
   element_spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
                                        make_batch.get_concrete_function().structured_outputs)
-  return IndexedBatches(batches=batches, element_spec=element_spec,
-                        read_options=grain.ReadOptions(num_threads=threads,
-                                                       prefetch_buffer_size=threads))
-
-
-def _data_source(builder: tfds.core.DatasetBuilder, split: str, dataset_config):
-  """Random access to the split's examples (images still encoded), read from array_record."""
-  prepared_format = builder.info.file_format
-  prepare.recorded_file_formats(builder)  # Lets as_data_source see every prepared format.
-  try:
-    return builder.as_data_source(split=split, decoders=_ENCODED)
-  except NotImplementedError as e:  # TFDS: no random-access format among the prepared ones.
-    raise ArrayRecordMissingError(
-        f'Dataset {builder.name!r} in {builder.data_dir} is stored as '
-        f'{prepared_format.value if prepared_format else "an unknown format"} only, but the '
-        f"'grain' loader (config.dataset.loader={dataset_config.loader!r}) reads train examples "
-        'by index, which needs array_record files. Add them beside the existing ones with '
-        f'`tfds convert_format --dataset_version_dir={builder.data_dir} '
-        '--out_file_format=array_record` (the eval set still reads the tfrecord files), or set '
-        "--config.dataset.loader=tfdata to train through tf.data (whose checkpoints store the "
-        'shuffle buffer).') from e
-  finally:
-    # as_data_source switches the builder to array_record; its as_dataset (eval, labels) must
-    # keep reading the format it was prepared in.
-    if prepared_format is not None and builder.info.file_format != prepared_format:
-      builder.info.set_file_format(prepared_format, override=True, override_if_initialized=True)
+  read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
+  return IndexedBatches(batches=batches.to_iter_dataset(read_options), element_spec=element_spec)
 
 
 def _kept_examples(source: ImageSource, fraction: float, num_examples: int):

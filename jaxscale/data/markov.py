@@ -2,7 +2,7 @@
 
 from jaxscale.data import markov_chain
 from jaxscale.data.builders import markov as markov_builder
-from jaxscale.data.prepare import prepare
+from jaxscale.data.prepare import add_array_record, prepare
 from jaxscale.data.sources import DATASETS, TokenSource
 from jaxscale.data.sources import builder_config_or_default, data_dir_or_default
 
@@ -14,6 +14,7 @@ def markov(dataset_config) -> TokenSource:
       config=builder_config_or_default(dataset_config),
       data_dir=data_dir_or_default(dataset_config), file_format='tfrecord')
   prepare(builder)  # Samples the chain the first time; a no-op after.
+  add_array_record(builder)  # For the index-based train pipeline; tf.data reads the tfrecords.
   config, metadata = builder.builder_config, builder.info.metadata
   if dataset_config.seq_len + 1 > config.sequence_length:
     raise ValueError(f'dataset.seq_len={dataset_config.seq_len} needs windows longer than the '

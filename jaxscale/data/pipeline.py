@@ -1,5 +1,8 @@
 """tf.data pipelines from a `TokenSource` to batches of next-token windows.
 
+The eval set always, and train under `config.dataset.loader='tfdata'` (the default 'grain' is
+`indexed_text_pipeline`, whose checkpoints do not hold the shuffle buffers).
+
 A window is seq_len + 1 consecutive tokens; a batch holds `inputs` = window[:-1],
 `targets` = window[1:] and `weights` (1 for a real token, 0 for padding), each
 [batch_size, seq_len]. Train: this process's shard, repeated forever, shuffled, packed.
@@ -62,7 +65,7 @@ def windows(source: TokenSource, examples: tf.data.Dataset, window_len: int) -> 
   return cut_within_examples(tokens, window_len)
 
 
-def _next_token_batch(windows_bxw, weights_bxl):
+def next_token_batch(windows_bxw, weights_bxl):
   return {'inputs': windows_bxw[:, :-1], 'targets': windows_bxw[:, 1:], 'weights': weights_bxl}
 
 
@@ -81,7 +84,7 @@ def train_dataset(source: TokenSource, *, seq_len: int, batch_size: int, shuffle
   if shuffle_buffer_size > 1:
     train_windows = train_windows.shuffle(shuffle_buffer_size, seed=int(window_seed))
   batches = train_windows.batch(batch_size, drop_remainder=True).map(
-      lambda w: _next_token_batch(w, tf.ones([batch_size, seq_len], tf.float32)),
+      lambda w: next_token_batch(w, tf.ones([batch_size, seq_len], tf.float32)),
       num_parallel_calls=AUTOTUNE)
   return batches.prefetch(AUTOTUNE).with_options(deterministic())
 
@@ -105,7 +108,7 @@ def eval_dataset(source: TokenSource, *, seq_len: int, batch_size: int, num_batc
 
   def this_process_rows(windows_gxw, weight_g):
     weights_bxl = tf.broadcast_to(weight_g[rows, None], [batch_size, seq_len])
-    return _next_token_batch(windows_gxw[rows], weights_bxl)
+    return next_token_batch(windows_gxw[rows], weights_bxl)
   batches = eval_windows.batch(global_batch_size, drop_remainder=True).map(this_process_rows)
   return batches.cache().prefetch(AUTOTUNE).with_options(deterministic())
 

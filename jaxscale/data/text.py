@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from jaxscale import paths
 from jaxscale.data import tokenizers
 from jaxscale.data.builders import python_stdlib as python_stdlib_builder
-from jaxscale.data.prepare import prepare
+from jaxscale.data.prepare import add_array_record, prepare
 from jaxscale.data.sources import DATASETS, TokenSource
 from jaxscale.data.sources import builder_config_or_default, data_dir_or_default
 
@@ -38,6 +38,7 @@ def python_stdlib(dataset_config) -> TokenSource:
       config=builder_config_or_default(dataset_config),
       data_dir=data_dir_or_default(dataset_config), file_format='tfrecord')
   prepare(builder)  # Reads the local stdlib the first time; a no-op after.
+  add_array_record(builder)  # For the index-based train pipeline; tf.data reads the tfrecords.
   num_train_bytes = builder.info.metadata['num_bytes']['train']
   info = {'python_version': sys.version, 'num_train_bytes': num_train_bytes}
   if dataset_config.tokenizer == 'byte':  # A token per byte, plus a separator per file.

@@ -18,6 +18,7 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Sequences per batch.')
 _NUM_BATCHES = flags.DEFINE_integer('num_batches', 2000, 'Batches timed after the first.')
 _TOKENIZER = flags.DEFINE_string('tokenizer', 'byte', "'byte' | 'sentencepiece'")
 _SPM_MODEL_PATH = flags.DEFINE_string('spm_model_path', '', 'SentencePiece model file.')
+_LOADER = flags.DEFINE_enum('loader', 'grain', ['grain', 'tfdata'], 'config.dataset.loader')
 
 
 def main(argv):
@@ -26,7 +27,7 @@ def main(argv):
   config = get_base_config().dataset
   config.update(name=_NAME.value, builder_config=_BUILDER_CONFIG.value, data_dir=_DATA_DIR.value,
                 seq_len=_SEQ_LEN.value, tokenizer=_TOKENIZER.value,
-                spm_model_path=_SPM_MODEL_PATH.value)
+                spm_model_path=_SPM_MODEL_PATH.value, loader=_LOADER.value)
   start = time.perf_counter()
   datasets = get_datasets(config, local_batch_size=_BATCH_SIZE.value, num_eval_batches=1, seed=0)
   iterator = datasets.train.as_numpy_iterator()
@@ -36,7 +37,7 @@ def main(argv):
     next(iterator)
   seconds = time.perf_counter() - ready
   tokens = _NUM_BATCHES.value * _BATCH_SIZE.value * _SEQ_LEN.value
-  print(f'{_NAME.value}: ready in {ready - start:.2f} s (build on first use, load, first batch); '
+  print(f'{_NAME.value} ({_LOADER.value}): ready in {ready - start:.2f} s (build on first use, load, first batch); '
         f'{tokens / seconds:,.0f} tokens/s over {_NUM_BATCHES.value} batches of '
         f'{_BATCH_SIZE.value}x{_SEQ_LEN.value}.')
 

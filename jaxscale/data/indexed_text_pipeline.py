@@ -1,0 +1,114 @@
+"""The index-based train stream of a `TokenSource`: Grain over a TFDS array_record source.
+
+This is the language-modelling train pipeline of `config.dataset.loader='grain'` (the default).
+A checkpoint's data item is Grain's iterator state, a few integers per process (which document,
+how far into it, where in the shuffle window), instead of tf.data's document and window shuffle
+buffers, which grow with `shuffle_buffer_size`.
+
+Order: this process's documents (every process_count-th of the split, from process_index) in a
+new permutation each epoch (`grain.MapDataset.shuffle`, no buffer), tokenized in Grain's
+threads; then, as `pipeline.windows` does under tf.data, concatenated and cut into windows of
+seq_len + 1 tokens (`ConcatThenSplitIterDataset`), or for sources whose examples are streams of
+their own (`windows_cross_examples=False`) cut inside each example, its remainder dropped. With
+`shuffle_buffer_size` > 1 the windows are mixed in consecutive groups of that many
+(`WindowShuffleIterDataset`, a new order per group). A restore re-reads from the start of the
+current group and document, so resuming is exact and costs reading at most one group.
+"""
+
+import os
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow as tf
+
+from jaxscale.data import pipeline
+from jaxscale.data.indexed import IndexedBatches, data_source
+from jaxscale.data.sources import TokenSource
+
+_MAX_THREADS = 16  # Tokenizing documents; TensorFlow's ops release the GIL.
+
+
+def train_batches(source: TokenSource, dataset_config, *, batch_size: int, seed: int,
+                  process_index: int, process_count: int) -> IndexedBatches:
+  """This process's infinite stream of shuffled, packed batches, deterministic for the seed."""
+  seq_len = dataset_config.seq_len
+  _, document_seed, window_seed = np.random.SeedSequence(seed).generate_state(3)
+  examples = data_source(source.builder, source.train_split, dataset_config)
+  to_tokens = tf.function(source.to_tokens,
+                          input_signature=[source.builder.info.features.get_tensor_spec()])
+  documents = (grain.MapDataset.source(examples)[process_index::process_count]
+               .shuffle(seed=int(document_seed))
+               .repeat()  # Each epoch in a new order (the shuffle reseeds per epoch).
+               .map(lambda example: to_tokens(example).numpy().astype(np.int32)))
+  threads = max(1, min(_MAX_THREADS, os.cpu_count() or 1))
+  documents = documents.to_iter_dataset(
+      grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
+  windows = _windows(documents, seq_len + 1, source.windows_cross_examples)
+  if dataset_config.shuffle_buffer_size > 1:
+    windows = grain.experimental.WindowShuffleIterDataset(
+        windows, window_size=dataset_config.shuffle_buffer_size, seed=int(window_seed))
+  weights_bxl = np.ones([batch_size, seq_len], np.float32)
+  batches = windows.batch(batch_size, drop_remainder=True).map(
+      lambda windows_bxw: pipeline.next_token_batch(windows_bxw, weights_bxl))
+  # Packing, the window shuffle and batching run in Python: a thread keeps batches ready while
+  # the step runs (each buffered batch carries the state after it, so checkpoints stay exact).
+  batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=2)
+  spec = {'inputs': tf.TensorSpec([batch_size, seq_len], tf.int32),
+          'targets': tf.TensorSpec([batch_size, seq_len], tf.int32),
+          'weights': tf.TensorSpec([batch_size, seq_len], tf.float32)}
+  return IndexedBatches(batches=_JsonStateRestorable(batches), element_spec=spec)
+
+
+def _windows(token_sequences: grain.IterDataset, window_len: int,
+             across_examples: bool) -> grain.IterDataset:
+  if across_examples:
+    packed = grain.experimental.ConcatThenSplitIterDataset(
+        token_sequences.map(lambda tokens: {'tokens': tokens}),
+        length_struct={'tokens': window_len})
+    return packed.map(lambda element: element['tokens'])
+  return grain.experimental.FlatMapIterDataset(token_sequences, _CutWithin(window_len))
+
+
+class _CutWithin(grain.experimental.FlatMapTransform):
+  """Consecutive [window_len] windows of each sequence; its remainder is dropped."""
+  max_fan_out = 1 << 30  # Only bounds FlatMapMapDataset; the iterator form takes any count.
+
+  def __init__(self, window_len: int):
+    self.window_len = window_len
+
+  def flat_map(self, tokens: np.ndarray) -> np.ndarray:
+    used = len(tokens) // self.window_len * self.window_len
+    return tokens[:used].reshape(-1, self.window_len)
+
+
+class _JsonStateRestorable(grain.IterDataset):
+  """Its iterator restores a state that went through JSON (as checkpoints store it).
+
+  `ConcatThenSplitIterDataset` (grain 0.2.18) tells a remainder from none by comparing its
+  `remainder_slices` with the tuple (-1, -1); JSON gives lists back, so a state saved at a
+  document boundary would restore a remainder that is not there. Tuples are put back here.
+  """
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _JsonStateRestorableIterator(self._parent.__iter__())
+
+
+class _JsonStateRestorableIterator(grain.DatasetIterator):
+
+  def __next__(self):
+    return next(self._parent)
+
+  def get_state(self) -> dict[str, Any]:
+    return self._parent.get_state()
+
+  def set_state(self, state: dict[str, Any]):
+    self._parent.set_state(_slices_as_tuples(state))
+
+
+def _slices_as_tuples(state):
+  if isinstance(state, dict):
+    return {key: ({feature: tuple(bounds) for feature, bounds in value.items()}
+                  if key == 'remainder_slices' else _slices_as_tuples(value))
+            for key, value in state.items()}
+  return state
