@@ -60,6 +60,22 @@ def test_data_state_benchmark_reports_a_grain_item_of_a_few_bytes():
 
 
 @pytest.mark.slow
+def test_data_state_benchmark_on_text_the_grain_item_does_not_hold_the_buffers():
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
+  result = subprocess.run(
+      [sys.executable, str(ROOT / 'benchmarks' / 'data_state.py'), '--config=configs/default.py',
+       '--loaders=tfdata,grain', '--steps=2', '--batch_size=8', '--shuffle_buffer_size=512'],
+      capture_output=True, text=True, timeout=600, env=env, check=False, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  tfdata, grain = json.loads(result.stdout)['runs']
+  assert (tfdata['loader'], grain['loader']) == ('tfdata', 'grain')
+  assert tfdata['shuffle_buffer_size'] == grain['shuffle_buffer_size'] == 512
+  # tf.data's item holds 512 windows of 257 int32 tokens at least; Grain's a few integers.
+  assert tfdata['data_item_bytes_per_checkpoint']['2'] > 512 * 257 * 4
+  assert 0 < grain['data_item_bytes_per_checkpoint']['2'] < 1024
+
+
+@pytest.mark.slow
 def test_compression_benchmark_prints_a_row_per_compression_and_a_plot(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
   png = tmp_path / 'compression.png'

@@ -35,6 +35,10 @@ def train_batches(source: TokenSource, dataset_config, *, batch_size: int, seed:
   seq_len = dataset_config.seq_len
   _, document_seed, window_seed = np.random.SeedSequence(seed).generate_state(3)
   examples = data_source(source.builder, source.train_split, dataset_config)
+  if len(examples) < process_count:  # (Repeating an empty shard would never yield a window.)
+    raise ValueError(f'The {source.train_split!r} split of {source.builder.name!r} has '
+                     f'{len(examples)} examples, fewer than the {process_count} processes that '
+                     'each read their own: use fewer processes or a larger dataset.')
   to_tokens = tf.function(source.to_tokens,
                           input_signature=[source.builder.info.features.get_tensor_spec()])
   documents = (grain.MapDataset.source(examples)[process_index::process_count]
