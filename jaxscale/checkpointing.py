@@ -28,6 +28,7 @@ import tensorflow as tf
 from etils import epath
 
 from jaxscale import checkpoint_integrity as integrity
+from jaxscale.config_validation import ConfigError
 
 
 REPLAY_SUFFIX = '.replay'
@@ -153,8 +154,9 @@ class LoaderMismatch:
   current: str
 
 
-class LoaderMismatchError(RuntimeError):
-  pass
+class LoaderMismatchError(ConfigError):
+  """The checkpoint's input position was written by the other loader (the CLI prints it as a
+  config error: one line saying which flag to pass)."""
 
 
 class RetryingStateHandler(ocp.StandardCheckpointHandler):
@@ -270,8 +272,9 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, iterator)
         f'The checkpoint of step {step} in {manager.directory} holds the input position of the '
         f"{restored.data.saved!r} loader, but this run uses config.dataset.loader="
         f"{restored.data.current!r}. Resume with --config.dataset.loader={restored.data.saved} "
-        '(and --config.allow_config_change=True if the recorded config lacks the key), or start '
-        'a new --workdir to train with the other loader.')
+        '(with --config.allow_config_change=True if the config recorded in the workdir says '
+        'otherwise: text datasets trained through tf.data whatever it said until they had a Grain '
+        'pipeline), or start a new --workdir to train with the other loader.')
   failures = [f'{name}: {item.error}' for name, item in (('state', restored.state),
                                                          ('data', restored.data))
               if isinstance(item, ReadFailure)]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jaxscale import checkpointing, optim, sharding, train
+from jaxscale import checkpointing, config_validation, optim, sharding, train
 from tests.helpers import tiny_config
 
 
@@ -80,5 +80,7 @@ def test_grain_position_is_a_few_bytes_and_the_other_loader_refuses_it(tmp_path)
   checkpointing.restore(manager, 7, abstract, fresh)
   assert [int(next(fresh)) for _ in range(5)] == expected
   with pytest.raises(checkpointing.LoaderMismatchError,
-                     match="'grain' loader.*--config.dataset.loader=grain"):
+                     match="'grain' loader.*--config.dataset.loader=grain") as raised:
     checkpointing.restore(manager, 7, abstract, iter(_numbers()))
+  # The CLI prints config errors as one line, without a traceback.
+  assert isinstance(raised.value, config_validation.ConfigError)
