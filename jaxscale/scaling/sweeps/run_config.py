@@ -46,9 +46,3 @@ def _unknown_key(config, overrides) -> str:
       node = node[part]
   return f'Overrides {overrides!r}'
 
-
-def get(config, dotted_key: str):
-  node = config
-  for part in dotted_key.split('.'):
-    node = node[part]
-  return node
