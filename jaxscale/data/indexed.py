@@ -8,12 +8,19 @@ streams; the eval sets stay tf.data (read in stored order, never checkpointed).
 """
 
 import dataclasses
+import os
 
 import grain
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from jaxscale.data import prepare
+
+
+def reader_threads(limit: int = 16) -> int:
+  """Grain worker threads for reading and preparing examples: one per core, up to `limit`
+  (the TensorFlow ops they run release the GIL)."""
+  return max(1, min(limit, os.cpu_count() or 1))
 
 
 class ArrayRecordMissingError(ValueError):

@@ -22,7 +22,6 @@ decode batches in parallel. Random access needs the split in array_record (TFDS'
 reads tfrecord, so a prepared dataset holds both (see `indexed.data_source`).
 """
 
-import os
 
 import grain
 import numpy as np
@@ -30,13 +29,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from jaxscale.data import image_pipeline, subsets
-from jaxscale.data.indexed import IndexedBatches, data_source
+from jaxscale.data.indexed import IndexedBatches, data_source, reader_threads
 from jaxscale.data.sources import ImageSource
 
 _ENCODED = {'image': tfds.decode.SkipDecoding()}
-# Batches prepared at once, each by one thread (TensorFlow parallelises within a batch as well);
-# as many are buffered ahead: at 224 px each float32 batch of 128 images is 77 MB.
-_MAX_THREADS = 16
 
 
 def train_batches(source: ImageSource, dataset_config, *, batch_size: int, seed: int,
@@ -63,7 +59,9 @@ def train_batches(source: ImageSource, dataset_config, *, batch_size: int, seed:
   # Rows [p*B, (p+1)*B) of each global batch of positions.
   positions = grain.MapDataset.range(len(order)).batch(batch_size)
   batches = positions[process_index::process_count].map(read_batch)
-  threads = max(1, min(_MAX_THREADS, os.cpu_count() or 1))
+  # Batches prepared at once, each by one thread (TensorFlow parallelises within a batch as
+  # well); as many are buffered ahead: at 224 px each float32 batch of 128 images is 77 MB.
+  threads = reader_threads()
   element_spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
                                        make_batch.get_concrete_function().structured_outputs)
   read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)

@@ -15,7 +15,6 @@ their own (`windows_cross_examples=False`) cut inside each example, its remainde
 current group and document, so resuming is exact and costs reading at most one group.
 """
 
-import os
 from typing import Any
 
 import grain
@@ -23,11 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from jaxscale.data import pipeline
-from jaxscale.data.indexed import IndexedBatches, data_source
+from jaxscale.data.indexed import IndexedBatches, data_source, reader_threads
 from jaxscale.data.sources import TokenSource
-
-_MAX_THREADS = 16  # Tokenizing documents; TensorFlow's ops release the GIL.
-
 
 def train_batches(source: TokenSource, dataset_config, *, batch_size: int, seed: int,
                   process_index: int, process_count: int) -> IndexedBatches:
@@ -45,7 +41,7 @@ def train_batches(source: TokenSource, dataset_config, *, batch_size: int, seed:
                .shuffle(seed=int(document_seed))
                .repeat()  # Each epoch in a new order (the shuffle reseeds per epoch).
                .map(lambda example: to_tokens(example).numpy().astype(np.int32)))
-  threads = max(1, min(_MAX_THREADS, os.cpu_count() or 1))
+  threads = reader_threads()
   documents = documents.to_iter_dataset(
       grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
   windows = _windows(documents, seq_len + 1, source.windows_cross_examples)
@@ -61,15 +57,15 @@ def train_batches(source: TokenSource, dataset_config, *, batch_size: int, seed:
   spec = {'inputs': tf.TensorSpec([batch_size, seq_len], tf.int32),
           'targets': tf.TensorSpec([batch_size, seq_len], tf.int32),
           'weights': tf.TensorSpec([batch_size, seq_len], tf.float32)}
-  return IndexedBatches(batches=_JsonStateRestorable(batches), element_spec=spec)
+  return IndexedBatches(batches=batches, element_spec=spec)
 
 
 def _windows(token_sequences: grain.IterDataset, window_len: int,
              across_examples: bool) -> grain.IterDataset:
   if across_examples:
-    packed = grain.experimental.ConcatThenSplitIterDataset(
+    packed = _JsonRestorablePacking(grain.experimental.ConcatThenSplitIterDataset(
         token_sequences.map(lambda tokens: {'tokens': tokens}),
-        length_struct={'tokens': window_len})
+        length_struct={'tokens': window_len}))
     return packed.map(lambda element: element['tokens'])
   return grain.experimental.FlatMapIterDataset(token_sequences, _CutWithin(window_len))
 
@@ -86,19 +82,19 @@ class _CutWithin(grain.experimental.FlatMapTransform):
     return tokens[:used].reshape(-1, self.window_len)
 
 
-class _JsonStateRestorable(grain.IterDataset):
-  """Its iterator restores a state that went through JSON (as checkpoints store it).
+class _JsonRestorablePacking(grain.IterDataset):
+  """`ConcatThenSplitIterDataset` whose iterator restores a state that went through JSON.
 
-  `ConcatThenSplitIterDataset` (grain 0.2.18) tells a remainder from none by comparing its
-  `remainder_slices` with the tuple (-1, -1); JSON gives lists back, so a state saved at a
-  document boundary would restore a remainder that is not there. Tuples are put back here.
+  The packer (grain 0.2.18) tells a remainder from none by comparing its `remainder_slices` with
+  the tuple (-1, -1); JSON (how checkpoints store states) gives lists back, so a state saved at
+  a document boundary would restore a remainder that is not there. Tuples are put back here.
   """
 
   def __iter__(self) -> grain.DatasetIterator:
-    return _JsonStateRestorableIterator(self._parent.__iter__())
+    return _JsonRestorablePackingIterator(self._parent.__iter__())
 
 
-class _JsonStateRestorableIterator(grain.DatasetIterator):
+class _JsonRestorablePackingIterator(grain.DatasetIterator):
 
   def __next__(self):
     return next(self._parent)
@@ -107,12 +103,5 @@ class _JsonStateRestorableIterator(grain.DatasetIterator):
     return self._parent.get_state()
 
   def set_state(self, state: dict[str, Any]):
-    self._parent.set_state(_slices_as_tuples(state))
-
-
-def _slices_as_tuples(state):
-  if isinstance(state, dict):
-    return {key: ({feature: tuple(bounds) for feature, bounds in value.items()}
-                  if key == 'remainder_slices' else _slices_as_tuples(value))
-            for key, value in state.items()}
-  return state
+    slices = {feature: tuple(bounds) for feature, bounds in state['remainder_slices'].items()}
+    self._parent.set_state({**state, 'remainder_slices': slices})

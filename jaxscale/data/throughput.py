@@ -37,7 +37,8 @@ def main(argv):
     next(iterator)
   seconds = time.perf_counter() - ready
   tokens = _NUM_BATCHES.value * _BATCH_SIZE.value * _SEQ_LEN.value
-  print(f'{_NAME.value} ({_LOADER.value}): ready in {ready - start:.2f} s (build on first use, load, first batch); '
+  print(f'{_NAME.value} ({_LOADER.value}): ready in {ready - start:.2f} s (build on first use, '
+        'load, first batch); '
         f'{tokens / seconds:,.0f} tokens/s over {_NUM_BATCHES.value} batches of '
         f'{_BATCH_SIZE.value}x{_SEQ_LEN.value}.')
 
