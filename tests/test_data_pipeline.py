@@ -3,6 +3,7 @@
 import json
 import re
 
+from absl import app
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -208,6 +209,8 @@ def test_grain_needs_array_record_and_the_command_adds_it(tmp_path):
                            + re.escape(builder.data_dir) + r'.*loader=tfdata'):
     indexed_text_pipeline.train_batches(source, config, batch_size=BATCH, seed=0,
                                         process_index=0, process_count=1)
+  with pytest.raises(app.UsageError, match='holds no dataset_info.json'):
+    add_array_record.main(['add_array_record', str(tmp_path / 'python_stdlib')])
   add_array_record.main(['add_array_record', builder.data_dir])
   builder = prepare.prepare(  # As the next run would find it.
       python_stdlib.PythonStdlib(data_dir=str(tmp_path), file_format='tfrecord'))

@@ -8,6 +8,7 @@ tfrecord files stay (tf.data reads the eval set from them). The same as TFDS's
 """
 
 from absl import app
+from etils import epath
 import tensorflow_datasets as tfds
 
 from jaxscale.data import prepare
@@ -17,6 +18,9 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError('Give one argument: the dataset version directory (it holds '
                          'dataset_info.json).')
+  if not (epath.Path(argv[1]) / 'dataset_info.json').exists():
+    raise app.UsageError(f'{argv[1]} holds no dataset_info.json: give the version directory of '
+                         'a prepared dataset (<data_dir>/<name>[/<config>]/<version>).')
   builder = tfds.builder_from_directory(argv[1])
   prepare.add_array_record(builder)
   print(f'{argv[1]}: array_record files present for splits {sorted(builder.info.splits)}.')
