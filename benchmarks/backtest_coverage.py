@@ -12,8 +12,7 @@ import numpy as np
 
 from jaxscale.scaling.analysis import backtest
 from jaxscale.scaling.laws import catalog
-from jaxscale.scaling.runs import data_files
-from jaxscale.scaling.runs import synthetic
+from jaxscale.scaling.runs import data_files, synthetic
 
 BUDGETS = np.geomspace(1e17, 1e21, 8)
 DATA = {

@@ -26,7 +26,9 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from jaxscale import checkpointing, config_validation, optim, sharding, steps, train
+from jaxscale.checkpoint import checkpointing
+from jaxscale.core import sharding
+from jaxscale.train import checks, experiment, optim, steps
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -86,14 +88,14 @@ def _restore_seconds(directory: epath.Path, config, state, shardings) -> dict[st
 def main(argv):
   del argv
   config = _CONFIG.value
-  config_validation.validate(config, num_devices=jax.device_count())
+  checks.validate(config, num_devices=jax.device_count())
   if not config.model.vocab_size:
     config.model.vocab_size = 256
   config.keep_checkpoints = 2
   mesh = sharding.make_mesh(config.mesh)
   optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps,
                                           config.model)
-  graphdef, state, state_shardings = train.create_train_state(config, mesh, optimizer)
+  graphdef, state, state_shardings = experiment.create_train_state(config, mesh, optimizer)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
                                       sharding.replicated(mesh), config.optimizer.grad_accum_steps)

@@ -6,11 +6,11 @@
 
 Tasks: 'digits' (an MLP on the embedded digits, configs/mlp_digits.py) and 'lm' (the byte-level
 LM of configs/default.py, at a small step budget). Every row trains in-process through
-`train.run`, for the same number of steps, in a workdir under --out (cleared first):
+`loop.run`, for the same number of steps, in a workdir under --out (cleared first):
 - baseline: the student model, float, trained alone;
 - distill: the same student distilled from a bigger model (`config.distill.*`), which trains
   first (row 'teacher');
-- ptq: the baseline quantized after training by Qwix (`jaxscale.compress.ptq`): int8 weights with
+- ptq: the baseline quantized after training by Qwix (`jaxscale.inference.ptq`): int8 weights with
   int8 activations (w8a8), int8 weights only (w8), int4 weights only (w4);
 - qat: the student trained with quantization-aware training (w8a8), then quantized to int8;
 - prune: the student trained with gradual magnitude pruning (`config.pruning.*`) to 50, 80 and
@@ -70,14 +70,14 @@ DISTILL = {'distill.temperature': 2.0, 'distill.alpha': 0.5}
 def load_config(name: str, overrides: dict):
   """configs/<name>.py's get_config() with dotted-key overrides (a key the schema lacks raises
   KeyError, reported as a skipped row)."""
-  from jaxscale import config_base  # noqa: PLC0415  (after the import path is set)
+  from jaxscale.config import config_base  # noqa: PLC0415  (after the import path is set)
   return config_base.set_existing_keys(
       config_base.load_config_file(ROOT / 'configs' / f'{name}.py'), overrides, name=name)
 
 
 def train_run(task: str, name: str, overrides: dict, out: pathlib.Path) -> pathlib.Path:
   """Trains one row's model from scratch for the task's budget; returns its workdir."""
-  from jaxscale import train  # noqa: PLC0415
+  from jaxscale.train import loop  # noqa: PLC0415
   spec = TASKS[task]
   steps = _STEPS.value if task == 'digits' else _LM_STEPS.value
   config = load_config(spec['config'], {
@@ -86,7 +86,7 @@ def train_run(task: str, name: str, overrides: dict, out: pathlib.Path) -> pathl
   config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 2)
   workdir = out / task / name
   shutil.rmtree(workdir, ignore_errors=True)
-  train.run(config, str(workdir))
+  loop.run(config, str(workdir))
   return workdir
 
 
@@ -124,7 +124,7 @@ def sparse_size(evaluator) -> dict:
 
 
 def run_task(task: str, rows: set, out: pathlib.Path) -> list[dict]:
-  from jaxscale.compress import ptq  # noqa: PLC0415
+  from jaxscale.inference import ptq  # noqa: PLC0415
   spec, results = TASKS[task], []
 
   def attempt(name: str, fn):

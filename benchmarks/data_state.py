@@ -90,7 +90,8 @@ def _mocked():
 
 def _measure(loader: str, workdir: str) -> dict:
   """Trains the shrunk config with `loader` here; the data item's bytes and this peak RSS."""
-  from jaxscale import config_base, train  # noqa: PLC0415
+  from jaxscale.config import config_base  # noqa: PLC0415
+  from jaxscale.train import loop
   config = config_base.load_config_file(_CONFIG.value)
   steps = _STEPS.value
   config.update_from_flattened_dict({
@@ -111,7 +112,7 @@ def _measure(loader: str, workdir: str) -> dict:
                                               'hidden_dims': (16,), 'activation': 'relu'})
   start = time.perf_counter()
   with contextlib.nullcontext() if is_text else _mocked():
-    summary = train.run(config, workdir)
+    summary = loop.run(config, workdir)
   seconds = time.perf_counter() - start
   checkpoints = os.path.join(workdir, 'checkpoints')
   step_dirs = sorted(int(s) for s in os.listdir(checkpoints) if s.isdigit())

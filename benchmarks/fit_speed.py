@@ -23,8 +23,7 @@ import scipy.optimize
 
 from jaxscale.scaling.laws import approach3
 from jaxscale.scaling.runs import data_files
-from jaxscale.scaling.solvers import lse_law
-from jaxscale.scaling.solvers import parametric_fit
+from jaxscale.scaling.solvers import lse_law, parametric_fit
 
 
 def reference_fit(log_x, log_y, starts):

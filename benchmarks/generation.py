@@ -20,7 +20,8 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from jaxscale import sampling, train
+from jaxscale.inference import sampling
+from jaxscale.models import build
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Model config file.')
 _PROMPT_LEN = flags.DEFINE_integer('prompt_len', 64, 'Prompt tokens per row.')
@@ -45,7 +46,7 @@ def main(argv):
   config = _CONFIG.value
   if not config.model.get('vocab_size'):
     config.model.vocab_size = 256  # The byte tokenizer's, as the default data resolves it.
-  model = train.build_model(config.model, config.seed)
+  model = build.build_model(config.model, config.seed)
   graphdef_state = nnx.split(model)
   batch, prompt_len, new_tokens = _BATCH.value, _PROMPT_LEN.value, _NEW_TOKENS.value
   prompts = np.random.default_rng(0).integers(0, config.model.vocab_size, (batch, prompt_len),

@@ -7,7 +7,7 @@ its drift per doubling of width), and a loss-vs-learning-rate plot.
 
 The spec (configs/sweeps/lr_transfer.py) names a base run config and overrides, the widths,
 learning rates and parametrisations; every combination is one run, trained in-process through
-`train.run` in <out>/<parametrization>_w<width>_lr<lr>, its loss the final eval loss of
+`loop.run` in <out>/<parametrization>_w<width>_lr<lr>, its loss the final eval loss of
 summary.json. A run whose workdir already holds a finished summary.json is not run again, so a
 killed sweep resumes (`--finished_only` summarises what is done without training). A diverged run
 (non-finite loss) counts as an infinite loss.
@@ -52,7 +52,7 @@ def run_overrides(spec, parametrization: str, width: int, learning_rate: float,
 def train_one(spec, workdir: pathlib.Path, overrides: list[str]) -> dict | None:
   """The run's final eval loss (inf if it diverged), reusing a finished workdir; None for an
   unfinished one under --finished_only."""
-  from jaxscale import train  # noqa: PLC0415  (after absl has parsed the flags)
+  from jaxscale.train import loop  # noqa: PLC0415  (after absl has parsed the flags)
   from jaxscale.scaling.sweeps import run_config  # noqa: PLC0415
   summary_path = workdir / 'summary.json'
   if summary_path.exists():
@@ -65,7 +65,7 @@ def train_one(spec, workdir: pathlib.Path, overrides: list[str]) -> dict | None:
                                       overrides)
   start = time.perf_counter()
   try:
-    loss = train.run(config, str(workdir))['eval_loss']
+    loss = loop.run(config, str(workdir))['eval_loss']
   except FloatingPointError:
     loss = math.inf
   return {'loss': loss, 'wall_s': round(time.perf_counter() - start, 1), 'reused': False}

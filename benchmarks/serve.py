@@ -20,8 +20,8 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from jaxscale import serve, train
-from jaxscale.serving import backends
+from jaxscale.inference import backends, server
+from jaxscale.models import build
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Model config file.')
 _CLIENTS = flags.DEFINE_list('clients', ['1', '8'], 'Concurrent client counts.')
@@ -53,7 +53,7 @@ def main(argv):
   config = _CONFIG.value
   config.model.vocab_size = 256
   config.dataset.tokenizer = 'byte'
-  model = train.build_model(config.model, config.seed)
+  model = build.build_model(config.model, config.seed)
   model.eval()
   graphdef, state = nnx.split(model)
   backend = backends.LanguageModel(graphdef, state, config.to_dict(),
@@ -64,8 +64,8 @@ def main(argv):
   backend.stop_tokens = ()
   prompt = ''.join(chr(c) for c in np.random.default_rng(0).integers(97, 123, _PROMPT_LEN.value))
   body = {'prompt': prompt, 'max_new_tokens': _NEW_TOKENS.value}
-  web_app = serve.build_app(backend, max_batch=_MAX_BATCH.value, max_queue=256)
-  with serve.running_server(web_app) as url:
+  web_app = server.build_app(backend, max_batch=_MAX_BATCH.value, max_queue=256)
+  with server.running_server(web_app) as url:
     for clients in map(int, _CLIENTS.value):
       asyncio.run(_load(url, clients, 2 * clients, body))  # Compiles this load's batch shapes.
       start = time.perf_counter()

@@ -20,7 +20,10 @@ from absl import app, flags  # noqa: E402
 import ml_collections  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxscale import experiment, memory, objectives, optim, sharding, steps  # noqa: E402
+from jaxscale.train import experiment, optim, steps  # noqa: E402
+from jaxscale import objectives
+from jaxscale.core import sharding
+from jaxscale.metrics import memory
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/bench_small.py', 'Model config.')
 _MESHES = flags.DEFINE_string(

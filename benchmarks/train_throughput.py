@@ -7,7 +7,7 @@ Times the compiled, sharded train step on synthetic batches of the config's shap
 for language models; images of `config.dataset.image_size` and one-hot labels for classifiers; the
 input pipeline is benchmarked separately), reports the median step time over `--steps` steps after
 compilation with tokens/s (LMs) or images/s (`examples_per_sec`, classifiers), and relates the
-achieved FLOP/s (exact count from `jaxscale.flops.accounting`) to the device's peak.
+achieved FLOP/s (exact count from `jaxscale.metrics.flops.accounting`) to the device's peak.
 """
 
 import json
@@ -19,7 +19,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxscale import config_validation, flops, objectives, optim, sharding, steps, train
+from jaxscale import objectives
+from jaxscale.core import sharding
+from jaxscale.metrics import flops
+from jaxscale.train import checks, experiment, optim, steps
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -71,12 +74,12 @@ def _synthetic_batch(config, rng) -> tuple[str, dict[str, np.ndarray]]:
 def main(argv):
   del argv
   config = _CONFIG.value
-  config_validation.validate(config, num_devices=jax.device_count())
+  checks.validate(config, num_devices=jax.device_count())
   task, host_batch = _synthetic_batch(config, np.random.default_rng(0))
   mesh = sharding.make_mesh(config.mesh)
   optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps,
                                           config.model)
-  graphdef, state, state_shardings = train.create_train_state(config, mesh, optimizer)
+  graphdef, state, state_shardings = experiment.create_train_state(config, mesh, optimizer)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
                                       sharding.replicated(mesh), config.optimizer.grad_accum_steps,

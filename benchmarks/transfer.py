@@ -17,7 +17,7 @@ A row: task, mode, init ('pretrained' | 'scratch'), train_fraction, augment, acc
 macro_f1 (eval, from summary.json), params_trainable, checkpoint_bytes (the newest
 checkpoints/<step> directory), steps_per_sec (median of the logged intervals) and wall_s (the
 whole run: build, compile, train, eval, save). The summary line holds pretrained-minus-scratch
-accuracy per fraction, measured in this run. Runs go in-process through `train.run`, one after
+accuracy per fraction, measured in this run. Runs go in-process through `loop.run`, one after
 another, in workdirs under --out (each finetune workdir is cleared first), sharing a persistent
 compilation cache (--compile_cache), so wall_s of a row after the first of its shape is mostly
 training, not compiling.
@@ -68,7 +68,7 @@ FROZEN_BACKBONE = ('^(?!head)',)
 
 def load_config(name: str, overrides: dict):
   """configs/<name>.py's get_config() with dotted-key overrides (existing keys only)."""
-  from jaxscale import config_base  # noqa: PLC0415  (after the import path is set)
+  from jaxscale.config import config_base  # noqa: PLC0415  (after the import path is set)
   return config_base.set_existing_keys(
       config_base.load_config_file(ROOT / 'configs' / f'{name}.py'), overrides, name=name)
 
@@ -99,12 +99,12 @@ def steps_per_sec(workdir: pathlib.Path) -> float | None:
 
 def train_row(name: str, overrides: dict, workdir: pathlib.Path, *, clear: bool = True) -> dict:
   """Trains configs/<name>.py with `overrides` in `workdir`; the row's measured fields."""
-  from jaxscale import train  # noqa: PLC0415  (after absl has parsed the flags)
+  from jaxscale.train import loop  # noqa: PLC0415  (after absl has parsed the flags)
   if clear and workdir.exists():
     shutil.rmtree(workdir)
   config = load_config(name, overrides)
   start = time.perf_counter()
-  summary = train.run(config, str(workdir))
+  summary = loop.run(config, str(workdir))
   wall_s = time.perf_counter() - start
   return {'accuracy': summary.get('eval_accuracy'), 'macro_f1': summary.get('eval_macro_f1'),
           'eval_loss': summary.get('eval_loss'),
@@ -162,7 +162,7 @@ def finetune(task: str, spec: dict, out: pathlib.Path, pretrained: pathlib.Path,
 
 
 def has_lora() -> bool:
-  from jaxscale import config_base  # noqa: PLC0415
+  from jaxscale.config import config_base  # noqa: PLC0415
   return 'lora' in config_base.get_base_config()
 
 

@@ -6,7 +6,7 @@
       --config.model.mlp_dim=2048
 """
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 
 def get_config():

@@ -10,7 +10,7 @@ Every encoder parameter is loaded from the pretrain run; the classifier head is 
 `--config.dataset.train_fraction=0.1`. `configs/bert_lora.py` trains low-rank adapters instead.
 """
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 from jaxscale.data import special_tokens
 
 

@@ -5,13 +5,13 @@ stays frozen and out of the checkpoints (a few hundred KB instead of the whole m
   python -m jaxscale.main --config configs/bert_pretrain.py --workdir workdirs/bert_pretrain
   python -m jaxscale.main --config configs/bert_lora.py --workdir workdirs/bert_lora
 
-`jaxscale.sampling.restore_model('workdirs/bert_lora')` gives the model with the adapters
+`jaxscale.checkpoint.restore.restore_model('workdirs/bert_lora')` gives the model with the adapters
 merged into its weights.
 """
 
 import pathlib
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 
 def get_config():

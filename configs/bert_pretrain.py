@@ -8,7 +8,7 @@ bytes plus the pad, CLS and mask ids (jaxscale.data.special_tokens), shared with
 classification datasets, so the embedding table transfers as it is.
 """
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 from jaxscale.data import special_tokens
 
 

@@ -3,7 +3,7 @@
   python -m jaxscale.main --config configs/default.py --workdir workdirs/default
 """
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 
 def get_config():

@@ -8,7 +8,7 @@ width-scaling sweep only needs `--config.model.hidden_dims`; a data-scaling swee
 
 import ml_collections
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 
 def get_config():

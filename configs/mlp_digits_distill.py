@@ -11,7 +11,7 @@ its hard labels lack. The same student alone, for comparison:
 
 import pathlib
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 
 def get_config():

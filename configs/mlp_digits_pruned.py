@@ -11,7 +11,7 @@ structured sparsity: `--config.pruning.method=nm --config.pruning.sparsity=0.5`.
 
 import pathlib
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 
 def get_config():

@@ -10,7 +10,7 @@ data dir (`tfds build cifar10` on a machine with internet, or copy it to --confi
 
 import ml_collections
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 TRAIN_IMAGES = 50_000
 

@@ -11,7 +11,7 @@ crops at 224 plus flips, bf16 compute. Needs `imagenet2012` prepared in the TFDS
 
 import ml_collections
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 TRAIN_IMAGES = 1_281_167
 

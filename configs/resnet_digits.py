@@ -8,7 +8,7 @@ of the CIFAR config at a toy scale. `--config.model.width` scales every stage's 
 
 import ml_collections
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 
 def get_config():

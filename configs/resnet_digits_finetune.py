@@ -13,7 +13,7 @@ statistics start fresh and follow the new data. From scratch for comparison: `--
 
 import ml_collections
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 MODEL = dict(name='resnet', num_classes=0, image_size=0, depth=18, width=16, stem='cifar')
 

@@ -12,7 +12,7 @@ accuracy), so benchmarks/transfer.py uses this pair for its image task.
 
 import ml_collections
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 MODEL = dict(name='resnet', num_classes=0, image_size=0, depth=18, width=16, stem='cifar')
 

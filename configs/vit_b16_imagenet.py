@@ -12,7 +12,7 @@ stochastic depth 0.1, which jaxscale does not implement. Parameters are FSDP-sha
 
 import ml_collections
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 from jaxscale.models import vit
 
 TRAIN_IMAGES = 1_281_167

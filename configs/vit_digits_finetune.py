@@ -12,7 +12,7 @@ backbone with `--config.optimizer.frozen="('^(?!head)',)"`. benchmarks/transfer.
 
 import ml_collections
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 MODEL = dict(name='vit', num_classes=0, image_size=0, patch_size=2, width=64, depth=4,
              num_heads=4, mlp_dim=128, pooling='cls')

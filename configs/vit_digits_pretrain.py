@@ -9,7 +9,7 @@ The representation it learns is then finetuned on the other five digits, labels 
 
 import ml_collections
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 MODEL = dict(name='vit', num_classes=0, image_size=0, patch_size=2, width=64, depth=4,
              num_heads=4, mlp_dim=128, pooling='cls')

@@ -12,7 +12,7 @@ scaling-study baseline, not a SOTA recipe. For native 32x32 input use
 
 import ml_collections
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 from jaxscale.models import vit
 
 TRAIN_IMAGES = 50_000

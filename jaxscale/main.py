@@ -15,6 +15,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxscale.config.validation import ConfigError
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory (local or gs://) for the run record.')
@@ -32,12 +34,13 @@ def main(argv):
                                + ' --xla_gpu_deterministic_ops=true').strip()
   import jax  # noqa: PLC0415  (after absl has parsed flags such as --jax_platforms)
   _initialize_distributed(jax)
-  from jaxscale import train  # noqa: PLC0415
+  # The trainer imports JAX and TensorFlow: only after absl has parsed the flags and XLA_FLAGS is
+  # set for config.deterministic.
+  from jaxscale.train import loop  # noqa: PLC0415
   logging.info('JAX %s on %d %s device(s), %d process(es).', jax.__version__, jax.device_count(),
                jax.devices()[0].platform, jax.process_count())
-  from jaxscale.config_validation import ConfigError  # noqa: PLC0415
   try:
-    train.run(_CONFIG.value, _WORKDIR.value)
+    loop.run(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:
     logging.error('Invalid config: %s', e)
     raise SystemExit(f'Invalid config: {e}') from None

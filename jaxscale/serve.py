@@ -12,123 +12,15 @@ Endpoints (FastAPI on uvicorn):
 
 A request the model cannot take (a bad field, malformed JSON, an oversize prompt) gets a 400
 whose JSON names the `field` and says what is wrong; a full queue gets a 503. Concurrent requests
-are batched (up to `--max_batch`) by `jaxscale.serving.batcher`.
+are batched (up to `--max_batch`) by `jaxscale.inference.batcher`.
 """
 
 import argparse
-import asyncio
-import contextlib
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+import uvicorn
 
-from jaxscale.serving.backends import BadRequest
-from jaxscale.serving.batcher import Batcher, QueueFull
-
-
-class GenerateRequest(BaseModel):
-  model_config = ConfigDict(extra='forbid')
-  prompt: StrictStr | list[StrictInt]
-  max_new_tokens: StrictInt | None = Field(None, ge=1)  # None: 64, or the server's limit.
-  temperature: float = Field(0.0, ge=0)
-  top_k: StrictInt | None = Field(None, ge=1)
-  top_p: float | None = Field(None, gt=0, le=1)
-  seed: StrictInt = 0
-
-
-class ClassifyRequest(BaseModel):
-  model_config = ConfigDict(extra='forbid')
-  inputs: StrictStr | list
-  top_k: StrictInt = Field(5, ge=1)
-
-
-def _error(status: int, field: str | None, message: str) -> JSONResponse:
-  return JSONResponse(status_code=status, content={'error': message, 'field': field})
-
-
-def build_app(backend, *, max_batch: int = 8, max_queue: int = 64,
-              max_wait_s: float = 0.005) -> FastAPI:
-  """The FastAPI app serving `backend` (`jaxscale.serving.backends`)."""
-  batcher = Batcher(backend.run, max_batch=max_batch, max_queue=max_queue, max_wait_s=max_wait_s)
-
-  @contextlib.asynccontextmanager
-  async def lifespan(app):
-    del app
-    worker = asyncio.create_task(batcher.run())
-    yield
-    worker.cancel()
-
-  app = FastAPI(title='jaxscale', lifespan=lifespan)
-
-  @app.exception_handler(RequestValidationError)
-  async def invalid_request(request: Request, exc: RequestValidationError):
-    del request
-    first = exc.errors()[0]
-    if first['type'] == 'json_invalid':
-      return _error(400, None, 'the request body is not valid JSON.')
-    location = [str(part) for part in first['loc'] if part != 'body']
-    field = location[0] if location else None
-    if not location:
-      return _error(400, None, f'send a JSON object: {first["msg"]}.')
-    return _error(400, field, f'{".".join(location)}: {first["msg"]}.')
-
-  async def answer(kind: str, request: dict):
-    if backend.kind != kind:
-      endpoint = '/generate' if backend.kind == 'lm' else '/classify'
-      return _error(400, None, f'this server holds a {backend.kind}: use {endpoint}.')
-    try:
-      checked = backend.check(request)
-      return await batcher.submit(checked)
-    except BadRequest as e:
-      return _error(400, e.field, f'{e.field}: {e}')
-    except QueueFull as e:
-      return _error(503, None, str(e))
-
-  @app.post('/generate')
-  async def generate(request: GenerateRequest):
-    return await answer('lm', request.model_dump())
-
-  @app.post('/classify')
-  async def classify(request: ClassifyRequest):
-    return await answer('classifier', request.model_dump())
-
-  @app.get('/health')
-  async def health():
-    return {'status': 'ok', 'model': backend.config['model']['name'], 'kind': backend.kind,
-            'waiting': batcher.waiting, 'max_batch': batcher.max_batch,
-            'max_queue': batcher.max_queue, 'batches_run': batcher.batches_run,
-            'requests_served': batcher.requests_served}
-
-  return app
-
-
-@contextlib.contextmanager
-def running_server(app, host: str = '127.0.0.1', port: int = 0, start_timeout_s: float = 60):
-  """`app` served by uvicorn in a background thread (port 0: a free one); yields its base URL
-  and stops the server on exit. For tests and benchmarks."""
-  import socket  # noqa: PLC0415
-  import threading  # noqa: PLC0415
-  import time  # noqa: PLC0415
-  import uvicorn  # noqa: PLC0415
-  if not port:
-    with socket.socket() as probe:
-      probe.bind((host, 0))
-      port = probe.getsockname()[1]
-  server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level='warning'))
-  thread = threading.Thread(target=server.run, daemon=True)
-  thread.start()
-  deadline = time.time() + start_timeout_s
-  while not server.started:
-    if not thread.is_alive() or time.time() > deadline:
-      raise RuntimeError(f'The server did not start on {host}:{port}.')
-    time.sleep(0.05)
-  try:
-    yield f'http://{host}:{port}'
-  finally:
-    server.should_exit = True
-    thread.join(timeout=30)
+from jaxscale.inference import backends
+from jaxscale.inference.server import build_app
 
 
 def main(argv=None):
@@ -144,8 +36,6 @@ def main(argv=None):
   parser.add_argument('--max_prompt_tokens', type=int, default=512)
   parser.add_argument('--max_new_tokens', type=int, default=512)
   args = parser.parse_args(argv)
-  import uvicorn  # noqa: PLC0415
-  from jaxscale.serving import backends  # noqa: PLC0415  (loads JAX and the model)
   limits = dict(max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens)
   backend = (backends.from_workdir(args.workdir, **limits) if args.workdir
              else backends.from_export(args.export, **limits))

@@ -6,7 +6,7 @@ import pathlib
 
 import numpy as np
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 CONFIG_DIR = pathlib.Path(__file__).parent.parent / 'configs'
 
@@ -72,7 +72,7 @@ def load_config_file(name: str, **overrides):
 def interrupt_after_saving(monkeypatch, step: int):
   """Makes the next run stop (KeyboardInterrupt, as a preemption would) right after its
   checkpoint of `step` is written; `monkeypatch.undo()` or a new monkeypatch restores saving."""
-  from jaxscale import checkpointing  # noqa: PLC0415  (JAX-free import of this module)
+  from jaxscale.checkpoint import checkpointing  # noqa: PLC0415  (JAX-free import of this module)
   real_save = checkpointing.save
 
   def save_then_die(manager, saved_step, *args, **kwargs):

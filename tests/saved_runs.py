@@ -5,8 +5,10 @@ import jax
 import ml_collections
 import tensorflow as tf
 
-from jaxscale import checkpointing, optim, sharding, train
-from jaxscale import workdir as workdir_lib
+from jaxscale.checkpoint import checkpointing
+from jaxscale.config import workdir as workdir_lib
+from jaxscale.core import sharding
+from jaxscale.train import experiment, optim
 from tests.helpers import tiny_config
 
 _IMAGE = {'num_classes': 3, 'image_size': 8, 'channels': 1}
@@ -36,7 +38,7 @@ def save_run(workdir, config, perturb: float = 0.01):
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
   optimizer, _ = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  _, state, _ = train.create_train_state(config, mesh, optimizer)
+  _, state, _ = experiment.create_train_state(config, mesh, optimizer)
   noise = lambda p: p + perturb * jax.random.normal(jax.random.key(1), p.shape, p.dtype)
   state = state.replace(params=jax.tree.map(noise, state.params))
   workdir_lib.record_config(workdir, config)

@@ -6,14 +6,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from jaxscale import checkpointing, config_validation, optim, sharding, train
+from jaxscale.checkpoint import checkpointing
+from jaxscale.config import validation
+from jaxscale.core import sharding
+from jaxscale.train import experiment, optim
 from tests.helpers import tiny_config
 
 
 def _state_on(config, devices):
   mesh = sharding.make_mesh(config.mesh, devices)
   optimizer, _ = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  _, state, shardings = train.create_train_state(config, mesh, optimizer)
+  _, state, shardings = experiment.create_train_state(config, mesh, optimizer)
   return state, shardings
 
 
@@ -83,4 +86,4 @@ def test_grain_position_is_a_few_bytes_and_the_other_loader_refuses_it(tmp_path)
                      match="'grain' loader.*--config.dataset.loader=grain") as raised:
     checkpointing.restore(manager, 7, abstract, iter(_numbers()))
   # The CLI prints config errors as one line, without a traceback.
-  assert isinstance(raised.value, config_validation.ConfigError)
+  assert isinstance(raised.value, validation.ConfigError)

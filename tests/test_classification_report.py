@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from jaxscale import classification_report
+from jaxscale.metrics import classification_report
 
 # Rows: true class, columns: predicted class.
 CONFUSION = np.array([[5, 1, 0],

@@ -15,9 +15,14 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from jaxscale import checkpointing, metrics, objectives, param_paths, sampling, train
-from jaxscale.compress import __main__ as cli
-from jaxscale.compress import ptq, quantize
+from jaxscale import objectives
+from jaxscale.checkpoint import checkpointing
+from jaxscale.compress import __main__ as cli, quantize
+from jaxscale.core import param_paths
+from jaxscale.inference import ptq, sampling
+from jaxscale.metrics import writers
+from jaxscale.models import build
+from jaxscale.train import loop
 from tests.helpers import interrupt_after_saving, load_config_file, random_batch, tiny_config
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -39,7 +44,7 @@ def data_dir(tmp_path_factory):
 def trained_run(data_dir, tmp_path_factory):
   """A float MLP trained on digits to well above chance."""
   workdir = tmp_path_factory.mktemp('mlp_digits')
-  summary = train.run(_digits_config(data_dir), str(workdir))
+  summary = loop.run(_digits_config(data_dir), str(workdir))
   assert summary['eval_accuracy'] > 0.9, summary
   return workdir, summary
 
@@ -104,7 +109,7 @@ def test_a_bad_workdir_is_a_clear_error(tmp_path, capsys):
 def test_qat_fake_quantizes_the_forward_and_passes_gradients_straight_through():
   config = _digits_config('', **{'quantization.mode': 'qat', 'model.num_classes': 10,
                                  'model.image_size': 8})
-  model = train.build_model(config.model, seed=0)
+  model = build.build_model(config.model, seed=0)
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(16, 8, 8, 3)), jnp.float32),
            'labels': jax.nn.one_hot(jnp.arange(16) % 10, 10), 'weights': jnp.ones((16,))}
@@ -132,17 +137,17 @@ def test_qat_trains_and_resumes_exactly_with_float_checkpoints(data_dir, tmp_pat
   config = _digits_config(data_dir, **{
       'quantization.mode': 'qat', 'num_train_steps': 30, 'eval_every_steps': 15,
       'checkpoint_every_steps': 15, 'optimizer.warmup_steps': 5})
-  straight = train.run(config, str(tmp_path / 'straight'))
-  losses = [r['train_loss'] for r in metrics.read_jsonl(tmp_path / 'straight' / 'metrics.jsonl')
+  straight = loop.run(config, str(tmp_path / 'straight'))
+  losses = [r['train_loss'] for r in writers.read_jsonl(tmp_path / 'straight' / 'metrics.jsonl')
             if 'train_loss' in r and 'eval_loss' not in r]
   assert losses[-1] < 0.5 * losses[0], losses
   assert straight['eval_accuracy'] > 0.5, straight
 
   real_save = interrupt_after_saving(monkeypatch, step=15)
   with pytest.raises(KeyboardInterrupt):
-    train.run(config, str(tmp_path / 'resumed'))
+    loop.run(config, str(tmp_path / 'resumed'))
   monkeypatch.setattr(checkpointing, 'save', real_save)
-  resumed = train.run(config, str(tmp_path / 'resumed'))
+  resumed = loop.run(config, str(tmp_path / 'resumed'))
   assert resumed['eval_loss'] == straight['eval_loss']
 
   checkpointer = ocp.StandardCheckpointer()
@@ -160,7 +165,7 @@ def test_qat_trains_and_resumes_exactly_with_float_checkpoints(data_dir, tmp_pat
 
 def test_every_transformer_weight_quantizes_and_the_lm_loss_barely_moves():
   config = tiny_config()
-  model = train.build_model(config.model, seed=0)
+  model = build.build_model(config.model, seed=0)
   batch = {k: jnp.asarray(v) for k, v in random_batch(4, 16, 64).items()}
   sizes = quantize.size_report(model, 'int8', '', batch['inputs'])
   weights = {name for name in param_paths.named_leaves(nnx.state(model, nnx.Param))

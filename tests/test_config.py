@@ -8,13 +8,14 @@ import time
 import pytest
 
 import jaxscale.data  # noqa: F401  (TensorFlow's import time is not validation time)
-from jaxscale import config_base, config_validation
-from jaxscale.config_validation import ConfigError
+from jaxscale.config import config_base
+from jaxscale.config.validation import ConfigError
+from jaxscale.train import checks
 from tests.helpers import tiny_config
 
 
 def test_the_tiny_config_is_valid():
-  config_validation.validate(tiny_config(), num_devices=8)
+  checks.validate(tiny_config(), num_devices=8)
 
 
 @pytest.mark.parametrize('mutate, message', [
@@ -35,7 +36,7 @@ def test_bad_keys_and_values_are_named(mutate, message):
   mutate(config)
   start = time.perf_counter()
   with pytest.raises(ConfigError, match=message):
-    config_validation.validate(config, num_devices=8)
+    checks.validate(config, num_devices=8)
   assert time.perf_counter() - start < 1.0
 
 
@@ -45,16 +46,16 @@ def test_wrong_type_is_named():
   del config['batch_size']
   config.batch_size = '32'
   with pytest.raises(ConfigError, match=r"config.batch_size='32' has type str; expected int"):
-    config_validation.validate(config)
+    checks.validate(config)
 
 
 def test_mesh_must_divide_devices_and_batch_must_divide_mesh():
   config = tiny_config(**{'mesh.fsdp': 3})
   with pytest.raises(ConfigError, match='config.mesh'):
-    config_validation.validate(config, num_devices=8)
+    checks.validate(config, num_devices=8)
   config = tiny_config(**{'batch_size': 12})
   with pytest.raises(ConfigError, match=r'config.batch_size=12 .* \(8 shards\)'):
-    config_validation.validate(config, num_devices=8)
+    checks.validate(config, num_devices=8)
 
 
 def test_cli_rejects_an_unknown_override_before_training(tmp_path):
@@ -68,7 +69,7 @@ def test_cli_rejects_an_unknown_override_before_training(tmp_path):
 
 
 def test_keys_added_to_the_schema_since_a_run_started_do_not_block_its_resume():
-  from jaxscale import workdir
+  from jaxscale.config import workdir
   new = workdir.config_as_dict(config_base.get_base_config())
   old = json.loads(json.dumps(new))
   del old['lora'], old['init_from']['reinit']  # A record written before these keys existed.

@@ -4,11 +4,13 @@ import jax
 import pytest
 from flax import nnx
 
-from jaxscale import config_validation, flops, train
+from jaxscale.metrics import flops
+from jaxscale.models import build
+from jaxscale.train import checks
 from tests.helpers import CONFIG_DIR, load_config_file
 
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob('*.py'))
-# What the data would fill in at run time (train.resolve_config): classes and vocabulary.
+# What the data would fill in at run time (loop.resolve_config): classes and vocabulary.
 NUM_CLASSES = {'digits': 10, 'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000}
 
 
@@ -35,9 +37,9 @@ def test_all_experiment_configs_are_found():
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_validates_and_its_parameter_count_is_exact(name):
   config = _load(name)
-  config_validation.validate(config, num_devices=jax.device_count(), process_count=1)
+  checks.validate(config, num_devices=jax.device_count(), process_count=1)
   config = _resolved(config)
-  model = nnx.eval_shape(lambda: train.build_model(config.model, seed=0))
+  model = nnx.eval_shape(lambda: build.build_model(config.model, seed=0))
   actual = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   size = flops.accounting(config)
   assert size.params_total == actual

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from jaxscale import config_validation
-from jaxscale.config_base import get_base_config
+from jaxscale.config import validation
+
+from jaxscale.train import checks
+from jaxscale.config.config_base import get_base_config
 from jaxscale.data import get_datasets, subsets
 from jaxscale.data.builders import digits as digits_builder
 from jaxscale.data.builders import stdlib_packages as stdlib_packages_builder
@@ -123,19 +125,19 @@ def test_text_classes_follow_the_same_path(tmp_path):
     ((-1, 2), 'at least two distinct'), ((True, 2), 'at least two distinct')])
 def test_config_validation_checks_classes(classes, message):
   config = tiny_config(**{'dataset.classes': classes})
-  with pytest.raises(config_validation.ConfigError, match=message):
-    config_validation.validate(config)
+  with pytest.raises(validation.ConfigError, match=message):
+    checks.validate(config)
 
 
 def test_classes_outside_the_dataset_are_named(data_dir, raw):
-  with pytest.raises(config_validation.ConfigError, match=r'\[10\] are not labels'):
+  with pytest.raises(validation.ConfigError, match=r'\[10\] are not labels'):
     _load(_config(data_dir, classes=(0, 10)))
 
 
 def test_classes_need_a_classification_dataset(tmp_path):
   config = get_base_config().dataset
   config.name, config.data_dir, config.classes = 'markov', str(tmp_path), (0, 1)
-  with pytest.raises(config_validation.ConfigError, match='needs a classification dataset'):
+  with pytest.raises(validation.ConfigError, match='needs a classification dataset'):
     get_datasets(config, local_batch_size=BATCH, num_eval_batches=1, seed=0)
 
 

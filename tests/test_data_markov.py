@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from jaxscale.config_base import get_base_config
+from jaxscale.config.config_base import get_base_config
 from jaxscale.data import get_datasets, markov_chain
 from jaxscale.data.builders import markov as markov_builder
 

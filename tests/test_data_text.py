@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jaxscale import checkpointing
-from jaxscale.config_base import get_base_config
+from jaxscale.checkpoint import checkpointing
+from jaxscale.config.config_base import get_base_config
 from jaxscale.data import get_datasets, tokenizers
 from tests.helpers import tiny_config
 

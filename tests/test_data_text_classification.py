@@ -8,8 +8,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jaxscale import config_validation
-from jaxscale.config_base import get_base_config
+from jaxscale.config import validation
+
+from jaxscale.train import checks
+from jaxscale.config.config_base import get_base_config
 from jaxscale.data import get_datasets, special_tokens, subsets
 from jaxscale.data.builders import python_stdlib
 from jaxscale.data.builders import stdlib_packages as stdlib_packages_builder
@@ -248,5 +250,5 @@ def test_a_missing_real_dataset_says_how_to_prepare_it(tmp_path, name):
 @pytest.mark.parametrize('value', [0.0, -0.5, 1.5])
 def test_config_validation_bounds_train_fraction(value):
   config = tiny_config(**{'dataset.train_fraction': value})
-  with pytest.raises(config_validation.ConfigError, match=r'train_fraction=.* must be in \(0, 1\]'):
-    config_validation.validate(config)
+  with pytest.raises(validation.ConfigError, match=r'train_fraction=.* must be in \(0, 1\]'):
+    checks.validate(config)

@@ -5,10 +5,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jaxscale import config_validation, input_errors
-from jaxscale.config_base import get_base_config
-from jaxscale.data import (DATASETS, augment, get_datasets, indexed, indexed_image_pipeline, prepare,
-                           vision)
+from jaxscale.config import input_errors, validation
+
+from jaxscale.train import checks
+from jaxscale.config.config_base import get_base_config
+from jaxscale.data import (
+    DATASETS, augment, get_datasets, indexed, indexed_image_pipeline, prepare, vision)
 from jaxscale.data.builders import digits as digits_builder
 from tests.helpers import assert_same_batches, first_batches, tiny_config
 
@@ -335,5 +337,5 @@ def test_eval_caches_encoded_images_not_decoded_ones(data_dir):
 ])
 def test_config_validation_names_the_bad_dataset_key(key, value, message):
   config = tiny_config(**{f'dataset.{key}': value})
-  with pytest.raises(config_validation.ConfigError, match=message):
-    config_validation.validate(config)
+  with pytest.raises(validation.ConfigError, match=message):
+    checks.validate(config)

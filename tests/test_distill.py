@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxscale import checkpointing, config_base, experiment, flops, metrics, objectives
-from jaxscale import param_paths, sampling, train
+from jaxscale import objectives
+from jaxscale.checkpoint import checkpointing
 from jaxscale.compress import distill
+from jaxscale.config import config_base
+from jaxscale.core import param_paths
+from jaxscale.inference import sampling
+from jaxscale.metrics import flops, writers
+from jaxscale.models import build
+from jaxscale.train import experiment, loop
 from tests.helpers import load_config_file, random_batch, tiny_config
 
 # The student sees 5% of the digits' training labels (75 images); the teacher was trained on all
@@ -41,13 +47,13 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope='module')
 def teacher(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('teacher')
-  train.run(_digits(data_dir, num_train_steps=150, **{'model.hidden_dims': (64,)}), str(workdir))
+  loop.run(_digits(data_dir, num_train_steps=150, **{'model.hidden_dims': (64,)}), str(workdir))
   return workdir
 
 
 @pytest.fixture(scope='module')
 def alone(data_dir, tmp_path_factory):
-  return train.run(_digits(data_dir, **STUDENT), str(tmp_path_factory.mktemp('alone')))
+  return loop.run(_digits(data_dir, **STUDENT), str(tmp_path_factory.mktemp('alone')))
 
 
 @pytest.fixture(scope='module')
@@ -59,7 +65,7 @@ def distilled(data_dir, teacher, tmp_path_factory):
                                            'distill.temperature': 4.0, 'distill.alpha': 0.9})
   built = experiment.build(config, str(workdir))
   before = _host(built.teacher.variables[0])
-  return built, before, train.train_loop(built), workdir
+  return built, before, loop.train_loop(built), workdir
 
 
 def test_a_distilled_student_beats_the_same_student_trained_alone(alone, distilled, teacher):
@@ -67,7 +73,7 @@ def test_a_distilled_student_beats_the_same_student_trained_alone(alone, distill
   # Same init, same batches; the margins are a third of what it gains on an idle CPU.
   assert summary['eval_accuracy'] >= alone['eval_accuracy'] + 0.02, (summary, alone)
   assert summary['eval_loss'] <= alone['eval_loss'] - 0.07, (summary, alone)
-  rows = [r for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'train_kd_loss' in r]
+  rows = [r for r in writers.read_jsonl(workdir / 'metrics.jsonl') if 'train_kd_loss' in r]
   assert [r['step'] for r in rows] == [20, 40, 60, 80, 100]
   assert 0 < rows[-1]['train_kd_loss'] < rows[0]['train_kd_loss']
   assert rows[-1]['train_hard_loss'] > 0
@@ -116,7 +122,7 @@ def _split(model):
 
 def _lm_and_batch(seed):
   config = tiny_config(**{'model.num_layers': 1})
-  model = experiment.build_model(config.model, seed)
+  model = build.build_model(config.model, seed)
   batch = {k: jnp.asarray(v) for k, v in random_batch(4, 16, 64).items()}
   batch['weights'] = batch['weights'].at[:, -5:].set(0.0)  # Padding: no loss there.
   return model, batch
@@ -128,7 +134,7 @@ def _mlp_and_batch(seed):
   images = jax.random.normal(jax.random.key(1), (6, 8, 8, 1))
   batch = {'image': images, 'labels': jax.nn.one_hot(jnp.arange(6) % 10, 10),
            'weights': jnp.ones((6,))}
-  return experiment.build_model(model_config, seed), batch
+  return build.build_model(model_config, seed), batch
 
 
 @pytest.mark.parametrize('task, make', [('lm', _lm_and_batch),

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from jaxscale import sampling
+from jaxscale.inference import sampling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

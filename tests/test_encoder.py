@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxscale import config_validation, flops, train
+from jaxscale.config import validation
+
+from jaxscale.train import checks
+from jaxscale.metrics import flops
 from jaxscale.models import transformer
+from jaxscale.models import build
 from tests.helpers import tiny_config
 
 SEQ_LEN, REAL = 16, 10  # The padded row of a batch holds REAL real tokens, then padding.
@@ -18,7 +22,7 @@ def _config(name='encoder', **overrides):
 
 
 def _model(name='encoder', **overrides):
-  model = train.build_model(_config(name, **overrides).model, 0)
+  model = build.build_model(_config(name, **overrides).model, 0)
   if model.num_classes:
     # The head starts at zero (every logit equal), which would hide any difference downstream.
     keys = jax.random.split(jax.random.key(7))
@@ -148,7 +152,7 @@ def test_scanned_layers_with_a_mask_match_the_loop(remat_policy):
 @pytest.mark.parametrize('tied', [True, False])
 def test_classifier_parameter_count_matches_the_accounting(name, tied):
   config = _config(name, num_classes=5, tie_embeddings=tied)
-  model = train.build_model(config.model, 0)
+  model = build.build_model(config.model, 0)
   actual = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   size = flops.accounting(config)
   assert size.params_total == actual
@@ -157,13 +161,13 @@ def test_classifier_parameter_count_matches_the_accounting(name, tied):
 
 
 def test_encoder_validates_with_the_base_keys_and_has_no_causal_switch():
-  config_validation.validate(_config('encoder', num_classes=2, pooling='mean'))
+  checks.validate(_config('encoder', num_classes=2, pooling='mean'))
   causal_config = _config('transformer')
   causal_config.model.causal = False  # A decoder may be built bidirectional from code or config.
-  config_validation.validate(causal_config)
+  checks.validate(causal_config)
   encoder_config = _config('encoder')
   encoder_config.model.causal = True  # The encoder's name fixes its attention.
-  with pytest.raises(config_validation.ConfigError, match="config.model.causal"):
-    config_validation.validate(encoder_config)
-  with pytest.raises(config_validation.ConfigError, match='num_classes'):
-    config_validation.validate(_config('encoder', num_classes=-1))
+  with pytest.raises(validation.ConfigError, match="config.model.causal"):
+    checks.validate(encoder_config)
+  with pytest.raises(validation.ConfigError, match='num_classes'):
+    checks.validate(_config('encoder', num_classes=-1))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxscale import export, sampling
+from jaxscale.inference import export, sampling
 from jaxscale.objectives.classification import model_inputs
 from tests import saved_runs
 

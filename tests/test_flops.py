@@ -8,7 +8,9 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxscale import flops, train
+from jaxscale.metrics import flops
+from jaxscale.models import build
+from jaxscale.train import loop
 from tests.helpers import tiny_config
 
 
@@ -16,7 +18,7 @@ from tests.helpers import tiny_config
 @pytest.mark.parametrize('tied', [True, False])
 def test_param_count_matches_the_model(activation, tied):
   config = tiny_config(**{'model.mlp_activation': activation, 'model.tie_embeddings': tied})
-  model = train.build_model(config.model, 0)
+  model = build.build_model(config.model, 0)
   actual = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   total, non_embedding = flops.count_params(config.model, config.model.vocab_size)
   assert total == actual
@@ -28,7 +30,7 @@ def test_train_flops_match_xla_cost_analysis(activation):
   config = tiny_config(**{'model.d_model': 256, 'model.num_heads': 4, 'model.mlp_dim': 512,
                           'model.vocab_size': 256, 'model.mlp_activation': activation,
                           'dataset.seq_len': 128})
-  model = train.build_model(config.model, 0)
+  model = build.build_model(config.model, 0)
   graphdef, params = nnx.split(model, nnx.Param)
   batch, seq_len = 2, config.dataset.seq_len
   tokens = jnp.zeros((batch, seq_len), jnp.int32)
@@ -48,7 +50,7 @@ def test_encoder_and_classifier_flops_match_xla_cost_analysis(name, num_classes)
   config = tiny_config(**{'model.name': name, 'model.num_classes': num_classes,
                           'model.d_model': 256, 'model.num_heads': 4, 'model.mlp_dim': 512,
                           'model.vocab_size': 256, 'dataset.seq_len': 128})
-  model = train.build_model(config.model, 0)
+  model = build.build_model(config.model, 0)
   graphdef, params = nnx.split(model, nnx.Param)
   batch, seq_len = 2, config.dataset.seq_len
   tokens = jnp.zeros((batch, seq_len), jnp.int32)
@@ -77,5 +79,5 @@ def test_peak_flops_match_device_kinds_exactly_and_are_unknown_otherwise():
 
 
 def test_throughput_reports_no_mfu_without_a_peak():
-  known, unknown = (train.Throughput(8, 0, 1e9, peak) for peak in (1e12, None))
+  known, unknown = (loop.Throughput(8, 0, 1e9, peak) for peak in (1e12, None))
   assert 'mfu' in known.report(step=2) and 'mfu' not in unknown.report(step=2)

@@ -7,10 +7,9 @@ import math
 
 import pytest
 
-from jaxscale.hparams import lr_laws
 from jaxscale.scaling import cli
-from jaxscale.scaling.sweeps import run_config
-from jaxscale.scaling.sweeps import sweep
+from jaxscale.scaling.laws import lr_laws
+from jaxscale.scaling.sweeps import run_config, sweep
 from tests.test_scaling_sweep import tiny_spec
 
 A, B_EXP, C_COEF, D_EXP = 0.5, -0.12, 2e-3, 0.3  # eta_opt = A C^B_EXP, B_opt = C_COEF C^D_EXP

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxscale import config_validation, metrics, param_paths, train
+from jaxscale.config import validation
+
+from jaxscale.train import checks
+from jaxscale.metrics import writers
+from jaxscale.core import param_paths
+from jaxscale.train import loop
 from jaxscale.hparams import multi
 from jaxscale.hparams import multi_loop
 from jaxscale.models import MODELS
@@ -28,7 +33,7 @@ def runs(tmp_path_factory):
   solo_dirs = []
   for k, solo_config in enumerate(multi.model_configs(config(), VALUES)):
     solo_dirs.append(root / f'solo{k}')
-    train.run(solo_config, solo_dirs[-1])
+    loop.run(solo_config, solo_dirs[-1])
   return multi_dirs, solo_dirs
 
 
@@ -36,8 +41,8 @@ def test_each_vmapped_model_matches_its_solo_run(runs):
   multi_dirs, solo_dirs = runs
   compared = ('train_loss', 'learning_rate', 'grad_norm', 'param_norm', 'eval_loss')
   for multi_dir, solo_dir in zip(multi_dirs, solo_dirs):
-    multi_rows = metrics.read_jsonl(multi_dir / 'metrics.jsonl')
-    solo_rows = metrics.read_jsonl(solo_dir / 'metrics.jsonl')
+    multi_rows = writers.read_jsonl(multi_dir / 'metrics.jsonl')
+    solo_rows = writers.read_jsonl(solo_dir / 'metrics.jsonl')
     assert [(r['step'], sorted(r)) for r in multi_rows] == [(r['step'], sorted(r))
                                                             for r in solo_rows]
     for multi_row, solo_row in zip(multi_rows, solo_rows):
@@ -115,5 +120,5 @@ def test_config_validation_refuses_a_bad_init_scale(scale):
   fields['model']['init_scale'] = scale
   config = type(tiny_config())(fields)
   assert config.model.init_scale is scale or config.model.init_scale == scale
-  with pytest.raises(config_validation.ConfigError, match='init_scale'):
-    config_validation.validate(config)
+  with pytest.raises(validation.ConfigError, match='init_scale'):
+    checks.validate(config)

@@ -9,10 +9,7 @@ import time
 import optuna
 import pytest
 
-from jaxscale.hparams import best
-from jaxscale.hparams import search
-from jaxscale.hparams import space
-from jaxscale.hparams import trial_runner
+from jaxscale.hparams import best, search, space, trial_runner
 from jaxscale.scaling.sweeps import run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

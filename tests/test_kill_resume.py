@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxscale import metrics
+from jaxscale.metrics import writers
 from tests.test_train import _tiny_cli_command
 
 NUM_STEPS = 16
@@ -26,7 +26,7 @@ def _command(tmp_path, workdir_name):
 
 def _rows(workdir):
   path = workdir / 'metrics.jsonl'
-  return metrics.read_jsonl(path) if path.exists() else []
+  return writers.read_jsonl(path) if path.exists() else []
 
 
 def _final_state(workdir):

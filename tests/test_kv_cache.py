@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxscale import decoding, sampling, sharding, train
+from jaxscale.core import sharding
+from jaxscale.inference import decoding, sampling
+from jaxscale.models import build
 from tests.helpers import tiny_config
 
 
@@ -17,12 +19,12 @@ NEW_TOKENS = 8  # One max length throughout, so the tests share compiled loops.
 
 @pytest.fixture(scope='module', params=[False, True], ids=['loop', 'scan'])
 def model(request):
-  return train.build_model(tiny_config(**{'model.scan_layers': request.param}).model, seed=0)
+  return build.build_model(tiny_config(**{'model.scan_layers': request.param}).model, seed=0)
 
 
 @pytest.fixture(scope='module')
 def scanned_model():
-  return train.build_model(tiny_config(**{'model.scan_layers': True}).model, seed=0)
+  return build.build_model(tiny_config(**{'model.scan_layers': True}).model, seed=0)
 
 
 def _ragged_prompts():
@@ -107,7 +109,7 @@ def test_one_compile_serves_every_prompt_in_a_shape_bucket(model):
 
 
 def test_generation_on_a_mesh_shards_the_cache_and_matches_one_device():
-  model = train.build_model(tiny_config().model, seed=0)
+  model = build.build_model(tiny_config().model, seed=0)
   config = tiny_config(**{'mesh.data': 4, 'mesh.tensor': 2})
   mesh = sharding.make_mesh(config.mesh)
   prompts = _ragged_prompts()
@@ -121,6 +123,6 @@ def test_generation_on_a_mesh_shards_the_cache_and_matches_one_device():
 
 
 def test_an_encoder_or_classifier_has_no_cache():
-  encoder = train.build_model(tiny_config(**{'model.name': 'encoder'}).model, seed=0)
+  encoder = build.build_model(tiny_config(**{'model.name': 'encoder'}).model, seed=0)
   with pytest.raises(ValueError, match='causal LM'):
     encoder.init_cache(1, 8)

@@ -8,8 +8,11 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from jaxscale import checkpointing, experiment, metrics, param_paths, steps, train
-from jaxscale.transfer import lora
+from jaxscale.checkpoint import checkpointing
+from jaxscale.core import param_paths
+from jaxscale.metrics import writers
+from jaxscale.models import build, lora
+from jaxscale.train import experiment, loop, steps
 from tests.helpers import interrupt_after_saving, tiny_config
 
 
@@ -28,7 +31,7 @@ def data_dir(tmp_path_factory):
 def base_run(data_dir, tmp_path_factory):
   """A pretrained tiny LM to adapt."""
   workdir = tmp_path_factory.mktemp('base')
-  train.run(_markov_config(data_dir, num_train_steps=10, checkpoint_every_steps=10), str(workdir))
+  loop.run(_markov_config(data_dir, num_train_steps=10, checkpoint_every_steps=10), str(workdir))
   return workdir
 
 
@@ -62,7 +65,7 @@ def test_only_adapters_train_and_the_checkpoint_holds_just_them(
   adapters = [n for n in before if lora.ADAPTER_NAME.search(n)]
   assert adapters and all(n.split('_lora.')[0] in before for n in adapters)
   assert built.param_counts['params_trainable'] == sum(before[n].size for n in adapters)
-  summary = train.train_loop(built)
+  summary = loop.train_loop(built)
   assert summary['finished']
 
   saved = ocp.StandardCheckpointer().restore(tmp_path / 'checkpoints' / '8' / 'state')
@@ -79,14 +82,14 @@ def test_only_adapters_train_and_the_checkpoint_holds_just_them(
 
 def test_a_resumed_lora_run_equals_an_uninterrupted_one(data_dir, base_run, tmp_path, monkeypatch):
   config = _lora_config(data_dir, base_run)
-  straight = train.run(config, str(tmp_path / 'straight'))
+  straight = loop.run(config, str(tmp_path / 'straight'))
   real_save = interrupt_after_saving(monkeypatch, step=4)
   with pytest.raises(KeyboardInterrupt):
-    train.run(config, str(tmp_path / 'resumed'))
+    loop.run(config, str(tmp_path / 'resumed'))
   monkeypatch.setattr(checkpointing, 'save', real_save)
-  resumed = train.run(config, str(tmp_path / 'resumed'))
+  resumed = loop.run(config, str(tmp_path / 'resumed'))
   assert resumed['eval_loss'] == straight['eval_loss']
-  rows = {name: [r['train_loss'] for r in metrics.read_jsonl(tmp_path / name / 'metrics.jsonl')
+  rows = {name: [r['train_loss'] for r in writers.read_jsonl(tmp_path / name / 'metrics.jsonl')
                  if 'train_loss' in r and 'eval_loss' not in r and r['step'] > 4]
           for name in ('straight', 'resumed')}
   assert rows['straight'] and rows['straight'] == rows['resumed']
@@ -95,7 +98,7 @@ def test_a_resumed_lora_run_equals_an_uninterrupted_one(data_dir, base_run, tmp_
 def test_merged_weights_give_the_logits_of_the_adapted_model(data_dir, base_run, tmp_path):
   config = _lora_config(data_dir, base_run, num_train_steps=4, eval_every_steps=4)
   built = experiment.build(config, str(tmp_path))
-  summary = train.train_loop(built)
+  summary = loop.train_loop(built)
   state = experiment.build(config, str(tmp_path)).state  # The trained adapters, resumed.
   tokens = jax.random.randint(jax.random.key(0), (2, 16), 0, built.config.model.vocab_size)
   batch = {'inputs': tokens, 'targets': tokens, 'weights': jnp.ones((2, 16))}
@@ -112,7 +115,7 @@ def test_merged_weights_give_the_logits_of_the_adapted_model(data_dir, base_run,
   graphdef, params = nnx.split(merged)  # What an export would hold: plain weights.
   exported = nnx.merge(graphdef, params)(tokens)
   np.testing.assert_allclose(np.asarray(exported), np.asarray(adapted['logits']), atol=1e-5)
-  base_only = experiment.build_model(built.config.model, built.config.seed)
+  base_only = build.build_model(built.config.model, built.config.seed)
   assert summary['finished'] and not np.allclose(np.asarray(base_only(tokens)),
                                                  np.asarray(exported), atol=1e-3)
 
@@ -129,7 +132,7 @@ def test_scanned_layers_get_one_stacked_adapter_per_weight(data_dir, tmp_path):
                               'blocks.qkv_DxTxHxK_lora.a', 'blocks.qkv_DxTxHxK_lora.b']
   assert all(v.shape[0] == num_layers for v in adapters.values())
   assert adapters['blocks.qkv_DxTxHxK_lora.a'].shape == (num_layers, config.model.d_model, 2)
-  summary = train.train_loop(built)
+  summary = loop.train_loop(built)
   assert summary['finished'] and np.isfinite(summary['eval_loss'])
   after = _named_host(experiment.build(config, str(tmp_path)).state.params)
   assert not np.array_equal(after['blocks.qkv_DxTxHxK_lora.b'], adapters['blocks.qkv_DxTxHxK_lora.b'])

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxscale import train
+from jaxscale.models import build
 from tests.helpers import tiny_config
 
 
 def _model(**overrides):
-  return train.build_model(tiny_config(**{f'model.{k}': v for k, v in overrides.items()}).model, 0)
+  return build.build_model(tiny_config(**{f'model.{k}': v for k, v in overrides.items()}).model, 0)
 
 
 def test_logits_do_not_depend_on_future_tokens():

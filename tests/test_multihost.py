@@ -15,7 +15,8 @@ import pytest
 
 import jaxscale.data
 from jaxscale.data import indexed
-from jaxscale import metrics, train
+from jaxscale.metrics import writers
+from jaxscale.train import loop
 
 NUM_STEPS = 6
 OVERRIDES = {'num_train_steps': NUM_STEPS, 'log_every_steps': 1, 'eval_every_steps': 3,
@@ -94,11 +95,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, mo
   config = _default_config(data_dir)
   monkeypatch.setattr(jaxscale.data, 'get_datasets',
                       _two_shard_datasets(jaxscale.data.get_datasets))
-  one = train.run(config, str(tmp_path / 'one'))  # Also prepares the dataset for both processes.
+  one = loop.run(config, str(tmp_path / 'one'))  # Also prepares the dataset for both processes.
   logs = _launch_two_processes(workdir, data_dir, tmp_path)
   assert 'JAX' in logs[0] and '8 cpu device(s), 2 process(es)' in logs[0]
 
-  rows = {name: metrics.read_jsonl(tmp_path / name / 'metrics.jsonl') for name in ('one', 'two')}
+  rows = {name: writers.read_jsonl(tmp_path / name / 'metrics.jsonl') for name in ('one', 'two')}
   losses = {name: [r['train_loss'] for r in rows[name] if 'grad_norm' in r] for name in rows}
   assert len(losses['two']) == NUM_STEPS  # Only process 0 writes metrics: one row per step.
   assert len(list(workdir.glob('events.out.tfevents.*'))) == 1

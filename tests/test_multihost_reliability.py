@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from jaxscale import metrics
+from jaxscale.metrics import writers
 from tests.test_multihost import OVERRIDES, _free_port
 
 LONG_RUN = {**OVERRIDES, 'num_train_steps': 100000, 'log_every_steps': 1,
@@ -52,7 +52,7 @@ def _wait_all(started, timeout=300):
 
 def _rows(workdir):
   path = workdir / 'metrics.jsonl'
-  return metrics.read_jsonl(path) if path.exists() else []
+  return writers.read_jsonl(path) if path.exists() else []
 
 
 @pytest.mark.slow

@@ -13,10 +13,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxscale import config_validation, optim, param_paths, sharding, steps
-from jaxscale.experiment import build_model, create_train_state
+from jaxscale.config import validation
+
+from jaxscale.train import checks
+from jaxscale.train import optim, steps
+from jaxscale.core import param_paths, sharding
+from jaxscale.models.build import build_model
+from jaxscale.train.experiment import create_train_state
 from jaxscale.hparams import __main__ as hparams_cli
-from jaxscale.hparams import coord_check, lr_transfer, mup
+from jaxscale.hparams import coord_check, lr_transfer
+from jaxscale.models import mup
 from jaxscale.scaling.sweeps import run_config
 from tests.helpers import random_batch, tiny_config
 
@@ -145,15 +151,15 @@ def test_mup_scales_hidden_updates_through_scan_fsdp_and_lr_groups(scan_layers):
 
 def test_validation_names_what_mup_needs():
   config = tiny_config(**{'model.parametrization': 'mup'})
-  with pytest.raises(config_validation.ConfigError, match='mup_base_width'):
-    config_validation.validate(config)
+  with pytest.raises(validation.ConfigError, match='mup_base_width'):
+    checks.validate(config)
   config.model.mup_base_width = 16
   config.optimizer.name = 'sgd'
-  with pytest.raises(config_validation.ConfigError, match='adamw'):
-    config_validation.validate(config)
+  with pytest.raises(validation.ConfigError, match='adamw'):
+    checks.validate(config)
   config.model.parametrization = 'mu'
-  with pytest.raises(config_validation.ConfigError, match='parametrization'):
-    config_validation.validate(config)
+  with pytest.raises(validation.ConfigError, match='parametrization'):
+    checks.validate(config)
 
 
 def test_lr_transfer_drift_is_the_parabola_optimum_slope_per_width_doubling():

@@ -8,7 +8,8 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxscale import optim, train
+from jaxscale.models import build
+from jaxscale.train import optim
 from tests.helpers import tiny_config
 
 
@@ -42,7 +43,7 @@ def test_constant_schedule_after_warmup():
 def test_weight_decay_skips_norms_and_every_optimizer_descends(name):
   config = tiny_config(**{'optimizer.name': name, 'optimizer.weight_decay': 0.5,
                           'optimizer.learning_rate': 0.1, 'optimizer.warmup_steps': 0})
-  params = nnx.state(train.build_model(config.model, 0), nnx.Param)
+  params = nnx.state(build.build_model(config.model, 0), nnx.Param)
   optimizer, _ = optim.make_optimizer(config.optimizer, config.num_train_steps)
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = optimizer.update(zero_grads, optimizer.init(params), params)
@@ -60,7 +61,7 @@ def test_decay_mask_sees_through_stacked_layers_and_skips_biases_and_positions()
   model_config = ml_collections.ConfigDict(dict(
       name='vit', num_classes=10, image_size=16, patch_size=8, width=16, depth=2, num_heads=2,
       mlp_dim=32, scan_layers=True))
-  params = nnx.state(train.build_model(model_config, 0), nnx.Param)
+  params = nnx.state(build.build_model(model_config, 0), nnx.Param)
   mask = optim._decay_mask(params)
   decayed = {jax.tree_util.keystr(path): bool(v)
              for path, v in jax.tree_util.tree_flatten_with_path(mask)[0]}

@@ -7,14 +7,17 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxscale import config_base, optim, param_paths, train
+from jaxscale.config import config_base
+from jaxscale.core import param_paths
+from jaxscale.models import build
+from jaxscale.train import optim
 
 
 def test_adamw_with_a_frozen_backbone_updates_only_the_head():
   model_config = ml_collections.ConfigDict(dict(
       name='vit', num_classes=3, image_size=8, patch_size=4, width=16, depth=1, num_heads=2,
       mlp_dim=32))
-  params = nnx.state(train.build_model(model_config, seed=0), nnx.Param)
+  params = nnx.state(build.build_model(model_config, seed=0), nnx.Param)
   opt_config = config_base.get_base_config().optimizer
   opt_config.frozen = ('^(?!head)',)
   opt_config.warmup_steps = 0

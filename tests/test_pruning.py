@@ -10,9 +10,15 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from jaxscale import checkpointing, config_base, experiment, metrics, param_paths, train
+from jaxscale.checkpoint import checkpointing
 from jaxscale.compress import pruning
-from jaxscale.config_validation import ConfigError, validate
+from jaxscale.config import config_base
+from jaxscale.config.validation import ConfigError
+from jaxscale.core import param_paths
+from jaxscale.metrics import writers
+from jaxscale.models import build
+from jaxscale.train import loop
+from jaxscale.train.checks import validate
 from tests.helpers import interrupt_after_saving, load_config_file, tiny_config
 
 SCHEDULE = {'start_step': 2, 'end_step': 14, 'update_every': 4}  # Masks at 2, 6, 10, 14.
@@ -40,7 +46,7 @@ def _transformer_params(scan_layers: bool):
 
 
 def _init_params(model_config):
-  return jax.jit(lambda: nnx.state(experiment.build_model(model_config, 0), nnx.Param))()
+  return jax.jit(lambda: nnx.state(build.build_model(model_config, 0), nnx.Param))()
 
 
 def _train_randomly(params, config, num_steps: int):
@@ -162,12 +168,12 @@ def _saved_state(workdir, step):
 def test_a_pruned_run_logs_its_sparsity_saves_zeros_and_resumes_exactly(tmp_path, monkeypatch):
   data_dir = tmp_path / 'tfds'
   config = _pruned_digits(data_dir)
-  straight = train.run(config, str(tmp_path / 'straight'))
+  straight = loop.run(config, str(tmp_path / 'straight'))
   real_save = interrupt_after_saving(monkeypatch, step=8)
   with pytest.raises(KeyboardInterrupt):
-    train.run(config, str(tmp_path / 'resumed'))
+    loop.run(config, str(tmp_path / 'resumed'))
   monkeypatch.setattr(checkpointing, 'save', real_save)
-  resumed = train.run(config, str(tmp_path / 'resumed'))
+  resumed = loop.run(config, str(tmp_path / 'resumed'))
 
   assert resumed['eval_loss'] == straight['eval_loss']
   final = {name: _saved_state(tmp_path / name, 16) for name in ('straight', 'resumed')}
@@ -176,7 +182,7 @@ def test_a_pruned_run_logs_its_sparsity_saves_zeros_and_resumes_exactly(tmp_path
     assert len(expected) == len(actual)
     assert all(np.array_equal(a, b) for a, b in zip(expected, actual)), part
 
-  rows = {r['step']: r for r in metrics.read_jsonl(tmp_path / 'resumed' / 'metrics.jsonl')
+  rows = {r['step']: r for r in writers.read_jsonl(tmp_path / 'resumed' / 'metrics.jsonl')
           if 'sparsity' in r}
   for step, row in rows.items():
     held = _zhu_gupta(max(t for t in (0, 2, 6, 10, 14) if t <= step))

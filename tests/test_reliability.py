@@ -14,8 +14,11 @@ import pytest
 import tensorflow as tf
 from etils import epath
 
-from jaxscale import checkpointing, config_validation, input_errors, memory, metrics, optim
-from jaxscale import sharding, steps, train
+from jaxscale.checkpoint import checkpointing
+from jaxscale.config import input_errors, validation
+from jaxscale.core import sharding
+from jaxscale.metrics import memory, writers
+from jaxscale.train import checks, experiment, loop, optim, steps
 from tests.helpers import random_batch, tiny_config
 
 
@@ -45,7 +48,7 @@ def data_dir(tmp_path_factory):
 def _compiled_step(config, skip_nonfinite):
   mesh = sharding.make_mesh(config.mesh)
   optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  graphdef, state, shardings = train.create_train_state(config, mesh, optimizer)
+  graphdef, state, shardings = experiment.create_train_state(config, mesh, optimizer)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   train_step, _ = steps.compile_steps(graphdef, optimizer, learning_rate_fn, shardings,
                                       batch_sharding, sharding.replicated(mesh),
@@ -108,10 +111,10 @@ def test_skip_mode_trains_past_a_nonfinite_step_and_counts_it(data_dir, tmp_path
   config = _markov_config(data_dir, num_train_steps=6, log_every_steps=1, eval_every_steps=6,
                           checkpoint_every_steps=6, nonfinite_policy='skip', max_skipped_steps=1)
   with caplog.at_level(logging.WARNING):
-    summary = train.run(config, str(tmp_path))
+    summary = loop.run(config, str(tmp_path))
   assert summary['finished'] and np.isfinite(summary['eval_loss'])
   assert 'Skipped the update at step 3' in caplog.text
-  rows = {r['step']: r for r in metrics.read_jsonl(tmp_path / 'metrics.jsonl') if 'grad_norm' in r}
+  rows = {r['step']: r for r in writers.read_jsonl(tmp_path / 'metrics.jsonl') if 'grad_norm' in r}
   assert [rows[s]['skipped_updates'] for s in range(1, 7)] == [0, 0, 1, 1, 1, 1]
 
 
@@ -120,7 +123,7 @@ def test_skip_mode_stops_after_max_skipped_steps(data_dir, tmp_path, monkeypatch
   config = _markov_config(data_dir, num_train_steps=6, log_every_steps=3, eval_every_steps=6,
                           checkpoint_every_steps=6, nonfinite_policy='skip', max_skipped_steps=0)
   with pytest.raises(FloatingPointError, match=r'max_skipped_steps=0 \(the last at step 2'):
-    train.run(config, str(tmp_path))
+    loop.run(config, str(tmp_path))
 
 
 def test_stop_mode_names_the_step_and_never_saves_a_nonfinite_state(data_dir, tmp_path):
@@ -128,7 +131,7 @@ def test_stop_mode_names_the_step_and_never_saves_a_nonfinite_state(data_dir, tm
                           log_every_steps=10, eval_every_steps=20,
                           **{'optimizer.learning_rate': 1e30, 'optimizer.grad_clip_norm': 0.0})
   with pytest.raises(FloatingPointError, match=r'at step (\d+)') as error:
-    train.run(config, str(tmp_path))
+    loop.run(config, str(tmp_path))
   bad_step = int(re.search(r'at step (\d+)', str(error.value)).group(1))
   assert 1 < bad_step <= 20, str(error.value)
   manager = checkpointing.make_manager(epath.Path(tmp_path), config)
@@ -145,7 +148,7 @@ def _saved_steps(directory, config, steps_to_save):
   """A manager holding `steps_to_save`, each with a distinct state, and those states."""
   mesh = sharding.make_mesh(config.mesh)
   optimizer, _ = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  _, state, shardings = train.create_train_state(config, mesh, optimizer)
+  _, state, shardings = experiment.create_train_state(config, mesh, optimizer)
   manager = checkpointing.make_manager(epath.Path(directory), config)
   saver = checkpointing.Saver(manager)  # With the checksum manifests a training run writes.
   states = {}
@@ -291,14 +294,14 @@ def test_a_failed_save_stops_the_run_naming_the_step_and_keeps_finished_checkpoi
   config = _markov_config(data_dir, num_train_steps=8, checkpoint_every_steps=2,
                           eval_every_steps=8, log_every_steps=2, async_checkpointing=True)
   with pytest.raises(checkpointing.CheckpointSaveError) as raised:
-    train.run(config, str(tmp_path))
+    loop.run(config, str(tmp_path))
   message = str(raised.value)
   assert 'step 4' in message and str(tmp_path / 'checkpoints' / '4') in message
   assert 'steps 2' in message and 'No space left' in message
   assert not (tmp_path / 'summary.json').exists()
   monkeypatch.undo()
   # The finished checkpoint restores, and rerunning resumes from it to the end.
-  summary = train.run(config, str(tmp_path))
+  summary = loop.run(config, str(tmp_path))
   assert summary['finished'] and summary['step'] == 8
 
 
@@ -330,7 +333,7 @@ def _estimate_and_compiled(config):
                     for k, dtype in [('inputs', np.int32), ('targets', np.int32),
                                      ('weights', np.float32)]}
   estimates = []
-  graphdef, state, shardings = train.create_train_state(
+  graphdef, state, shardings = experiment.create_train_state(
       config, mesh, optimizer,
       before_init=lambda g, a: estimates.append(memory.estimate(config, a, abstract_batch, None)))
   train_step, _ = steps.compile_steps(graphdef, optimizer, learning_rate_fn, shardings,
@@ -383,7 +386,7 @@ def test_a_config_too_big_for_the_device_fails_fast_and_leaves_the_workdir_alone
   start = time.perf_counter()
   with pytest.raises(memory.InsufficientMemoryError,
                      match=r'(?s)does not fit.*params \d+\.\d+ GiB.*mesh.fsdp.*remat_policy'):
-    train.run(config, str(workdir))
+    loop.run(config, str(workdir))
   print(f'refused in {time.perf_counter() - start:.1f} s')
   assert sorted(p.name for p in workdir.iterdir()) == sorted(existing)
   for name, text in existing.items():
@@ -391,8 +394,8 @@ def test_a_config_too_big_for_the_device_fails_fast_and_leaves_the_workdir_alone
 
 
 def test_invalid_mesh_is_refused_before_the_workdir_is_touched(tmp_path):
-  with pytest.raises(config_validation.ConfigError, match=r'config.mesh: .* needs 12'):
-    train.run(tiny_config(**{'mesh.data': 3, 'mesh.fsdp': 4}), str(tmp_path / 'run'))
+  with pytest.raises(validation.ConfigError, match=r'config.mesh: .* needs 12'):
+    loop.run(tiny_config(**{'mesh.data': 3, 'mesh.fsdp': 4}), str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
 
 
@@ -404,7 +407,7 @@ def test_a_real_dataset_missing_from_data_dir_says_how_to_prepare_it(tmp_path):
   with pytest.raises(input_errors.DatasetUnavailableError,
                      match=r"(?s)'c4' is not prepared in .*tfds.*tfds build c4 --data_dir DIR.*"
                            r"--config.dataset.data_dir"):
-    train.run(config, str(tmp_path / 'run'))
+    loop.run(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
 
 
@@ -413,16 +416,17 @@ def test_an_unprepared_downloadable_dataset_says_how_to_prepare_it(tmp_path):
   config = tiny_config(**{'dataset.name': 'lm1b', 'dataset.data_dir': str(tmp_path / 'tfds')})
   with pytest.raises(input_errors.DatasetUnavailableError,
                      match=r"(?s)'lm1b' is not prepared.*tfds build lm1b --data_dir"):
-    train.run(config, str(tmp_path / 'run'))
+    loop.run(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
 
 
 _UNREADABLE_DATA_DIR_RUN = """
 import sys
-from jaxscale import input_errors, train
+from jaxscale.config import input_errors
+from jaxscale.train import loop
 from tests.test_reliability import _markov_config
 try:
-  train.run(_markov_config(sys.argv[1]), sys.argv[2])
+  loop.run(_markov_config(sys.argv[1]), sys.argv[2])
 except input_errors.DatasetUnavailableError as e:
   print('DatasetUnavailableError:', e)
 """
@@ -464,5 +468,5 @@ def test_permission_errors_from_the_pipeline_are_explained():
     ('max_skipped_steps', -1, r'config.max_skipped_steps=-1 must be >= 0'),
 ])
 def test_reliability_keys_are_validated(key, value, message):
-  with pytest.raises(config_validation.ConfigError, match=message):
-    config_validation.validate(tiny_config(**{key: value}))
+  with pytest.raises(validation.ConfigError, match=message):
+    checks.validate(tiny_config(**{key: value}))

@@ -9,16 +9,19 @@ import pytest
 import tensorflow as tf
 from flax import nnx
 
-from jaxscale import checkpointing, optim, sampling, sharding, train
-from jaxscale import workdir as workdir_lib
+from jaxscale.checkpoint import checkpointing
+from jaxscale.config import workdir as workdir_lib
+from jaxscale.core import sharding
 from jaxscale.data import markov_chain
-from jaxscale.models import MODELS
+from jaxscale.inference import sampling
+from jaxscale.models import build, MODELS
+from jaxscale.train import experiment, loop, optim
 from tests.helpers import tiny_config
 
 
 @pytest.fixture(scope='module')
 def model():
-  return train.build_model(tiny_config().model, seed=0)
+  return build.build_model(tiny_config().model, seed=0)
 
 
 def _prompt(batch=2, length=5, vocab_size=64):
@@ -88,7 +91,7 @@ def test_restored_model_gives_the_saved_models_logits(tmp_path):
   config = tiny_config()
   mesh = sharding.make_mesh(config.mesh)
   optimizer, _ = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  graphdef, state, _ = train.create_train_state(config, mesh, optimizer)
+  graphdef, state, _ = experiment.create_train_state(config, mesh, optimizer)
   # Saved parameters that differ from a fresh init of config.seed, so restoring must read them.
   state = state.replace(params=jax.tree.map(lambda p: p * 1.5 + 0.01, state.params))
   workdir_lib.record_config(tmp_path, config)
@@ -103,7 +106,7 @@ def test_restored_model_gives_the_saved_models_logits(tmp_path):
   np.testing.assert_allclose(np.asarray(restored(tokens)), np.asarray(saved(tokens)),
                              rtol=1e-6, atol=1e-6)
   assert not np.allclose(np.asarray(restored(tokens)),
-                         np.asarray(train.build_model(config.model, config.seed)(tokens)))
+                         np.asarray(build.build_model(config.model, config.seed)(tokens)))
 
 
 class _ScaledEmbedding(nnx.Module):
@@ -124,7 +127,7 @@ def test_restore_reads_non_parameter_variables_too(tmp_path, monkeypatch):
   config.model = ml_collections.ConfigDict({'name': 'scaled_embedding', 'vocab_size': 16})
   mesh = sharding.make_mesh(config.mesh)
   optimizer, _ = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  graphdef, state, _ = train.create_train_state(config, mesh, optimizer)
+  graphdef, state, _ = experiment.create_train_state(config, mesh, optimizer)
   state = state.replace(model_state=jax.tree.map(lambda x: x * 3.0, state.model_state))
   workdir_lib.record_config(tmp_path, config)
   manager = checkpointing.make_manager(tmp_path, config)
@@ -161,7 +164,7 @@ def test_a_model_trained_on_markov_data_generates_the_chains_transitions(tmp_pat
       'dataset.data_dir': str(tmp_path / 'tfds'), 'model.vocab_size': 0, 'batch_size': 16,
       'num_train_steps': 150, 'eval_every_steps': 150, 'checkpoint_every_steps': 150,
       'optimizer.learning_rate': 1e-2, 'async_checkpointing': False})
-  train.run(config, str(tmp_path / 'run'))
+  loop.run(config, str(tmp_path / 'run'))
   model, _ = sampling.restore_model(tmp_path / 'run')
   chain = markov_chain.random_chain(vocab_size=4, order=2, branching=2, concentration=1.0,
                                     seed=0)

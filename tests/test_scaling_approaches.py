@@ -4,17 +4,9 @@ law (synthetic.HOFFMANN: a = beta / (alpha + beta) = 0.4516)."""
 import numpy as np
 import pytest
 
-from jaxscale.scaling.analysis import compare
-from jaxscale.scaling.analysis import predict
-from jaxscale.scaling.analysis import validate
-from jaxscale.scaling.laws import approach1
-from jaxscale.scaling.laws import approach2
-from jaxscale.scaling.laws import approach3
-from jaxscale.scaling.laws import envelope
-from jaxscale.scaling.laws import fits
-from jaxscale.scaling.laws import kaplan
-from jaxscale.scaling.runs import synthetic
-from jaxscale.scaling.runs import table
+from jaxscale.scaling.analysis import compare, predict, validate
+from jaxscale.scaling.laws import approach1, approach2, approach3, envelope, fits, kaplan
+from jaxscale.scaling.runs import synthetic, table
 
 TRUTH = synthetic.HOFFMANN
 TRUE_A = TRUTH['beta'] / (TRUTH['alpha'] + TRUTH['beta'])

@@ -7,14 +7,9 @@ import numpy as np
 import pytest
 
 from jaxscale.scaling import cli
-from jaxscale.scaling.analysis import backtest
-from jaxscale.scaling.analysis import calibration
-from jaxscale.scaling.analysis import selection
-from jaxscale.scaling.laws import approach2
-from jaxscale.scaling.laws import degenerate
-from jaxscale.scaling.laws import power_law_fit
-from jaxscale.scaling.runs import synthetic
-from jaxscale.scaling.runs import table
+from jaxscale.scaling.analysis import backtest, calibration, selection
+from jaxscale.scaling.laws import approach2, degenerate, power_law_fit
+from jaxscale.scaling.runs import synthetic, table
 
 BUDGETS = np.geomspace(1e17, 1e21, 8)
 

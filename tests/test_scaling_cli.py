@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from jaxscale.scaling import cli
-from jaxscale.scaling.runs import synthetic
-from jaxscale.scaling.runs import table
+from jaxscale.scaling.runs import synthetic, table
 
 
 def write_runs(path, runs, extra_column=True):

@@ -7,10 +7,8 @@ import subprocess
 import ml_collections
 import pytest
 
-from jaxscale.scaling.runs import collect
-from jaxscale.scaling.runs import table
-from jaxscale.scaling.sweeps import launcher
-from jaxscale.scaling.sweeps import sweep
+from jaxscale.scaling.runs import collect, table
+from jaxscale.scaling.sweeps import launcher, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

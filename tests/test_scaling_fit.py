@@ -9,10 +9,8 @@ import pytest
 import scipy.optimize
 
 from jaxscale.scaling.laws import approach3
-from jaxscale.scaling.runs import data_files
-from jaxscale.scaling.runs import synthetic
-from jaxscale.scaling.solvers import lse_law
-from jaxscale.scaling.solvers import parametric_fit
+from jaxscale.scaling.runs import data_files, synthetic
+from jaxscale.scaling.solvers import lse_law, parametric_fit
 
 
 @pytest.fixture(scope='module')

@@ -9,12 +9,10 @@ import sys
 import ml_collections
 import pytest
 
-from jaxscale import metrics, train
+from jaxscale.metrics import writers
 from jaxscale.scaling import cli
-from jaxscale.scaling.sweeps import grouping
-from jaxscale.scaling.sweeps import launcher
-from jaxscale.scaling.sweeps import run_config
-from jaxscale.scaling.sweeps import sweep
+from jaxscale.scaling.sweeps import grouping, launcher, run_config, sweep
+from jaxscale.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEARNING_RATES = (3e-3, 1e-2, 3e-2)
@@ -155,14 +153,14 @@ def test_run_all_trains_runs_of_one_shape_in_one_process_as_solo_runs(tmp_path, 
   point = grouped[1]
   config = run_config.apply_overrides(run_config.load_config_file(planned['base_config']),
                                       point['overrides'])
-  train.run(config, tmp_path / 'solo')
+  loop.run(config, tmp_path / 'solo')
   grouped_dir = tmp_path / 'sweep' / 'runs' / point['name']
   solo_summary = json.loads((tmp_path / 'solo' / 'summary.json').read_text())
   grouped_summary = json.loads((grouped_dir / 'summary.json').read_text())
   assert grouped_summary['eval_loss'] == pytest.approx(solo_summary['eval_loss'], rel=1e-5)
   assert sorted(grouped_summary) == sorted(solo_summary)
-  grouped_rows = metrics.read_jsonl(grouped_dir / 'metrics.jsonl')
-  solo_rows = metrics.read_jsonl(tmp_path / 'solo' / 'metrics.jsonl')
+  grouped_rows = writers.read_jsonl(grouped_dir / 'metrics.jsonl')
+  solo_rows = writers.read_jsonl(tmp_path / 'solo' / 'metrics.jsonl')
   assert [(r['step'], sorted(r)) for r in grouped_rows] == [(r['step'], sorted(r))
                                                             for r in solo_rows]
   assert (json.loads((grouped_dir / 'config.json').read_text()) ==

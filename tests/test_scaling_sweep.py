@@ -8,13 +8,10 @@ import sys
 import ml_collections
 import pytest
 
-from jaxscale import flops
+from jaxscale.metrics import flops
 from jaxscale.scaling import cli
 from jaxscale.scaling.runs import collect
-from jaxscale.scaling.sweeps import launcher
-from jaxscale.scaling.sweeps import run_config
-from jaxscale.scaling.sweeps import shapes
-from jaxscale.scaling.sweeps import sweep
+from jaxscale.scaling.sweeps import launcher, run_config, shapes, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SPEC = os.path.join(REPO, 'configs', 'sweeps', 'tiny_isoflop.py')

@@ -8,8 +8,7 @@ import pytest
 
 from jaxscale.scaling import cli
 from jaxscale.scaling.analysis import verify
-from jaxscale.scaling.sweeps import launcher
-from jaxscale.scaling.sweeps import sweep
+from jaxscale.scaling.sweeps import launcher, sweep
 from tests import test_scaling_end_to_end
 
 

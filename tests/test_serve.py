@@ -10,16 +10,15 @@ import jax
 import numpy as np
 import pytest
 
-from jaxscale import sampling, serve
-from jaxscale.serving import backends
-from jaxscale.serving.batcher import Batcher, QueueFull
+from jaxscale.inference import backends, sampling, server
+from jaxscale.inference.batcher import Batcher, QueueFull
 from tests import saved_runs
 
 LIMITS = dict(max_prompt_tokens=24, max_new_tokens=16)
 
 
 def _serving(backend, **kwargs):
-  return serve.running_server(serve.build_app(backend, **kwargs))
+  return server.running_server(server.build_app(backend, **kwargs))
 
 
 @pytest.fixture(scope='module')

@@ -8,14 +8,15 @@ import jax
 import numpy as np
 import pytest
 
-from jaxscale import optim, sharding, steps, train
+from jaxscale.core import sharding
+from jaxscale.train import experiment, optim, steps
 from tests.helpers import random_batch, tiny_config
 
 
 def _train_losses(config, devices, num_steps=3):
   mesh = sharding.make_mesh(config.mesh, devices)
   optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  graphdef, state, state_shardings = train.create_train_state(config, mesh, optimizer)
+  graphdef, state, state_shardings = experiment.create_train_state(config, mesh, optimizer)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
                                       sharding.replicated(mesh),
@@ -75,7 +76,7 @@ def test_mesh_shape_fills_the_auto_axis_and_rejects_bad_meshes():
 def _compiled_temp_bytes(config) -> int:
   mesh = sharding.make_mesh(config.mesh)
   optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  graphdef, state, state_shardings = train.create_train_state(config, mesh, optimizer)
+  graphdef, state, state_shardings = experiment.create_train_state(config, mesh, optimizer)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
                                       sharding.replicated(mesh),

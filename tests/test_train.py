@@ -12,7 +12,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxscale import checkpointing, metrics, train
+from jaxscale.checkpoint import checkpointing
+from jaxscale.metrics import writers
+from jaxscale.train import loop
 from tests.helpers import tiny_config, interrupt_after_saving
 
 
@@ -32,7 +34,7 @@ def test_loss_falls_toward_the_known_entropy(data_dir, tmp_path):
   config = _markov_config(data_dir, num_train_steps=400, eval_every_steps=400,
                           log_every_steps=100, checkpoint_every_steps=400,
                           **{'optimizer.warmup_steps': 20})
-  summary = train.run(config, str(tmp_path))
+  summary = loop.run(config, str(tmp_path))
   uniform = math.log(config.model.vocab_size or 32)
   min_loss = summary['dataset_min_loss']
   assert 0 < min_loss < uniform
@@ -42,8 +44,8 @@ def test_loss_falls_toward_the_known_entropy(data_dir, tmp_path):
 
 
 def test_every_eval_records_the_numbers_a_scaling_fit_needs(data_dir, tmp_path):
-  train.run(_markov_config(data_dir), str(tmp_path))
-  rows = metrics.read_jsonl(tmp_path / 'metrics.jsonl')
+  loop.run(_markov_config(data_dir), str(tmp_path))
+  rows = writers.read_jsonl(tmp_path / 'metrics.jsonl')
   eval_rows = [r for r in rows if 'eval_loss' in r]
   assert [r['step'] for r in eval_rows] == [10, 20]
   for row in eval_rows:
@@ -60,16 +62,16 @@ def test_every_eval_records_the_numbers_a_scaling_fit_needs(data_dir, tmp_path):
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
   config = _markov_config(data_dir)
-  straight = train.run(config, str(tmp_path / 'straight'))
+  straight = loop.run(config, str(tmp_path / 'straight'))
 
   real_save = interrupt_after_saving(monkeypatch, step=10)
   with pytest.raises(KeyboardInterrupt):
-    train.run(config, str(tmp_path / 'resumed'))
+    loop.run(config, str(tmp_path / 'resumed'))
   monkeypatch.setattr(checkpointing, 'save', real_save)
-  resumed = train.run(config, str(tmp_path / 'resumed'))
+  resumed = loop.run(config, str(tmp_path / 'resumed'))
 
   assert resumed['eval_loss'] == straight['eval_loss']
-  rows = {name: {r['step']: r for r in metrics.read_jsonl(tmp_path / name / 'metrics.jsonl')
+  rows = {name: {r['step']: r for r in writers.read_jsonl(tmp_path / name / 'metrics.jsonl')
                  if 'eval_loss' not in r and 'train_loss' in r}
           for name in ('straight', 'resumed')}
   for step in (15, 20):  # Steps trained after the restart saw the same batches and state.
@@ -85,9 +87,9 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(data_dir, tmp_pat
 
 
 def test_workdir_with_a_different_config_is_refused(data_dir, tmp_path):
-  train.run(_markov_config(data_dir, num_train_steps=10), str(tmp_path))
+  loop.run(_markov_config(data_dir, num_train_steps=10), str(tmp_path))
   with pytest.raises(ValueError, match=r'config.model.d_model: 64 -> 32'):
-    train.run(_markov_config(data_dir, num_train_steps=10, **{'model.d_model': 32}), str(tmp_path))
+    loop.run(_markov_config(data_dir, num_train_steps=10, **{'model.d_model': 32}), str(tmp_path))
 
 
 def _tiny_cli_command(tmp_path, **schedule):
@@ -112,7 +114,7 @@ def test_cli_trains_writes_the_workdir_and_resumes(tmp_path):
   assert list(workdir.glob('events.out.tfevents.*'))
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == ['3', '6']
   summary = json.loads((workdir / 'summary.json').read_text())
-  assert 'eval_bits_per_byte' in metrics.read_jsonl(workdir / 'metrics.jsonl')[-1]
+  assert 'eval_bits_per_byte' in writers.read_jsonl(workdir / 'metrics.jsonl')[-1]
 
   second = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert second.returncode == 0, second.stderr[-3000:]
@@ -148,7 +150,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_a_restart_finishes(tmp_path):
 
 
 def _rows_if_any(path):
-  return metrics.read_jsonl(path) if path.exists() else []
+  return writers.read_jsonl(path) if path.exists() else []
 
 
 def test_lm1b_trains_through_its_real_loading_path_on_mock_data(tmp_path):
@@ -156,6 +158,6 @@ def test_lm1b_trains_through_its_real_loading_path_on_mock_data(tmp_path):
   config = tiny_config(**{'dataset.name': 'lm1b', 'dataset.data_dir': str(tmp_path / 'tfds'),
                           'model.vocab_size': 0, 'num_train_steps': 10})
   with tfds.testing.mock_data(num_examples=64):
-    summary = train.run(config, str(tmp_path / 'run'))
+    summary = loop.run(config, str(tmp_path / 'run'))
   assert summary['finished'] and math.isfinite(summary['eval_loss'])
   assert json.loads((tmp_path / 'run' / 'config.json').read_text())['model']['vocab_size'] == 256

@@ -9,8 +9,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxscale import checkpointing, metrics, train
+from jaxscale.checkpoint import checkpointing
+from jaxscale.metrics import writers
 from jaxscale.scaling.runs import collect
+from jaxscale.train import loop
 from tests.helpers import load_config_file
 
 
@@ -24,11 +26,11 @@ def data_dir(tmp_path_factory):
 
 
 def test_mlp_reaches_95_percent_on_digits(data_dir, tmp_path):
-  summary = train.run(_digits_run_config('mlp_digits', data_dir), str(tmp_path))
+  summary = loop.run(_digits_run_config('mlp_digits', data_dir), str(tmp_path))
   assert summary['finished']
   assert summary['eval_accuracy'] >= 0.95, summary
   assert summary['eval_top5_accuracy'] >= summary['eval_accuracy']
-  rows = metrics.read_jsonl(tmp_path / 'metrics.jsonl')
+  rows = writers.read_jsonl(tmp_path / 'metrics.jsonl')
   eval_rows = [r for r in rows if 'eval_loss' in r]
   # The numbers a scaling fit needs, as for language models (examples instead of tokens).
   for key in ('examples_seen', 'flops_seen', 'params_total', 'params_non_embedding',
@@ -49,7 +51,7 @@ def test_mlp_reaches_95_percent_on_digits(data_dir, tmp_path):
 def test_small_resnet_reaches_95_percent_on_digits(data_dir, tmp_path):
   config = _digits_run_config('resnet_digits', data_dir, num_train_steps=200, eval_every_steps=200,
                    checkpoint_every_steps=200)
-  summary = train.run(config, str(tmp_path))
+  summary = loop.run(config, str(tmp_path))
   assert summary['eval_accuracy'] >= 0.95, summary
 
 
@@ -57,7 +59,7 @@ def test_a_width_sweep_over_digits_is_collectable(data_dir, tmp_path):
   for width in (16, 64):
     config = _digits_run_config('mlp_digits', data_dir, num_train_steps=40, eval_every_steps=20,
                      checkpoint_every_steps=40, **{'model.hidden_dims': (width,)})
-    train.run(config, str(tmp_path / f'mlp_w{width}'))
+    loop.run(config, str(tmp_path / f'mlp_w{width}'))
   rows, unfinished = collect.collect(str(tmp_path))
   assert not unfinished and len(rows) == 2
   by_width = {row['run']: row for row in rows}
@@ -83,13 +85,13 @@ _SHORT = {'num_train_steps': 6, 'log_every_steps': 3, 'eval_every_steps': 6,
 
 def test_vision_run_resumed_from_a_checkpoint_matches_the_uninterrupted_one(data_dir, tmp_path):
   config = _digits_run_config('mlp_digits', data_dir, **_SHORT)
-  straight = train.run(config, str(tmp_path / 'straight'))
+  straight = loop.run(config, str(tmp_path / 'straight'))
   workdir = tmp_path / 'resumed'
-  train.run(config, str(workdir))
+  loop.run(config, str(workdir))
   # As if stopped after the checkpoint of step 3: the resumed run reads batches 4-6 again.
   shutil.rmtree(workdir / 'checkpoints' / '6')
   (workdir / 'summary.json').unlink()
-  resumed = train.run(config, str(workdir))
+  resumed = loop.run(config, str(workdir))
   assert resumed['step'] == 6 and resumed['eval_loss'] == straight['eval_loss']
   jax.tree.map(np.testing.assert_array_equal, _saved_params(workdir, 6),
                _saved_params(tmp_path / 'straight', 6))
@@ -102,10 +104,10 @@ def test_vision_run_resumed_from_a_checkpoint_matches_the_uninterrupted_one(data
 def test_tfdata_checkpoints_hold_the_buffer_and_do_not_resume_under_grain(data_dir, tmp_path):
   config = _digits_run_config('mlp_digits', data_dir,
                               **{**_SHORT, 'dataset.loader': 'tfdata', 'num_train_steps': 3})
-  train.run(config, str(tmp_path))
+  loop.run(config, str(tmp_path))
   # The shuffle buffer of (encoded) digits images: what the index-based state avoids.
   assert _data_item_bytes(tmp_path, 3) > 1024
   config = _digits_run_config('mlp_digits', data_dir, **_SHORT, allow_config_change=True)
   with pytest.raises(checkpointing.LoaderMismatchError,
                      match="'tfdata' loader.*--config.dataset.loader=tfdata"):
-    train.run(config, str(tmp_path))
+    loop.run(config, str(tmp_path))

@@ -15,11 +15,15 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxscale import experiment, metrics, objectives, optim, param_paths, sampling, sharding
-from jaxscale import steps, train
-from jaxscale import workdir as workdir_lib
+from jaxscale import objectives
+from jaxscale.checkpoint import init_from
+from jaxscale.config import workdir as workdir_lib
+from jaxscale.core import param_paths, sharding
+from jaxscale.inference import sampling
+from jaxscale.metrics import writers
+from jaxscale.models import build
 from jaxscale.objectives import mlm_masking
-from jaxscale.transfer import init_from
+from jaxscale.train import experiment, loop, optim, steps
 from tests.helpers import load_config_file, tiny_config
 
 REPO = pathlib.Path(__file__).parent.parent
@@ -63,7 +67,7 @@ def data_dir(tmp_path_factory):
 def source(data_dir, tmp_path_factory):
   """(workdir, summary) of a trained tiny LM: the run the others start from."""
   workdir = tmp_path_factory.mktemp('source')
-  return workdir, train.run(_lm_config(data_dir), str(workdir))
+  return workdir, loop.run(_lm_config(data_dir), str(workdir))
 
 
 @pytest.fixture(scope='module')
@@ -122,7 +126,7 @@ def test_a_shape_mismatch_raises_naming_the_parameter_and_both_shapes_and_writes
 def test_missing_init_accepts_a_shape_mismatch_and_reports_it(source):
   config = tiny_config(**{'model.vocab_size': 48, 'init_from.workdir': str(source[0]),
                           'init_from.missing': 'init'})
-  fresh = nnx.state(train.build_model(config.model, config.seed), nnx.Param)
+  fresh = nnx.state(build.build_model(config.model, config.seed), nnx.Param)
   params, report = init_from.restore_params(config.init_from, fresh)
   assert report.new == ['embed_VxD']
   assert report.shape_mismatches == {'embed_VxD': {'source': [32, 32], 'new': [48, 32]}}
@@ -136,7 +140,7 @@ def test_missing_init_accepts_a_shape_mismatch_and_reports_it(source):
 def test_a_head_the_source_lacks_raises_naming_it_unless_reinitialised(source):
   config = tiny_config(**{'model.vocab_size': 32, 'model.num_classes': 4,
                           'init_from.workdir': str(source[0])})
-  fresh = nnx.state(train.build_model(config.model, config.seed), nnx.Param)
+  fresh = nnx.state(build.build_model(config.model, config.seed), nnx.Param)
   with pytest.raises(init_from.InitFromError,
                      match=r'2 parameter\(s\).*\n  head_DxK: not in the source checkpoint'):
     init_from.restore_params(config.init_from, fresh)
@@ -147,7 +151,7 @@ def test_a_head_the_source_lacks_raises_naming_it_unless_reinitialised(source):
 
 def test_resume_wins_over_init_from(data_dir, source, tmp_path):
   config = _lm_config(data_dir, **{'init_from.workdir': str(source[0])})
-  train.run(config, str(tmp_path))
+  loop.run(config, str(tmp_path))
   report_file = tmp_path / init_from.REPORT_FILE
   report_text, report_mtime = report_file.read_text(), report_file.stat().st_mtime_ns
   own = _checkpoint_params(tmp_path)
@@ -172,7 +176,7 @@ FROZEN = (r'^embed', r'^blocks\.0\.')
 def test_frozen_parameters_stay_bit_identical_and_hold_no_optimizer_moments(
     data_dir, source, tmp_path):
   config = _lm_config(data_dir, **{'optimizer.frozen': FROZEN})
-  summary = train.run(config, str(tmp_path))
+  summary = loop.run(config, str(tmp_path))
   state = _fresh_state(workdir_lib.read_config(tmp_path))  # Resolved: the vocabulary filled in.
   initial, final = _host(state.params), _checkpoint_params(tmp_path)
   frozen = [n for n in initial if param_paths.matches(n, FROZEN)]
@@ -197,7 +201,7 @@ def test_frozen_parameters_stay_bit_identical_and_hold_no_optimizer_moments(
   assert not [leaf for leaf in jax.tree.leaves(state.opt_state) if leaf.size == initial[
       'embed_VxD'].size and leaf.shape == initial['embed_VxD'].shape]
 
-  first_row = metrics.read_jsonl(tmp_path / 'metrics.jsonl')[0]
+  first_row = writers.read_jsonl(tmp_path / 'metrics.jsonl')[0]
   for row in (first_row, summary):
     assert row['params_trainable'] == trainable_size
     assert row['params_trainable'] + row['params_frozen'] == row['params_total']
@@ -208,7 +212,7 @@ def test_frozen_parameters_stay_bit_identical_and_hold_no_optimizer_moments(
 
 
 def _factor_tree(config):
-  params = nnx.state(train.build_model(config.model, 0), nnx.Param)
+  params = nnx.state(build.build_model(config.model, 0), nnx.Param)
   return params, _host(optim.update_factors(params, config.optimizer))
 
 
@@ -240,7 +244,7 @@ def test_below_the_stack_means_embeddings_patches_positions_and_cls_token():
   model_config = ml_collections.ConfigDict(dict(
       name='vit', num_classes=10, image_size=16, patch_size=8, width=16, depth=2, num_heads=2,
       mlp_dim=32, pooling='cls'))
-  params = nnx.state(train.build_model(model_config, 0), nnx.Param)
+  params = nnx.state(build.build_model(model_config, 0), nnx.Param)
   factors = _host(optim.update_factors(params, ml_collections.ConfigDict({'layer_decay': 0.5})))
   for name in ('patch_PxPxCxD', 'patch_bias_D', 'pos_LxD', 'cls_D'):
     assert factors[name] == 0.125, name
@@ -282,7 +286,7 @@ def _bert_config(name, data_dir, **overrides):
 
 def test_mlm_loss_is_taken_on_the_chosen_tokens_only(data_dir):
   config = _bert_config('bert_pretrain', data_dir)
-  model = train.build_model(config.model, 0)
+  model = build.build_model(config.model, 0)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tokens = np.random.default_rng(0).integers(0, 256, (8, 32)).astype(np.int32)
   weights = np.ones((8, 32), np.float32)
@@ -314,13 +318,13 @@ def test_mlm_loss_is_taken_on_the_chosen_tokens_only(data_dir):
 def mlm_source(data_dir, tmp_path_factory):
   """(workdir, summary) of configs/bert_pretrain.py shrunk to 20 steps."""
   workdir = tmp_path_factory.mktemp('bert_pretrain')
-  return workdir, train.run(_bert_config('bert_pretrain', data_dir), str(workdir))
+  return workdir, loop.run(_bert_config('bert_pretrain', data_dir), str(workdir))
 
 
 def test_bert_pretrain_records_the_masked_lm_eval_loss_and_accuracy(mlm_source):
   workdir, summary = mlm_source
   assert summary['finished'] and summary['step'] == 20
-  eval_rows = [r for r in metrics.read_jsonl(workdir / 'metrics.jsonl') if 'eval_loss' in r]
+  eval_rows = [r for r in writers.read_jsonl(workdir / 'metrics.jsonl') if 'eval_loss' in r]
   assert [r['step'] for r in eval_rows] == [10, 20]
   for row in eval_rows:
     assert 0 < row['eval_loss'] < 2 * np.log(259) and 0 <= row['eval_accuracy'] <= 1
@@ -331,7 +335,7 @@ def test_bert_pretrain_records_the_masked_lm_eval_loss_and_accuracy(mlm_source):
 def test_an_encoder_classifier_from_the_mlm_encoder_must_name_its_head(data_dir, mlm_source):
   config = _bert_config('bert_finetune', data_dir, **{
       'model.num_classes': 16, 'init_from.workdir': str(mlm_source[0]), 'init_from.reinit': ()})
-  fresh = nnx.state(train.build_model(config.model, config.seed), nnx.Param)
+  fresh = nnx.state(build.build_model(config.model, config.seed), nnx.Param)
   with pytest.raises(init_from.InitFromError, match=r'head_DxK: not in the source') as raised:
     init_from.restore_params(config.init_from, fresh)
   assert 'head_bias_K' in str(raised.value) and 'embed_VxD' not in str(raised.value)

@@ -13,8 +13,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxscale import config_base, config_validation, flops, optim, sharding, steps, train
+from jaxscale.config import config_base, validation
+
+from jaxscale.train import checks
+from jaxscale.metrics import flops
+from jaxscale.train import optim, steps
+from jaxscale.core import sharding
 from jaxscale.models import vit
+from jaxscale.models import build
+from jaxscale.train import experiment
 
 IMAGE_SIZE, NUM_CLASSES = 16, 10
 TINY_MODELS = {
@@ -57,14 +64,14 @@ def param_count(model) -> int:
 
 
 def abstract_model(config):
-  return nnx.eval_shape(lambda: train.build_model(config.model, 0))
+  return nnx.eval_shape(lambda: build.build_model(config.model, 0))
 
 
 @pytest.mark.parametrize('key', ['vit', 'vit_gap', 'resnet18_cifar', 'mlp'])
 def test_bfloat16_forward_keeps_fp32_params_and_logits(key):
   config = tiny_config(key, dtype='bfloat16')
-  config_validation.validate(config)
-  model = train.build_model(config.model, 0)
+  checks.validate(config)
+  model = build.build_model(config.model, 0)
   assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.float32)}
   logits = nnx.jit(lambda m, x: m(x))(model, classification_batch(batch_size=3)['image'])
   assert logits.shape == (3, NUM_CLASSES) and logits.dtype == jnp.float32
@@ -122,38 +129,38 @@ def test_size_config_rejects_unknown_variants():
 ])
 def test_validation_names_the_bad_model_key(model, message):
   config = vision_config(**model)
-  with pytest.raises(config_validation.ConfigError, match=message.replace('(', r'\(')
+  with pytest.raises(validation.ConfigError, match=message.replace('(', r'\(')
                      .replace(')', r'\)')):
-    config_validation.validate(config)
+    checks.validate(config)
 
 
 def test_gradient_accumulation_with_batch_norm_is_refused_at_validation():
   resnet = tiny_config('resnet18_cifar')
   resnet.optimizer.grad_accum_steps = 2
-  with pytest.raises(config_validation.ConfigError,
+  with pytest.raises(validation.ConfigError,
                      match=r"grad_accum_steps=2 with model 'resnet', which uses batch norm"):
-    config_validation.validate(resnet)
+    checks.validate(resnet)
   resnet.optimizer.grad_accum_steps = 1
-  config_validation.validate(resnet)
+  checks.validate(resnet)
   vit_config = tiny_config('vit')  # No batch norm: micro-batches sum to the whole-batch step.
   vit_config.optimizer.grad_accum_steps = 2
-  config_validation.validate(vit_config)
+  checks.validate(vit_config)
 
 
 def test_mlp_widths_may_be_a_tuple_or_a_list():
   for dims in [(32, 16), [32, 16]]:
     config = vision_config('mlp', hidden_dims=dims)
-    config_validation.validate(config)
-    assert param_count(train.build_model(config.model, 0)) == flops.accounting(config).params_total
+    checks.validate(config)
+    assert param_count(build.build_model(config.model, 0)) == flops.accounting(config).params_total
 
 
 def _split(config):
-  graphdef, params, model_state = nnx.split(train.build_model(config.model, 0), nnx.Param, ...)
+  graphdef, params, model_state = nnx.split(build.build_model(config.model, 0), nnx.Param, ...)
   return graphdef, params, model_state
 
 
 def test_a_zero_initialised_head_scores_no_hit_at_init_and_ties_never_count():
-  model = train.build_model(tiny_config('vit').model, 0)
+  model = build.build_model(tiny_config('vit').model, 0)
   batch = classification_batch()
   sums = steps.loss_sums(*nnx.split(model, nnx.Param, ...), jax.tree.map(jnp.asarray, batch),
                          objective='classification', train=False)[0]
@@ -181,7 +188,7 @@ def test_batch_norm_statistics_update_in_training_and_freeze_in_eval():
 
 def _train_steps(config, batch, mesh, num_steps):
   optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  graphdef, state, state_shardings = train.create_train_state(config, mesh, optimizer)
+  graphdef, state, state_shardings = experiment.create_train_state(config, mesh, optimizer)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
                                       sharding.replicated(mesh), objective='classification')
@@ -255,8 +262,8 @@ def test_train_steps_lower_the_loss(key):
 
 
 def test_vit_scanned_layers_compute_the_same_function_as_the_loop():
-  loop_model = train.build_model(tiny_config('vit').model, 0)
-  scan_model = train.build_model(tiny_config('vit', scan_layers=True, remat_policy='full').model, 0)
+  loop_model = build.build_model(tiny_config('vit').model, 0)
+  scan_model = build.build_model(tiny_config('vit', scan_layers=True, remat_policy='full').model, 0)
   layer_states = [nnx.state(block) for block in loop_model.blocks]
   nnx.update(scan_model.blocks, jax.tree.map(lambda *xs: jnp.stack(xs), *layer_states))
   for name in ('patch_PxPxCxD', 'patch_bias_D', 'cls_D', 'pos_LxD', 'head_DxK', 'head_bias_K'):

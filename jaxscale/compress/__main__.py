@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
-  from jaxscale.compress import ptq  # noqa: PLC0415  (loads JAX and TensorFlow)
+  from jaxscale.inference import ptq  # noqa: PLC0415  (loads JAX and TensorFlow)
   try:
     result = ptq.quantize_run(args.workdir, args.weights, args.activations, args.out)
   except (FileNotFoundError, RuntimeError) as error:

@@ -25,11 +25,22 @@ import optax
 from etils import epath
 from flax import nnx
 
-from jaxscale import checkpointing, flops, param_paths, paths, sharding
-from jaxscale import workdir as workdir_lib
-from jaxscale.config_validation import ConfigError
+from jaxscale.checkpoint import checkpointing, restore
+from jaxscale.config import validation, workdir as workdir_lib
+from jaxscale.config.validation import ConfigError
+from jaxscale.core import param_paths, paths, sharding
+from jaxscale.metrics import flops
+from jaxscale.models import build
 
 SUPPORTED_OBJECTIVES = ('lm', 'classification')
+
+
+@validation.register_check
+def check_distill(config):
+  d = config.distill
+  if d.temperature <= 0 or not 0 <= d.alpha <= 1 or d.top_k < 0:
+    raise ConfigError(f'config.distill: temperature={d.temperature} must be > 0, alpha={d.alpha} '
+                      f'in [0, 1] and top_k={d.top_k} >= 0 (0 = every class or token).')
 
 
 class TeacherError(ConfigError):
@@ -90,18 +101,17 @@ def check_teacher_run(config, student_workdir, objective_name: str):
 
 def _restore_variables(teacher: epath.Path, teacher_config, mesh, rules):
   """(graphdef, (params, model_state), shardings, step) of the teacher's newest checkpoint."""
-  from jaxscale import experiment, sampling  # noqa: PLC0415  (the trainer imports this module)
   reader = checkpointing.read_only_manager(teacher)
   step = reader.latest_step()
   if step is None:
     raise TeacherError(f'config.distill.teacher_workdir={teacher} holds no checkpoint.')
   saved = set(checkpointing.saved_params(reader, step))
   reader.close()
-  abstract = nnx.eval_shape(lambda: experiment.model_for(teacher_config))
+  abstract = nnx.eval_shape(lambda: build.model_for(teacher_config))
   graphdef, abstract_params, abstract_rest = nnx.split(abstract, nnx.Param, ...)
   if set(param_paths.named_leaves(abstract_params)) - saved:
     # A LoRA or frozen-backbone teacher: its checkpoints hold part of its parameters only.
-    model, _ = sampling.restore_model(teacher, step)
+    model, _ = restore.restore_model(teacher, step)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     shardings = (sharding.state_shardings(params, mesh, rules),
                  sharding.state_shardings(rest, mesh, rules))

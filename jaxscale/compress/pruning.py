@@ -28,8 +28,41 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxscale import optim, param_paths
-from jaxscale.config_validation import ConfigError
+from jaxscale.config import validation
+from jaxscale.config.validation import ConfigError
+from jaxscale.core import param_paths
+
+METHODS = ('magnitude', 'nm')
+SCOPES = ('layer', 'global')
+
+
+@validation.register_check
+def check_pruning(config):
+  p = config.pruning
+  if not 0 <= p.sparsity < 1:
+    raise ConfigError(f'config.pruning.sparsity={p.sparsity} must be in [0, 1) (0 = off).')
+  validation.check_choice('config.pruning.method', p.method, METHODS)
+  validation.check_choice('config.pruning.scope', p.scope, SCOPES)
+  if not p.sparsity:
+    return
+  if p.method == 'nm':
+    if not 0 < p.n < p.m:
+      raise ConfigError(f'config.pruning: n={p.n} and m={p.m} must satisfy 0 < n < m (e.g. 2:4).')
+    if abs(p.sparsity - (1 - p.n / p.m)) > 1e-9:
+      raise ConfigError(f'config.pruning.method=nm with n={p.n}, m={p.m} prunes to sparsity '
+                        f'{1 - p.n / p.m:g}; set config.pruning.sparsity={1 - p.n / p.m:g}.')
+  if p.update_every < 1 or p.start_step < 0 or not 1 <= p.end_step <= config.num_train_steps or (
+      p.end_step < p.start_step):
+    raise ConfigError(
+        f'config.pruning: update_every={p.update_every} must be >= 1 and start_step='
+        f'{p.start_step} <= end_step={p.end_step}, with 1 <= end_step <= num_train_steps='
+        f'{config.num_train_steps} (end_step is when the final sparsity is reached).')
+  for pattern in p.exclude:
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ConfigError(f'config.pruning.exclude: {pattern!r} is not a regular expression ({e}).')
+
 
 class PruningState(NamedTuple):
   inner_state: optax.OptState
@@ -80,7 +113,7 @@ def layout(name: str, variable, config, opt_config=None) -> Layout | None:
   core_shape = shape[1:] if stacked else shape
   if len(core_shape) < 2 or param_paths.matches(name, tuple(config.exclude)):
     return None
-  if opt_config is not None and optim.is_frozen(name, opt_config):
+  if opt_config is not None and param_paths.is_frozen(name, opt_config):
     return None
   axes = variable.get_metadata().get('out_sharding') if isinstance(variable, nnx.Variable) else None
   core_axes = tuple(axes or (None,) * len(shape))[1 if stacked else 0:]

@@ -25,9 +25,18 @@ import numpy as np
 import qwix
 from flax import nnx
 
-from jaxscale import param_paths
+from jaxscale.config import validation
+from jaxscale.core import param_paths
 
 QTYPES = {'int8': jnp.int8, 'int4': jnp.int4}
+
+
+@validation.register_check
+def check_quantization(config):
+  q = config.quantization
+  validation.check_choice('config.quantization.mode', q.mode, ('none', 'qat'))
+  validation.check_choice('config.quantization.weight_dtype', q.weight_dtype, tuple(QTYPES))
+  validation.check_choice('config.quantization.act_dtype', q.act_dtype, ('int8', ''))
 MATMULS = ('einsum', 'dot_general')
 CONV = 'conv_general_dilated'
 

@@ -6,7 +6,12 @@ and its iterator stays checkpointable. Per-image ops take a float32 [H, W, C] im
 in [0, 255]; the batch ops (mixup, cutmix) take normalised images and one-hot labels.
 """
 
+import importlib.util
+
 import tensorflow as tf
+
+from jaxscale.config import validation
+from jaxscale.config.validation import ConfigError
 
 # Inception-style random resized crop: the crop covers this fraction of the image's area and has
 # an aspect ratio (width / height) in this range, before it is resized to the output size.
@@ -14,6 +19,26 @@ CROP_AREA_RANGE = (0.08, 1.0)
 CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 # RandAugment strength: magnitude M on the RandAugment paper's 0..30 scale -> keras factor M / 30.
 MAX_RANDAUGMENT_MAGNITUDE = 30
+
+CROPS = ('none', 'pad_and_crop', 'random_resized_crop')
+
+
+@validation.register_check
+def check_augmentation(config):
+  """The image keys of config.dataset (they only shape image datasets' training stream)."""
+  d = config.dataset
+  validation.check_choice('config.dataset.crop', d.crop, CROPS)
+  if d.image_size <= 0:
+    raise ConfigError(f'config.dataset.image_size={d.image_size} must be positive.')
+  for key in ('crop_padding', 'randaugment_layers', 'mixup_alpha', 'cutmix_alpha'):
+    if d[key] < 0:
+      raise ConfigError(f'config.dataset.{key}={d[key]} must be >= 0 (0 turns it off).')
+  if not 0 <= d.randaugment_magnitude <= MAX_RANDAUGMENT_MAGNITUDE:
+    raise ConfigError(f'config.dataset.randaugment_magnitude={d.randaugment_magnitude} must be in '
+                      f'[0, {MAX_RANDAUGMENT_MAGNITUDE}].')
+  if d.randaugment_layers > 0 and importlib.util.find_spec('keras') is None:
+    raise ConfigError(f'config.dataset.randaugment_layers={d.randaugment_layers} needs Keras 3 '
+                      '(keras.layers.RandAugment), which is not installed; install keras or set 0.')
 
 
 def resize(image, size: int):

@@ -5,8 +5,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from jaxscale.data import (image_pipeline, indexed, indexed_image_pipeline, indexed_text_pipeline,
-                           pipeline, sources, subsets, text_class_pipeline)
+from jaxscale.data import (
+    image_pipeline, indexed, indexed_image_pipeline, indexed_text_pipeline, pipeline, sources,
+    subsets, text_class_pipeline)
 from jaxscale.data.sources import DATASETS, ImageSource, TextClassSource
 
 

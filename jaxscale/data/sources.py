@@ -14,10 +14,31 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jaxscale import paths
-from jaxscale.registry import Registry
+from jaxscale.config import validation
+from jaxscale.config.validation import ConfigError
+from jaxscale.core import paths
+from jaxscale.core.registry import Registry
 
 DATASETS = Registry('dataset')
+TOKENIZERS = ('byte', 'sentencepiece')
+LOADERS = ('grain', 'tfdata')
+
+
+@validation.register_check
+def check_dataset(config):
+  d = config.dataset
+  validation.check_positive(config, 'dataset.seq_len')
+  validation.check_choice('config.dataset.name', d.name, DATASETS.names())
+  validation.check_choice('config.dataset.tokenizer', d.tokenizer, TOKENIZERS)
+  validation.check_choice('config.dataset.loader', d.loader, LOADERS)
+  if not 0 < d.train_fraction <= 1:
+    raise ConfigError(f'config.dataset.train_fraction={d.train_fraction} must be in '
+                      '(0, 1] (the fraction of train labels to use).')
+  classes = tuple(d.classes)
+  if classes and (len(classes) < 2 or len(set(classes)) != len(classes) or not all(
+      isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)):
+    raise ConfigError(f'config.dataset.classes={classes!r} must be () (every class) or at least '
+                      'two distinct label ids >= 0, e.g. (5, 6, 7, 8, 9).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +100,6 @@ def keep_classes(source, classes):
   """`source` (an ImageSource or TextClassSource) restricted to the labels `classes` (the
   config's `dataset.classes`), relabelled 0..k-1 in that order; () leaves it as it is. The
   pipelines filter and relabel the examples (`subsets.keep_classes`)."""
-  from jaxscale.config_validation import ConfigError  # noqa: PLC0415
   classes = tuple(int(c) for c in classes)
   if not classes:
     return source

@@ -8,12 +8,12 @@ import sys
 
 import tensorflow_datasets as tfds
 
-from jaxscale import paths
+from jaxscale.core import paths
 from jaxscale.data import tokenizers
 from jaxscale.data.builders import python_stdlib as python_stdlib_builder
 from jaxscale.data.prepare import add_array_record, prepare
-from jaxscale.data.sources import DATASETS, TokenSource
-from jaxscale.data.sources import builder_config_or_default, data_dir_or_default
+from jaxscale.data.sources import (
+    builder_config_or_default, data_dir_or_default, DATASETS, TokenSource)
 
 
 def text_source(builder, *, train_split: str, eval_split: str, dataset_config,

@@ -8,7 +8,8 @@ import time
 from absl import app
 from absl import flags
 
-from jaxscale.config_base import get_base_config
+from jaxscale.config.config_base import get_base_config
+from jaxscale.data import get_datasets
 
 _NAME = flags.DEFINE_string('name', 'python_stdlib', 'Dataset registry name.')
 _BUILDER_CONFIG = flags.DEFINE_string('builder_config', '', 'TFDS builder config.')
@@ -23,7 +24,6 @@ _LOADER = flags.DEFINE_enum('loader', 'grain', ['grain', 'tfdata'], 'config.data
 
 def main(argv):
   del argv
-  from jaxscale.data import get_datasets  # pylint: disable=import-outside-toplevel
   config = get_base_config().dataset
   config.update(name=_NAME.value, builder_config=_BUILDER_CONFIG.value, data_dir=_DATA_DIR.value,
                 seq_len=_SEQ_LEN.value, tokenizer=_TOKENIZER.value,

@@ -4,7 +4,7 @@ The byte tokenizer and SentencePiece through tensorflow-text are TensorFlow ops,
 using them stays checkpointable by tf.data. Without tensorflow-text (its metadata requires the full
 `tensorflow` package, so `pip install -e .[sentencepiece]` cannot bring it), SentencePiece runs
 through the `sentencepiece` package in a `tf.numpy_function`: the same tokens, but the train
-iterator's position is then restored by replaying the stream (see jaxscale.checkpointing). Each
+iterator's position is then restored by replaying the stream (see jaxscale.checkpoint.checkpointing). Each
 tokenizer knows how many UTF-8 bytes every token id stands for, from which the pipeline reports
 bytes per token (and so the trainer bits per byte).
 """

@@ -16,7 +16,7 @@ COMMANDS = {
     'coord-check': 'jaxscale.hparams.coord_check',
     'search': 'jaxscale.hparams.search_cli',
     'best': 'jaxscale.hparams.best',
-    'lr-laws': 'jaxscale.hparams.lr_laws',
+    'lr-laws': 'jaxscale.scaling.laws.lr_laws',
     'multi': 'jaxscale.hparams.multi_cli',
 }
 

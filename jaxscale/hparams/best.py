@@ -19,7 +19,7 @@ import optuna
 matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # noqa: E402
 
-from jaxscale import paths  # noqa: E402
+from jaxscale.core import paths  # noqa: E402
 from jaxscale.hparams import search  # noqa: E402
 from jaxscale.hparams import space  # noqa: E402
 from jaxscale.scaling.sweeps import run_config  # noqa: E402

@@ -23,9 +23,12 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxscale import config_validation, objectives, optim, param_paths, sharding, steps
-from jaxscale.experiment import create_train_state, resolve_config
-from jaxscale.hparams import mup
+from jaxscale import objectives
+from jaxscale.core import param_paths, sharding
+from jaxscale.models import mup
+from jaxscale.scaling.sweeps import run_config
+from jaxscale.train import checks, optim, steps
+from jaxscale.train.experiment import create_train_state, resolve_config
 
 # What the models sow, in the order of the forward pass.
 LAYER_TYPES = ('embedding_output', 'attention_output', 'mlp_output', 'logits')
@@ -89,7 +92,7 @@ def sizes_at_width(config, batches, datasets) -> dict[str, list[float]]:
   """{layer type: [mean |activation| at each step]} for one width: step t's value is the forward
   pass on batch t after t updates."""
   config = resolve_config(config, datasets)
-  config_validation.validate(config, num_devices=jax.device_count())
+  checks.validate(config, num_devices=jax.device_count())
   mesh = sharding.make_mesh(config.mesh)
   optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps, config.model)
   graphdef, state, state_shardings = create_train_state(config, mesh, optimizer)
@@ -173,7 +176,6 @@ def main(argv=None) -> int:
   parser.add_argument('--override', action='append', default=[], metavar='KEY=VALUE',
                       help='config override, as the trainer\'s --config.KEY=VALUE (repeatable)')
   args = parser.parse_args(argv)
-  from jaxscale.scaling.sweeps import run_config  # noqa: PLC0415
   try:
     widths = [int(w) for w in args.widths.split(',') if w.strip()]
   except ValueError:

@@ -27,9 +27,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxscale import config_validation, experiment, flops, objectives, optim, steps
-from jaxscale.hparams import multi_support
-from jaxscale.models import MODELS, layers
+from jaxscale import objectives
+from jaxscale.metrics import flops
+from jaxscale.models import layers, MODELS
+from jaxscale.scaling.sweeps import multi_support
+from jaxscale.train import checks, experiment, optim, steps
 
 ARRAY_HPARAMS = multi_support.ARRAY_HPARAMS
 
@@ -135,7 +137,7 @@ def build(config, values: dict[str, list]) -> MultiExperiment:
   check_supported(config)
   configs = model_configs(config, values)
   for c in configs:
-    config_validation.validate(c, num_devices=1, process_count=1)
+    checks.validate(c, num_devices=1, process_count=1)
   datasets_by_seed = {}
   for c in configs:
     if c.seed not in datasets_by_seed:

@@ -45,7 +45,8 @@ def main(argv=None) -> int:
   try:
     config = run_config.apply_overrides(run_config.load_config_file(args.config),
                                         [a[len('--config.'):] for a in rest])
-    from jaxscale.hparams import multi_loop  # noqa: PLC0415  (JAX loads here)
+    # JAX and TensorFlow load here, after the arguments are known good.
+    from jaxscale.hparams import multi_loop  # noqa: PLC0415
     summaries = multi_loop.run(config, args.workdirs.split(','), parse_values(args.values))
   except (ValueError, KeyError, FileNotFoundError) as error:
     print(f'error: {error}', file=sys.stderr)

@@ -1,7 +1,7 @@
 """Training a `multi.MultiExperiment`: one loop, K workdirs, each written as a solo run writes it.
 
 Every model gets its own `config.json`, `metrics.jsonl` (and TensorBoard events) and
-`summary.json`, with the rows and fields `train.train_loop` writes (speeds are the shared
+`summary.json`, with the rows and fields `loop.train_loop` writes (speeds are the shared
 program's steps/s, and each model's own tokens/s and MFU). A model whose loss or gradient turns
 non-finite under nonfinite_policy='stop' stops logging there, as its solo run would stop; the
 others go on.
@@ -14,9 +14,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxscale import flops, metrics, paths, train
-from jaxscale import workdir as workdir_lib
+from jaxscale.config import workdir as workdir_lib
+from jaxscale.core import paths
 from jaxscale.hparams import multi
+from jaxscale.metrics import flops, writers
+from jaxscale.train import loop
 
 
 def _per_model(tree, k: int):
@@ -24,12 +26,12 @@ def _per_model(tree, k: int):
 
 
 def evaluate(e: multi.MultiExperiment, state, eval_batches) -> list[dict]:
-  """train.evaluate's sums for each model."""
+  """loop.evaluate's sums for each model."""
   totals = jax.device_get([e.eval_step(state, batch, e.seeds) for batch in eval_batches])
   results = []
   for k in range(len(e.configs)):
     model_totals = [{key: value[k] for key, value in t.items()} for t in totals]
-    results.append(train.eval_metrics(train.eval_result(model_totals), e.datasets[k]))
+    results.append(loop.eval_metrics(loop.eval_result(model_totals), e.datasets[k]))
   return results
 
 
@@ -67,7 +69,7 @@ def train_loop(e: multi.MultiExperiment, workdirs) -> list[dict]:
   size = e.size
   tokens_per_step = config.batch_size * size.tokens_per_example
   peak_per_device, _ = flops.peak_flops_per_device()
-  throughput = train.Throughput(config.batch_size, tokens_per_step, e.flops_per_step,
+  throughput = loop.Throughput(config.batch_size, tokens_per_step, e.flops_per_step,
                                 peak_per_device)
   scale_numbers = {'params_total': size.params_total,
                    'params_non_embedding': size.params_non_embedding,
@@ -75,8 +77,8 @@ def train_loop(e: multi.MultiExperiment, workdirs) -> list[dict]:
                    'params_trainable': size.params_total, 'params_frozen': 0}
   if size.tokens_per_example:
     scale_numbers['flops_per_token'] = e.flops_per_step / tokens_per_step
-  writers = [metrics.create_writer(w) for w in workdirs]
-  for writer in writers:
+  model_writers = [writers.create_writer(w) for w in workdirs]
+  for writer in model_writers:
     writer.write_scalars(0, scale_numbers)
 
   def counters(step):
@@ -107,7 +109,7 @@ def train_loop(e: multi.MultiExperiment, workdirs) -> list[dict]:
     if log_now:
       speed = throughput.report(step)
       for k in (k for k in range(num_models) if alive[k]):
-        writers[k].write_scalars(step, {
+        model_writers[k].write_scalars(step, {
             'train_loss': last_loss[k], 'learning_rate': float(rows[-1]['learning_rate'][k]),
             'grad_norm': float(rows[-1]['grad_norm'][k]),
             'param_norm': float(rows[-1]['param_norm'][k]),
@@ -116,11 +118,11 @@ def train_loop(e: multi.MultiExperiment, workdirs) -> list[dict]:
       for k, row in enumerate(evaluate(e, state, _eval_batches(e))):
         if alive[k]:
           eval_rows[k] = row
-          writers[k].write_scalars(step, {**row, 'train_loss': last_loss[k], **counters(step),
+          model_writers[k].write_scalars(step, {**row, 'train_loss': last_loss[k], **counters(step),
                                           **scale_numbers})
     if fetch_now:
       throughput.reset(step)
-    for writer in writers:
+    for writer in model_writers:
       writer.flush()
   logging.info('Trained %d models for %d steps in %.1f s.', num_models, config.num_train_steps,
                time.perf_counter() - start)
@@ -135,7 +137,7 @@ def train_loop(e: multi.MultiExperiment, workdirs) -> list[dict]:
                'dataset_min_loss': e.datasets[k].min_loss}
     if alive[k]:
       workdir_lib.write_summary(workdirs[k], summary)
-    writers[k].close()
+    model_writers[k].close()
     summaries.append(summary)
   return summaries
 

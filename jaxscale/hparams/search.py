@@ -28,9 +28,8 @@ import sys
 import ml_collections
 import optuna
 
-from jaxscale import paths
-from jaxscale.hparams import space
-from jaxscale.hparams import trial_runner
+from jaxscale.core import paths
+from jaxscale.hparams import space, trial_runner
 
 METHODS = ('grid', 'random', 'tpe')
 PRUNERS = ('none', 'median', 'successive_halving')

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from jaxscale import paths
+from jaxscale.core import paths
 from jaxscale.hparams import search
 from jaxscale.scaling.sweeps import run_config
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from jaxscale import metrics
+from jaxscale.metrics import writers
 from jaxscale.scaling.sweeps.launcher import read_summary
 
 LOG_TAIL_LINES = 10
@@ -28,7 +28,7 @@ def eval_rows(workdir) -> list[dict]:
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
-  return [row for row in metrics.read_jsonl(path) if 'eval_loss' in row]
+  return [row for row in writers.read_jsonl(path) if 'eval_loss' in row]
 
 
 def read_objective(workdir, key: str) -> float:
@@ -37,7 +37,7 @@ def read_objective(workdir, key: str) -> float:
   if key in summary and summary[key] is not None:
     return float(summary[key])
   path = os.path.join(workdir, 'metrics.jsonl')
-  rows = metrics.read_jsonl(path) if os.path.exists(path) else []
+  rows = writers.read_jsonl(path) if os.path.exists(path) else []
   values = [row[key] for row in rows if key in row]
   if not values:
     raise RunFailed(f'The run in {workdir} recorded no {key!r} (summary.json or metrics.jsonl); '

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from jaxscale import sharding
+from jaxscale.core import sharding
 
 # Sharded like training activations: batch over the data axes, heads over the tensor axis.
 LOGICAL_AXES = P('layers', 'batch', 'seq', 'heads', 'kv')

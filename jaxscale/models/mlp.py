@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxscale.models import MODELS
-from jaxscale.models.layers import DTYPES, scale_init, sharded_param
-from jaxscale.models.layers import einsum_f32_accumulate as einsum
+from jaxscale.config.validation import check_choice, check_positive_ints, ConfigError
+from jaxscale.models.layers import (
+    DTYPES, einsum_f32_accumulate as einsum, scale_init, sharded_param)
+from jaxscale.models.registry import check_image_classifier_sizes, MODELS
 
 ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': jax.nn.gelu, 'silu': jax.nn.silu, 'tanh': jnp.tanh}
 
@@ -29,7 +30,20 @@ class Dense(nnx.Module):
     return (y + self.bias[...]).astype(out_dtype or x_BxI.dtype)
 
 
-@MODELS.register('mlp')
+def check_config(config, values: dict):
+  del config
+  check_image_classifier_sizes(values)
+  check_choice('config.model.dtype', values['dtype'], DTYPES)
+  check_positive_ints(values, 'config.model', 'channels')
+  check_choice('config.model.activation', values['activation'], ACTIVATIONS)
+  dims = values['hidden_dims']
+  if not isinstance(dims, (tuple, list)) or not all(
+      isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+    raise ConfigError(f'config.model.hidden_dims={dims!r} must be a tuple of positive integers '
+                      '(layer widths), e.g. (512, 512).')
+
+
+@MODELS.register('mlp', check=check_config)
 class MLP(nnx.Module):
   """Images [B, H, W, C] (normalised float32) -> class logits [B, num_classes] (fp32)."""
 

@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxscale.models import MODELS
+from jaxscale.config.validation import check_choice, check_positive_ints, ConfigError
 from jaxscale.models.layers import DTYPES
+from jaxscale.models.registry import check_image_classifier_sizes, MODELS
 
 # depth -> (block kind, blocks per stage).
 STAGES = {
@@ -104,7 +105,18 @@ def _residual(layers, shortcut, x):
 BLOCKS = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}
 
 
-@MODELS.register('resnet')
+def check_config(config, values: dict):
+  del config
+  check_image_classifier_sizes(values)
+  check_choice('config.model.dtype', values['dtype'], DTYPES)
+  check_positive_ints(values, 'config.model', 'channels', 'width')
+  if values['depth'] not in STAGES:
+    raise ConfigError(f'config.model.depth={values["depth"]!r} is not allowed; choose one of: '
+                      f'{", ".join(map(str, STAGES))}')
+  check_choice('config.model.stem', values['stem'], STEMS)
+
+
+@MODELS.register('resnet', check=check_config)
 class ResNet(nnx.Module):
   """Images [B, H, W, C] (normalised float32) -> class logits [B, num_classes] (fp32).
 

@@ -18,14 +18,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxscale.hparams import mup
-from jaxscale.models import MODELS, attention
+from jaxscale.config.validation import check_choice, ConfigError
+from jaxscale.core.sharding import constrain
+from jaxscale.models import attention, mup
 from jaxscale.models.kv_cache import KVCache
-from jaxscale.models.layers import (DTYPES, RMSNorm, apply_blocks, apply_rotary, quantizing,
-                                    rotary_tables, rotary_tables_at, scale_init,
-                                    sharded_param, sow_for_capture)
-from jaxscale.sharding import constrain
-from jaxscale.models.layers import einsum_f32_accumulate as einsum
+from jaxscale.models.layers import (
+    apply_blocks, apply_rotary, DTYPES, einsum_f32_accumulate as einsum, quantizing, REMAT_POLICIES,
+    RMSNorm, rotary_tables, rotary_tables_at, scale_init, sharded_param, sow_for_capture)
+from jaxscale.models.registry import MODELS
 
 MLP_ACTIVATIONS = ('swiglu', 'gelu')
 # Which position a classifier reads. pooling='' picks the attention's natural one: 'last' when
@@ -159,7 +159,26 @@ def _pool(x_BxLxD, mask_BxL, pooling: str):
   return jnp.take_along_axis(x_BxLxD, last_B[:, None, None], axis=1)[:, 0]
 
 
-@MODELS.register('transformer')
+def check_config(config, values: dict):
+  """The transformer's and encoder's own values (their keys are checked by the registry)."""
+  check_choice('config.model.dtype', values['dtype'], DTYPES)
+  check_choice('config.model.mlp_activation', values['mlp_activation'], MLP_ACTIVATIONS)
+  check_choice('config.model.remat_policy', values['remat_policy'], REMAT_POLICIES)
+  check_choice('config.model.attention_impl', values['attention_impl'], attention.IMPLEMENTATIONS)
+  d_model, num_heads = values['d_model'], values['num_heads']
+  if d_model % num_heads or (d_model // num_heads) % 2:
+    raise ConfigError(f'config.model.d_model={d_model} must split into config.model.num_heads='
+                      f'{num_heads} heads of even size (rotary embeddings rotate pairs).')
+  if values['pooling']:  # '' is the model's default.
+    check_choice('config.model.pooling', values['pooling'], POOLINGS)
+  num_classes = values['num_classes'] or 0  # A text dataset resolves it to None: an LM.
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+    raise ConfigError(f'config.model.num_classes={num_classes!r} must be a non-negative integer '
+                      '(0: LM logits over the vocabulary).')
+  mup.check_config(config, values)
+
+
+@MODELS.register('transformer', check=check_config)
 class Transformer(nnx.Module):
   """Token ids [B, L] (and optionally a padding mask [B, L], 1 for real tokens) -> next-token
   logits [B, L, V], or with `num_classes` > 0 class logits [B, K] (fp32).
@@ -170,7 +189,7 @@ class Transformer(nnx.Module):
   position 0, so the data puts its summary token there. A classifier has no unembedding.
 
   `parametrization` 'mup' (with `mup_base_width`, the width hyperparameters were tuned at) gives
-  μP's initialisation, attention scale and readout multiplier (`jaxscale.hparams.mup`); its
+  μP's initialisation, attention scale and readout multiplier (`jaxscale.models.mup`); its
   learning-rate multipliers are the optimizer's (`optim.make_optimizer` with the model config).
   `init_scale` multiplies the initial weights, μP's or SP's (`layers.scale_init`).
   """
@@ -321,7 +340,7 @@ def _without_causal(init):
   return init
 
 
-@MODELS.register('encoder')
+@MODELS.register('encoder', check=check_config)
 class Encoder(Transformer):
   """The transformer with bidirectional attention (BERT-style): the same blocks, `causal=False`.
 

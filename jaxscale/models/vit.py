@@ -12,11 +12,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxscale.hparams import mup
-from jaxscale.models import MODELS, attention
-from jaxscale.models.layers import (DTYPES, apply_blocks, quantizing, scale_init, sharded_param,
-                                    sow_for_capture)
-from jaxscale.models.layers import einsum_f32_accumulate as einsum
+from jaxscale.config.validation import check_choice, check_positive_ints, ConfigError
+from jaxscale.models import attention, mup
+from jaxscale.models.layers import (
+    apply_blocks, DTYPES, einsum_f32_accumulate as einsum, quantizing, REMAT_POLICIES, scale_init,
+    sharded_param, sow_for_capture)
+from jaxscale.models.registry import check_image_classifier_sizes, MODELS
 
 POOLINGS = ('cls', 'gap')
 
@@ -101,12 +102,30 @@ class EncoderBlock(nnx.Module):
     return x_BxLxD + mlp_out_BxLxD
 
 
-@MODELS.register('vit')
+def check_config(config, values: dict):
+  check_image_classifier_sizes(values)
+  check_choice('config.model.dtype', values['dtype'], DTYPES)
+  check_positive_ints(values, 'config.model', 'channels', 'patch_size', 'width', 'depth',
+                      'num_heads', 'mlp_dim')
+  check_choice('config.model.pooling', values['pooling'], POOLINGS)
+  check_choice('config.model.remat_policy', values['remat_policy'], REMAT_POLICIES)
+  check_choice('config.model.attention_impl', values['attention_impl'], attention.IMPLEMENTATIONS)
+  if values['width'] % values['num_heads']:
+    raise ConfigError(f'config.model.width={values["width"]} must be a multiple of '
+                      f'config.model.num_heads={values["num_heads"]}.')
+  image_size = values['image_size'] or config.dataset.image_size
+  if image_size % values['patch_size']:
+    raise ConfigError(f'config.model.patch_size={values["patch_size"]} must divide the image size '
+                      f'{image_size} (config.model.image_size, or config.dataset.image_size).')
+  mup.check_config(config, values)
+
+
+@MODELS.register('vit', check=check_config)
 class ViT(nnx.Module):
   """Images [B, H, W, C] (normalised float32) -> class logits [B, num_classes] (fp32).
 
   `parametrization` 'mup' (with `mup_base_width`) gives μP's attention scale and readout
-  multiplier (`jaxscale.hparams.mup`); its init already is μP's (patch and position embeddings do
+  multiplier (`jaxscale.models.mup`); its init already is μP's (patch and position embeddings do
   not depend on width, hidden matrices have variance ~1/width, the head starts at zero).
   """
 

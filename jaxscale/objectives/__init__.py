@@ -10,19 +10,8 @@ stays one pure function whichever objective it runs.
 '' (the default) takes the dataset's task: 'lm' or 'classification'.
 """
 
-from jaxscale.registry import Registry
-
-OBJECTIVES = Registry('objective')
-
-
-def name_for(config, task: str) -> str:
-  return config.get('objective') or task
-
-
-def make(name: str, config=None):
-  """The objective's `sums` function; `config` None uses the objective's defaults."""
-  return OBJECTIVES.get(name)(config)
-
-
+from jaxscale.objectives.registry import make, name_for, OBJECTIVES
 # Importing the modules registers their objectives.
 from jaxscale.objectives import classification, lm, mlm  # noqa: E402,F401
+
+__all__ = ['OBJECTIVES', 'make', 'name_for']

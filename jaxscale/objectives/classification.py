@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxscale.objectives import OBJECTIVES
+from jaxscale.objectives.registry import OBJECTIVES
 
 
 def model_inputs(batch) -> tuple:

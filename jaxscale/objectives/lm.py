@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import optax
 
-from jaxscale.objectives import OBJECTIVES
+from jaxscale.objectives.registry import OBJECTIVES
 
 
 def token_sums(logits_BxLxV, targets_BxL, weights_BxL) -> dict:

@@ -1,8 +1,8 @@
 """Masked-LM (BERT): predict the chosen tokens of a corrupted sequence, loss on those only."""
 
-from jaxscale.objectives import OBJECTIVES
 from jaxscale.objectives.lm import token_sums
 from jaxscale.objectives.mlm_masking import mask_tokens
+from jaxscale.objectives.registry import OBJECTIVES
 
 
 @OBJECTIVES.register('mlm')

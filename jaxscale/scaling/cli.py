@@ -23,24 +23,12 @@ import json
 import os
 import sys
 
-from jaxscale import paths
-from jaxscale.scaling.analysis import calibration
-from jaxscale.scaling.analysis import compare
-from jaxscale.scaling.analysis import plots
-from jaxscale.scaling.analysis import predict
-from jaxscale.scaling.analysis import selection
-from jaxscale.scaling.analysis import validate
-from jaxscale.scaling.analysis import verify
-from jaxscale.scaling.laws import catalog
-from jaxscale.scaling.laws import fits
-from jaxscale.scaling.laws import forms
-from jaxscale.scaling.runs import collect
-from jaxscale.scaling.runs import table
-from jaxscale.scaling.sweeps import emit_config
-from jaxscale.scaling.sweeps import launcher
-from jaxscale.scaling.sweeps import run_config
-from jaxscale.scaling.sweeps import shapes
-from jaxscale.scaling.sweeps import sweep
+from jaxscale.core import paths
+from jaxscale.scaling.analysis import (
+    calibration, compare, plots, predict, selection, validate, verify)
+from jaxscale.scaling.laws import catalog, fits, forms
+from jaxscale.scaling.runs import collect, table
+from jaxscale.scaling.sweeps import emit_config, launcher, run_config, shapes, sweep
 
 
 def main(argv=None) -> int:

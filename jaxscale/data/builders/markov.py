@@ -12,8 +12,7 @@ import functools
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxscale.data import builders
-from jaxscale.data import markov_chain
+from jaxscale.data import builders, markov_chain
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)

@@ -13,8 +13,7 @@ counted in the coverage.
 import numpy as np
 
 from jaxscale.scaling.analysis import calibration
-from jaxscale.scaling.laws import approach2
-from jaxscale.scaling.laws import catalog
+from jaxscale.scaling.laws import approach2, catalog
 from jaxscale.scaling.runs import table as table_lib
 
 MIN_TRAIN_BUDGETS = 2

@@ -9,11 +9,9 @@ that resamples both tables' runs (and refits the baseline frontier each time).
 
 import numpy as np
 
-from jaxscale.scaling.laws import envelope
-from jaxscale.scaling.laws import power_law_fit
+from jaxscale.scaling.laws import envelope, power_law_fit
 from jaxscale.scaling.runs import table as table_lib
-from jaxscale.scaling.solvers import intervals
-from jaxscale.scaling.solvers import parametric_fit
+from jaxscale.scaling.solvers import intervals, parametric_fit
 
 
 def compare(baseline, variant, fixed=None, num_bootstrap=1000, seed=0) -> dict:

@@ -9,11 +9,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import numpy as np
 
-from jaxscale.scaling.laws import allocation
-from jaxscale.scaling.laws import approach2
-from jaxscale.scaling.laws import approach3
-from jaxscale.scaling.laws import envelope
-from jaxscale.scaling.laws import power_law_fit
+from jaxscale.scaling.laws import allocation, approach2, approach3, envelope, power_law_fit
 from jaxscale.scaling.runs import table as table_lib
 
 

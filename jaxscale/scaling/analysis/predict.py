@@ -7,11 +7,7 @@ import numpy as np
 import scipy.optimize
 
 from jaxscale.scaling.analysis import calibration
-from jaxscale.scaling.laws import allocation
-from jaxscale.scaling.laws import approach3
-from jaxscale.scaling.laws import curve_fit
-from jaxscale.scaling.laws import fits
-from jaxscale.scaling.laws import power_law_fit
+from jaxscale.scaling.laws import allocation, approach3, curve_fit, fits, power_law_fit
 from jaxscale.scaling.solvers import intervals
 
 

@@ -9,13 +9,8 @@ the data unable to tell them apart, the simpler law extrapolates more safely.
 
 import numpy as np
 
-from jaxscale.scaling.analysis import backtest
-from jaxscale.scaling.analysis import calibration
-from jaxscale.scaling.laws import approach2
-from jaxscale.scaling.laws import approach3
-from jaxscale.scaling.laws import catalog
-from jaxscale.scaling.laws import degenerate
-from jaxscale.scaling.laws import fits
+from jaxscale.scaling.analysis import backtest, calibration
+from jaxscale.scaling.laws import approach2, approach3, catalog, degenerate, fits
 from jaxscale.scaling.runs import table as table_lib
 
 TIE_MARGIN = 0.1  # Relative: within 10% of the best error counts as a tie.

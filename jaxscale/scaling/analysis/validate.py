@@ -15,12 +15,8 @@ The summary's mean_abs_relative_error, ci_coverage and pi_coverage are those of 
 
 import numpy as np
 
-from jaxscale.scaling.analysis import backtest
-from jaxscale.scaling.analysis import calibration
-from jaxscale.scaling.laws import approach3
-from jaxscale.scaling.laws import catalog
-from jaxscale.scaling.laws import envelope
-from jaxscale.scaling.laws import fits
+from jaxscale.scaling.analysis import backtest, calibration
+from jaxscale.scaling.laws import approach3, catalog, envelope, fits
 from jaxscale.scaling.runs import table as table_lib
 from jaxscale.scaling.solvers import intervals
 

@@ -14,14 +14,10 @@ import datetime
 import json
 import os
 
-from jaxscale.scaling.analysis import predict
-from jaxscale.scaling.analysis import selection
+from jaxscale.scaling.analysis import predict, selection
 from jaxscale.scaling.laws import fits
-from jaxscale.scaling.runs import collect
-from jaxscale.scaling.runs import table as table_lib
-from jaxscale.scaling.sweeps import emit_config
-from jaxscale.scaling.sweeps import launcher
-from jaxscale.scaling.sweeps import sweep as sweep_lib
+from jaxscale.scaling.runs import collect, table as table_lib
+from jaxscale.scaling.sweeps import emit_config, launcher, sweep as sweep_lib
 
 LEDGER = 'verify.jsonl'
 

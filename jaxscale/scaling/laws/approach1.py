@@ -15,12 +15,9 @@ each resample.
 
 import numpy as np
 
-from jaxscale.scaling.laws import allocation
-from jaxscale.scaling.laws import envelope
-from jaxscale.scaling.laws import power_law_fit
+from jaxscale.scaling.laws import allocation, envelope, power_law_fit
 from jaxscale.scaling.runs import table as table_lib
-from jaxscale.scaling.solvers import intervals
-from jaxscale.scaling.solvers import parametric_fit
+from jaxscale.scaling.solvers import intervals, parametric_fit
 
 MIN_ENVELOPE_POINTS = 3
 

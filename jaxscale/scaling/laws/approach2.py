@@ -13,12 +13,9 @@ each budget; a resample in which some budget loses its interior minimum is left 
 
 import numpy as np
 
-from jaxscale.scaling.laws import allocation
-from jaxscale.scaling.laws import envelope
-from jaxscale.scaling.laws import power_law_fit
+from jaxscale.scaling.laws import allocation, envelope, power_law_fit
 from jaxscale.scaling.runs import table as table_lib
-from jaxscale.scaling.solvers import intervals
-from jaxscale.scaling.solvers import parametric_fit
+from jaxscale.scaling.solvers import intervals, parametric_fit
 
 MIN_RUNS_PER_BUDGET = 3  # A parabola has three coefficients.
 BUDGET_TOLERANCE = 0.05

@@ -11,8 +11,7 @@ import numpy as np
 
 from jaxscale.scaling.laws import forms
 from jaxscale.scaling.runs import table as table_lib
-from jaxscale.scaling.solvers import intervals
-from jaxscale.scaling.solvers import parametric_fit
+from jaxscale.scaling.solvers import intervals, parametric_fit
 
 SPEC = forms.CHINCHILLA
 MIN_POINTS = 6  # Five parameters; fewer points than that leave no residual to judge the fit.

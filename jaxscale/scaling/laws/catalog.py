@@ -18,10 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from jaxscale.scaling.laws import approach2
-from jaxscale.scaling.laws import approach3
-from jaxscale.scaling.laws import curve_fit
-from jaxscale.scaling.laws import power_law_fit
+from jaxscale.scaling.laws import approach2, approach3, curve_fit, power_law_fit
 from jaxscale.scaling.runs import table as table_lib
 from jaxscale.scaling.solvers import parametric_fit
 

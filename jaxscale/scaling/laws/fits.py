@@ -3,10 +3,7 @@
 import json
 import math
 
-from jaxscale.scaling.laws import approach1
-from jaxscale.scaling.laws import approach2
-from jaxscale.scaling.laws import approach3
-from jaxscale.scaling.laws import kaplan
+from jaxscale.scaling.laws import approach1, approach2, approach3, kaplan
 
 APPROACHES = {1: approach1.fit, 2: approach2.fit, 3: approach3.fit}
 LAWS = ('chinchilla', 'kaplan')

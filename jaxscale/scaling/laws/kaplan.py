@@ -8,8 +8,7 @@ Each law gets its own bootstrap over the points it was fitted to.
 
 import numpy as np
 
-from jaxscale.scaling.laws import envelope
-from jaxscale.scaling.laws import power_law_fit
+from jaxscale.scaling.laws import envelope, power_law_fit
 from jaxscale.scaling.runs import table as table_lib
 from jaxscale.scaling.solvers import parametric_fit
 

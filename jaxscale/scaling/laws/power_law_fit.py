@@ -10,8 +10,7 @@ import itertools
 import numpy as np
 
 from jaxscale.scaling.laws import forms
-from jaxscale.scaling.solvers import intervals
-from jaxscale.scaling.solvers import parametric_fit
+from jaxscale.scaling.solvers import intervals, parametric_fit
 
 _EXPONENT_STARTS = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5)
 _OFFSET_FRACTIONS = (0.0, 0.2, 0.5, 0.8, 0.95)  # Of the smallest loss; 0 = no offset.

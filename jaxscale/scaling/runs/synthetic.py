@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from jaxscale.scaling.laws import approach3
-from jaxscale.scaling.laws import curve_fit
+from jaxscale.scaling.laws import approach3, curve_fit
 
 # Hoffmann et al. 2022's published fit, a realistic default truth.
 HOFFMANN = {'E': 1.69, 'A': 406.4, 'B': 410.7, 'alpha': 0.34, 'beta': 0.28}

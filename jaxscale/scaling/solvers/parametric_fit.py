@@ -18,8 +18,7 @@ import numpy as np
 import scipy.optimize
 
 from jaxscale.scaling.laws import forms
-from jaxscale.scaling.solvers import lm_solver
-from jaxscale.scaling.solvers import lse_law
+from jaxscale.scaling.solvers import lm_solver, lse_law
 
 SCREEN_ITERATIONS = 15  # Stage 1, on every start: enough to rank the basins.
 POLISH_STARTS = 8       # Stage 2 finishes this many distinct stage-1 results in float64.

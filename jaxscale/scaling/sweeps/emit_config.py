@@ -13,9 +13,8 @@ import math
 import ml_collections
 
 from jaxscale.scaling.analysis import predict
-from jaxscale.scaling.sweeps import run_config
-from jaxscale.scaling.sweeps import shapes
-from jaxscale.scaling.sweeps import sweep as sweep_lib
+from jaxscale.scaling.laws import lr_laws
+from jaxscale.scaling.sweeps import run_config, shapes, sweep as sweep_lib
 
 _TEMPLATE = '''"""Compute-optimal run for C = {compute:.3g} FLOPs.
 
@@ -39,7 +38,6 @@ def get_config():
 
 def compute_optimal_run(record: dict, sweep_dir, compute: float) -> dict:
   """The planned run (as in sweep.json) for `compute`, with the fit's prediction attached."""
-  from jaxscale.hparams import lr_laws  # noqa: PLC0415
 
   sweep = sweep_lib.load(sweep_dir)
   spec = ml_collections.ConfigDict(sweep['spec'])

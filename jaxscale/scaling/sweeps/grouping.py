@@ -14,9 +14,7 @@ import dataclasses
 import json
 import os
 
-from jaxscale.hparams import multi_support
-from jaxscale.scaling.sweeps import run_config
-from jaxscale.scaling.sweeps import sweep as sweep_lib
+from jaxscale.scaling.sweeps import multi_support, run_config, sweep as sweep_lib
 
 DEFAULT_MAX_MODELS = 16
 

@@ -23,9 +23,8 @@ import subprocess
 import sys
 import time
 
-from jaxscale import paths
-from jaxscale.scaling.sweeps import grouping
-from jaxscale.scaling.sweeps import sweep as sweep_lib
+from jaxscale.core import paths
+from jaxscale.scaling.sweeps import grouping, sweep as sweep_lib
 
 POLL_SECONDS = 2.0
 LOG_TAIL_LINES = 10  # Of a failed run's train.log, shown in the report.

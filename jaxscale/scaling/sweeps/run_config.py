@@ -9,7 +9,7 @@ from absl import flags as absl_flags
 import ml_collections
 from ml_collections import config_flags
 
-from jaxscale.config_base import load_config_file  # noqa: F401  (the planner's entry point)
+from jaxscale.config.config_base import load_config_file  # noqa: F401  (the planner's entry point)
 
 
 def apply_overrides(config, overrides) -> ml_collections.ConfigDict:

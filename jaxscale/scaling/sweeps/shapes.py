@@ -2,7 +2,7 @@
 
 The rule (Kaplan et al. 2020 find loss depends weakly on shape at fixed N, so one consistent
 family is what matters): at each depth 1..max_layers, the width (a multiple of head_dim) whose
-exact parameter count (jaxscale.flops) is nearest the target; of those, the one whose
+exact parameter count (jaxscale.metrics.flops) is nearest the target; of those, the one whose
 d_model / num_layers is nearest aspect_ratio. num_heads = d_model / head_dim and
 mlp_dim = mlp_ratio * d_model. Width moves in head_dim steps, so sizes are finely spaced.
 """
@@ -12,7 +12,7 @@ import math
 
 import ml_collections
 
-from jaxscale import flops
+from jaxscale.metrics import flops
 
 SHAPE_KEYS = ('num_layers', 'd_model', 'num_heads', 'mlp_dim')  # What the rule sets.
 

@@ -30,10 +30,8 @@ import sys
 
 import numpy as np
 
-from jaxscale import flops
-from jaxscale.scaling.sweeps import cooldown
-from jaxscale.scaling.sweeps import run_config
-from jaxscale.scaling.sweeps import shapes
+from jaxscale.metrics import flops
+from jaxscale.scaling.sweeps import cooldown, run_config, shapes
 
 KINDS = ('isoflop', 'grid')
 

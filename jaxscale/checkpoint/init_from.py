@@ -18,10 +18,17 @@ import jax
 from absl import logging
 from etils import epath
 
-from jaxscale import checkpointing, param_paths, paths
-from jaxscale import workdir as workdir_lib
+from jaxscale.checkpoint import checkpointing
+from jaxscale.config import validation, workdir as workdir_lib
+from jaxscale.core import param_paths, paths
 
 REPORT_FILE = 'init_report.json'
+MISSING_POLICIES = ('error', 'init')
+
+
+@validation.register_check
+def check_init_from(config):
+  validation.check_choice('config.init_from.missing', config.init_from.missing, MISSING_POLICIES)
 
 
 class InitFromError(ValueError):

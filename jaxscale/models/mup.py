@@ -17,7 +17,8 @@ any sharding, and alongside `optimizer.frozen` / `lr_multipliers` / `layer_decay
 
 import optax
 
-from jaxscale import param_paths
+from jaxscale.config.validation import check_choice, ConfigError
+from jaxscale.core import param_paths
 
 PARAMETRIZATIONS = ('sp', 'mup')
 # Optimizers whose per-coordinate update size does not depend on the gradient's scale, for which
@@ -102,3 +103,19 @@ def update_scaling(model_config, optimizer_name: str) -> optax.GradientTransform
   hidden_factor = 1.0 / width_multiplier(parametrization, width, base_width)
   return optax.partition({'hidden': optax.scale(hidden_factor), 'vector': optax.identity()},
                          param_labels=param_groups)
+
+
+def check_config(config, values: dict):
+  """μP needs a base width and an optimizer whose multipliers it defines."""
+  check_choice('config.model.parametrization', values['parametrization'], PARAMETRIZATIONS)
+  if values['parametrization'] != 'mup':
+    return
+  base = values['mup_base_width']
+  if isinstance(base, bool) or not isinstance(base, int) or base <= 0:
+    raise ConfigError(f"config.model.mup_base_width={base!r} must be a positive integer with "
+                      "config.model.parametrization='mup' (the width the hyperparameters were "
+                      'tuned at).')
+  if config.optimizer.name not in ADAM_LIKE_OPTIMIZERS:
+    raise ConfigError(f"config.model.parametrization='mup' defines learning-rate multipliers for "
+                      f'config.optimizer.name in {", ".join(ADAM_LIKE_OPTIMIZERS)}, not '
+                      f'{config.optimizer.name!r}.')

@@ -17,11 +17,34 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxscale import param_paths
-from jaxscale.hparams import mup
+from jaxscale.config import validation
+from jaxscale.config.validation import ConfigError
+from jaxscale.core import param_paths
+from jaxscale.models import mup
 
 OPTIMIZERS = ('adamw', 'sgd', 'lion', 'adafactor')
 SCHEDULES = ('cosine', 'wsd', 'constant')
+
+
+@validation.register_check
+def check_optimizer(config):
+  o = config.optimizer
+  validation.check_positive(config, 'optimizer.grad_accum_steps', 'optimizer.learning_rate')
+  validation.check_choice('config.optimizer.name', o.name, OPTIMIZERS)
+  validation.check_choice('config.optimizer.schedule', o.schedule, SCHEDULES)
+  if not 0 < o.layer_decay <= 1:
+    raise ConfigError(f'config.optimizer.layer_decay={o.layer_decay} must be in '
+                      '(0, 1] (1 = no decay).')
+  for pair in o.lr_multipliers:
+    if len(pair) != 2 or not isinstance(pair[0], str) or not isinstance(pair[1], (int, float)):
+      raise ConfigError(f'config.optimizer.lr_multipliers entry {pair!r} must be a '
+                        "(regex, factor) pair, e.g. (('^head', 10.0),).")
+  if o.warmup_steps < 0 or o.warmup_steps >= config.num_train_steps:
+    raise ConfigError(f'config.optimizer.warmup_steps={o.warmup_steps} must be in '
+                      f'[0, num_train_steps={config.num_train_steps}).')
+  if config.batch_size % o.grad_accum_steps:
+    raise ConfigError(f'config.batch_size={config.batch_size} is not divisible by '
+                      f'config.optimizer.grad_accum_steps={o.grad_accum_steps}.')
 
 
 def learning_rate_schedule(opt_config, num_train_steps: int) -> optax.Schedule:
@@ -94,7 +117,7 @@ def make_optimizer(opt_config, num_train_steps: int, model_config=None
     opt = optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), opt)
   if tuple(c.get('frozen', ())):
     opt = optax.partition({'trainable': opt, 'frozen': optax.set_to_zero()},
-                          param_labels=lambda params: trainable_labels(params, c))
+                          param_labels=lambda params: param_paths.trainable_labels(params, c))
   mup_scaling = mup.update_scaling(model_config, c.name) if model_config is not None else None
   if mup_scaling is not None:
     opt = optax.chain(opt, mup_scaling)
@@ -103,23 +126,6 @@ def make_optimizer(opt_config, num_train_steps: int, model_config=None
         lambda updates, params=None: jax.tree.map(
             lambda u, f: u * f, updates, update_factors(updates, c))))
   return opt, lr
-
-
-def is_frozen(name: str, opt_config) -> bool:
-  """By `optimizer.frozen` regexes, unless an `optimizer.trainable` regex also matches."""
-  return (param_paths.matches(name, tuple(opt_config.get('frozen', ())))
-          and not param_paths.matches(name, tuple(opt_config.get('trainable', ()))))
-
-
-def trainable_labels(params, opt_config):
-  """'frozen' or 'trainable' for each parameter (optax.partition's labels)."""
-  return param_paths.map_named(
-      lambda name, _: 'frozen' if is_frozen(name, opt_config) else 'trainable', params)
-
-
-def trainable_mask(params, opt_config):
-  """True for the parameters the optimizer updates."""
-  return param_paths.map_named(lambda name, _: not is_frozen(name, opt_config), params)
 
 
 # Parameters outside the layer stack that sit below it (token, patch and position embeddings,

@@ -9,7 +9,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxscale import config_base
+from jaxscale.config import config_base
 
 # Keys that may change between a run and its resumption without changing the experiment.
 # (A run stopped by a NaN may be resumed with nonfinite_policy='skip'.)

@@ -7,7 +7,7 @@ message saying which dataset, where it looked, and what to do.
 
 import contextlib
 
-from jaxscale.config_validation import ConfigError
+from jaxscale.config.validation import ConfigError
 
 
 class DatasetUnavailableError(ConfigError):

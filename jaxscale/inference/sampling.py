@@ -7,7 +7,7 @@ with a KV cache (default) or by rerunning the model on the whole prefix.
   print(sampling.decode_bytes(tokens))
 
 Prompts of different lengths go in one batch, left-padded; the batch and the prompt length are
-rounded up to shape buckets (powers of two), so the compiled loop (`jaxscale.decoding`) is reused
+rounded up to shape buckets (powers of two), so the compiled loop (`jaxscale.inference.decoding`) is reused
 across calls of similar sizes.
 """
 
@@ -16,14 +16,14 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxscale import checkpointing, decoding, param_paths, paths
-from jaxscale import sharding as sharding_lib
-from jaxscale import workdir as workdir_lib
+from jaxscale.core import sharding as sharding_lib
 from jaxscale.data.tokenizers import BYTE_SEPARATOR
+from jaxscale.inference import decoding
+# Loading a trained model belongs to the checkpoint stage; generation's users call it from here.
+from jaxscale.checkpoint.restore import restore_model  # noqa: F401
 
 MIN_PROMPT_BUCKET = 8
 
@@ -156,58 +156,6 @@ def trim_at_stop(tokens, stop_tokens: Sequence[int]) -> np.ndarray:
   tokens = np.asarray(tokens)
   stops = np.flatnonzero(np.isin(tokens, list(stop_tokens)))
   return tokens[:stops[0]] if stops.size else tokens
-
-
-# ---------------------------------------------------------------------------------------------
-# A trained model from its workdir.
-
-
-def restore_model(workdir, step: int | None = None,
-                  merge_lora: bool = True) -> tuple[nnx.Module, ml_collections.ConfigDict]:
-  """(model, config) with the variables of the newest checkpoint in `workdir` (or of `step`).
-
-  Only the model's variables are read (not the optimizer state or data position), onto the
-  first local device, whatever mesh the run trained on. Frozen parameters, which a run does not
-  checkpoint (a LoRA run's base, a frozen backbone), come from where the run took them: its
-  `init_from` source, or its seeded initialisation. LoRA adapters are merged into their weights
-  (`merge_lora`), so the model is a plain one, ready for generation or export.
-  """
-  from jaxscale import experiment  # The trainer imports the data pipeline; only needed here.
-  from jaxscale.transfer import init_from, lora  # noqa: PLC0415
-  workdir = paths.resolve(workdir)
-  config = workdir_lib.read_config(workdir)
-  # Read as a plain pytree, so any subset of the train state's fields can be restored.
-  manager = checkpointing.read_only_manager(workdir)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'No checkpoint in {workdir / "checkpoints"}; train first.')
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  on_device = lambda tree: jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
-  abstract_model = nnx.eval_shape(lambda: experiment.model_for(config))
-  graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
-  saved = set(checkpointing.saved_params(manager, step))
-  is_saved = lambda path, _: param_paths.path_name(path) in saved
-  params = abstract_params
-  if set(param_paths.named_leaves(abstract_params)) - saved:  # Frozen ones: re-derive them.
-    # Jitted, as the run initialised them: eager initialisers may round differently.
-    params = jax.jit(lambda: nnx.state(experiment.model_for(config), nnx.Param),
-                     out_shardings=device)()
-    if config.get('init_from', {}).get('workdir'):
-      params, _ = init_from.restore_params(config.init_from, params)
-  # TrainState fields to read: the saved parameters, and other model variables (e.g. batch-norm
-  # statistics) where the model has any.
-  fields = {'params': on_device(abstract_params.filter(is_saved))}
-  if jax.tree.leaves(abstract_rest):
-    fields['model_state'] = on_device(abstract_rest)
-  restored = checkpointing.restore_fields(manager, step, fields)
-  manager.close()
-  if params is not abstract_params:
-    restored['params'] = nnx.merge_state(params.filter(nnx.Not(is_saved)), restored['params'])
-  model = nnx.merge(graphdef, restored['params'], restored.get('model_state', abstract_rest))
-  if merge_lora and lora.has_adapters(model):
-    lora.merge(model)
-  return model, config
 
 
 # ---------------------------------------------------------------------------------------------

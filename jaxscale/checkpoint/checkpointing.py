@@ -27,8 +27,9 @@ from absl import logging
 import tensorflow as tf
 from etils import epath
 
-from jaxscale import checkpoint_integrity as integrity
-from jaxscale.config_validation import ConfigError
+from jaxscale.checkpoint import integrity
+from jaxscale.config.validation import ConfigError
+from jaxscale.core import param_paths
 
 
 REPLAY_SUFFIX = '.replay'
@@ -318,7 +319,6 @@ def read_only_manager(workdir) -> ocp.CheckpointManager:
 def saved_params(manager: ocp.CheckpointManager, step: int) -> dict[str, tuple[tuple, object]]:
   """{dotted name: (key path in the saved tree, ArrayMetadata)} of a checkpoint's parameters.
   (Frozen parameters are left out of a run's checkpoints.) `manager` from read_only_manager."""
-  from jaxscale import param_paths  # noqa: PLC0415
   tree = manager.item_metadata(step)['state']
   tree = getattr(tree, 'tree', tree)
   flat, _ = jax.tree_util.tree_flatten_with_path(tree['params'])

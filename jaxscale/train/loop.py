@@ -1,4 +1,4 @@
-"""The training loop: `run(config, workdir)` builds the experiment (`jaxscale.experiment`: mesh,
+"""The training loop: `run(config, workdir)` builds the experiment (`jaxscale.train.experiment`: mesh,
 data, model, initial state, compiled steps) and trains it, with periodic logging, evaluation and
 checkpoints, until `num_train_steps` or a preemption notice.
 """
@@ -7,18 +7,16 @@ import math
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from clu import periodic_actions
-from flax import nnx
 
-from jaxscale import experiment as experiment_lib
-from jaxscale import classification_report, flops, metrics, preemption, sharding
-from jaxscale import workdir as workdir_lib
-# Builders of the experiment, also used directly by tools and tests.
-from jaxscale.experiment import build_model, create_train_state, resolve_config  # noqa: F401
+from jaxscale.checkpoint import preemption
+from jaxscale.config import workdir as workdir_lib
+from jaxscale.core import sharding
+from jaxscale.metrics import classification_report, flops, writers
+from jaxscale.train import experiment as experiment_lib
 
 
 def evaluate(eval_step, state, eval_batches, batch_sharding) -> dict:
@@ -142,7 +140,7 @@ def train_loop(experiment: experiment_lib.Experiment) -> dict:
   throughput = Throughput(config.batch_size, tokens_per_step, flops_per_step,
                           peak_per_device and peak_per_device * jax.device_count())
 
-  writer = metrics.create_writer(workdir)
+  writer = writers.create_writer(workdir)
   scale_numbers = {'params_total': size.params_total,
                    'params_non_embedding': size.params_non_embedding,
                    'flops_per_example': flops_per_step / config.batch_size, **e.param_counts}

@@ -2,7 +2,7 @@
 
 Experiment files in `configs/` start from `get_base_config()` and override values; they cannot add
 keys (the config is locked), so a misspelled key fails at once with the allowed names.
-`config_validation.validate` checks values against this schema before anything compiles.
+`train.checks.validate` checks values against this schema before anything compiles.
 """
 
 from collections.abc import Mapping
@@ -58,7 +58,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 'error' names them all; 'init' initialises them fresh.
   c.init_from.missing = 'error'       # 'error' | 'init'
 
-  # LoRA: train a low-rank update of the chosen weights only (jaxscale.transfer.lora); the base
+  # LoRA: train a low-rank update of the chosen weights only (jaxscale.models.lora); the base
   # is frozen and left out of checkpoints. Usually with init_from a pretrained run.
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 0                     # 0 = off.
@@ -125,7 +125,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Which position a classifier reads: 'cls' (position 0) | 'mean' (over real tokens) |
   # 'last' (last real token); '' = 'last' for 'transformer', 'cls' for 'encoder'.
   c.model.pooling = ''
-  # 'sp' (standard) | 'mup' (μP, jaxscale.hparams.mup; transformer, encoder and ViT): init,
+  # 'sp' (standard) | 'mup' (μP, jaxscale.models.mup; transformer, encoder and ViT): init,
   # attention and readout scaled so the learning rate tuned at mup_base_width holds at any width;
   # hidden matrices' Adam updates are scaled by mup_base_width / d_model.
   c.model.parametrization = 'sp'

@@ -2,7 +2,7 @@
 
   python -m jaxscale.compress quantize --workdir W --weights int8 [--activations int8] [--out DIR]
 
-The float parameters of W's newest checkpoint are restored (`sampling.restore_model`) and
+The float parameters of W's newest checkpoint are restored (`restore.restore_model`) and
 quantized on load by Qwix; the quantized model runs through the usual eval step
 (`steps.eval_step`, W's objective) on W's fixed eval set. The result (also written to
 `DIR/result.json`, by default `W/quantized/<weights>[_a<activations>]/`) holds the quantized
@@ -18,9 +18,12 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from jaxscale import checkpointing, objectives, paths, sampling, sharding, steps
+from jaxscale import objectives
+from jaxscale.checkpoint import checkpointing, restore
 from jaxscale.compress import quantize
+from jaxscale.core import paths, sharding
 from jaxscale.objectives.classification import model_inputs
+from jaxscale.train import loop, steps
 
 RESULT_FILE = 'result.json'
 REPORTED = ('eval_loss', 'eval_accuracy', 'eval_top5_accuracy', 'eval_bits_per_byte',
@@ -49,9 +52,8 @@ class Evaluator:
 
   def __init__(self, workdir):
     from jaxscale import data as data_lib  # noqa: PLC0415  (TensorFlow loads here)
-    from jaxscale import train  # noqa: PLC0415
     self.workdir = check_finished_run(workdir)
-    self.model, self.config = sampling.restore_model(self.workdir)
+    self.model, self.config = restore.restore_model(self.workdir)
     config = self.config
     # The run's own eval set, assembled on one device: the model was restored onto it.
     self.datasets = data_lib.get_datasets(
@@ -67,7 +69,6 @@ class Evaluator:
     self.graphdef, params, model_state = nnx.split(self.model, nnx.Param, ...)
     self.state = steps.TrainState(step=np.int32(0), params=params, model_state=model_state,
                                   opt_state=(), skipped_updates=np.int32(0))
-    self._train = train
 
   def sample_inputs(self):
     """One eval batch's model inputs (Qwix traces the model on them to see its ops)."""
@@ -79,9 +80,9 @@ class Evaluator:
 
   def evaluate(self, objective) -> dict:
     """The eval row (as training logs it) of the model under `objective`."""
-    sums = self._train.evaluate(self.eval_step(objective), self.state,
+    sums = loop.evaluate(self.eval_step(objective), self.state,
                                 self.datasets.eval.as_numpy_iterator(), self.batch_sharding)
-    row = self._train.eval_metrics(sums, self.datasets)
+    row = loop.eval_metrics(sums, self.datasets)
     return {k: row[k] for k in REPORTED if k in row}
 
   def latency(self, objective, repeats: int = 20) -> float:

@@ -14,9 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxscale import paths, sampling
+from jaxscale.checkpoint import restore
+from jaxscale.core import paths
 from jaxscale.data import special_tokens
 from jaxscale.data.tokenizers import BYTE_SEPARATOR
+from jaxscale.inference import export, sampling
 
 
 DEFAULT_NEW_TOKENS = 64
@@ -135,8 +137,7 @@ class Classifier:
 
 def from_workdir(workdir, *, max_prompt_tokens: int, max_new_tokens: int):
   """The backend of the newest checkpoint in `workdir` (LoRA adapters merged)."""
-  from jaxscale import export  # noqa: PLC0415  (export's helpers know each model family)
-  model, config = sampling.restore_model(workdir)
+  model, config = restore.restore_model(workdir)
   kind = export.model_kind(model, config)
   if kind == 'token_model':
     raise ValueError('This run is a masked-LM encoder: it neither generates nor classifies.')

@@ -23,8 +23,8 @@ import types
 
 import jax
 
+from jaxscale.core.registry import Registry
 from jaxscale.models import MODELS, resnet
-from jaxscale.registry import Registry
 
 
 def _num_classes(model_config) -> int:
@@ -171,7 +171,7 @@ def model_kwargs(config) -> types.SimpleNamespace:
     kwargs['image_size'] = config.dataset.image_size
   if 'num_classes' in kwargs and not kwargs['num_classes']:
     raise ValueError('config.model.num_classes=0 is filled in from the dataset by '
-                     'train.resolve_config; account for the resolved config, or set it.')
+                     'experiment.resolve_config; account for the resolved config, or set it.')
   return types.SimpleNamespace(**kwargs)
 
 
@@ -195,7 +195,7 @@ ACCOUNTING.register('mlp')(_classifier_accounting(mlp_cost))
 def accounting(config) -> Accounting:
   if config.model.name not in ACCOUNTING:
     raise NotImplementedError(f'No parameter/FLOP accounting for model {config.model.name!r}; '
-                              'register one with @jaxscale.flops.ACCOUNTING.register(name).')
+                              'register one with @jaxscale.metrics.flops.ACCOUNTING.register(name).')
   return ACCOUNTING.get(config.model.name)(config)
 
 
@@ -229,7 +229,7 @@ def peak_flops_per_device(device=None) -> tuple[float | None, str]:
   if kind in PEAK_FLOPS_BY_DEVICE_KIND:
     return PEAK_FLOPS_BY_DEVICE_KIND[kind], f'spec:{kind}'
   return None, (f'no peak FLOP/s known for device kind {kind!r} (add it to '
-                'jaxscale.flops.PEAK_FLOPS_BY_DEVICE_KIND)')
+                'jaxscale.metrics.flops.PEAK_FLOPS_BY_DEVICE_KIND)')
 
 
 def compiled_flops(compiled) -> float | None:

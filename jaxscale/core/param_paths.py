@@ -74,3 +74,23 @@ def stacked_layers(variable) -> bool:
 
 def shape_of(leaf) -> tuple[int, ...]:
   return tuple(leaf.shape)
+
+
+# Which parameters an optimizer config trains (`optimizer.frozen` / `optimizer.trainable`).
+
+
+def is_frozen(name: str, opt_config) -> bool:
+  """By `optimizer.frozen` regexes, unless an `optimizer.trainable` regex also matches."""
+  return (matches(name, tuple(opt_config.get('frozen', ())))
+          and not matches(name, tuple(opt_config.get('trainable', ()))))
+
+
+def trainable_labels(params, opt_config):
+  """'frozen' or 'trainable' for each parameter (optax.partition's labels)."""
+  return map_named(
+      lambda name, _: 'frozen' if is_frozen(name, opt_config) else 'trainable', params)
+
+
+def trainable_mask(params, opt_config):
+  """True for the parameters the optimizer updates."""
+  return map_named(lambda name, _: not is_frozen(name, opt_config), params)

@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxscale import objectives, sharding
-from jaxscale.transfer import lora
+from jaxscale import objectives
+from jaxscale.core import sharding
+from jaxscale.models import lora
 
 
 @flax.struct.dataclass

@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxscale.config import validation
+from jaxscale.config.validation import ConfigError
 from jaxscale.models.layers import sharded_param
 
 ADAPTER_SUFFIX = '_lora'
@@ -75,6 +77,14 @@ class Adapter(nnx.Module):
     return update.reshape(update.shape[:-2] + self.in_shape + self.out_shape)
 
 
+
+@validation.register_check
+def check_lora(config):
+  c = config.lora
+  if c.rank < 0 or not 0 <= c.dropout < 1 or c.alpha <= 0:
+    raise ConfigError(f'config.lora: rank={c.rank} must be >= 0 (0 = off), '
+                      f'dropout={c.dropout} in [0, 1), alpha={c.alpha} > 0.')
+
 def _parent(model, path):
   node = model
   for key in path:
@@ -101,7 +111,7 @@ def add_adapters(model, lora_config, rngs: nnx.Rngs):
   targets = _targets(model, tuple(lora_config.targets))
   if not targets:
     raise ValueError(f'config.lora.targets={tuple(lora_config.targets)!r} matches no weight '
-                     'matrix of the model; see jaxscale.param_paths.named_leaves for the names.')
+                     'matrix of the model; see jaxscale.core.param_paths.named_leaves for the names.')
   for parent_path, attribute in targets:
     parent = _parent(model, parent_path)
     setattr(parent, attribute + ADAPTER_SUFFIX,

@@ -18,25 +18,15 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from jaxscale import checkpointing, config_validation, flops, input_errors, memory, objectives
-from jaxscale import optim, param_paths, paths, sharding, steps
-from jaxscale import workdir as workdir_lib
+from jaxscale import objectives
+from jaxscale.checkpoint import checkpointing, init_from
 from jaxscale.compress import distill, pruning, quantize
-from jaxscale.models import MODELS
-from jaxscale.transfer import init_from, lora
-
-
-def build_model(model_config, seed: int):
-  kwargs = {k: v for k, v in model_config.items() if k != 'name'}
-  return MODELS.get(model_config.name)(**kwargs, rngs=nnx.Rngs(seed))
-
-
-def model_for(config):
-  """The run's model: `config.model`, with LoRA adapters where `config.lora.rank` asks."""
-  model = build_model(config.model, config.seed)
-  if config.get('lora', {}).get('rank'):
-    lora.add_adapters(model, config.lora, nnx.Rngs(config.seed + 1))
-  return model
+from jaxscale.config import input_errors, validation, workdir as workdir_lib
+from jaxscale.core import param_paths, paths, sharding
+from jaxscale.metrics import flops, memory
+from jaxscale.models import lora
+from jaxscale.models.build import model_for
+from jaxscale.train import checks, optim, steps
 
 
 def create_train_state(config, mesh, optimizer, before_init=None):
@@ -80,7 +70,7 @@ def resolve_config(config, datasets) -> ml_collections.ConfigDict:
     if not config.model.vocab_size:
       config.model.vocab_size = datasets.vocab_size
     elif config.model.vocab_size < datasets.vocab_size:
-      raise config_validation.ConfigError(
+      raise validation.ConfigError(
           f'config.model.vocab_size={config.model.vocab_size} is smaller than the dataset '
           f'{config.dataset.name!r} vocabulary ({datasets.vocab_size}); set it to 0 to match.')
   return config
@@ -155,7 +145,7 @@ def _checkpointed_fields(initial_state, trainable):
 def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
   from jaxscale import data as data_lib  # TensorFlow loads here, after the config is known good.
 
-  config_validation.validate(config, num_devices=jax.device_count(),
+  checks.validate(config, num_devices=jax.device_count(),
                              process_count=jax.process_count())
   workdir = paths.resolve(workdir)
   mesh = sharding.make_mesh(config.mesh)
@@ -197,7 +187,7 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
                                                         before_init=check_memory)
   param_paths.check_patterns(config.optimizer.frozen, param_paths.named_leaves(state.params),
                              'config.optimizer.frozen')
-  trainable = optim.trainable_mask(state.params, config.optimizer)
+  trainable = param_paths.trainable_mask(state.params, config.optimizer)
   has_frozen = not all(jax.tree.leaves(trainable))
   own_checkpoint = checkpointing.has_checkpoints(workdir)
   report = None

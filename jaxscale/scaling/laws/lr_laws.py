@@ -19,7 +19,8 @@ import sys
 
 import numpy as np
 
-from jaxscale import paths
+from jaxscale.core import paths
+from jaxscale.scaling.laws import power_law_fit
 
 LAWS_FILE = 'hparam_laws.json'
 # Law name -> (config key it sets, names of its coefficient and exponent).
@@ -68,7 +69,6 @@ def optimum(group: list[dict], near: float) -> dict:
 def fit(points: list[dict]) -> dict:
   """{law: {coefficient, exponent}} from the per-budget optima; a quantity that never varied
   (e.g. batch size left fixed) gets None."""
-  from jaxscale.scaling.laws import power_law_fit  # noqa: PLC0415  (scipy only when fitting)
 
   compute = np.array([p['C'] for p in points])
   laws = {}

@@ -18,8 +18,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxscale import sharding
-from jaxscale.config_validation import ConfigError
+from jaxscale.config.validation import ConfigError
+from jaxscale.core import sharding
 
 
 class InsufficientMemoryError(ConfigError):

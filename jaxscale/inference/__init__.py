@@ -1,0 +1,2 @@
+"""A finished run put to use: text generation, KV-cache decoding, post-training quantization,
+export (jax.export, SavedModel) and serving."""

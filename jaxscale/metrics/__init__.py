@@ -1,0 +1,1 @@
+"""What every run measures and writes: metric writers, FLOPs, memory, classification reports."""

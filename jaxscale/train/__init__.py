@@ -1,0 +1,1 @@
+"""The trainer: the experiment build, the pure compiled steps, the optimizer and the loop."""

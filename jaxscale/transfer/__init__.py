@@ -1,1 +1,0 @@
-"""Transfer learning: a run's initial parameters from another run's checkpoint (`init_from`)."""
