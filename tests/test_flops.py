@@ -10,7 +10,7 @@ from flax import nnx
 
 from jaxscale.metrics import flops
 from jaxscale.models import build
-from jaxscale.train import loop
+from jaxscale.train import actions
 from tests.helpers import tiny_config
 
 
@@ -79,5 +79,5 @@ def test_peak_flops_match_device_kinds_exactly_and_are_unknown_otherwise():
 
 
 def test_throughput_reports_no_mfu_without_a_peak():
-  known, unknown = (loop.Throughput(8, 0, 1e9, peak) for peak in (1e12, None))
+  known, unknown = (actions.Throughput(8, 0, 1e9, peak) for peak in (1e12, None))
   assert 'mfu' in known.report(step=2) and 'mfu' not in unknown.report(step=2)

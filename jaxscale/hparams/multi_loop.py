@@ -18,7 +18,7 @@ from jaxscale.config import workdir as workdir_lib
 from jaxscale.core import paths
 from jaxscale.hparams import multi
 from jaxscale.metrics import flops, writers
-from jaxscale.train import loop
+from jaxscale.train import actions, evaluation
 
 
 def _per_model(tree, k: int):
@@ -26,12 +26,12 @@ def _per_model(tree, k: int):
 
 
 def evaluate(e: multi.MultiExperiment, state, eval_batches) -> list[dict]:
-  """loop.evaluate's sums for each model."""
+  """evaluation.evaluate's sums for each model."""
   totals = jax.device_get([e.eval_step(state, batch, e.seeds) for batch in eval_batches])
   results = []
   for k in range(len(e.configs)):
     model_totals = [{key: value[k] for key, value in t.items()} for t in totals]
-    results.append(loop.eval_metrics(loop.eval_result(model_totals), e.datasets[k]))
+    results.append(evaluation.eval_metrics(evaluation.eval_result(model_totals), e.datasets[k]))
   return results
 
 
@@ -69,7 +69,7 @@ def train_loop(e: multi.MultiExperiment, workdirs) -> list[dict]:
   size = e.size
   tokens_per_step = config.batch_size * size.tokens_per_example
   peak_per_device, _ = flops.peak_flops_per_device()
-  throughput = loop.Throughput(config.batch_size, tokens_per_step, e.flops_per_step,
+  throughput = actions.Throughput(config.batch_size, tokens_per_step, e.flops_per_step,
                                 peak_per_device)
   scale_numbers = {'params_total': size.params_total,
                    'params_non_embedding': size.params_non_embedding,

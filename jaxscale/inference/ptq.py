@@ -23,7 +23,7 @@ from jaxscale.checkpoint import checkpointing, restore
 from jaxscale.compress import quantize
 from jaxscale.core import paths, sharding
 from jaxscale.objectives.classification import model_inputs
-from jaxscale.train import loop, steps
+from jaxscale.train import evaluation, steps
 
 RESULT_FILE = 'result.json'
 REPORTED = ('eval_loss', 'eval_accuracy', 'eval_top5_accuracy', 'eval_bits_per_byte',
@@ -80,9 +80,9 @@ class Evaluator:
 
   def evaluate(self, objective) -> dict:
     """The eval row (as training logs it) of the model under `objective`."""
-    sums = loop.evaluate(self.eval_step(objective), self.state,
+    sums = evaluation.evaluate(self.eval_step(objective), self.state,
                                 self.datasets.eval.as_numpy_iterator(), self.batch_sharding)
-    row = loop.eval_metrics(sums, self.datasets)
+    row = evaluation.eval_metrics(sums, self.datasets)
     return {k: row[k] for k in REPORTED if k in row}
 
   def latency(self, objective, repeats: int = 20) -> float:

@@ -1,5 +1,5 @@
 """Building an experiment from its config: mesh, data, model, initial state, compiled steps,
-checkpoint manager. `train.run` builds one and runs the loop over it.
+checkpoint manager. `loop.run` builds one and runs the loop over it.
 
 Two seams shape the build:
 - the **objective** (`jaxscale.objectives`): what the step optimises, by name;
@@ -143,19 +143,67 @@ def _checkpointed_fields(initial_state, trainable):
 
 
 def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
-  from jaxscale import data as data_lib  # TensorFlow loads here, after the config is known good.
+  """The run of `config` in `workdir`, ready to train: checked, built, compiled and restored.
 
-  checks.validate(config, num_devices=jax.device_count(),
-                             process_count=jax.process_count())
+  Nothing is written to the workdir until the config, the data, a teacher, an init_from source
+  and the memory estimate are known good.
+  """
+  checks.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
   workdir = paths.resolve(workdir)
   mesh = sharding.make_mesh(config.mesh)
+  datasets = _datasets(config)
+  config = resolve_config(config, datasets)
+  objective, teacher = _objective(config, workdir, datasets.task, mesh)
+  optimizer, learning_rate_fn, param_metrics = _optimizer(config)
+  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
+  abstract_batch = _abstract_batch(config, datasets, batch_sharding)
+  init = _initial_state(config, workdir, mesh, optimizer, objective, abstract_batch)
+  train_step, eval_step = steps.compile_steps(
+      init.graphdef, optimizer, learning_rate_fn, init.shardings, batch_sharding,
+      sharding.replicated(mesh), config.optimizer.grad_accum_steps, objective=objective,
+      skip_nonfinite=config.nonfinite_policy == 'skip', seed=config.seed,
+      trainable=init.trainable, teacher_shardings=teacher and teacher.shardings,
+      param_metrics=param_metrics, activation_rules=sharding.activation_rules(mesh, config.mesh))
+  abstract_state = sharding.abstract_arrays(init.state, init.shardings)
+  train_step = _compile_ahead(train_step, abstract_state, abstract_batch, teacher,
+                              init.memory_estimate)
+  train_iter = iter(datasets.train)
+  manager = checkpointing.make_manager(workdir, config)
+  to_checkpoint, from_checkpoint = _checkpointed_fields(init.state, init.trainable)
+  restored, last_checkpoint = checkpointing.restore_latest(
+      manager, to_checkpoint(abstract_state), train_iter)
+  state = init.state
+  if restored is not None:
+    state = from_checkpoint(restored)
+    logging.info('Resumed from checkpoint at step %d.', last_checkpoint)
+  elif init.own_checkpoint:
+    logging.info('No finished checkpoint in %s: starting from step 0.', workdir / 'checkpoints')
+  size, param_counts, flops_per_step = _accounting(config, state.params, init.trainable,
+                                                   teacher, train_step)
+  if teacher is not None:  # The teacher's variables go into each step.
+    compiled_step = train_step
+    train_step = lambda state, batch: compiled_step(state, batch, teacher.variables)
+  return Experiment(
+      config=config, workdir=workdir, mesh=mesh, datasets=datasets, graphdef=init.graphdef,
+      state=state, state_shardings=init.shardings, batch_sharding=batch_sharding,
+      train_step=train_step, eval_step=eval_step, manager=manager,
+      saver=checkpointing.Saver(manager, to_checkpoint), train_iter=train_iter,
+      resumed=restored is not None, size=size, flops_per_step=flops_per_step,
+      param_counts=param_counts, teacher=teacher)
+
+
+def _datasets(config):
+  from jaxscale import data as data_lib  # TensorFlow loads here, after the config is known good.
   with input_errors.explained(config.dataset):
-    datasets = data_lib.get_datasets(
+    return data_lib.get_datasets(
         config.dataset, local_batch_size=config.batch_size // jax.process_count(),
         num_eval_batches=config.num_eval_batches, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count())
-  config = resolve_config(config, datasets)
-  objective_name = objectives.name_for(config, datasets.task)
+
+
+def _objective(config, workdir, task: str, mesh):
+  """(objective, teacher): the config's objective, fake-quantized and distilled where asked."""
+  objective_name = objectives.name_for(config, task)
   objective = objectives.make(objective_name, config)
   if config.quantization.mode == 'qat':  # Fake-quantized forward, straight-through backward.
     objective = quantize.qat_objective(objective, config.quantization)
@@ -164,15 +212,33 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
     teacher = distill.load_teacher(config, workdir, objective_name, mesh)
     objective = distill.objective(objective, teacher.graphdef, config.distill)
     logging.info('Distilling from %s (step %d).', teacher.workdir, teacher.step)
+  return objective, teacher
 
+
+def _optimizer(config):
+  """(optimizer, learning_rate_fn, param_metrics): pruning wraps the optimizer and logs sparsity."""
   optimizer, learning_rate_fn = optim.make_optimizer(config.optimizer, config.num_train_steps,
                                                      config.model)
   param_metrics = None
   if config.pruning.sparsity:
     optimizer = pruning.wrap(optimizer, config.pruning, config.optimizer)
     param_metrics = pruning.sparsity_metrics(config.pruning, config.optimizer)
-  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
-  abstract_batch = _abstract_batch(config, datasets, batch_sharding)
+  return optimizer, learning_rate_fn, param_metrics
+
+
+@dataclasses.dataclass
+class InitialState:
+  graphdef: Any
+  state: steps.TrainState
+  shardings: Any
+  trainable: Any          # The optimizer's mask: True for the parameters it updates.
+  own_checkpoint: bool    # The workdir holds checkpoints of its own (a resume).
+  memory_estimate: Any
+
+
+def _initial_state(config, workdir, mesh, optimizer, objective, abstract_batch) -> InitialState:
+  """A fresh state (after the memory check), with another run's parameters where
+  `config.init_from` asks; then the workdir gets the resolved config."""
   memory_estimate = None
 
   def check_memory(graphdef, abstract_state):
@@ -200,49 +266,31 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
   workdir_lib.record_config(workdir, config)
   if report is not None and not own_checkpoint:
     init_from.log_and_write(report, workdir)
+  return InitialState(graphdef, state, state_shardings, trainable, own_checkpoint,
+                      memory_estimate)
 
-  train_step, eval_step = steps.compile_steps(
-      graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
-      sharding.replicated(mesh), config.optimizer.grad_accum_steps, objective=objective,
-      skip_nonfinite=config.nonfinite_policy == 'skip', seed=config.seed, trainable=trainable,
-      teacher_shardings=teacher and teacher.shardings, param_metrics=param_metrics,
-      activation_rules=sharding.activation_rules(mesh, config.mesh))
-  # Compile ahead of the loop, so the first speed report is not the compile time.
-  abstract_state = sharding.abstract_arrays(state, state_shardings)
+
+def _compile_ahead(train_step, abstract_state, abstract_batch, teacher, memory_estimate):
+  """Compiled before the loop, so the first speed report is not the compile time."""
   abstract_teacher = () if teacher is None else (
       sharding.abstract_arrays(teacher.variables, teacher.shardings),)
   compile_start = time.perf_counter()
-  train_step = train_step.lower(abstract_state, abstract_batch, *abstract_teacher).compile()
+  compiled = train_step.lower(abstract_state, abstract_batch, *abstract_teacher).compile()
   logging.info('Compiled the train step in %.1f s; %s.', time.perf_counter() - compile_start,
-               memory.compare_compiled(train_step, memory_estimate))
+               memory.compare_compiled(compiled, memory_estimate))
+  return compiled
 
-  train_iter = iter(datasets.train)
-  manager = checkpointing.make_manager(workdir, config)
-  to_checkpoint, from_checkpoint = _checkpointed_fields(state, trainable)
-  restored, last_checkpoint = checkpointing.restore_latest(
-      manager, to_checkpoint(abstract_state), train_iter)
-  if restored is not None:
-    state = from_checkpoint(restored)
-    logging.info('Resumed from checkpoint at step %d.', last_checkpoint)
-  elif own_checkpoint:
-    logging.info('No finished checkpoint in %s: starting from step 0.', workdir / 'checkpoints')
 
+def _accounting(config, params, trainable, teacher, compiled_step):
+  """(size, param_counts, flops_per_step) for the run record."""
   size = flops.accounting(config)
-  param_counts = _param_counts(state.params, trainable)
+  param_counts = _param_counts(params, trainable)
   flops_per_step = config.batch_size * size.train_flops_per_example
   if teacher is not None:  # Its forward pass, in the same step.
     flops_per_step += config.batch_size * teacher.forward_flops_per_example
   if param_counts['params_frozen']:
     # Frozen parameters' weight gradients are never computed: count what XLA actually runs.
-    flops_per_step = flops.compiled_flops(train_step) or flops_per_step
-  if teacher is not None:
-    compiled_step = train_step
-    train_step = lambda state, batch: compiled_step(state, batch, teacher.variables)
+    flops_per_step = flops.compiled_flops(compiled_step) or flops_per_step
   logging.info('Parameters: %s trainable, %s frozen.', f'{param_counts["params_trainable"]:,}',
                f'{param_counts["params_frozen"]:,}')
-  return Experiment(
-      config=config, workdir=workdir, mesh=mesh, datasets=datasets, graphdef=graphdef,
-      state=state, state_shardings=state_shardings, batch_sharding=batch_sharding,
-      train_step=train_step, eval_step=eval_step, manager=manager,
-      saver=checkpointing.Saver(manager, to_checkpoint), train_iter=train_iter, resumed=restored is not None,
-      size=size, flops_per_step=flops_per_step, param_counts=param_counts, teacher=teacher)
+  return size, param_counts, flops_per_step
