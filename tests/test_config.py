@@ -9,7 +9,9 @@ import pytest
 
 import jaxscale.data  # noqa: F401  (TensorFlow's import time is not validation time)
 from jaxscale.config import config_base
+from jaxscale.config import validation
 from jaxscale.config.validation import ConfigError
+from jaxscale.models.registry import MODELS
 from jaxscale.train import checks
 from tests.helpers import tiny_config
 
@@ -77,3 +79,28 @@ def test_keys_added_to_the_schema_since_a_run_started_do_not_block_its_resume():
   changed = json.loads(json.dumps(new))
   changed['lora']['rank'] = 4
   assert workdir.config_differences(old, changed) == ["config.lora.rank: '<absent>' -> 4"]
+
+
+def test_each_component_registers_the_checks_of_its_own_keys():
+  owners = {name.rsplit('.', 1)[0] for name in validation.registered_checks()}
+  assert owners >= {'jaxscale.models.registry', 'jaxscale.models.lora', 'jaxscale.data.sources',
+                    'jaxscale.data.augment', 'jaxscale.objectives.registry',
+                    'jaxscale.train.optim', 'jaxscale.compress.quantize',
+                    'jaxscale.compress.pruning', 'jaxscale.compress.distill',
+                    'jaxscale.checkpoint.init_from'}
+  # Each model's own values are checked by its registry entry, beside its class.
+  for name in ('transformer', 'encoder', 'vit', 'resnet', 'mlp'):
+    assert MODELS.check(name).__module__.startswith('jaxscale.models.'), name
+
+
+def test_a_component_can_add_a_check_that_validation_runs_without_knowing_it(monkeypatch):
+  monkeypatch.setattr(validation, '_CHECKS', dict(validation._CHECKS))
+
+  @validation.register_check
+  def refuse_long_runs(config):
+    if config.num_train_steps > 3:
+      raise ConfigError(f'config.num_train_steps={config.num_train_steps} is over 3.')
+
+  checks.validate(tiny_config(num_train_steps=3))
+  with pytest.raises(ConfigError, match='config.num_train_steps=4 is over 3'):
+    checks.validate(tiny_config(num_train_steps=4))
