@@ -17,7 +17,11 @@ are batched (up to `--max_batch`) by `jaxscale.inference.batcher`.
 
 import asyncio
 import contextlib
+import socket
+import threading
+import time
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -107,10 +111,6 @@ def build_app(backend, *, max_batch: int = 8, max_queue: int = 64,
 def running_server(app, host: str = '127.0.0.1', port: int = 0, start_timeout_s: float = 60):
   """`app` served by uvicorn in a background thread (port 0: a free one); yields its base URL
   and stops the server on exit. For tests and benchmarks."""
-  import socket  # noqa: PLC0415
-  import threading  # noqa: PLC0415
-  import time  # noqa: PLC0415
-  import uvicorn  # noqa: PLC0415
   if not port:
     with socket.socket() as probe:
       probe.bind((host, 0))
