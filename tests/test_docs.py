@@ -23,10 +23,11 @@ def _python_blocks(page: str) -> list[str]:
 @pytest.mark.parametrize('page, expected_output', [
     ('adding_a_model.md', 'config.model.mlp_width'),
     ('adding_a_dataset.md', 'bits/byte'),
+    ('architecture.md', 'step 20: train loss'),
 ])
 def test_code_blocks_of_the_page_run(page, expected_output, tmp_path):
   blocks = _python_blocks(page)
-  assert len(blocks) >= 3, page
+  assert blocks, page
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])}
   script = tmp_path / page.replace('.md', '.py')
   script.write_text('\n\n'.join(blocks))
