@@ -1,18 +1,5 @@
-"""An HTTP JSON server for a trained model: `python -m jaxscale.serve`.
-
-  python -m jaxscale.serve --workdir workdirs/default [--port 8000]
-  python -m jaxscale.serve --export exported/mlp        # a classifier's jax.export files
-
-Endpoints (FastAPI on uvicorn):
-- `POST /generate` (language models): JSON `prompt` (text, or a list of token ids),
-  `max_new_tokens`, `temperature` (0 = greedy), `top_k`, `top_p`, `seed` -> `text`, `tokens`.
-- `POST /classify` (classifiers): `inputs` (an image as nested lists [H, W, C], or a text),
-  `top_k` -> `classes`: [{`class`, `probability`}], most likely first.
-- `GET /health`: the model, the queue and how many batches and requests were served.
-
-A request the model cannot take (a bad field, malformed JSON, an oversize prompt) gets a 400
-whose JSON names the `field` and says what is wrong; a full queue gets a 503. Concurrent requests
-are batched (up to `--max_batch`) by `jaxscale.inference.batcher`.
+"""`python -m jaxscale.serve --workdir W` (or `--export DIR`): an HTTP JSON server for a trained
+model; `jaxscale.inference.server` lists the endpoints.
 """
 
 import argparse
@@ -20,11 +7,12 @@ import argparse
 import uvicorn
 
 from jaxscale.inference import backends
+from jaxscale.inference import server as server_lib
 from jaxscale.inference.server import build_app
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m jaxscale.serve', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m jaxscale.serve', description=server_lib.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument('--workdir', help='A training run: serve its newest checkpoint.')
