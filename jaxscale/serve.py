@@ -6,8 +6,7 @@ import argparse
 
 import uvicorn
 
-from jaxscale.inference import backends
-from jaxscale.inference import server as server_lib
+from jaxscale.inference import backends, server as server_lib
 from jaxscale.inference.server import build_app
 
 

@@ -8,8 +8,7 @@ import time
 import pytest
 
 import jaxscale.data  # noqa: F401  (TensorFlow's import time is not validation time)
-from jaxscale.config import config_base
-from jaxscale.config import validation
+from jaxscale.config import config_base, validation
 from jaxscale.config.validation import ConfigError
 from jaxscale.models.registry import MODELS
 from jaxscale.train import checks

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from jaxscale.config.config_base import get_base_config
 from jaxscale.data import (
-    add_array_record, DATASETS, get_datasets, indexed, indexed_text_pipeline, prepare, text)
+    DATASETS, add_array_record, get_datasets, indexed, indexed_text_pipeline, prepare, text)
 from jaxscale.data.builders import python_stdlib
 from tests.helpers import assert_same_batches, first_batches
 

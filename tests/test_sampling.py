@@ -14,7 +14,7 @@ from jaxscale.config import workdir as workdir_lib
 from jaxscale.core import sharding
 from jaxscale.data import markov_chain
 from jaxscale.inference import sampling
-from jaxscale.models import build, MODELS
+from jaxscale.models import MODELS, build
 from jaxscale.train import experiment, loop, optim
 from tests.helpers import tiny_config
 

@@ -29,7 +29,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from jaxscale.data import image_pipeline, subsets
-from jaxscale.data.indexed import data_source, IndexedBatches, reader_threads
+from jaxscale.data.indexed import IndexedBatches, data_source, reader_threads
 from jaxscale.data.sources import ImageSource
 
 _ENCODED = {'image': tfds.decode.SkipDecoding()}

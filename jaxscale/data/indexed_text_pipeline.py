@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from jaxscale.data import pipeline
-from jaxscale.data.indexed import data_source, IndexedBatches, reader_threads
+from jaxscale.data.indexed import IndexedBatches, data_source, reader_threads
 from jaxscale.data.sources import TokenSource
 
 def train_batches(source: TokenSource, dataset_config, *, batch_size: int, seed: int,

@@ -4,7 +4,7 @@ from jaxscale.data import markov_chain
 from jaxscale.data.builders import markov as markov_builder
 from jaxscale.data.prepare import add_array_record, prepare
 from jaxscale.data.sources import (
-    builder_config_or_default, data_dir_or_default, DATASETS, TokenSource)
+    DATASETS, TokenSource, builder_config_or_default, data_dir_or_default)
 
 
 @DATASETS.register('markov')

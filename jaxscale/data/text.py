@@ -13,7 +13,7 @@ from jaxscale.data import tokenizers
 from jaxscale.data.builders import python_stdlib as python_stdlib_builder
 from jaxscale.data.prepare import add_array_record, prepare
 from jaxscale.data.sources import (
-    builder_config_or_default, data_dir_or_default, DATASETS, TokenSource)
+    DATASETS, TokenSource, builder_config_or_default, data_dir_or_default)
 
 
 def text_source(builder, *, train_split: str, eval_split: str, dataset_config,

@@ -11,7 +11,7 @@ import sys
 
 from jaxscale.data import sources, special_tokens, tokenizers
 from jaxscale.data.builders import stdlib_packages as stdlib_packages_builder
-from jaxscale.data.sources import data_dir_or_default, DATASETS, TextClassSource
+from jaxscale.data.sources import DATASETS, TextClassSource, data_dir_or_default
 
 _HOW_TO_PREPARE = {
     'glue/sst2': 'run `tfds build glue/sst2 --data_dir=DIR` on a machine with internet (~7 MB)',

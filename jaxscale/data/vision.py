@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from jaxscale.data import sources
 from jaxscale.data.builders import digits as digits_builder
 from jaxscale.data.prepare import add_array_record, prepare
-from jaxscale.data.sources import data_dir_or_default, DATASETS, ImageSource
+from jaxscale.data.sources import DATASETS, ImageSource, data_dir_or_default
 
 _MINUS_ONE_TO_ONE = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}
 _CIFAR10_STATS = {'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2470, 0.2435, 0.2616)}

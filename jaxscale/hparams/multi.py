@@ -29,7 +29,7 @@ from flax import nnx
 
 from jaxscale import objectives
 from jaxscale.metrics import flops
-from jaxscale.models import layers, MODELS
+from jaxscale.models import MODELS, layers
 from jaxscale.scaling.sweeps import multi_support
 from jaxscale.train import checks, experiment, optim, steps
 

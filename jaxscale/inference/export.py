@@ -29,11 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxscale.metrics import flops
+from jaxscale.checkpoint import restore
 from jaxscale.core import param_paths, paths
 from jaxscale.data import special_tokens
+from jaxscale.metrics import flops
 from jaxscale.models.kv_cache import KVCache
-from jaxscale.checkpoint import restore
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 FORMATS = ('jax', 'savedmodel')

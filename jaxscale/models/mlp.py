@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxscale.config.validation import check_choice, check_positive_ints, ConfigError
+from jaxscale.config.validation import ConfigError, check_choice, check_positive_ints
 from jaxscale.models.layers import (
     DTYPES, einsum_f32_accumulate as einsum, scale_init, sharded_param)
-from jaxscale.models.registry import check_image_classifier_sizes, MODELS
+from jaxscale.models.registry import MODELS, check_image_classifier_sizes
 
 ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': jax.nn.gelu, 'silu': jax.nn.silu, 'tanh': jnp.tanh}
 

@@ -17,7 +17,7 @@ any sharding, and alongside `optimizer.frozen` / `lr_multipliers` / `layer_decay
 
 import optax
 
-from jaxscale.config.validation import check_choice, ConfigError
+from jaxscale.config.validation import ConfigError, check_choice
 from jaxscale.core import param_paths
 
 PARAMETRIZATIONS = ('sp', 'mup')

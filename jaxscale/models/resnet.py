@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxscale.config.validation import check_choice, check_positive_ints, ConfigError
+from jaxscale.config.validation import ConfigError, check_choice, check_positive_ints
 from jaxscale.models.layers import DTYPES
-from jaxscale.models.registry import check_image_classifier_sizes, MODELS
+from jaxscale.models.registry import MODELS, check_image_classifier_sizes
 
 # depth -> (block kind, blocks per stage).
 STAGES = {

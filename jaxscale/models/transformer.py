@@ -18,13 +18,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxscale.config.validation import check_choice, ConfigError
+from jaxscale.config.validation import ConfigError, check_choice
 from jaxscale.core.sharding import constrain
 from jaxscale.models import attention, mup
 from jaxscale.models.kv_cache import KVCache
 from jaxscale.models.layers import (
-    apply_blocks, apply_rotary, DTYPES, einsum_f32_accumulate as einsum, quantizing, REMAT_POLICIES,
-    RMSNorm, rotary_tables, rotary_tables_at, scale_init, sharded_param, sow_for_capture)
+    DTYPES, REMAT_POLICIES, RMSNorm, apply_blocks, apply_rotary, einsum_f32_accumulate as einsum,
+    quantizing, rotary_tables, rotary_tables_at, scale_init, sharded_param, sow_for_capture)
 from jaxscale.models.registry import MODELS
 
 MLP_ACTIVATIONS = ('swiglu', 'gelu')

@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxscale.config.validation import check_choice, check_positive_ints, ConfigError
+from jaxscale.config.validation import ConfigError, check_choice, check_positive_ints
 from jaxscale.models import attention, mup
 from jaxscale.models.layers import (
-    apply_blocks, DTYPES, einsum_f32_accumulate as einsum, quantizing, REMAT_POLICIES, scale_init,
+    DTYPES, REMAT_POLICIES, apply_blocks, einsum_f32_accumulate as einsum, quantizing, scale_init,
     sharded_param, sow_for_capture)
-from jaxscale.models.registry import check_image_classifier_sizes, MODELS
+from jaxscale.models.registry import MODELS, check_image_classifier_sizes
 
 POOLINGS = ('cls', 'gap')
 

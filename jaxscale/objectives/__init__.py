@@ -10,7 +10,7 @@ stays one pure function whichever objective it runs.
 '' (the default) takes the dataset's task: 'lm' or 'classification'.
 """
 
-from jaxscale.objectives.registry import make, name_for, OBJECTIVES
+from jaxscale.objectives.registry import OBJECTIVES, make, name_for
 # Importing the modules registers their objectives.
 from jaxscale.objectives import classification, lm, mlm  # noqa: E402,F401
 

@@ -17,8 +17,7 @@ from jaxscale.checkpoint import preemption
 from jaxscale.config import workdir as workdir_lib
 from jaxscale.core import sharding
 from jaxscale.metrics import classification_report, writers
-from jaxscale.train import actions as actions_lib
-from jaxscale.train import experiment as experiment_lib
+from jaxscale.train import actions as actions_lib, experiment as experiment_lib
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, extra_actions=()) -> dict:
