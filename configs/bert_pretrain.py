@@ -17,11 +17,8 @@ from jaxscale.data import special_tokens
 def get_config():
   # The model of configs/default.py as a bidirectional encoder.
   c = config_base.load_config_file(pathlib.Path(__file__).with_name('default.py'))
-  c.num_train_steps = 600
-  c.batch_size = 32
-  c.eval_every_steps = 200
-  c.checkpoint_every_steps = 300
-  c.num_eval_batches = 4
+  c.update(num_train_steps=600, batch_size=32, eval_every_steps=200, checkpoint_every_steps=300,
+           num_eval_batches=4)
 
   c.objective = 'mlm'                 # BERT's 15% of tokens, 80/10/10 mask/random/kept.
   c.mlm.mask_rate = 0.15

@@ -21,15 +21,12 @@ def get_config():
   c = config_base.load_config_file(pathlib.Path(__file__).with_name('resnet18_cifar10.py'))
   c.batch_size = 1024
   epochs = 90
-  c.num_train_steps = epochs * TRAIN_IMAGES // c.batch_size   # 112,597
-  c.eval_every_steps = 5_000
-  c.checkpoint_every_steps = 5_000
-  c.num_eval_batches = 49          # The whole 50,000-image validation split (padding weighs 0).
+  # 49 eval batches: the whole 50,000-image validation split (padding weighs 0).
+  c.update(num_train_steps=epochs * TRAIN_IMAGES // c.batch_size,  # 112,597
+           eval_every_steps=5_000, checkpoint_every_steps=5_000, num_eval_batches=49)
 
-  c.dataset.name = 'imagenet2012'
-  c.dataset.image_size = 224
-  c.dataset.shuffle_buffer_size = 16_384
-  c.dataset.crop = 'random_resized_crop'
+  c.dataset.update(name='imagenet2012', image_size=224, shuffle_buffer_size=16_384,
+                   crop='random_resized_crop')
 
   c.model.depth = 50
   c.model.stem = 'imagenet'

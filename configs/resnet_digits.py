@@ -13,18 +13,12 @@ from jaxscale import config_base
 
 def get_config():
   c = config_base.load_config_file(pathlib.Path(__file__).with_name('resnet18_cifar10.py'))
-  c.num_train_steps = 300
-  c.batch_size = 64
-  c.log_every_steps = 50
-  c.eval_every_steps = 100
-  c.checkpoint_every_steps = 150
-  c.num_eval_batches = 5           # 320 slots for the 300 test images (the rest weigh 0).
+  # 5 eval batches: 320 slots for the 300 test images (the rest weigh 0).
+  c.update(num_train_steps=300, batch_size=64, log_every_steps=50, eval_every_steps=100,
+           checkpoint_every_steps=150, num_eval_batches=5)
 
-  c.dataset.name = 'digits'
-  c.dataset.image_size = 16
-  c.dataset.shuffle_buffer_size = 2048
-  c.dataset.crop_padding = 2
-  c.dataset.flip = False
+  c.dataset.update(name='digits', image_size=16, shuffle_buffer_size=2048, crop_padding=2,
+                   flip=False)
 
   c.model.width = 16
   del c.model.dtype                # float32 compute.

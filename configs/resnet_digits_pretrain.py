@@ -17,11 +17,9 @@ from jaxscale import config_base
 
 def get_config():
   c = config_base.load_config_file(pathlib.Path(__file__).with_name('resnet_digits.py'))
-  c.num_train_steps = 600
-  c.eval_every_steps = 200
-  c.checkpoint_every_steps = 600
-  c.keep_checkpoints = 1
-  c.num_eval_batches = 3           # 192 slots for the 151 test images of classes 0-4.
+  # 3 eval batches: 192 slots for the 151 test images of classes 0-4.
+  c.update(num_train_steps=600, eval_every_steps=200, checkpoint_every_steps=600,
+           keep_checkpoints=1, num_eval_batches=3)
 
   c.dataset.classes = (0, 1, 2, 3, 4)
   c.dataset.image_size = 8

@@ -23,13 +23,11 @@ def get_config():
   c = config_base.load_config_file(pathlib.Path(__file__).with_name('vit_b16_imagenet.py'))
   c.batch_size = 512
   epochs = 300
-  c.num_train_steps = epochs * TRAIN_IMAGES // c.batch_size   # 29,296
-  c.eval_every_steps = 1_000
-  c.checkpoint_every_steps = 1_000
-  c.num_eval_batches = 20          # The whole 10,000-image test split (padding weighs 0).
+  # 20 eval batches: the whole 10,000-image test split (padding weighs 0).
+  c.update(num_train_steps=epochs * TRAIN_IMAGES // c.batch_size,  # 29,296
+           eval_every_steps=1_000, checkpoint_every_steps=1_000, num_eval_batches=20)
 
-  c.dataset.name = 'cifar10'
-  c.dataset.shuffle_buffer_size = 50_000
+  c.dataset.update(name='cifar10', shuffle_buffer_size=50_000)
 
   c.model.update(vit.size_config('S/16'))
 
