@@ -8,16 +8,20 @@ prints one JSON line per run, then per parametrisation the optimum per width and
 doubling of width, and writes the loss-vs-LR plot (sweeps/lr_transfer/lr_transfer.png).
 """
 
+import pathlib
+
 import ml_collections
+
+from jaxscale import config_base
 
 
 def get_config():
+  sweep = config_base.load_config_file(pathlib.Path(__file__).with_name('tiny_isoflop.py'))
   c = ml_collections.ConfigDict()
-  c.base_config = 'configs/default.py'  # Run config every run starts from (repo-relative).
-  c.overrides = (                        # Trainer --config.key=value overrides for every run.
-      'dataset.name=markov',
-      'dataset.seq_len=64',
-      'batch_size=16',
+  c.base_config = sweep.base_config     # Run config every run starts from (repo-relative).
+  # Trainer --config.key=value overrides for every run: the markov data and batch of
+  # configs/sweeps/tiny_isoflop.py, then the schedule.
+  c.overrides = sweep.overrides[:3] + (
       'num_train_steps=300',
       'optimizer.warmup_steps=30',
       'optimizer.schedule=cosine',

@@ -6,17 +6,20 @@ cores.
   python -m jaxscale.hparams best sweeps/lr_search
 """
 
+import pathlib
+
 import ml_collections
+
+from jaxscale import config_base
 
 
 def get_config():
+  sweep = config_base.load_config_file(pathlib.Path(__file__).with_name('tiny_isoflop.py'))
   c = ml_collections.ConfigDict()
-  c.base_config = 'configs/default.py'  # Run config every trial starts from (repo-relative).
-  c.overrides = (                        # Trainer --config.key=value overrides for every trial.
-      'dataset.name=markov',
-      'dataset.seq_len=64',
-      'batch_size=16',
-      'num_eval_batches=8',
+  c.base_config = sweep.base_config     # Run config every trial starts from (repo-relative).
+  # Trainer --config.key=value overrides for every trial: the IsoFLOP sweep's markov data, batch
+  # and eval batches, then one model and its schedule.
+  c.overrides = sweep.overrides[:4] + (
       'model.num_layers=2',
       'model.d_model=32',
       'model.num_heads=4',
