@@ -10,10 +10,10 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from jaxscale import checkpointing, config_base, experiment, metrics, param_paths, train
+from jaxscale import config_base, experiment, metrics, param_paths
 from jaxscale.compress import pruning
 from jaxscale.config_validation import ConfigError, validate
-from tests.helpers import interrupt_after_saving, load_config_file, tiny_config
+from tests.helpers import load_config_file, straight_and_resumed, tiny_config
 
 SCHEDULE = {'start_step': 2, 'end_step': 14, 'update_every': 4}  # Masks at 2, 6, 10, 14.
 
@@ -162,12 +162,7 @@ def _saved_state(workdir, step):
 def test_a_pruned_run_logs_its_sparsity_saves_zeros_and_resumes_exactly(tmp_path, monkeypatch):
   data_dir = tmp_path / 'tfds'
   config = _pruned_digits(data_dir)
-  straight = train.run(config, str(tmp_path / 'straight'))
-  real_save = interrupt_after_saving(monkeypatch, step=8)
-  with pytest.raises(KeyboardInterrupt):
-    train.run(config, str(tmp_path / 'resumed'))
-  monkeypatch.setattr(checkpointing, 'save', real_save)
-  resumed = train.run(config, str(tmp_path / 'resumed'))
+  straight, resumed = straight_and_resumed(config, tmp_path, monkeypatch, interrupt_after=8)
 
   assert resumed['eval_loss'] == straight['eval_loss']
   final = {name: _saved_state(tmp_path / name, 16) for name in ('straight', 'resumed')}

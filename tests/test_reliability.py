@@ -16,7 +16,7 @@ from etils import epath
 
 from jaxscale import checkpointing, config_validation, input_errors, memory, metrics, optim
 from jaxscale import sharding, steps, train
-from tests.helpers import random_batch, tiny_config
+from tests.helpers import markov_config, random_batch, tiny_config
 
 
 def _host(tree):
@@ -29,14 +29,7 @@ def _assert_trees_equal(a, b):
 
 
 def _markov_config(data_dir, **overrides):
-  return tiny_config(**{
-      'dataset.name': 'markov', 'dataset.data_dir': str(data_dir), 'model.vocab_size': 0,
-      'batch_size': 8, 'dataset.seq_len': 32, 'num_eval_batches': 1, **overrides})
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
+  return markov_config(data_dir, **{'dataset.seq_len': 32, **overrides})
 
 
 # ---------------------------------------------------------------- non-finite updates
