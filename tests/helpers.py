@@ -71,6 +71,21 @@ def assert_same_batches(first, second):
       np.testing.assert_array_equal(a[key], b[key])
 
 
+def assert_iterator_checkpoint_resumes(make_dataset, tmp_path, *, skip: int, take: int):
+  """A tf.data iterator of `make_dataset()` checkpointed after `skip` batches restores into a new
+  one (of a second `make_dataset()`) that yields the same next `take` batches."""
+  import tensorflow as tf  # noqa: PLC0415  (loads TensorFlow)
+  iterator = iter(make_dataset())
+  for _ in range(skip):
+    next(iterator)
+  path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'iterator'))
+  expected = [{k: v.numpy() for k, v in next(iterator).items()} for _ in range(take)]
+  resumed = iter(make_dataset())
+  tf.train.Checkpoint(iterator=resumed).read(path).assert_consumed()
+  assert_same_batches(expected, [{k: v.numpy() for k, v in next(resumed).items()}
+                                 for _ in range(take)])
+
+
 def load_config_file(name: str, **overrides):
   """`configs/<name>.py`'s get_config(), with dotted-key overrides."""
   return config_base.set_existing_keys(config_base.load_config_file(CONFIG_DIR / f'{name}.py'),

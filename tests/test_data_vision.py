@@ -10,7 +10,8 @@ from jaxscale.config_base import get_base_config
 from jaxscale.data import (DATASETS, augment, get_datasets, indexed, indexed_image_pipeline, prepare,
                            vision)
 from jaxscale.data.builders import digits as digits_builder
-from tests.helpers import assert_same_batches, first_batches, tiny_config
+from tests.helpers import (assert_iterator_checkpoint_resumes, assert_same_batches, first_batches,
+                           tiny_config)
 
 BATCH = 8
 SIZE = 16
@@ -250,15 +251,7 @@ def test_a_missing_real_dataset_says_how_to_prepare_it(tmp_path):
 def test_tfdata_iterator_checkpoint_resumes_the_same_batches(data_dir, tmp_path):
   config = _digits_config(data_dir, crop='random_resized_crop', flip=True, mixup_alpha=0.4,
                           cutmix_alpha=1.0, randaugment_layers=1, loader='tfdata')
-  iterator = iter(_load(config).train)
-  for _ in range(3):
-    next(iterator)
-  path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'iterator'))
-  expected = [{k: v.numpy() for k, v in next(iterator).items()} for _ in range(2)]
-  resumed = iter(_load(config).train)
-  tf.train.Checkpoint(iterator=resumed).read(path).assert_consumed()
-  assert_same_batches(expected, [{k: v.numpy() for k, v in next(resumed).items()}
-                                  for _ in range(2)])
+  assert_iterator_checkpoint_resumes(lambda: _load(config).train, tmp_path, skip=3, take=2)
 
 
 def test_grain_state_is_a_batch_count_and_resumes_the_same_batches(data_dir):
