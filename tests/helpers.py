@@ -71,6 +71,15 @@ def assert_same_batches(first, second):
       np.testing.assert_array_equal(a[key], b[key])
 
 
+def assert_halves_make_the_whole(whole, halves):
+  """Each of the `whole` global batches is its two processes' `halves` (two lists of batches)
+  stacked, row for row."""
+  for batch, first_half, second_half in zip(whole, *halves):
+    for key in batch:
+      np.testing.assert_array_equal(batch[key], np.concatenate([first_half[key],
+                                                                second_half[key]]))
+
+
 def assert_iterator_checkpoint_resumes(make_dataset, tmp_path, *, skip: int, take: int):
   """A tf.data iterator of `make_dataset()` checkpointed after `skip` batches restores into a new
   one (of a second `make_dataset()`) that yields the same next `take` batches."""

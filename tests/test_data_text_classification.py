@@ -12,8 +12,8 @@ from jaxscale.config_base import get_base_config
 from jaxscale.data import get_datasets, special_tokens, subsets
 from jaxscale.data.builders import python_stdlib
 from jaxscale.data.builders import stdlib_packages as stdlib_packages_builder
-from tests.helpers import (assert_iterator_checkpoint_resumes, assert_same_batches, first_batches,
-                           tiny_config)
+from tests.helpers import (assert_halves_make_the_whole, assert_iterator_checkpoint_resumes,
+                           assert_same_batches, first_batches, tiny_config)
 
 BATCH = 8
 SEQ_LEN = 64
@@ -134,10 +134,7 @@ def test_eval_holds_every_example_once_in_stored_order(data_dir, splits):
   halves = [first_batches(_load(config, local_batch_size=BATCH // 2, num_eval_batches=num_batches,
                                 process_index=p, process_count=2).eval, num_batches)
             for p in (0, 1)]
-  for whole, first_half, second_half in zip(batches, *halves):
-    for key in whole:
-      np.testing.assert_array_equal(whole[key], np.concatenate([first_half[key],
-                                                                 second_half[key]]))
+  assert_halves_make_the_whole(batches, halves)
 
 
 def test_train_is_deterministic_for_a_seed(data_dir):

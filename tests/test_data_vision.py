@@ -10,8 +10,8 @@ from jaxscale.config_base import get_base_config
 from jaxscale.data import (DATASETS, augment, get_datasets, indexed, indexed_image_pipeline, prepare,
                            vision)
 from jaxscale.data.builders import digits as digits_builder
-from tests.helpers import (assert_iterator_checkpoint_resumes, assert_same_batches, first_batches,
-                           tiny_config)
+from tests.helpers import (assert_halves_make_the_whole, assert_iterator_checkpoint_resumes,
+                           assert_same_batches, first_batches, tiny_config)
 
 BATCH = 8
 SIZE = 16
@@ -131,10 +131,7 @@ def test_eval_is_fixed_padded_and_split_over_processes(data_dir):
   # Two processes: each holds its rows of the same global batches.
   halves = [first_batches(_load(config, local_batch_size=32, num_eval_batches=5, process_index=p,
                          process_count=2).eval, 10) for p in (0, 1)]
-  for whole, first_half, second_half in zip(batches, *halves):
-    for key in whole:
-      np.testing.assert_array_equal(whole[key],
-                                    np.concatenate([first_half[key], second_half[key]]))
+  assert_halves_make_the_whole(batches, halves)
 
 
 def test_eval_takes_the_first_images_when_the_split_is_larger(data_dir):
@@ -274,10 +271,7 @@ def test_grain_global_batches_do_not_depend_on_the_process_count(data_dir):
   whole = first_batches(_load(config, local_batch_size=2 * BATCH).train, 3)
   halves = [first_batches(_load(config, process_index=p, process_count=2).train, 3)
             for p in (0, 1)]
-  for batch, first_half, second_half in zip(whole, *halves):
-    for key in batch:
-      np.testing.assert_array_equal(batch[key], np.concatenate([first_half[key],
-                                                                second_half[key]]))
+  assert_halves_make_the_whole(whole, halves)
 
 
 def test_grain_epochs_cover_the_split_in_a_new_order_each_time(data_dir):
