@@ -21,16 +21,15 @@ TRAIN_IMAGES = 50_000
 def get_config():
   # The DeiT recipe of configs/vit_b16_imagenet.py on CIFAR-10, with ViT-S/16.
   c = config_base.load_config_file(pathlib.Path(__file__).with_name('vit_b16_imagenet.py'))
-  c.batch_size = 512
-  epochs = 300
-  # 20 eval batches: the whole 10,000-image test split (padding weighs 0).
-  c.update(num_train_steps=epochs * TRAIN_IMAGES // c.batch_size,  # 29,296
-           eval_every_steps=1_000, checkpoint_every_steps=1_000, num_eval_batches=20)
-
   c.dataset.update(name='cifar10', shuffle_buffer_size=50_000)
-
   c.model.update(vit.size_config('S/16'))
 
+  # Its epochs, evaluations and learning rate at batch 512. 20 eval batches: the whole
+  # 10,000-image test split (padding weighs 0).
+  c.batch_size = 512
+  epochs = 300
+  c.update(num_train_steps=epochs * TRAIN_IMAGES // c.batch_size,  # 29,296
+           eval_every_steps=1_000, checkpoint_every_steps=1_000, num_eval_batches=20)
   c.optimizer.learning_rate = 5e-4 * c.batch_size / 512
   c.optimizer.warmup_steps = 5 * TRAIN_IMAGES // c.batch_size
   return c
