@@ -22,18 +22,10 @@ def get_config():
   # Trainer --config.key=value overrides for every run: the markov data and batch of
   # configs/sweeps/tiny_isoflop.py, then the schedule.
   c.overrides = sweep.overrides[:3] + (
-      'num_train_steps=300',
-      'optimizer.warmup_steps=30',
-      'optimizer.schedule=cosine',
-      'model.num_layers=2',
-      'model.num_heads=4',
-      'eval_every_steps=300',
-      'log_every_steps=100',
-      'num_eval_batches=4',
-      'checkpoint_every_steps=300',
-      'keep_checkpoints=1',
-      'async_checkpointing=False',
-  )
+      'num_train_steps=300', 'optimizer.warmup_steps=30', 'optimizer.schedule=cosine',
+      'model.num_layers=2', 'model.num_heads=4',
+      'eval_every_steps=300', 'log_every_steps=100', 'num_eval_batches=4',
+      'checkpoint_every_steps=300', 'keep_checkpoints=1', 'async_checkpointing=False')
   c.widths = (32, 64, 128)               # d_model of each model (heads keep their number).
   c.mlp_ratio = 4                        # mlp_dim = mlp_ratio * d_model.
   c.learning_rates = (2 ** -9, 2 ** -8, 2 ** -7, 2 ** -6, 2 ** -5, 2 ** -4)  # Factors of 2.

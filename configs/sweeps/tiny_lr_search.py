@@ -20,18 +20,11 @@ def get_config():
   # Trainer --config.key=value overrides for every trial: the IsoFLOP sweep's markov data, batch
   # and eval batches, then one model and its schedule.
   c.overrides = sweep.overrides[:4] + (
-      'model.num_layers=2',
-      'model.d_model=32',
-      'model.num_heads=4',
-      'model.mlp_dim=128',
-      'num_train_steps=200',
-      'optimizer.warmup_steps=10',
-      'optimizer.schedule=cosine',
-      'eval_every_steps=40',             # Eval rows the pruner reads as they are written.
-      'log_every_steps=40',
-      'checkpoint_every_steps=40',
-      'async_checkpointing=False',
-  )
+      'model.num_layers=2', 'model.d_model=32', 'model.num_heads=4', 'model.mlp_dim=128',
+      'num_train_steps=200', 'optimizer.warmup_steps=10', 'optimizer.schedule=cosine',
+      # Eval rows the pruner reads as they are written.
+      'eval_every_steps=40', 'log_every_steps=40', 'checkpoint_every_steps=40',
+      'async_checkpointing=False')
 
   c.search = ml_collections.ConfigDict()
   c.search.method = 'tpe'                # 'grid' | 'random' | 'tpe' (Bayesian, Optuna's TPE)
