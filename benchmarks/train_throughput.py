@@ -19,7 +19,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxscale import config_validation, flops, objectives, optim, sharding, steps, train
+from jaxscale import config_validation, flops, objectives, sharding
+
+import step_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -73,15 +75,8 @@ def main(argv):
   config = _CONFIG.value
   config_validation.validate(config, num_devices=jax.device_count())
   task, host_batch = _synthetic_batch(config, np.random.default_rng(0))
-  mesh = sharding.make_mesh(config.mesh)
-  optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps,
-                                          config.model)
-  graphdef, state, state_shardings = train.create_train_state(config, mesh, optimizer)
-  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
-  train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
-                                      sharding.replicated(mesh), config.optimizer.grad_accum_steps,
-                                      objective=objectives.make(task, config),
-                                      activation_rules=sharding.activation_rules(mesh, config.mesh))
+  mesh, state, _, batch_sharding, train_step = step_setup.sharded_train_step(
+      config, objective=objectives.make(task, config), constrain_activations=True)
   batch = sharding.global_batch(host_batch, batch_sharding)
 
   start = time.perf_counter()
