@@ -28,7 +28,9 @@ from ml_collections import config_flags
 
 from jaxscale.checkpoint import checkpointing
 from jaxscale.core import sharding
-from jaxscale.train import checks, experiment, optim, steps
+from jaxscale.train import checks
+
+import step_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -92,13 +94,7 @@ def main(argv):
   if not config.model.vocab_size:
     config.model.vocab_size = 256
   config.keep_checkpoints = 2
-  mesh = sharding.make_mesh(config.mesh)
-  optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps,
-                                          config.model)
-  graphdef, state, state_shardings = experiment.create_train_state(config, mesh, optimizer)
-  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
-  train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
-                                      sharding.replicated(mesh), config.optimizer.grad_accum_steps)
+  _, state, state_shardings, batch_sharding, train_step = step_setup.sharded_train_step(config)
   seq_len, vocab = config.dataset.seq_len, config.model.vocab_size
   tokens = np.random.default_rng(0).integers(0, vocab, (config.batch_size, seq_len + 1), np.int32)
   batch = sharding.global_batch(

@@ -9,26 +9,19 @@ per point and a last line with, per stack kind, each depth's compile time over t
 
 import json
 import os
-import pathlib
-import subprocess
-import sys
 
 from absl import app, flags
+
+import throughput_row
 
 _CONFIG = flags.DEFINE_string('config', 'configs/bench_small.py', 'Experiment config file.')
 _LAYERS = flags.DEFINE_list('layers', ['4', '8', '16', '32'], 'Depths to compile.')
 
-THROUGHPUT = pathlib.Path(__file__).with_name('train_throughput.py')
-
-
 def compile_seconds(num_layers: int, scan_layers: bool) -> float:
   env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
-  result = subprocess.run(
-      [sys.executable, str(THROUGHPUT), f'--config={_CONFIG.value}',
-       f'--config.model.num_layers={num_layers}', f'--config.model.scan_layers={scan_layers}',
-       '--steps=1', '--warmup=0'],
-      env=env, capture_output=True, text=True, check=True)
-  row = json.loads(result.stdout.strip().splitlines()[-1])
+  row = throughput_row.run(
+      [f'--config={_CONFIG.value}', f'--config.model.num_layers={num_layers}',
+       f'--config.model.scan_layers={scan_layers}', '--steps=1', '--warmup=0'], env=env)
   return row['compile_s']
 
 

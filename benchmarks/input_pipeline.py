@@ -11,22 +11,19 @@ accelerator the step gets faster while the pipeline stays on the host's CPUs, so
 """
 
 import json
-import pathlib
-import subprocess
 import sys
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
+import throughput_row
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _BATCHES = flags.DEFINE_integer('batches', 300, 'Pipeline batches timed after the first.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Train steps timed (median, after compilation).')
 flags.mark_flags_as_required(['config'])
-
-THROUGHPUT = pathlib.Path(__file__).with_name('train_throughput.py')
-
 
 def pipeline_batches_per_s(config) -> dict:
   from jaxscale.data import get_datasets  # noqa: PLC0415  (loads TensorFlow)
@@ -44,10 +41,7 @@ def pipeline_batches_per_s(config) -> dict:
 
 
 def step_per_s(config_path: str, overrides: list[str]) -> dict:
-  result = subprocess.run(
-      [sys.executable, str(THROUGHPUT), f'--config={config_path}', f'--steps={_STEPS.value}',
-       *overrides], capture_output=True, text=True, check=True)
-  return json.loads(result.stdout.strip().splitlines()[-1])
+  return throughput_row.run([f'--config={config_path}', f'--steps={_STEPS.value}', *overrides])
 
 
 def main(argv):

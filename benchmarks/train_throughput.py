@@ -22,7 +22,9 @@ from ml_collections import config_flags
 from jaxscale import objectives
 from jaxscale.core import sharding
 from jaxscale.metrics import flops
-from jaxscale.train import checks, experiment, optim, steps
+from jaxscale.train import checks
+
+import step_setup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -76,15 +78,8 @@ def main(argv):
   config = _CONFIG.value
   checks.validate(config, num_devices=jax.device_count())
   task, host_batch = _synthetic_batch(config, np.random.default_rng(0))
-  mesh = sharding.make_mesh(config.mesh)
-  optimizer, lr_fn = optim.make_optimizer(config.optimizer, config.num_train_steps,
-                                          config.model)
-  graphdef, state, state_shardings = experiment.create_train_state(config, mesh, optimizer)
-  batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
-  train_step, _ = steps.compile_steps(graphdef, optimizer, lr_fn, state_shardings, batch_sharding,
-                                      sharding.replicated(mesh), config.optimizer.grad_accum_steps,
-                                      objective=objectives.make(task, config),
-                                      activation_rules=sharding.activation_rules(mesh, config.mesh))
+  mesh, state, _, batch_sharding, train_step = step_setup.sharded_train_step(
+      config, objective=objectives.make(task, config), constrain_activations=True)
   batch = sharding.global_batch(host_batch, batch_sharding)
 
   start = time.perf_counter()

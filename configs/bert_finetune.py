@@ -10,37 +10,32 @@ Every encoder parameter is loaded from the pretrain run; the classifier head is 
 `--config.dataset.train_fraction=0.1`. `configs/bert_lora.py` trains low-rank adapters instead.
 """
 
+import pathlib
+
 from jaxscale.config import config_base
-from jaxscale.data import special_tokens
 
 
 def get_config():
-  c = config_base.get_base_config()
+  c = config_base.load_config_file(pathlib.Path(__file__).with_name('bert_pretrain.py'))
+  base = config_base.get_base_config()
   c.num_train_steps = 300
-  c.batch_size = 32
   c.log_every_steps = 25
   c.eval_every_steps = 100
-  c.checkpoint_every_steps = 300
   c.num_eval_batches = 15             # 480 slots: the whole validation split (461 snippets).
 
-  c.dataset.name = 'stdlib_packages'
-  c.dataset.seq_len = 128             # CLS + the snippet's first 127 bytes.
+  c.objective = base.objective        # The dataset's: classification.
+  c.mlm = base.mlm
+
+  c.dataset.name = 'stdlib_packages'  # seq_len 128: CLS + the snippet's first 127 bytes.
 
   c.init_from.workdir = 'workdirs/bert_pretrain'
   c.init_from.reinit = ('^head',)     # The classifier is new; everything else must load.
 
-  c.model.name = 'encoder'
-  c.model.vocab_size = special_tokens.BYTE_VOCAB_WITH_SPECIALS
-  c.model.num_layers = 4
-  c.model.d_model = 128
-  c.model.num_heads = 4
-  c.model.mlp_dim = 512
-  c.model.mlp_activation = 'gelu'
   c.model.num_classes = 0             # 0: from the dataset (16).
   c.model.pooling = 'cls'
 
   c.optimizer.learning_rate = 3e-4
   c.optimizer.warmup_steps = 30
-  c.optimizer.weight_decay = 0.01
+  c.optimizer.b2 = base.optimizer.b2
   c.optimizer.lr_multipliers = (('^head', 10.0),)  # The fresh head learns faster.
   return c

@@ -8,33 +8,26 @@ bytes plus the pad, CLS and mask ids (jaxscale.data.special_tokens), shared with
 classification datasets, so the embedding table transfers as it is.
 """
 
+import pathlib
+
 from jaxscale.config import config_base
 from jaxscale.data import special_tokens
 
 
 def get_config():
-  c = config_base.get_base_config()
-  c.num_train_steps = 600
-  c.batch_size = 32
-  c.log_every_steps = 50
-  c.eval_every_steps = 200
-  c.checkpoint_every_steps = 300
-  c.num_eval_batches = 4
+  # The model of configs/default.py as a bidirectional encoder.
+  c = config_base.load_config_file(pathlib.Path(__file__).with_name('default.py'))
+  c.update(num_train_steps=600, batch_size=32, eval_every_steps=200, checkpoint_every_steps=300,
+           num_eval_batches=4)
 
   c.objective = 'mlm'                 # BERT's 15% of tokens, 80/10/10 mask/random/kept.
   c.mlm.mask_rate = 0.15
   c.mlm.base_vocab_size = special_tokens.NUM_BYTES
 
-  c.dataset.name = 'python_stdlib'
   c.dataset.seq_len = 128
 
   c.model.name = 'encoder'            # Bidirectional attention, the transformer's blocks.
   c.model.vocab_size = special_tokens.BYTE_VOCAB_WITH_SPECIALS
-  c.model.num_layers = 4
-  c.model.d_model = 128
-  c.model.num_heads = 4
-  c.model.mlp_dim = 512
-  c.model.mlp_activation = 'gelu'
 
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 60

@@ -8,15 +8,10 @@ from jaxscale.config import config_base
 
 def get_config():
   c = config_base.get_base_config()
-  c.num_train_steps = 500
-  c.batch_size = 16
-  c.log_every_steps = 50
-  c.eval_every_steps = 125
-  c.checkpoint_every_steps = 250
-  c.num_eval_batches = 8
+  c.update(num_train_steps=500, batch_size=16, log_every_steps=50, eval_every_steps=125,
+           checkpoint_every_steps=250, num_eval_batches=8)
 
-  c.dataset.name = 'python_stdlib'
-  c.dataset.seq_len = 256
+  c.dataset.update(name='python_stdlib', seq_len=256)
 
   c.model.num_layers = 4
   c.model.d_model = 128

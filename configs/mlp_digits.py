@@ -13,16 +13,11 @@ from jaxscale.config import config_base
 
 def get_config():
   c = config_base.get_base_config()
-  c.num_train_steps = 600
-  c.batch_size = 64
-  c.log_every_steps = 50
-  c.eval_every_steps = 200
-  c.checkpoint_every_steps = 300
-  c.num_eval_batches = 5           # 320 slots for the 300 test images (the rest weigh 0).
+  # 5 eval batches: 320 slots for the 300 test images (the rest weigh 0).
+  c.update(num_train_steps=600, batch_size=64, log_every_steps=50, eval_every_steps=200,
+           checkpoint_every_steps=300, num_eval_batches=5)
 
-  c.dataset.name = 'digits'
-  c.dataset.image_size = 8
-  c.dataset.shuffle_buffer_size = 2048
+  c.dataset.update(name='digits', image_size=8, shuffle_buffer_size=2048)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'mlp'

@@ -19,18 +19,13 @@ def get_config():
   c = config_base.get_base_config()
   c.batch_size = 128
   epochs = 200
-  c.num_train_steps = epochs * TRAIN_IMAGES // c.batch_size   # 78,125
-  c.log_every_steps = 100
-  c.eval_every_steps = 2_000
-  c.checkpoint_every_steps = 2_000
-  c.num_eval_batches = 79          # The whole 10,000-image test split (padding weighs 0).
+  # 79 eval batches: the whole 10,000-image test split (padding weighs 0).
+  c.update(num_train_steps=epochs * TRAIN_IMAGES // c.batch_size,  # 78,125
+           log_every_steps=100, eval_every_steps=2_000, checkpoint_every_steps=2_000,
+           num_eval_batches=79)
 
-  c.dataset.name = 'cifar10'
-  c.dataset.image_size = 32
-  c.dataset.shuffle_buffer_size = 50_000
-  c.dataset.crop = 'pad_and_crop'
-  c.dataset.crop_padding = 4
-  c.dataset.flip = True
+  c.dataset.update(name='cifar10', image_size=32, shuffle_buffer_size=50_000, crop='pad_and_crop',
+                   crop_padding=4, flip=True)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'resnet'

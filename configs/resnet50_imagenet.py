@@ -9,7 +9,7 @@ crops at 224 plus flips, bf16 compute. Needs `imagenet2012` prepared in the TFDS
 (manual download; see the TFDS catalog page), e.g. --config.dataset.data_dir=gs://BUCKET/tfds.
 """
 
-import ml_collections
+import pathlib
 
 from jaxscale.config import config_base
 
@@ -17,38 +17,23 @@ TRAIN_IMAGES = 1_281_167
 
 
 def get_config():
-  c = config_base.get_base_config()
+  # The SGD recipe of configs/resnet18_cifar10.py at ImageNet's scale.
+  c = config_base.load_config_file(pathlib.Path(__file__).with_name('resnet18_cifar10.py'))
   c.batch_size = 1024
   epochs = 90
-  c.num_train_steps = epochs * TRAIN_IMAGES // c.batch_size   # 112,597
-  c.log_every_steps = 100
-  c.eval_every_steps = 5_000
-  c.checkpoint_every_steps = 5_000
-  c.num_eval_batches = 49          # The whole 50,000-image validation split (padding weighs 0).
+  # 49 eval batches: the whole 50,000-image validation split (padding weighs 0).
+  c.update(num_train_steps=epochs * TRAIN_IMAGES // c.batch_size,  # 112,597
+           eval_every_steps=5_000, checkpoint_every_steps=5_000, num_eval_batches=49)
 
-  c.dataset.name = 'imagenet2012'
-  c.dataset.image_size = 224
-  c.dataset.shuffle_buffer_size = 16_384
-  c.dataset.crop = 'random_resized_crop'
-  c.dataset.flip = True
+  c.dataset.update(name='imagenet2012', image_size=224, shuffle_buffer_size=16_384,
+                   crop='random_resized_crop')
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = 'resnet'
-  c.model.num_classes = 0
-  c.model.image_size = 0
   c.model.depth = 50
-  c.model.width = 64
   c.model.stem = 'imagenet'
-  c.model.dtype = 'bfloat16'
 
-  c.optimizer.name = 'sgd'
   c.optimizer.learning_rate = 0.1 * c.batch_size / 256
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = True
   c.optimizer.weight_decay = 1e-4
   c.optimizer.warmup_steps = 5 * TRAIN_IMAGES // c.batch_size
-  c.optimizer.min_lr_ratio = 0.0
-  c.optimizer.grad_clip_norm = 0.0
   c.label_smoothing = 0.1
   # Data parallel over all chips; FSDP is unnecessary for 25.6M parameters.
   return c

@@ -11,40 +11,24 @@ statistics start fresh and follow the new data. From scratch for comparison: `--
 `--config.optimizer.frozen="('^(?!head)',)"`. benchmarks/transfer.py compares them.
 """
 
-import ml_collections
+import pathlib
 
 from jaxscale.config import config_base
 
-MODEL = dict(name='resnet', num_classes=0, image_size=0, depth=18, width=16, stem='cifar')
-
 
 def get_config():
-  c = config_base.get_base_config()
+  c = config_base.load_config_file(pathlib.Path(__file__).with_name('resnet_digits_pretrain.py'))
   c.num_train_steps = 300
-  c.batch_size = 64
-  c.log_every_steps = 50
   c.eval_every_steps = 100
-  c.checkpoint_every_steps = 300
-  c.keep_checkpoints = 1
-  c.num_eval_batches = 3           # 192 slots for the 149 test images of classes 5-9.
+  c.checkpoint_every_steps = 300   # num_eval_batches 3: 192 slots for the 149 test images of 5-9.
 
-  c.dataset.name = 'digits'
   c.dataset.classes = (5, 6, 7, 8, 9)
-  c.dataset.image_size = 8
-  c.dataset.shuffle_buffer_size = 2048
+  c.dataset.crop = 'none'          # No augmentation.
+  c.dataset.crop_padding = config_base.get_base_config().dataset.crop_padding
 
   c.init_from.workdir = 'workdirs/resnet_digits_pretrain'
   c.init_from.reinit = ('^head',)  # head.kernel, head.bias: new classes; everything else loads.
 
-  c.model = ml_collections.ConfigDict(MODEL)
-
-  c.optimizer.name = 'sgd'
   c.optimizer.learning_rate = 0.01  # A tenth of the pretrain's: keep the features it learned.
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = True
-  c.optimizer.weight_decay = 5e-4
-  c.optimizer.warmup_steps = 30
-  c.optimizer.min_lr_ratio = 0.0
-  c.optimizer.grad_clip_norm = 0.0
   c.optimizer.lr_multipliers = (('^head', 10.0),)  # The fresh head learns faster.
   return c

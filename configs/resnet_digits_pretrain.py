@@ -10,38 +10,20 @@ configs/vit_digits_pretrain.py at this scale (a linear probe on 2 labels per new
 accuracy), so benchmarks/transfer.py uses this pair for its image task.
 """
 
-import ml_collections
+import pathlib
 
 from jaxscale.config import config_base
 
-MODEL = dict(name='resnet', num_classes=0, image_size=0, depth=18, width=16, stem='cifar')
-
 
 def get_config():
-  c = config_base.get_base_config()
-  c.num_train_steps = 600
-  c.batch_size = 64
-  c.log_every_steps = 50
-  c.eval_every_steps = 200
-  c.checkpoint_every_steps = 600
-  c.keep_checkpoints = 1
-  c.num_eval_batches = 3           # 192 slots for the 151 test images of classes 0-4.
+  c = config_base.load_config_file(pathlib.Path(__file__).with_name('resnet_digits.py'))
+  # 3 eval batches: 192 slots for the 151 test images of classes 0-4.
+  c.update(num_train_steps=600, eval_every_steps=200, checkpoint_every_steps=600,
+           keep_checkpoints=1, num_eval_batches=3)
 
-  c.dataset.name = 'digits'
   c.dataset.classes = (0, 1, 2, 3, 4)
   c.dataset.image_size = 8
-  c.dataset.shuffle_buffer_size = 2048
-  c.dataset.crop = 'pad_and_crop'  # 1-pixel shifts: a more general representation to transfer.
-  c.dataset.crop_padding = 1
+  c.dataset.crop_padding = 1       # 1-pixel shifts: a more general representation to transfer.
 
-  c.model = ml_collections.ConfigDict(MODEL)
-
-  c.optimizer.name = 'sgd'
-  c.optimizer.learning_rate = 0.1
-  c.optimizer.momentum = 0.9
-  c.optimizer.nesterov = True
-  c.optimizer.weight_decay = 5e-4
   c.optimizer.warmup_steps = 30
-  c.optimizer.min_lr_ratio = 0.0
-  c.optimizer.grad_clip_norm = 0.0
   return c

@@ -10,6 +10,8 @@ stochastic depth 0.1, which jaxscale does not implement. Parameters are FSDP-sha
 `fsdp` mesh axis when --config.mesh.fsdp > 1.
 """
 
+import pathlib
+
 import ml_collections
 
 from jaxscale.config import config_base
@@ -19,20 +21,12 @@ TRAIN_IMAGES = 1_281_167
 
 
 def get_config():
-  c = config_base.get_base_config()
-  c.batch_size = 1024
+  # ImageNet, batch, evaluation, crops, flips and label smoothing as configs/resnet50_imagenet.py;
+  # DeiT's schedule, augmentation, model and optimizer.
+  c = config_base.load_config_file(pathlib.Path(__file__).with_name('resnet50_imagenet.py'))
   epochs = 300
   c.num_train_steps = epochs * TRAIN_IMAGES // c.batch_size   # 375,341
-  c.log_every_steps = 100
-  c.eval_every_steps = 5_000
-  c.checkpoint_every_steps = 5_000
-  c.num_eval_batches = 49          # The whole 50,000-image validation split (padding weighs 0).
 
-  c.dataset.name = 'imagenet2012'
-  c.dataset.image_size = 224
-  c.dataset.shuffle_buffer_size = 16_384
-  c.dataset.crop = 'random_resized_crop'
-  c.dataset.flip = True
   c.dataset.randaugment_layers = 2
   c.dataset.randaugment_magnitude = 9
   c.dataset.mixup_alpha = 0.8
@@ -45,12 +39,11 @@ def get_config():
   c.model.pooling = 'cls'
   c.model.dtype = 'bfloat16'
 
+  c.optimizer = config_base.get_base_config().optimizer
   c.optimizer.name = 'adamw'
   c.optimizer.learning_rate = 5e-4 * c.batch_size / 512
   c.optimizer.b2 = 0.999
   c.optimizer.weight_decay = 0.05
   c.optimizer.warmup_steps = 5 * TRAIN_IMAGES // c.batch_size
   c.optimizer.min_lr_ratio = 0.0
-  c.optimizer.grad_clip_norm = 1.0
-  c.label_smoothing = 0.1
   return c

@@ -7,6 +7,8 @@ The representation it learns is then finetuned on the other five digits, labels 
 8x8 images in 2x2 patches: 16 patch tokens and a class token, width 64, 4 blocks.
 """
 
+import pathlib
+
 import ml_collections
 
 from jaxscale.config import config_base
@@ -16,24 +18,11 @@ MODEL = dict(name='vit', num_classes=0, image_size=0, patch_size=2, width=64, de
 
 
 def get_config():
-  c = config_base.get_base_config()
-  c.num_train_steps = 600
-  c.batch_size = 64
-  c.log_every_steps = 50
-  c.eval_every_steps = 200
-  c.checkpoint_every_steps = 600
-  c.keep_checkpoints = 1
-  c.num_eval_batches = 3           # 192 slots for the 151 test images of classes 0-4.
-
-  c.dataset.name = 'digits'
-  c.dataset.classes = (0, 1, 2, 3, 4)
-  c.dataset.image_size = 8
-  c.dataset.shuffle_buffer_size = 2048
-  c.dataset.crop = 'pad_and_crop'  # 1-pixel shifts: a more general representation to transfer.
-  c.dataset.crop_padding = 1
-
+  # The data and schedule of configs/resnet_digits_pretrain.py; a ViT trained by AdamW.
+  c = config_base.load_config_file(pathlib.Path(__file__).with_name('resnet_digits_pretrain.py'))
   c.model = ml_collections.ConfigDict(MODEL)
 
+  c.optimizer = config_base.get_base_config().optimizer
   c.optimizer.name = 'adamw'
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 50

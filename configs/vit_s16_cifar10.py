@@ -10,7 +10,7 @@ scaling-study baseline, not a SOTA recipe. For native 32x32 input use
 `--config.dataset.image_size=32 --config.model.patch_size=4` (64 patches).
 """
 
-import ml_collections
+import pathlib
 
 from jaxscale.config import config_base
 from jaxscale.models import vit
@@ -19,38 +19,17 @@ TRAIN_IMAGES = 50_000
 
 
 def get_config():
-  c = config_base.get_base_config()
+  # The DeiT recipe of configs/vit_b16_imagenet.py on CIFAR-10, with ViT-S/16.
+  c = config_base.load_config_file(pathlib.Path(__file__).with_name('vit_b16_imagenet.py'))
+  c.dataset.update(name='cifar10', shuffle_buffer_size=50_000)
+  c.model.update(vit.size_config('S/16'))
+
+  # Its epochs, evaluations and learning rate at batch 512. 20 eval batches: the whole
+  # 10,000-image test split (padding weighs 0).
   c.batch_size = 512
   epochs = 300
-  c.num_train_steps = epochs * TRAIN_IMAGES // c.batch_size   # 29,296
-  c.log_every_steps = 100
-  c.eval_every_steps = 1_000
-  c.checkpoint_every_steps = 1_000
-  c.num_eval_batches = 20          # The whole 10,000-image test split (padding weighs 0).
-
-  c.dataset.name = 'cifar10'
-  c.dataset.image_size = 224
-  c.dataset.shuffle_buffer_size = 50_000
-  c.dataset.crop = 'random_resized_crop'
-  c.dataset.flip = True
-  c.dataset.randaugment_layers = 2
-  c.dataset.randaugment_magnitude = 9
-  c.dataset.mixup_alpha = 0.8
-  c.dataset.cutmix_alpha = 1.0
-
-  c.model = ml_collections.ConfigDict(vit.size_config('S/16'))
-  c.model.name = 'vit'
-  c.model.num_classes = 0
-  c.model.image_size = 0
-  c.model.pooling = 'cls'
-  c.model.dtype = 'bfloat16'
-
-  c.optimizer.name = 'adamw'
+  c.update(num_train_steps=epochs * TRAIN_IMAGES // c.batch_size,  # 29,296
+           eval_every_steps=1_000, checkpoint_every_steps=1_000, num_eval_batches=20)
   c.optimizer.learning_rate = 5e-4 * c.batch_size / 512
-  c.optimizer.b2 = 0.999
-  c.optimizer.weight_decay = 0.05
   c.optimizer.warmup_steps = 5 * TRAIN_IMAGES // c.batch_size
-  c.optimizer.min_lr_ratio = 0.0
-  c.optimizer.grad_clip_norm = 1.0
-  c.label_smoothing = 0.1
   return c

@@ -12,3 +12,34 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.pytest_cache', 'jax_cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+
+
+# Runs several test modules start from: trained once per session (per worker under xdist). Tests
+# only read their workdirs.
+import pytest  # noqa: E402  (after the environment above, before JAX is imported)
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A TFDS data dir for the session: each dataset is prepared in it once."""
+  return tmp_path_factory.mktemp('tfds')
+
+
+@pytest.fixture(scope='session')
+def tiny_lm_run(data_dir, tmp_path_factory):
+  """(workdir, summary) of a 2-layer LM on the markov source (vocabulary 32), 10 steps with one
+  checkpoint at 10."""
+  from jaxscale.train import loop  # noqa: PLC0415  (JAX after the environment above)
+  from tests.helpers import short_markov_config  # noqa: PLC0415
+  workdir = tmp_path_factory.mktemp('tiny_lm')
+  return workdir, loop.run(short_markov_config(data_dir), str(workdir))
+
+
+@pytest.fixture(scope='session')
+def digits_mlp_run(data_dir, tmp_path_factory):
+  """(workdir, summary) of configs/mlp_digits.py's MLP at hidden width 64, 150 steps, evaluated
+  and saved at the end."""
+  from jaxscale.train import loop  # noqa: PLC0415
+  from tests.helpers import digits_mlp_config  # noqa: PLC0415
+  workdir = tmp_path_factory.mktemp('mlp_digits')
+  return workdir, loop.run(digits_mlp_config(data_dir), str(workdir))

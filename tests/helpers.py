@@ -1,44 +1,54 @@
 """Small configs and batches shared by the tests."""
 
-import importlib.util
 import itertools
 import pathlib
 
 import numpy as np
+import pytest
 
 from jaxscale.config import config_base
 
 CONFIG_DIR = pathlib.Path(__file__).parent.parent / 'configs'
 
 
+# A 2-layer, d_model 32 LM that trains in seconds on CPU.
+TINY = {
+    'num_train_steps': 20, 'batch_size': 8, 'log_every_steps': 5, 'eval_every_steps': 10,
+    'checkpoint_every_steps': 10, 'num_eval_batches': 2, 'dataset.seq_len': 16,
+    'model.vocab_size': 64, 'model.num_layers': 2, 'model.d_model': 32, 'model.num_heads': 4,
+    'model.mlp_dim': 64, 'optimizer.warmup_steps': 2,
+}
+
+
 def tiny_config(**overrides):
-  """A 2-layer, d_model 32 LM config that trains in seconds on CPU."""
-  c = config_base.get_base_config()
-  c.num_train_steps = 20
-  c.batch_size = 8
-  c.log_every_steps = 5
-  c.eval_every_steps = 10
-  c.checkpoint_every_steps = 10
-  c.num_eval_batches = 2
-  c.model.vocab_size = 64
-  c.model.num_layers = 2
-  c.model.d_model = 32
-  c.model.num_heads = 4
-  c.model.mlp_dim = 64
-  c.dataset.seq_len = 16
-  c.optimizer.warmup_steps = 2
-  return apply_overrides(c, overrides)
+  """The base config with `TINY`'s settings, then `overrides` (dotted keys)."""
+  return config_base.set_existing_keys(config_base.get_base_config(), {**TINY, **overrides})
 
 
-def apply_overrides(config, overrides: dict):
-  """Sets each 'a.b.c' key of `overrides` in `config` (like --config.a.b.c=value); returns it."""
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+def markov_config(data_dir, **overrides):
+  """`tiny_config` on the markov source in `data_dir` (its vocabulary, 32), one eval batch."""
+  return tiny_config(**{
+      'dataset.name': 'markov', 'dataset.data_dir': str(data_dir), 'model.vocab_size': 0,
+      'num_eval_batches': 1, **overrides})
+
+
+def short_markov_config(data_dir, **overrides):
+  """`markov_config` for 10 steps, evaluated and saved at 10 (conftest's `tiny_lm_run`)."""
+  return markov_config(data_dir, **{
+      'num_train_steps': 10, 'eval_every_steps': 10, 'checkpoint_every_steps': 10, **overrides})
+
+
+def digits_config(data_dir, **overrides):
+  """configs/mlp_digits.py with its data in `data_dir`, and `overrides`."""
+  return load_config_file('mlp_digits', **{'dataset.data_dir': str(data_dir), **overrides})
+
+
+def digits_mlp_config(data_dir, **overrides):
+  """`digits_config` at hidden width 64 for 150 steps, evaluated and saved at 150 (conftest's
+  `digits_mlp_run`)."""
+  return digits_config(data_dir, **{
+      'model.hidden_dims': (64,), 'num_train_steps': 150, 'eval_every_steps': 150,
+      'checkpoint_every_steps': 150, 'log_every_steps': 10, **overrides})
 
 
 def random_batch(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0):
@@ -61,12 +71,47 @@ def assert_same_batches(first, second):
       np.testing.assert_array_equal(a[key], b[key])
 
 
+def assert_halves_make_the_whole(whole, halves):
+  """Each of the `whole` global batches is its two processes' `halves` (two lists of batches)
+  stacked, row for row."""
+  for batch, first_half, second_half in zip(whole, *halves):
+    for key in batch:
+      np.testing.assert_array_equal(batch[key], np.concatenate([first_half[key],
+                                                                second_half[key]]))
+
+
+def assert_iterator_checkpoint_resumes(make_dataset, tmp_path, *, skip: int, take: int):
+  """A tf.data iterator of `make_dataset()` checkpointed after `skip` batches restores into a new
+  one (of a second `make_dataset()`) that yields the same next `take` batches."""
+  import tensorflow as tf  # noqa: PLC0415  (loads TensorFlow)
+  iterator = iter(make_dataset())
+  for _ in range(skip):
+    next(iterator)
+  path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'iterator'))
+  expected = [{k: v.numpy() for k, v in next(iterator).items()} for _ in range(take)]
+  resumed = iter(make_dataset())
+  tf.train.Checkpoint(iterator=resumed).read(path).assert_consumed()
+  assert_same_batches(expected, [{k: v.numpy() for k, v in next(resumed).items()}
+                                 for _ in range(take)])
+
+
 def load_config_file(name: str, **overrides):
   """`configs/<name>.py`'s get_config(), with dotted-key overrides."""
-  spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return apply_overrides(module.get_config(), overrides)
+  return config_base.set_existing_keys(config_base.load_config_file(CONFIG_DIR / f'{name}.py'),
+                                       overrides)
+
+
+def straight_and_resumed(config, tmp_path, monkeypatch, *, interrupt_after: int):
+  """Summaries of `config` run uninterrupted in `tmp_path/'straight'` and, in
+  `tmp_path/'resumed'`, stopped right after saving step `interrupt_after`, then resumed."""
+  from jaxscale.checkpoint import checkpointing  # noqa: PLC0415  (JAX after conftest's environment)
+  from jaxscale.train import loop
+  straight = loop.run(config, str(tmp_path / 'straight'))
+  real_save = interrupt_after_saving(monkeypatch, step=interrupt_after)
+  with pytest.raises(KeyboardInterrupt):
+    loop.run(config, str(tmp_path / 'resumed'))
+  monkeypatch.setattr(checkpointing, 'save', real_save)
+  return straight, loop.run(config, str(tmp_path / 'resumed'))
 
 
 def interrupt_after_saving(monkeypatch, step: int):

@@ -16,35 +16,20 @@ import pytest
 from flax import nnx
 
 from jaxscale import objectives
-from jaxscale.checkpoint import checkpointing
 from jaxscale.compress import __main__ as cli, quantize
 from jaxscale.core import param_paths
 from jaxscale.inference import ptq, sampling
 from jaxscale.metrics import writers
 from jaxscale.models import build
-from jaxscale.train import loop
-from tests.helpers import interrupt_after_saving, load_config_file, random_batch, tiny_config
+from tests.helpers import digits_mlp_config, random_batch, straight_and_resumed, tiny_config
 
 ROOT = pathlib.Path(__file__).parent.parent
 
 
-def _digits_config(data_dir, **overrides):
-  return load_config_file('mlp_digits', **{
-      'dataset.data_dir': str(data_dir), 'model.hidden_dims': (64,), 'num_train_steps': 150,
-      'eval_every_steps': 150, 'checkpoint_every_steps': 150, 'log_every_steps': 10,
-      **overrides})
-
-
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
-
-
-@pytest.fixture(scope='module')
-def trained_run(data_dir, tmp_path_factory):
+def trained_run(digits_mlp_run):
   """A float MLP trained on digits to well above chance."""
-  workdir = tmp_path_factory.mktemp('mlp_digits')
-  summary = loop.run(_digits_config(data_dir), str(workdir))
+  workdir, summary = digits_mlp_run
   assert summary['eval_accuracy'] > 0.9, summary
   return workdir, summary
 
@@ -107,8 +92,8 @@ def test_a_bad_workdir_is_a_clear_error(tmp_path, capsys):
 
 
 def test_qat_fake_quantizes_the_forward_and_passes_gradients_straight_through():
-  config = _digits_config('', **{'quantization.mode': 'qat', 'model.num_classes': 10,
-                                 'model.image_size': 8})
+  config = digits_mlp_config('', **{'quantization.mode': 'qat', 'model.num_classes': 10,
+                                    'model.image_size': 8})
   model = build.build_model(config.model, seed=0)
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.normal(size=(16, 8, 8, 3)), jnp.float32),
@@ -134,20 +119,14 @@ def test_qat_fake_quantizes_the_forward_and_passes_gradients_straight_through():
 
 
 def test_qat_trains_and_resumes_exactly_with_float_checkpoints(data_dir, tmp_path, monkeypatch):
-  config = _digits_config(data_dir, **{
+  config = digits_mlp_config(data_dir, **{
       'quantization.mode': 'qat', 'num_train_steps': 30, 'eval_every_steps': 15,
       'checkpoint_every_steps': 15, 'optimizer.warmup_steps': 5})
-  straight = loop.run(config, str(tmp_path / 'straight'))
+  straight, resumed = straight_and_resumed(config, tmp_path, monkeypatch, interrupt_after=15)
   losses = [r['train_loss'] for r in writers.read_jsonl(tmp_path / 'straight' / 'metrics.jsonl')
             if 'train_loss' in r and 'eval_loss' not in r]
   assert losses[-1] < 0.5 * losses[0], losses
   assert straight['eval_accuracy'] > 0.5, straight
-
-  real_save = interrupt_after_saving(monkeypatch, step=15)
-  with pytest.raises(KeyboardInterrupt):
-    loop.run(config, str(tmp_path / 'resumed'))
-  monkeypatch.setattr(checkpointing, 'save', real_save)
-  resumed = loop.run(config, str(tmp_path / 'resumed'))
   assert resumed['eval_loss'] == straight['eval_loss']
 
   checkpointer = ocp.StandardCheckpointer()

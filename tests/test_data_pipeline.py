@@ -6,13 +6,12 @@ import re
 from absl import app
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from jaxscale.config.config_base import get_base_config
 from jaxscale.data import (
     DATASETS, add_array_record, get_datasets, indexed, indexed_text_pipeline, prepare, text)
 from jaxscale.data.builders import python_stdlib
-from tests.helpers import assert_same_batches, first_batches
+from tests.helpers import assert_iterator_checkpoint_resumes, assert_same_batches, first_batches
 
 SEQ_LEN = 64
 BATCH = 8
@@ -132,17 +131,7 @@ def test_eval_packs_real_validation_files_back_to_back(stdlib_config):
 def test_tfdata_train_iterator_resumes_exactly_from_a_checkpoint(stdlib_config, tmp_path):
   config = stdlib_config.copy_and_resolve_references()
   config.loader = 'tfdata'
-  iterator = iter(_load(config).train)
-  for _ in range(5):
-    next(iterator)
-  path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'iterator'))
-  expected = [next(iterator) for _ in range(3)]
-  resumed = iter(_load(config).train)
-  tf.train.Checkpoint(iterator=resumed).read(path).assert_consumed()
-  for want in expected:
-    got = next(resumed)
-    for key in want:
-      np.testing.assert_array_equal(want[key].numpy(), got[key].numpy())
+  assert_iterator_checkpoint_resumes(lambda: _load(config).train, tmp_path, skip=5, take=3)
 
 
 def _grain_config(stdlib_config, shuffle_buffer_size):

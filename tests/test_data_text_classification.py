@@ -5,7 +5,6 @@ import collections
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from jaxscale.config import validation
@@ -15,7 +14,8 @@ from jaxscale.config.config_base import get_base_config
 from jaxscale.data import get_datasets, special_tokens, subsets
 from jaxscale.data.builders import python_stdlib
 from jaxscale.data.builders import stdlib_packages as stdlib_packages_builder
-from tests.helpers import assert_same_batches, first_batches, tiny_config
+from tests.helpers import (assert_halves_make_the_whole, assert_iterator_checkpoint_resumes,
+                           assert_same_batches, first_batches, tiny_config)
 
 BATCH = 8
 SEQ_LEN = 64
@@ -136,10 +136,7 @@ def test_eval_holds_every_example_once_in_stored_order(data_dir, splits):
   halves = [first_batches(_load(config, local_batch_size=BATCH // 2, num_eval_batches=num_batches,
                                 process_index=p, process_count=2).eval, num_batches)
             for p in (0, 1)]
-  for whole, first_half, second_half in zip(batches, *halves):
-    for key in whole:
-      np.testing.assert_array_equal(whole[key], np.concatenate([first_half[key],
-                                                                 second_half[key]]))
+  assert_halves_make_the_whole(batches, halves)
 
 
 def test_train_is_deterministic_for_a_seed(data_dir):
@@ -193,15 +190,7 @@ def test_train_fraction_shards_the_subset_over_processes(data_dir):
 @pytest.mark.parametrize('train_fraction', [1.0, 0.5])
 def test_iterator_checkpoint_resumes_the_same_batches(data_dir, tmp_path, train_fraction):
   config = _config(data_dir, train_fraction=train_fraction)
-  iterator = iter(_load(config).train)
-  for _ in range(3):
-    next(iterator)
-  path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'iterator'))
-  expected = [{k: v.numpy() for k, v in next(iterator).items()} for _ in range(2)]
-  resumed = iter(_load(config).train)
-  tf.train.Checkpoint(iterator=resumed).read(path).assert_consumed()
-  assert_same_batches(expected, [{k: v.numpy() for k, v in next(resumed).items()}
-                                 for _ in range(2)])
+  assert_iterator_checkpoint_resumes(lambda: _load(config).train, tmp_path, skip=3, take=2)
 
 
 def test_train_fraction_applies_to_images(tmp_path_factory):

@@ -12,7 +12,8 @@ from jaxscale.config.config_base import get_base_config
 from jaxscale.data import (
     DATASETS, augment, get_datasets, indexed, indexed_image_pipeline, prepare, vision)
 from jaxscale.data.builders import digits as digits_builder
-from tests.helpers import assert_same_batches, first_batches, tiny_config
+from tests.helpers import (assert_halves_make_the_whole, assert_iterator_checkpoint_resumes,
+                           assert_same_batches, first_batches, tiny_config)
 
 BATCH = 8
 SIZE = 16
@@ -132,10 +133,7 @@ def test_eval_is_fixed_padded_and_split_over_processes(data_dir):
   # Two processes: each holds its rows of the same global batches.
   halves = [first_batches(_load(config, local_batch_size=32, num_eval_batches=5, process_index=p,
                          process_count=2).eval, 10) for p in (0, 1)]
-  for whole, first_half, second_half in zip(batches, *halves):
-    for key in whole:
-      np.testing.assert_array_equal(whole[key],
-                                    np.concatenate([first_half[key], second_half[key]]))
+  assert_halves_make_the_whole(batches, halves)
 
 
 def test_eval_takes_the_first_images_when_the_split_is_larger(data_dir):
@@ -252,15 +250,7 @@ def test_a_missing_real_dataset_says_how_to_prepare_it(tmp_path):
 def test_tfdata_iterator_checkpoint_resumes_the_same_batches(data_dir, tmp_path):
   config = _digits_config(data_dir, crop='random_resized_crop', flip=True, mixup_alpha=0.4,
                           cutmix_alpha=1.0, randaugment_layers=1, loader='tfdata')
-  iterator = iter(_load(config).train)
-  for _ in range(3):
-    next(iterator)
-  path = tf.train.Checkpoint(iterator=iterator).write(str(tmp_path / 'iterator'))
-  expected = [{k: v.numpy() for k, v in next(iterator).items()} for _ in range(2)]
-  resumed = iter(_load(config).train)
-  tf.train.Checkpoint(iterator=resumed).read(path).assert_consumed()
-  assert_same_batches(expected, [{k: v.numpy() for k, v in next(resumed).items()}
-                                  for _ in range(2)])
+  assert_iterator_checkpoint_resumes(lambda: _load(config).train, tmp_path, skip=3, take=2)
 
 
 def test_grain_state_is_a_batch_count_and_resumes_the_same_batches(data_dir):
@@ -283,10 +273,7 @@ def test_grain_global_batches_do_not_depend_on_the_process_count(data_dir):
   whole = first_batches(_load(config, local_batch_size=2 * BATCH).train, 3)
   halves = [first_batches(_load(config, process_index=p, process_count=2).train, 3)
             for p in (0, 1)]
-  for batch, first_half, second_half in zip(whole, *halves):
-    for key in batch:
-      np.testing.assert_array_equal(batch[key], np.concatenate([first_half[key],
-                                                                second_half[key]]))
+  assert_halves_make_the_whole(whole, halves)
 
 
 def test_grain_epochs_cover_the_split_in_a_new_order_each_time(data_dir):

@@ -20,7 +20,7 @@ from jaxscale.inference import sampling
 from jaxscale.metrics import flops, writers
 from jaxscale.models import build
 from jaxscale.train import experiment, loop
-from tests.helpers import load_config_file, random_batch, tiny_config
+from tests.helpers import digits_config, random_batch, tiny_config
 
 # The student sees 5% of the digits' training labels (75 images); the teacher was trained on all
 # of them, so its soft labels on those images carry what the student's hard labels lack.
@@ -29,9 +29,8 @@ STUDENT = {'num_train_steps': 100, 'dataset.train_fraction': 0.05, 'model.hidden
 
 
 def _digits(data_dir, **overrides):
-  return load_config_file('mlp_digits', **{
-      'dataset.data_dir': str(data_dir), 'log_every_steps': 20, 'eval_every_steps': 1000,
-      'checkpoint_every_steps': 1000, **overrides})
+  return digits_config(data_dir, **{'log_every_steps': 20, 'eval_every_steps': 1000,
+                                    'checkpoint_every_steps': 1000, **overrides})
 
 
 def _host(params) -> dict[str, np.ndarray]:
@@ -40,15 +39,9 @@ def _host(params) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
-
-
-@pytest.fixture(scope='module')
-def teacher(data_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('teacher')
-  loop.run(_digits(data_dir, num_train_steps=150, **{'model.hidden_dims': (64,)}), str(workdir))
-  return workdir
+def teacher(digits_mlp_run):
+  """The MLP at hidden width 64, trained on all the labels."""
+  return digits_mlp_run[0]
 
 
 @pytest.fixture(scope='module')

@@ -8,35 +8,21 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from jaxscale.checkpoint import checkpointing
 from jaxscale.core import param_paths
 from jaxscale.metrics import writers
 from jaxscale.models import build, lora
 from jaxscale.train import experiment, loop, steps
-from tests.helpers import interrupt_after_saving, tiny_config
-
-
-def _markov_config(data_dir, **overrides):
-  return tiny_config(**{
-      'dataset.name': 'markov', 'dataset.data_dir': str(data_dir), 'model.vocab_size': 0,
-      'batch_size': 8, 'dataset.seq_len': 16, 'num_eval_batches': 1, **overrides})
+from tests.helpers import markov_config, straight_and_resumed
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
-
-
-@pytest.fixture(scope='module')
-def base_run(data_dir, tmp_path_factory):
+def base_run(tiny_lm_run):
   """A pretrained tiny LM to adapt."""
-  workdir = tmp_path_factory.mktemp('base')
-  loop.run(_markov_config(data_dir, num_train_steps=10, checkpoint_every_steps=10), str(workdir))
-  return workdir
+  return tiny_lm_run[0]
 
 
 def _lora_config(data_dir, base_run, **overrides):
-  return _markov_config(data_dir, **{
+  return markov_config(data_dir, **{
       'init_from.workdir': str(base_run), 'lora.rank': 2, 'lora.alpha': 4.0,
       'lora.targets': ('qkv', 'out_HxKxD', 'mlp_out'), 'optimizer.learning_rate': 1e-2,
       'num_train_steps': 8, 'checkpoint_every_steps': 4, 'eval_every_steps': 8, **overrides})
@@ -82,12 +68,7 @@ def test_only_adapters_train_and_the_checkpoint_holds_just_them(
 
 def test_a_resumed_lora_run_equals_an_uninterrupted_one(data_dir, base_run, tmp_path, monkeypatch):
   config = _lora_config(data_dir, base_run)
-  straight = loop.run(config, str(tmp_path / 'straight'))
-  real_save = interrupt_after_saving(monkeypatch, step=4)
-  with pytest.raises(KeyboardInterrupt):
-    loop.run(config, str(tmp_path / 'resumed'))
-  monkeypatch.setattr(checkpointing, 'save', real_save)
-  resumed = loop.run(config, str(tmp_path / 'resumed'))
+  straight, resumed = straight_and_resumed(config, tmp_path, monkeypatch, interrupt_after=4)
   assert resumed['eval_loss'] == straight['eval_loss']
   rows = {name: [r['train_loss'] for r in writers.read_jsonl(tmp_path / name / 'metrics.jsonl')
                  if 'train_loss' in r and 'eval_loss' not in r and r['step'] > 4]
@@ -121,9 +102,9 @@ def test_merged_weights_give_the_logits_of_the_adapted_model(data_dir, base_run,
 
 
 def test_scanned_layers_get_one_stacked_adapter_per_weight(data_dir, tmp_path):
-  config = _markov_config(data_dir, **{'model.scan_layers': True, 'lora.rank': 2,
-                                       'num_train_steps': 4, 'eval_every_steps': 4,
-                                       'checkpoint_every_steps': 4})
+  config = markov_config(data_dir, **{'model.scan_layers': True, 'lora.rank': 2,
+                                      'num_train_steps': 4, 'eval_every_steps': 4,
+                                      'checkpoint_every_steps': 4})
   built = experiment.build(config, str(tmp_path))
   names = _named_host(built.state.params)
   adapters = {n: v for n, v in names.items() if lora.ADAPTER_NAME.search(n)}

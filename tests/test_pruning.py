@@ -10,16 +10,14 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from jaxscale.checkpoint import checkpointing
 from jaxscale.compress import pruning
 from jaxscale.config import config_base
 from jaxscale.config.validation import ConfigError
 from jaxscale.core import param_paths
 from jaxscale.metrics import writers
 from jaxscale.models import build
-from jaxscale.train import loop
 from jaxscale.train.checks import validate
-from tests.helpers import interrupt_after_saving, load_config_file, tiny_config
+from tests.helpers import load_config_file, straight_and_resumed, tiny_config
 
 SCHEDULE = {'start_step': 2, 'end_step': 14, 'update_every': 4}  # Masks at 2, 6, 10, 14.
 
@@ -168,12 +166,7 @@ def _saved_state(workdir, step):
 def test_a_pruned_run_logs_its_sparsity_saves_zeros_and_resumes_exactly(tmp_path, monkeypatch):
   data_dir = tmp_path / 'tfds'
   config = _pruned_digits(data_dir)
-  straight = loop.run(config, str(tmp_path / 'straight'))
-  real_save = interrupt_after_saving(monkeypatch, step=8)
-  with pytest.raises(KeyboardInterrupt):
-    loop.run(config, str(tmp_path / 'resumed'))
-  monkeypatch.setattr(checkpointing, 'save', real_save)
-  resumed = loop.run(config, str(tmp_path / 'resumed'))
+  straight, resumed = straight_and_resumed(config, tmp_path, monkeypatch, interrupt_after=8)
 
   assert resumed['eval_loss'] == straight['eval_loss']
   final = {name: _saved_state(tmp_path / name, 16) for name in ('straight', 'resumed')}

@@ -19,7 +19,7 @@ from jaxscale.config import input_errors, validation
 from jaxscale.core import sharding
 from jaxscale.metrics import memory, writers
 from jaxscale.train import checks, experiment, loop, optim, steps
-from tests.helpers import random_batch, tiny_config
+from tests.helpers import markov_config, random_batch, tiny_config
 
 
 def _host(tree):
@@ -32,14 +32,7 @@ def _assert_trees_equal(a, b):
 
 
 def _markov_config(data_dir, **overrides):
-  return tiny_config(**{
-      'dataset.name': 'markov', 'dataset.data_dir': str(data_dir), 'model.vocab_size': 0,
-      'batch_size': 8, 'dataset.seq_len': 32, 'num_eval_batches': 1, **overrides})
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
+  return markov_config(data_dir, **{'dataset.seq_len': 32, **overrides})
 
 
 # ---------------------------------------------------------------- non-finite updates

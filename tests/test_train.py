@@ -12,22 +12,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxscale.checkpoint import checkpointing
 from jaxscale.metrics import writers
 from jaxscale.train import loop
-from tests.helpers import tiny_config, interrupt_after_saving
+from tests.helpers import markov_config, straight_and_resumed, tiny_config
 
 
 def _markov_config(data_dir, **overrides):
-  return tiny_config(**{
-      'dataset.name': 'markov', 'dataset.data_dir': str(data_dir), 'model.vocab_size': 0,
+  return markov_config(data_dir, **{
       'batch_size': 16, 'dataset.seq_len': 64, 'model.d_model': 64, 'model.mlp_dim': 128,
-      'optimizer.learning_rate': 1e-2, **overrides})
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
+      'optimizer.learning_rate': 1e-2, 'num_eval_batches': 2, **overrides})
 
 
 def test_loss_falls_toward_the_known_entropy(data_dir, tmp_path):
@@ -62,13 +55,7 @@ def test_every_eval_records_the_numbers_a_scaling_fit_needs(data_dir, tmp_path):
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
   config = _markov_config(data_dir)
-  straight = loop.run(config, str(tmp_path / 'straight'))
-
-  real_save = interrupt_after_saving(monkeypatch, step=10)
-  with pytest.raises(KeyboardInterrupt):
-    loop.run(config, str(tmp_path / 'resumed'))
-  monkeypatch.setattr(checkpointing, 'save', real_save)
-  resumed = loop.run(config, str(tmp_path / 'resumed'))
+  straight, resumed = straight_and_resumed(config, tmp_path, monkeypatch, interrupt_after=10)
 
   assert resumed['eval_loss'] == straight['eval_loss']
   rows = {name: {r['step']: r for r in writers.read_jsonl(tmp_path / name / 'metrics.jsonl')

@@ -24,18 +24,10 @@ from jaxscale.metrics import writers
 from jaxscale.models import build
 from jaxscale.objectives import mlm_masking
 from jaxscale.train import experiment, loop, optim, steps
-from tests.helpers import load_config_file, tiny_config
+from tests.helpers import load_config_file, short_markov_config, tiny_config
 
 REPO = pathlib.Path(__file__).parent.parent
 REINIT_BLOCK = (r'^blocks\.1\.',)
-
-
-def _lm_config(data_dir, **overrides):
-  """A 2-layer LM on the markov source (vocabulary 32), 10 steps with one checkpoint at 10."""
-  return tiny_config(**{
-      'dataset.name': 'markov', 'dataset.data_dir': str(data_dir), 'model.vocab_size': 0,
-      'num_train_steps': 10, 'eval_every_steps': 10, 'checkpoint_every_steps': 10,
-      'num_eval_batches': 1, **overrides})
 
 
 def _host(params) -> dict[str, np.ndarray]:
@@ -59,23 +51,17 @@ def _fresh_params(config) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
-
-
-@pytest.fixture(scope='module')
-def source(data_dir, tmp_path_factory):
+def source(tiny_lm_run):
   """(workdir, summary) of a trained tiny LM: the run the others start from."""
-  workdir = tmp_path_factory.mktemp('source')
-  return workdir, loop.run(_lm_config(data_dir), str(workdir))
+  return tiny_lm_run
 
 
 @pytest.fixture(scope='module')
 def transferred(data_dir, source, tmp_path_factory):
   """An experiment built from `source` with block 1 reinitialised (nothing trained)."""
   workdir = tmp_path_factory.mktemp('transferred')
-  config = _lm_config(data_dir, **{'init_from.workdir': str(source[0]),
-                                   'init_from.reinit': REINIT_BLOCK})
+  config = short_markov_config(data_dir, **{'init_from.workdir': str(source[0]),
+                                            'init_from.reinit': REINIT_BLOCK})
   return experiment.build(config, str(workdir))
 
 
@@ -115,7 +101,8 @@ def test_reinitialised_parameters_are_a_fresh_init_not_the_source(source, transf
 
 def test_a_shape_mismatch_raises_naming_the_parameter_and_both_shapes_and_writes_nothing(
     data_dir, source, tmp_path):
-  config = _lm_config(data_dir, **{'model.vocab_size': 48, 'init_from.workdir': str(source[0])})
+  config = short_markov_config(data_dir, **{'model.vocab_size': 48,
+                                            'init_from.workdir': str(source[0])})
   with pytest.raises(init_from.InitFromError, match=r'embed_VxD: shape \(32, 32\) in the source, '
                      r'\(48, 32\) in this model'):
     experiment.build(config, str(tmp_path / 'run'))
@@ -150,7 +137,7 @@ def test_a_head_the_source_lacks_raises_naming_it_unless_reinitialised(source):
 
 
 def test_resume_wins_over_init_from(data_dir, source, tmp_path):
-  config = _lm_config(data_dir, **{'init_from.workdir': str(source[0])})
+  config = short_markov_config(data_dir, **{'init_from.workdir': str(source[0])})
   loop.run(config, str(tmp_path))
   report_file = tmp_path / init_from.REPORT_FILE
   report_text, report_mtime = report_file.read_text(), report_file.stat().st_mtime_ns
@@ -175,7 +162,7 @@ FROZEN = (r'^embed', r'^blocks\.0\.')
 
 def test_frozen_parameters_stay_bit_identical_and_hold_no_optimizer_moments(
     data_dir, source, tmp_path):
-  config = _lm_config(data_dir, **{'optimizer.frozen': FROZEN})
+  config = short_markov_config(data_dir, **{'optimizer.frozen': FROZEN})
   summary = loop.run(config, str(tmp_path))
   state = _fresh_state(workdir_lib.read_config(tmp_path))  # Resolved: the vocabulary filled in.
   initial, final = _host(state.params), _checkpoint_params(tmp_path)

@@ -8,28 +8,24 @@ prints one JSON line per run, then per parametrisation the optimum per width and
 doubling of width, and writes the loss-vs-LR plot (sweeps/lr_transfer/lr_transfer.png).
 """
 
+import pathlib
+
 import ml_collections
+
+from jaxscale.config import config_base
 
 
 def get_config():
+  sweep = config_base.load_config_file(pathlib.Path(__file__).with_name('tiny_isoflop.py'))
   c = ml_collections.ConfigDict()
-  c.base_config = 'configs/default.py'  # Run config every run starts from (repo-relative).
-  c.overrides = (                        # Trainer --config.key=value overrides for every run.
-      'dataset.name=markov',
-      'dataset.seq_len=64',
-      'batch_size=16',
-      'num_train_steps=300',
-      'optimizer.warmup_steps=30',
-      'optimizer.schedule=cosine',
-      'model.num_layers=2',
-      'model.num_heads=4',
-      'eval_every_steps=300',
-      'log_every_steps=100',
-      'num_eval_batches=4',
-      'checkpoint_every_steps=300',
-      'keep_checkpoints=1',
-      'async_checkpointing=False',
-  )
+  c.base_config = sweep.base_config     # Run config every run starts from (repo-relative).
+  # Trainer --config.key=value overrides for every run: the markov data and batch of
+  # configs/sweeps/tiny_isoflop.py, then the schedule.
+  c.overrides = sweep.overrides[:3] + (
+      'num_train_steps=300', 'optimizer.warmup_steps=30', 'optimizer.schedule=cosine',
+      'model.num_layers=2', 'model.num_heads=4',
+      'eval_every_steps=300', 'log_every_steps=100', 'num_eval_batches=4',
+      'checkpoint_every_steps=300', 'keep_checkpoints=1', 'async_checkpointing=False')
   c.widths = (32, 64, 128)               # d_model of each model (heads keep their number).
   c.mlp_ratio = 4                        # mlp_dim = mlp_ratio * d_model.
   c.learning_rates = (2 ** -9, 2 ** -8, 2 ** -7, 2 ** -6, 2 ** -5, 2 ** -4)  # Factors of 2.

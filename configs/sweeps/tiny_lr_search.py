@@ -6,29 +6,25 @@ cores.
   python -m jaxscale.hparams best sweeps/lr_search
 """
 
+import pathlib
+
 import ml_collections
+
+from jaxscale.config import config_base
 
 
 def get_config():
+  sweep = config_base.load_config_file(pathlib.Path(__file__).with_name('tiny_isoflop.py'))
   c = ml_collections.ConfigDict()
-  c.base_config = 'configs/default.py'  # Run config every trial starts from (repo-relative).
-  c.overrides = (                        # Trainer --config.key=value overrides for every trial.
-      'dataset.name=markov',
-      'dataset.seq_len=64',
-      'batch_size=16',
-      'num_eval_batches=8',
-      'model.num_layers=2',
-      'model.d_model=32',
-      'model.num_heads=4',
-      'model.mlp_dim=128',
-      'num_train_steps=200',
-      'optimizer.warmup_steps=10',
-      'optimizer.schedule=cosine',
-      'eval_every_steps=40',             # Eval rows the pruner reads as they are written.
-      'log_every_steps=40',
-      'checkpoint_every_steps=40',
-      'async_checkpointing=False',
-  )
+  c.base_config = sweep.base_config     # Run config every trial starts from (repo-relative).
+  # Trainer --config.key=value overrides for every trial: the IsoFLOP sweep's markov data, batch
+  # and eval batches, then one model and its schedule.
+  c.overrides = sweep.overrides[:4] + (
+      'model.num_layers=2', 'model.d_model=32', 'model.num_heads=4', 'model.mlp_dim=128',
+      'num_train_steps=200', 'optimizer.warmup_steps=10', 'optimizer.schedule=cosine',
+      # Eval rows the pruner reads as they are written.
+      'eval_every_steps=40', 'log_every_steps=40', 'checkpoint_every_steps=40',
+      'async_checkpointing=False')
 
   c.search = ml_collections.ConfigDict()
   c.search.method = 'tpe'                # 'grid' | 'random' | 'tpe' (Bayesian, Optuna's TPE)
