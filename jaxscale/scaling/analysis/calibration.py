@@ -8,8 +8,17 @@ finite-sample (n + 1) correction) sets the interval at any distance:
 
   predicted * exp(+-q * s(d)).
 
+The error model and the quantile rest on separate errors: backtest errors come in blocks, one
+per rolling origin, and errors within a block share that origin's fit (they are dependent). Each
+block's scores are taken against a line fitted to the OTHER blocks only (leave-one-origin-out
+cross-fitting), so the line never shapes the scores it is judged by; the line stored for use is
+fitted to all blocks. With a single block there is nothing to cross-fit against: the model is a
+constant scale (which cancels from the interval, leaving the plain conformal quantile of
+|log error|).
+
 So the stated coverage is the coverage the backtest observed, at the distances it observed. A
-request beyond the largest backtested distance extrapolates the line, and says so.
+request beyond the largest backtested distance d_max extrapolates: the scale grows at least in
+proportion to distance, s(d) >= s(d_max) * d / d_max, and the request says so.
 """
 
 import math
@@ -31,24 +40,35 @@ def min_errors(nominal=NOMINAL_COVERAGE) -> int:
   return math.ceil(nominal / (1 - nominal) - 1e-9)
 
 
-def fit(distances, log_errors, nominal=NOMINAL_COVERAGE) -> dict:
-  """The error model and conformal quantile (a JSON-ready dict) from backtest errors."""
+def fit(distances, log_errors, nominal=NOMINAL_COVERAGE, groups=None) -> dict:
+  """The error model and conformal quantile (a JSON-ready dict) from backtest errors; `groups`
+  labels each error's block (its rolling origin), for the cross-fitted scores."""
   distances, sizes = np.asarray(distances, float), np.abs(np.asarray(log_errors, float))
+  groups = np.zeros(len(sizes), int) if groups is None else np.asarray(groups)
   keep = np.isfinite(distances) & np.isfinite(sizes)
-  distances, sizes = distances[keep], sizes[keep]
+  distances, sizes, groups = distances[keep], sizes[keep], groups[keep]
   if sizes.size == 0:
     raise ValueError('No backtest errors to calibrate on: too few compute budgets to hold any out.')
-  slope, scale = 0.0, float(np.mean(sizes))
-  if np.ptp(distances) > 0 and sizes.size >= 3:
-    slope, scale = np.polyfit(distances, sizes, 1)
-    slope = max(float(slope), 0.0)  # Errors do not shrink with distance.
-    scale = float(np.mean(sizes - slope * distances))
-  scale = max(scale, MIN_SCALE)
-  scores = sizes / _size(scale, slope, distances)
+  blocks = np.unique(groups)
+  if len(blocks) < 2:
+    scale, slope = max(float(np.mean(sizes)), MIN_SCALE), 0.0
+    scores = sizes / scale
+    how = 'one block of errors: constant scale, plain conformal quantile'
+  else:
+    scale, slope = _line(distances, sizes)
+    scores = np.empty_like(sizes)
+    for block in blocks:
+      inside = groups == block
+      block_scale, block_slope = _line(distances[~inside], sizes[~inside])
+      scores[inside] = sizes[inside] / _size(block_scale, block_slope, distances[inside])
+    how = (f'{len(blocks)} origin blocks: each scored against the line fitted to the others '
+           '(leave-one-origin-out)')
   level = math.ceil((sizes.size + 1) * nominal) / sizes.size
   model = {'method': 'split-conformal on backtest errors, scaled by a linear error model in '
                      'log10 compute distance',
+           'error_model': how,
            'nominal_coverage': nominal, 'num_errors': int(sizes.size),
+           'num_blocks': int(len(blocks)),
            'scale': scale, 'slope': slope,
            'max_backtested_distance': float(distances.max())}
   if level > 1:
@@ -61,8 +81,29 @@ def fit(distances, log_errors, nominal=NOMINAL_COVERAGE) -> dict:
 
 def interval(model: dict, predicted, distance) -> list:
   """[low, high] around `predicted` at log10 compute distance `distance`."""
-  half = model['quantile'] * _size(model['scale'], model['slope'], max(float(distance), 0.0))
+  half = model['quantile'] * model_size(model, distance)
   return [float(predicted * math.exp(-half)), float(predicted * math.exp(half))]
+
+
+def model_size(model: dict, distance) -> float:
+  """s(d): the line within the backtested distances, growing at least in proportion to the
+  distance beyond them."""
+  distance = max(float(distance), 0.0)
+  size = float(_size(model['scale'], model['slope'], distance))
+  reach = model.get('max_backtested_distance', np.inf)
+  if 0 < reach < distance:
+    size = max(size, float(_size(model['scale'], model['slope'], reach)) * distance / reach)
+  return size
+
+
+def _line(distances, sizes) -> tuple[float, float]:
+  """(scale, slope) of s(d) = scale + slope * d fitted to |log errors|; slope >= 0 (errors do not
+  shrink with distance), scale >= MIN_SCALE; a constant where the distances do not vary."""
+  slope, scale = 0.0, float(np.mean(sizes))
+  if sizes.size >= 3 and np.ptp(distances) > 0:
+    slope = max(float(np.polyfit(distances, sizes, 1)[0]), 0.0)
+    scale = float(np.mean(sizes - slope * distances))
+  return max(scale, MIN_SCALE), slope
 
 
 def describe(model: dict, distance) -> dict:
