@@ -100,7 +100,7 @@ def refit_batch(fitted: Fit, log_x, log_y, weights, delta=lse_law.HUBER_DELTA):
   profiled = profile_starts(fitted.spec, log_x, log_y, weights, pinned, count=1)
   for row, counts in enumerate(np.asarray(weights)):
     drawn = np.repeat(np.arange(len(counts)), np.round(counts).astype(int))
-    if drawn.size <= np.sum(free):
+    if np.count_nonzero(np.round(counts)) <= np.sum(free):  # Fewer distinct points than unknowns.
       thetas[row] = np.nan
       continue
     starts = list(profiled[row]) + ([thetas[row]] if np.isfinite(objectives[row]) else [])

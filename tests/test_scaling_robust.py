@@ -1,0 +1,145 @@
+"""Fits that hold up on other people's tables: no traceback on bad data or diverging resamples,
+bootstrap refits that explore, degenerate fits passed over, column mapping, and where a
+prediction lies against the fitted compute range."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxscale.scaling import cli
+from jaxscale.scaling.analysis import calibration
+from jaxscale.scaling.analysis import predict
+from jaxscale.scaling.analysis import selection
+from jaxscale.scaling.laws import approach3
+from jaxscale.scaling.laws import forms
+from jaxscale.scaling.runs import synthetic
+from jaxscale.scaling.solvers import parametric_fit
+
+
+def run_cli(capsys, *argv):
+  code = cli.main([str(arg) for arg in argv])
+  captured = capsys.readouterr()
+  return code, (json.loads(captured.out) if captured.out.strip() else None), captured.err
+
+
+def write_csv(path, header, rows):
+  path.write_text('\n'.join([','.join(header)] + [','.join(map(str, row)) for row in rows]) + '\n')
+  return path
+
+
+def test_overflowing_parameters_read_as_infinite_not_a_traceback():
+  theta = np.array([800.0, 5.0, 0.3, 0.3, 0.5])  # exp(800) overflows float64.
+  assert forms.CHINCHILLA.to_params(theta)['A'] == float('inf')
+
+
+def test_a_resample_that_diverges_from_every_start_is_dropped_and_counted():
+  runs = synthetic.isoflop_runs(budgets=(1e18, 1e19, 1e20), sizes_per_budget=4, noise=0.01)
+  log_x, log_y = parametric_fit.log_columns(approach3.SPEC, runs)
+  best = parametric_fit.fit(approach3.SPEC, log_x, log_y, approach3.start_grid()[::50])
+  weights = np.ones((3, len(log_y)))
+  weights[1] = 0.0
+  weights[1, :2] = 6.0  # Two distinct points for five parameters: nothing to fit.
+  thetas = parametric_fit.refit_batch(best, log_x, log_y, weights)
+  assert parametric_fit.num_failed(thetas) == 1 and np.isnan(thetas[1]).all()
+  assert np.isfinite(thetas[[0, 2]]).all()
+
+
+def test_bootstrap_refits_explore_beyond_the_full_data_optimum():
+  """A resample refitted from a far-off point still reaches the optimum the profile grid finds:
+  the refit does not depend on where the full-data fit happened to land."""
+  runs = synthetic.isoflop_runs(noise=0.003, seed=3)
+  log_x, log_y = parametric_fit.log_columns(approach3.SPEC, runs)
+  best = parametric_fit.fit(approach3.SPEC, log_x, log_y, approach3.start_grid()[::20])
+  stranded = parametric_fit.Fit(best.spec, np.array([0.0, 0.0, 2.0, 2.0, -3.0]), np.inf,
+                                best.num_points, {})
+  weights = np.ones((1, len(log_y)))
+  refit = parametric_fit.refit_batch(stranded, log_x, log_y, weights)[0]
+  assert approach3.SPEC.to_params(refit)['alpha'] == pytest.approx(best.params['alpha'], abs=0.02)
+  assert approach3.SPEC.to_params(refit)['E'] == pytest.approx(best.params['E'], rel=0.02)
+
+
+@pytest.mark.parametrize('cell, row, what', [
+    ('nan', 3, 'empty or NaN'), ('', 3, 'empty or NaN'), ('-2.5', 3, 'not positive'),
+    ('0', 3, 'not positive'), ('oops', 3, 'not numeric')])
+def test_bad_cells_are_one_line_errors_naming_row_and_column(tmp_path, capsys, cell, row, what):
+  runs = synthetic.isoflop_runs(budgets=(1e18, 1e19, 1e20), sizes_per_budget=4)
+  rows = [[n, d, loss] for n, d, loss in zip(runs['N'], runs['D'], runs['loss'])]
+  rows[row - 1][2] = cell
+  path = write_csv(tmp_path / 'bad.csv', ['params', 'tokens', 'eval_loss'], rows)
+  code, output, error = run_cli(capsys, 'fit', '--csv', path, '--out', tmp_path / 'fit.json')
+  assert code == 2 and output is None
+  lines = [line for line in error.splitlines() if line.startswith('error:')]
+  assert len(lines) == 1 and 'Traceback' not in error
+  assert "'loss'" in lines[0] and f'row {row}' in lines[0] and what in lines[0]
+
+
+def test_columns_are_mapped_explicitly_or_by_common_names(tmp_path, capsys):
+  runs = synthetic.isoflop_runs(budgets=(1e18, 1e19, 1e20), sizes_per_budget=5, noise=0.002)
+  rows = list(zip(runs['N'], runs['D'], runs['C'], runs['loss'], runs['loss'] * 2))
+  header = ['n_params', 'tokens_seen', 'flops', 'eval/loss', 'train_loss']
+  path = write_csv(tmp_path / 'runs.csv', header, rows)
+  code, auto, error = run_cli(capsys, 'fit', '--csv', path, '--approach', 2, '--bootstrap', 0,
+                              '--out', tmp_path / 'auto.json')
+  assert code == 0, error
+  assert 'N=n_params, D=tokens_seen, C=flops, loss=eval/loss' in error
+  code, explicit, error = run_cli(
+      capsys, 'fit', '--csv', path, '--approach', 2, '--bootstrap', 0, '--columns',
+      'N=n_params,D=tokens_seen,C=flops,loss=train_loss', '--out', tmp_path / 'explicit.json')
+  assert code == 0 and 'loss=train_loss' in error
+  minima = lambda name: [point['loss'] for point in
+                         json.loads((tmp_path / name).read_text())['minima']]
+  assert np.allclose(minima('explicit.json'), 2 * np.array(minima('auto.json')), rtol=1e-3)
+  code, _, error = run_cli(capsys, 'fit', '--csv', path, '--columns', 'loss=nope', '--out',
+                           tmp_path / 'x.json')
+  assert code == 2 and "'nope'" in error
+
+
+def test_auto_passes_over_a_degenerate_form_and_says_why(monkeypatch):
+  runs = synthetic.frontier_runs(budgets=np.geomspace(1e17, 1e21, 6), sizes_per_budget=5,
+                                 noise=0.003, seed=2)
+  honest = selection.choose(runs)
+  real = selection._degenerate_flags
+  monkeypatch.setattr(selection, '_degenerate_flags', lambda runs, name, fixed: (
+      ['E = 9 is at or above the least loss'] if name == honest['chosen'] else
+      real(runs, name, fixed)))
+  chosen = selection.choose(runs)
+  assert chosen['chosen'] != honest['chosen']
+  assert 'passed over' in chosen['why'] and honest['chosen'] in chosen['why']
+  assert chosen['candidates'][honest['chosen']]['degenerate']
+
+
+def test_validate_defaults_to_auto():
+  args = cli._parser().parse_args(['validate', '--csv', 'runs.csv'])
+  assert args.law == 'auto'
+
+
+def test_predict_says_how_far_beyond_the_fitted_compute_a_request_lies():
+  record = {'law': 'chinchilla', 'approach': 3, **synthetic.HOFFMANN,
+            'flops_per_param_token': 6.0, 'fitted_min_C': 1e18, 'fitted_max_C': 1e20}
+  far = predict.at_compute(record, 1e22)
+  assert far['extrapolation_ratio'] == pytest.approx(100.0)
+  assert '100x the largest fitted compute' in far['compute_range']
+  assert 'inside the fitted range' in predict.at_compute(record, 1e19)['compute_range']
+
+
+def test_error_model_and_quantile_rest_on_separate_errors():
+  """Two origin blocks: one with errors growing with distance, one flat. Scored against a line
+  fitted to the other block only, the quantile is larger than the in-sample one would be, and the
+  interval still widens with distance (beyond the backtested reach too)."""
+  rng = np.random.default_rng(0)
+  distances = np.tile(np.linspace(0.1, 1.0, 20), 2)
+  sizes = np.concatenate([0.02 * np.linspace(0.1, 1.0, 20), np.full(20, 0.01)])
+  errors = sizes * rng.choice([-1, 1], size=40)
+  groups = np.repeat([0, 1], 20)
+  crossed = calibration.fit(distances, errors, 0.9, groups)
+  pooled = calibration.fit(distances, errors, 0.9)
+  assert crossed['num_blocks'] == 2 and 'leave-one-origin-out' in crossed['error_model']
+  scale, slope = crossed['scale'], crossed['slope']
+  in_sample = np.quantile(np.abs(errors) / (scale + slope * distances), 0.9 * 41 / 40,
+                          method='higher')
+  assert crossed['quantile'] > in_sample
+  assert pooled['slope'] == 0.0  # One block: nothing to cross-fit against, a constant scale.
+  widths = [np.diff(calibration.interval(crossed, 1.0, d))[0] for d in (0.2, 1.0, 2.0)]
+  assert widths[0] < widths[1] < widths[2]
+  assert widths[2] >= 1.9 * widths[1]  # Beyond the reach: at least in proportion to distance.
