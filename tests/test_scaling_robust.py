@@ -124,22 +124,29 @@ def test_predict_says_how_far_beyond_the_fitted_compute_a_request_lies():
 
 
 def test_error_model_and_quantile_rest_on_separate_errors():
-  """Two origin blocks: one with errors growing with distance, one flat. Scored against a line
-  fitted to the other block only, the quantile is larger than the in-sample one would be, and the
-  interval still widens with distance (beyond the backtested reach too)."""
+  """Each error is scored against the line fitted to the other fold (never its own), the folds
+  alternate along distance within each origin block, and the interval widens with distance,
+  beyond the backtested reach at least in proportion to it."""
   rng = np.random.default_rng(0)
-  distances = np.tile(np.linspace(0.1, 1.0, 20), 2)
-  sizes = np.concatenate([0.02 * np.linspace(0.1, 1.0, 20), np.full(20, 0.01)])
-  errors = sizes * rng.choice([-1, 1], size=40)
-  groups = np.repeat([0, 1], 20)
-  crossed = calibration.fit(distances, errors, 0.9, groups)
-  pooled = calibration.fit(distances, errors, 0.9)
-  assert crossed['num_blocks'] == 2 and 'leave-one-origin-out' in crossed['error_model']
-  scale, slope = crossed['scale'], crossed['slope']
-  in_sample = np.quantile(np.abs(errors) / (scale + slope * distances), 0.9 * 41 / 40,
-                          method='higher')
-  assert crossed['quantile'] > in_sample
-  assert pooled['slope'] == 0.0  # One block: nothing to cross-fit against, a constant scale.
-  widths = [np.diff(calibration.interval(crossed, 1.0, d))[0] for d in (0.2, 1.0, 2.0)]
+  distances = np.tile(np.linspace(0.1, 1.0, 12), 3)
+  groups = np.repeat([0, 1, 2], 12)
+  errors = (0.002 + 0.02 * distances) * rng.standard_normal(36)
+  model = calibration.fit(distances, errors, 0.9, groups)
+  assert 'cross-fitting' in model['error_model'] and model['num_blocks'] == 3
+  folds = calibration._folds(distances, groups)
+  for block in range(3):  # Both folds in every block, alternating along distance.
+    assert set(folds[groups == block]) == {0, 1}
+    assert np.all(np.diff(folds[groups == block]) != 0)
+  sizes = np.abs(errors)
+  scores = np.empty(36)
+  for fold in (0, 1):
+    scale, slope = calibration._line(distances[folds != fold], sizes[folds != fold])
+    scores[folds == fold] = sizes[folds == fold] / np.maximum(scale + slope * distances[folds == fold],
+                                                              calibration.MIN_SCALE)
+  in_sample = sizes / np.maximum(model['scale'] + model['slope'] * distances, calibration.MIN_SCALE)
+  level = np.ceil(37 * 0.9) / 36
+  assert model['quantile'] == pytest.approx(np.quantile(scores, level, method='higher'))
+  assert model['quantile'] != pytest.approx(np.quantile(in_sample, level, method='higher'))
+  widths = [np.diff(calibration.interval(model, 1.0, d))[0] for d in (0.2, 1.0, 2.0)]
   assert widths[0] < widths[1] < widths[2]
   assert widths[2] >= 1.9 * widths[1]  # Beyond the reach: at least in proportion to distance.

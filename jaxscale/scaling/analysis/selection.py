@@ -28,7 +28,7 @@ def fit(runs, law='chinchilla', approach=3, fixed=None, offset=True, num_bootstr
   runs = table_lib.checked_runs(runs)
   selection = None
   if law == 'auto':
-    selection = choose(runs, fixed)
+    selection = choose(runs, fixed, nominal)
     record = fit_form(runs, selection['chosen'], fixed, num_bootstrap, seed)
   else:
     record = fits.fit_runs(runs, law, approach, fixed, offset, num_bootstrap, seed)
@@ -78,15 +78,21 @@ def fit_form(runs, name, fixed, num_bootstrap, seed) -> dict:
           'flops_per_param_token': table_lib.flops_per_param_token(runs)}
 
 
-def choose(runs, fixed=None) -> dict:
-  """{'chosen': form, 'why': sentence, 'candidates': {form: scores or why not}}."""
-  candidates, predictions = {}, {}
+def choose(runs, fixed=None, nominal=calibration.NOMINAL_COVERAGE) -> dict:
+  """{'chosen': form, 'why': sentence, 'candidates': {form: scores or why not}}.
+
+  Among forms tied on error, one whose backtest gives enough errors to calibrate a `nominal`
+  interval is preferred to one that cannot state an interval, then the one with fewer
+  parameters."""
+  candidates, predictions, num_errors = {}, {}, {}
   for name, form in catalog.FORMS.items():
     why_not = form.why_not(runs, fixed)
     if why_not:
       candidates[name] = {'skipped': why_not}
       continue
-    predictions[name] = _best_run_predictions(runs, backtest.predictions(runs, name, fixed))
+    results = backtest.predictions(runs, name, fixed)
+    predictions[name] = _best_run_predictions(runs, results)
+    num_errors[name] = len(backtest.calibration_errors(results)[1])
     if not predictions[name]:
       candidates[name] = {'skipped': 'no rolling origin where it could be fitted'}
       del predictions[name]
@@ -99,7 +105,9 @@ def choose(runs, fixed=None) -> dict:
     errors = [abs(keyed[key]) for key in common]
     candidates[name] = {'mean_abs_relative_error': float(np.mean(errors)),
                         'num_predictions': len(errors),
-                        'num_params': catalog.FORMS[name].num_params}
+                        'num_params': catalog.FORMS[name].num_params,
+                        'num_backtest_errors': num_errors[name],
+                        'calibrated': num_errors[name] >= calibration.min_errors(nominal)}
   scored = {name: c for name, c in candidates.items() if 'skipped' not in c}
   passed_over = []
   while True:
@@ -124,15 +132,20 @@ def _rank_first(scored, num_common) -> tuple[str, str]:
   best_error = scored[best]['mean_abs_relative_error']
   tied = [name for name, c in scored.items()
           if c['mean_abs_relative_error'] <= best_error * (1 + TIE_MARGIN)]
-  chosen = min(tied, key=lambda name: (scored[name]['num_params'],
+  chosen = min(tied, key=lambda name: (not scored[name]['calibrated'],
+                                       scored[name]['num_params'],
                                        scored[name]['mean_abs_relative_error']))
   error = scored[chosen]['mean_abs_relative_error']
   why = (f'{chosen}: lowest backtested error, mean |relative error| {error:.3%} over '
          f'{num_common} out-of-sample predictions (each held-out budget\'s best run)')
   if chosen != best:
+    reason = (f'with fewer parameters ({scored[chosen]["num_params"]} vs '
+              f'{scored[best]["num_params"]})'
+              if scored[best]['calibrated'] or not scored[chosen]['calibrated'] else
+              f'and enough backtest errors ({scored[chosen]["num_backtest_errors"]}) for a '
+              f'calibrated interval, which {best} ({scored[best]["num_backtest_errors"]}) lacks')
     why = (f'{chosen}: backtested mean |relative error| {error:.3%}, within {TIE_MARGIN:.0%} of '
-           f'the lowest ({best}, {best_error:.3%}) with fewer parameters '
-           f'({scored[chosen]["num_params"]} vs {scored[best]["num_params"]}), over '
+           f'the lowest ({best}, {best_error:.3%}) {reason}, over '
            f'{num_common} out-of-sample predictions')
   return chosen, why
 

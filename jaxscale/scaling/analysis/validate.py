@@ -42,7 +42,7 @@ def validate(runs, holdout_fraction=HOLDOUT_FRACTION, fixed=None, num_bootstrap=
   chosen = None
   if law == 'auto':
     try:
-      chosen = selection.choose(train, fixed)
+      chosen = selection.choose(train, fixed, nominal)
     except ValueError as error:
       chosen = {'chosen': 'chinchilla', 'why': f'chinchilla: no form could be compared on the '
                                                f'training runs ({error})'}
