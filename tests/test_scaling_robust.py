@@ -150,3 +150,55 @@ def test_error_model_and_quantile_rest_on_separate_errors():
   widths = [np.diff(calibration.interval(model, 1.0, d))[0] for d in (0.2, 1.0, 2.0)]
   assert widths[0] < widths[1] < widths[2]
   assert widths[2] >= 1.9 * widths[1]  # Beyond the reach: at least in proportion to distance.
+
+
+# The README's tiny IsoFLOP sweep on `markov` (3 budgets x 4 sizes, as collected on 2 CPU cores):
+# its Approach 3 bootstrap used to stop on OverflowError in a diverging resample.
+TINY_SWEEP = (
+    'N,D,C,loss',
+    '7752,1550336,100015276032.0,1.890420988202095',
+    '25760,493568,100071899136.0,1.7990893870592117',
+    '39880,333824,99986964480.0,1.989741489291191',
+    '84816,161792,99902029824.0,2.9083033204078674',
+    '14712,2411520,300031672320.0,1.438858762383461',
+    '39880,1001472,299960893440.0,1.3090847432613373',
+    '84816,485376,299706089472.0,1.443861499428749',
+    '152824,276480,300244008960.0,1.781238168478012',
+    '25760,4932608,1000096137216.0,1.2275437712669373',
+    '59160,2244608,999838187520.0,1.1903972625732422',
+    '152824,920576,999701348352.0,1.219389259815216',
+    '251784,578560,999751680000.0,1.2757750451564789',
+)
+
+
+def test_readme_tiny_sweep_fits_and_predicts_without_a_traceback(tmp_path, capsys):
+  path = tmp_path / 'runs.csv'
+  path.write_text('\n'.join(TINY_SWEEP) + '\n')
+  fit_path = tmp_path / 'fit.json'
+  code, summary, error = run_cli(capsys, 'fit', '--csv', path, '--law', 'chinchilla',
+                                 '--approach', 3, '--out', fit_path, '--bootstrap', 30)
+  assert code == 0, error
+  record = json.loads(fit_path.read_text())
+  assert record['num_bootstrap'] + record['bootstrap_failed'] == 30
+  assert f'from {record["num_bootstrap"]}' in record['ci_basis']
+  assert all(np.isfinite(value) for value in (record['E'], record['alpha'], record['beta']))
+  code, result, error = run_cli(capsys, 'predict', '--fit', fit_path, '--compute', 1e13)
+  assert code == 0, error
+  assert result['extrapolation_ratio'] == pytest.approx(10.0, rel=0.01)
+  assert 'extrapolation: 1e+13 FLOPs is 10x the largest fitted compute' in error
+
+
+def test_the_tiny_sweep_resample_that_overflowed_is_refitted_or_dropped():
+  """Resample 762 of the default 1000 (seed 0) ran A to exp(797) from the full-data optimum,
+  which stopped `fit` with OverflowError; now it is refitted from the profile grid too, and the
+  result is a finite law or a counted failure."""
+  rows = [line.split(',') for line in TINY_SWEEP[1:]]
+  runs = {name: np.array([float(row[i]) for row in rows]) for i, name in enumerate(
+      TINY_SWEEP[0].split(','))}
+  log_x, log_y = parametric_fit.log_columns(approach3.SPEC, runs)
+  best = parametric_fit.fit(approach3.SPEC, log_x, log_y, approach3.start_grid())
+  counts = np.array([[0, 3, 0, 0, 0, 3, 0, 1, 2, 3, 0, 0]], float)
+  theta = parametric_fit.refit_batch(best, log_x, log_y, counts)[0]
+  if not np.isnan(theta).all():
+    params = best.resample_params(theta)
+    assert all(np.isfinite(value) for value in params.values()), params

@@ -32,6 +32,7 @@ from jaxscale.scaling.solvers import lse_law
 SCREEN_ITERATIONS = 15  # Stage 1, on every start: enough to rank the basins.
 POLISH_STARTS = 8       # Stage 2 finishes this many distinct stage-1 results in float64.
 BOOTSTRAP_ITERATIONS = 60
+BOOTSTRAP_EVALUATIONS = 200  # Polish budget per refit start (a healthy one converges in far fewer).
 PROFILE_EXPONENTS = np.linspace(0.05, 1.5, 8)  # Grid per free exponent for `profile_starts`.
 MAX_LOG_COEFFICIENT = 700.0  # exp() of more overflows float64: such a refit has diverged.
 
@@ -108,7 +109,8 @@ def refit_batch(fitted: Fit, log_x, log_y, weights, delta=lse_law.HUBER_DELTA):
     for start in starts:
       if not np.all(np.isfinite(start[free])):
         continue
-      theta = _polish(start, log_x[drawn], log_y[row][drawn], free, delta)
+      theta = _polish(start, log_x[drawn], log_y[row][drawn], free, delta,
+                      BOOTSTRAP_EVALUATIONS)
       objective = lse_law.huber_objective(theta, log_x[drawn], log_y[row][drawn], delta)
       if np.isfinite(objective) and _sane(theta, free) and objective < best_objective:
         best, best_objective = theta, objective
@@ -246,7 +248,7 @@ def _same_point(theta, other) -> bool:
   return np.max(np.abs(theta[finite] - other[finite]), initial=0.0) <= 1e-3
 
 
-def _polish(theta, log_x, log_y, free, delta) -> np.ndarray:
+def _polish(theta, log_x, log_y, free, delta, max_evaluations=1000) -> np.ndarray:
   """theta converged in float64 over its free parameters by scipy's Huber least squares."""
   def full(free_values):
     values = theta.copy()
@@ -256,5 +258,5 @@ def _polish(theta, log_x, log_y, free, delta) -> np.ndarray:
   result = scipy.optimize.least_squares(
       lambda values: lse_law.log_prediction(full(values), log_x) - log_y, theta[free],
       jac=lambda values: lse_law.jacobian(full(values), log_x)[:, free],
-      loss='huber', f_scale=delta, xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=1000)
+      loss='huber', f_scale=delta, xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=max_evaluations)
   return full(result.x)
