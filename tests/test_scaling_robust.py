@@ -202,3 +202,18 @@ def test_the_tiny_sweep_resample_that_overflowed_is_refitted_or_dropped():
   if not np.isnan(theta).all():
     params = best.resample_params(theta)
     assert all(np.isfinite(value) for value in params.values()), params
+
+
+@pytest.mark.parametrize('text, message', [
+    ('N,D,loss\n1e8,1e9,3.0\n1e8,1e9\n', "column 'loss'"),
+    ('N,D,loss\n1e8,1e9,3.0\n1e8,1e9,3.0,7\n', 'row 2 (file line 3) has more cells'),
+    ('N,D,loss\n', 'no rows'),
+])
+def test_ragged_and_empty_tables_are_one_line_errors(tmp_path, capsys, text, message):
+  path = tmp_path / 'runs.csv'
+  path.write_text(text)
+  code, output, error = run_cli(capsys, 'fit', '--csv', path, '--out', tmp_path / 'fit.json')
+  assert code == 2 and output is None and message in error
+  assert [line.startswith('error: ') for line in error.strip().splitlines()][-1:] == [True]
+  assert sum(line.startswith('error: ') for line in error.splitlines()) == 1
+  assert 'Traceback' not in error

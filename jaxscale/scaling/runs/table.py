@@ -26,6 +26,10 @@ def read_csv(path) -> Table:
     rows = list(csv.DictReader(f))
   if not rows:
     raise ValueError(f'{path}: no rows (a header line and at least one run are needed).')
+  for index, row in enumerate(rows):
+    if None in row:  # csv puts cells beyond the header's under the key None.
+      raise ValueError(f'{path}: row {index + 1} (file line {index + 2}) has more cells than the '
+                       f'header has columns ({len(rows[0]) - (None in rows[0])}).')
   return {name: _column([row[name] for row in rows]) for name in rows[0]}
 
 
@@ -162,6 +166,7 @@ def _is_number(cell) -> bool:
 
 def _column(cells: list[str]) -> np.ndarray:
   try:
-    return np.array([float(cell) if cell.strip() else math.nan for cell in cells])
+    # A short row leaves its missing cells None: read as empty (so refused where a fit needs it).
+    return np.array([float(cell) if cell and cell.strip() else math.nan for cell in cells])
   except ValueError:
-    return np.array(cells, dtype=str)
+    return np.array(['' if cell is None else cell for cell in cells], dtype=str)
