@@ -15,6 +15,7 @@ directory and resolved once, where they are parsed (gs:// and other URIs are lef
   plot     --csv runs.csv --fit fit.json --out DIR
   compare  --baseline A.csv --variant B.csv
   validate --csv runs.csv [--law auto|FORM]            rolling backtest + held-out check
+  (fit, validate, plot, compare: --columns N=params,D=tokens,C=flops,loss=eval/loss)
   verify   DIR --budget C                              fit, run the optimum for C, score it
 """
 
