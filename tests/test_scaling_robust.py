@@ -217,3 +217,12 @@ def test_ragged_and_empty_tables_are_one_line_errors(tmp_path, capsys, text, mes
   assert [line.startswith('error: ') for line in error.strip().splitlines()][-1:] == [True]
   assert sum(line.startswith('error: ') for line in error.splitlines()) == 1
   assert 'Traceback' not in error
+
+
+@pytest.mark.parametrize('command', [
+    ['fit', '--csv', 'r.csv', '--out', 'f.json'], ['validate', '--csv', 'r.csv'],
+    ['plot', '--csv', 'r.csv', '--fit', 'f.json', '--out', 'plots'],
+    ['compare', '--baseline', 'a.csv', '--variant', 'b.csv']])
+def test_every_table_command_takes_columns(command):
+  args = cli._parser().parse_args(command + ['--columns', 'N=params,loss=eval/loss'])
+  assert args.columns == 'N=params,loss=eval/loss'
