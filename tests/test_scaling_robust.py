@@ -226,3 +226,12 @@ def test_ragged_and_empty_tables_are_one_line_errors(tmp_path, capsys, text, mes
 def test_every_table_command_takes_columns(command):
   args = cli._parser().parse_args(command + ['--columns', 'N=params,loss=eval/loss'])
   assert args.columns == 'N=params,loss=eval/loss'
+
+
+def test_pinned_exponents_fit_and_bootstrap():
+  """With both exponents pinned the profile grid has one point: the fit and its refits use it
+  (and nothing NaN is polished)."""
+  runs = synthetic.isoflop_runs(budgets=(1e18, 1e19, 1e20), sizes_per_budget=4, noise=0.01)
+  record = approach3.fit(runs, {'alpha': 0.34, 'beta': 0.28}, num_bootstrap=10)
+  assert record['alpha'] == 0.34 and np.isfinite(record['E'])
+  assert record['num_bootstrap'] + record['bootstrap_failed'] == 10

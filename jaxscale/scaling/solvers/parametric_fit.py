@@ -69,8 +69,9 @@ def fit(spec, log_x, log_y, starts, fixed=None, delta=lse_law.HUBER_DELTA) -> Fi
   thetas, objectives = lm_solver.solve_from_starts(
       starts, padded_x, padded_y, weights, free, delta, SCREEN_ITERATIONS)
   candidates = _best_distinct(thetas, objectives, POLISH_STARTS, required=False)
-  candidates += list(profile_starts(spec, log_x, log_y, np.ones((1, len(log_y))), pinned,
-                                    count=2)[0])
+  profiled = profile_starts(spec, log_x, log_y, np.ones((1, len(log_y))), pinned, count=2)[0]
+  # A grid with fewer points than `count` (exponents pinned) leaves NaN slots: not starts.
+  candidates += [theta for theta in profiled if np.all(np.isfinite(theta[free]))]
   polished = []
   for theta in candidates:
     theta = _polish(theta, log_x, log_y, free, delta)
