@@ -9,7 +9,8 @@ dropped; summed Huber loss, delta 1e-3, on log loss; 4,500 starts) twice:
     timed cold (first call: includes XLA compilation) and warm.
 Wall and CPU seconds are both reported: on a shared machine the wall-clock ratio swings with
 other work, the CPU-time ratio much less.
-Then times 1,000 bootstrap refits. Prints one JSON line.
+Then times 1,000 bootstrap refits (each from the full-data optimum and from the best profile-grid
+start, `parametric_fit.refit_batch`). Prints one JSON line.
 
   python benchmarks/fit_speed.py [--skip-reference]
 """

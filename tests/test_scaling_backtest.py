@@ -24,7 +24,9 @@ def chinchilla_backtest():
 def test_rolling_backtest_coverage_is_near_nominal(chinchilla_backtest, nominal):
   scores = backtest.score(chinchilla_backtest, nominal)
   assert scores['num_origins'] >= 4 and scores['num_with_interval'] >= 20
-  assert abs(scores['pi_coverage'] - nominal) <= 0.10, scores
+  # Cross-fitted by origin (the error model never scores its own errors): near nominal, and if
+  # off, on the safe side.
+  assert nominal - 0.10 <= scores['pi_coverage'] <= nominal + 0.15, scores
   distances = [row['ratio'] for row in scores['by_distance']]
   assert distances[0].startswith('1-') or distances[0].startswith('2-')
 

@@ -14,7 +14,8 @@ directory and resolved once, where they are parsed (gs:// and other URIs are lef
            [--compute 1e21 --emit-config run.py --sweep DIR]   a runnable compute-optimal config
   plot     --csv runs.csv --fit fit.json --out DIR
   compare  --baseline A.csv --variant B.csv
-  validate --csv runs.csv [--law FORM]                 rolling backtest + held-out check
+  validate --csv runs.csv [--law auto|FORM]            rolling backtest + held-out check
+  (fit, validate, plot, compare: --columns N=params,D=tokens,C=flops,loss=eval/loss)
   verify   DIR --budget C                              fit, run the optimum for C, score it
 """
 
@@ -35,8 +36,10 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   try:
     result = args.handler(args)
-  except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
-    print(f'error: {error}', file=sys.stderr)
+  except (ValueError, KeyError, OSError, RuntimeError, ArithmeticError) as error:
+    # A data problem is one line and a non-zero exit, never a traceback.
+    message = ' '.join(str(error).split()) or type(error).__name__
+    print(f'error: {message}', file=sys.stderr)
     return 2
   if result is not None:
     print(json.dumps(jsonable(result), indent=1))
@@ -46,8 +49,17 @@ def main(argv=None) -> int:
 jsonable = fits.jsonable
 
 
+def read_runs(path, args, label='csv'):
+  """The run table at `path` with N, D, C and loss mapped (`--columns`, else common names); the
+  mapping used goes to stderr, so stdout stays JSON."""
+  runs, mapping = table.map_columns(table.read_csv(path), table.parse_columns(args.columns),
+                                    source=path)
+  print(f'columns ({label}): {table.describe_mapping(mapping)}', file=sys.stderr)
+  return runs
+
+
 def _fit(args):
-  record = selection.fit(table.read_csv(args.csv), args.law, args.approach,
+  record = selection.fit(read_runs(args.csv, args), args.law, args.approach,
                          forms.parse_fixed(args.fix), not args.no_offset, args.bootstrap, args.seed,
                          args.coverage)
   fits.save(jsonable(record), args.out)
@@ -85,24 +97,30 @@ def _predict(args):
     raise ValueError('predict needs --compute, or --N and --D.')
   else:
     result = predict.at_size(record, args.N, args.D)
+  if 'compute_range' in result:
+    print(f'extrapolation: {result["compute_range"]}', file=sys.stderr)
   if 'warning' in result:
     print(f'warning: {result["warning"]}', file=sys.stderr)
   return result
 
 
 def _plot(args):
-  return {'written': plots.plot_all(table.read_csv(args.csv), fits.load(args.fit), args.out)}
+  return {'written': plots.plot_all(read_runs(args.csv, args), fits.load(args.fit), args.out)}
 
 
 def _compare(args):
-  return compare.compare(table.read_csv(args.baseline), table.read_csv(args.variant),
+  return compare.compare(read_runs(args.baseline, args, 'baseline'),
+                         read_runs(args.variant, args, 'variant'),
                          forms.parse_fixed(args.fix), args.bootstrap, args.seed)
 
 
 def _validate(args):
-  return validate.validate(table.read_csv(args.csv), args.holdout_fraction,
+  report = validate.validate(read_runs(args.csv, args), args.holdout_fraction,
                            forms.parse_fixed(args.fix), args.bootstrap, args.seed, args.law,
                            args.coverage)
+  if 'selection' in report:
+    print(f'law: {report["selection"]["why"]}', file=sys.stderr)
+  return report
 
 
 def _verify(args):
@@ -172,11 +190,19 @@ def _parser() -> argparse.ArgumentParser:
                      help='Bootstrap resamples for intervals (0: none).')
     sub.add_argument('--seed', type=int, default=0, help='Seed of the bootstrap resampling.')
 
+  def add_columns_option(sub):
+    sub.add_argument('--columns', default='', metavar='N=COL,D=COL,C=COL,loss=COL',
+                     help='Which CSV columns are N, D, C and loss, e.g. N=params,D=tokens,'
+                          'C=flops,loss=eval/loss. Unnamed ones are found by common names '
+                          '(params, n_params, tokens, tokens_seen, flops, compute, eval_loss, '
+                          'eval/loss, ...); the mapping used is printed on stderr.')
+
   def add_coverage_option(sub):
     sub.add_argument('--coverage', type=float, default=calibration.NOMINAL_COVERAGE,
                      help='Nominal coverage of the backtest-calibrated prediction intervals.')
 
   sub = command('fit', _fit, 'Fit a scaling law to a run table.')
+  add_columns_option(sub)
   sub.add_argument('--csv', type=path, required=True,
                    help='Runs: columns N, D, loss (C optional: 6ND).')
   sub.add_argument('--law', choices=fits.LAWS + ('auto',), default='chinchilla',
@@ -200,11 +226,13 @@ def _parser() -> argparse.ArgumentParser:
                    help='The sweep directory the fit came from.')
 
   sub = command('plot', _plot, 'Write PNG figures of a fit against its runs.')
+  add_columns_option(sub)
   sub.add_argument('--csv', type=path, required=True)
   sub.add_argument('--fit', type=path, required=True)
   sub.add_argument('--out', type=path, required=True, help='Directory for the PNGs.')
 
   sub = command('compare', _compare, "A variant's effective compute multiplier over a baseline.")
+  add_columns_option(sub)
   sub.add_argument('--baseline', type=path, required=True,
                    help='Baseline runs CSV (C, loss; or N, D).')
   sub.add_argument('--variant', type=path, required=True, help='Variant runs CSV.')
@@ -212,11 +240,13 @@ def _parser() -> argparse.ArgumentParser:
 
   sub = command('validate', _validate,
                 'Fit on the cheaper runs, check predictions for the most expensive ones.')
+  add_columns_option(sub)
   sub.add_argument('--csv', type=path, required=True)
   sub.add_argument('--holdout-fraction', type=float, default=validate.HOLDOUT_FRACTION,
                    help='Fraction of runs (largest compute, whole budgets) held out.')
-  sub.add_argument('--law', choices=tuple(catalog.FORMS), default='chinchilla',
-                   help='Law form to backtest (chinchilla: Approach 3).')
+  sub.add_argument('--law', choices=tuple(catalog.FORMS) + ('auto',), default='auto',
+                   help='Law form to backtest (chinchilla: Approach 3; auto, the default: the '
+                        'form that backtests best on the training runs, as fit --law auto).')
   add_fit_options(sub)
   add_coverage_option(sub)
 

@@ -74,10 +74,10 @@ def predictions(runs, form_name, fixed=None) -> list[dict]:
   return results
 
 
-def calibration_errors(results, up_to_compute=np.inf, before_origin=None) -> tuple[list, list]:
-  """(distances, log errors) of finite predictions from origins before `before_origin`, on runs
-  with C <= up_to_compute."""
-  distances, errors = [], []
+def calibration_errors(results, up_to_compute=np.inf, before_origin=None) -> tuple[list, list, list]:
+  """(distances, log errors, origin of each) of finite predictions from origins before
+  `before_origin`, on runs with C <= up_to_compute."""
+  distances, errors, groups = [], [], []
   for result in results:
     if 'rows' not in result or (before_origin is not None and result['origin'] >= before_origin):
       continue
@@ -85,7 +85,8 @@ def calibration_errors(results, up_to_compute=np.inf, before_origin=None) -> tup
       if row['C'] <= up_to_compute * (1 + 1e-9) and np.isfinite(row['log_error']):
         distances.append(row['distance'])
         errors.append(row['log_error'])
-  return distances, errors
+        groups.append(result['origin'])
+  return distances, errors, groups
 
 
 def score(results, nominal=calibration.NOMINAL_COVERAGE) -> dict:
@@ -94,8 +95,8 @@ def score(results, nominal=calibration.NOMINAL_COVERAGE) -> dict:
   for result in results:
     if 'rows' not in result:
       continue
-    distances, errors = calibration_errors(results, result['max_C'], result['origin'])
-    model = _model_or_none(distances, errors, nominal)
+    model = _model_or_none(*calibration_errors(results, result['max_C'], result['origin']),
+                           nominal)
     for row in result['rows']:
       if not np.isfinite(row['log_error']):
         continue
@@ -112,9 +113,9 @@ def score(results, nominal=calibration.NOMINAL_COVERAGE) -> dict:
                           for r in results if 'skipped' in r]}
 
 
-def _model_or_none(distances, errors, nominal):
+def _model_or_none(distances, errors, groups, nominal):
   try:
-    return calibration.fit(distances, errors, nominal)
+    return calibration.fit(distances, errors, nominal, groups)
   except ValueError:  # None yet, or too few for a finite bound: no interval at this origin.
     return None
 
@@ -153,5 +154,4 @@ def summarise(scored, nominal) -> dict:
 def calibrate(runs, form_name, fixed=None, nominal=calibration.NOMINAL_COVERAGE):
   """The calibration model from every origin's errors (what `fit` stores for `predict`), or None
   when the table has too few budgets to hold any out."""
-  distances, errors = calibration_errors(predictions(runs, form_name, fixed))
-  return _model_or_none(distances, errors, nominal)
+  return _model_or_none(*calibration_errors(predictions(runs, form_name, fixed)), nominal)

@@ -27,6 +27,7 @@ def at_size(record: dict, n=None, d=None) -> dict:
 def with_calibrated_interval(record, result, compute) -> dict:
   """`result` plus the calibrated pi on its loss, and where `compute` lies: the ratio to the
   largest fitted compute, and whether backtests went that far."""
+  result = {**result, **compute_range(record, compute)}
   model = record.get('calibration') or {}
   if 'quantile' not in model or not np.isfinite(result.get('loss', np.nan)):
     if model.get('note'):
@@ -35,6 +36,25 @@ def with_calibrated_interval(record, result, compute) -> dict:
   distance = calibration.distance(compute, record['fitted_max_C'])
   return {**result, 'pi': calibration.interval(model, result['loss'], distance),
           **calibration.describe(model, distance)}
+
+
+def compute_range(record, compute) -> dict:
+  """Where `compute` lies against the fitted runs: its ratio to the largest fitted compute and a
+  sentence saying how far beyond (or inside) the fitted range it is."""
+  low, high = record.get('fitted_min_C'), record.get('fitted_max_C')
+  if not high or not np.isfinite(compute) or compute <= 0:
+    return {}
+  ratio = float(compute / high)
+  span = f'the fitted runs span {low:.3g} to {high:.3g} FLOPs' if low else (
+      f'the largest fitted run used {high:.3g} FLOPs')
+  if ratio > 1:
+    where = (f'{compute:.3g} FLOPs is {ratio:.3g}x the largest fitted compute '
+             f'({np.log10(ratio):.2f} decades beyond; {span})')
+  elif low and compute < low:
+    where = f'{compute:.3g} FLOPs is below the fitted range ({span})'
+  else:
+    where = f'{compute:.3g} FLOPs is inside the fitted range ({span})'
+  return {'extrapolation_ratio': ratio, 'compute_range': where}
 
 
 def _at_compute(record, compute):

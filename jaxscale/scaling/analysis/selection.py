@@ -4,7 +4,9 @@
 Forms are compared on the predictions they all make: each held-out budget's best run, at every
 rolling origin where all of them could be fitted (`backtest`). The lowest mean |relative error|
 wins, except that a form with fewer parameters within `TIE_MARGIN` of it wins instead: with
-the data unable to tell them apart, the simpler law extrapolates more safely.
+the data unable to tell them apart, the simpler law extrapolates more safely. A form whose fit to
+all the runs is degenerate (`degenerate`: E at or above the least observed loss, an exponent at
+a bound) is passed over for the next best that is not, and the reason says so.
 """
 
 import numpy as np
@@ -21,7 +23,7 @@ def fit(runs, law='chinchilla', approach=3, fixed=None, offset=True, num_bootstr
   runs = table_lib.checked_runs(runs)
   selection = None
   if law == 'auto':
-    selection = choose(runs, fixed)
+    selection = choose(runs, fixed, nominal)
     record = fit_form(runs, selection['chosen'], fixed, num_bootstrap, seed)
   else:
     record = fits.fit_runs(runs, law, approach, fixed, offset, num_bootstrap, seed)
@@ -35,7 +37,8 @@ def fit(runs, law='chinchilla', approach=3, fixed=None, offset=True, num_bootstr
         'method': 'none', 'note': f'too few compute budgets to backtest this form at '
                                   f'{nominal:.0%} coverage (it needs '
                                   f'{calibration.min_errors(nominal)} out-of-sample errors)'}
-    record['fitted_max_C'] = float(runs['C'].max())
+  record['fitted_min_C'] = float(runs['C'].min())
+  record['fitted_max_C'] = float(runs['C'].max())
   record['degenerate'] = degenerate.flags(degenerate.frontier_params(record),
                                           float(runs['loss'].min()), record.get('fixed'))
   return record
@@ -70,15 +73,21 @@ def fit_form(runs, name, fixed, num_bootstrap, seed) -> dict:
           'flops_per_param_token': table_lib.flops_per_param_token(runs)}
 
 
-def choose(runs, fixed=None) -> dict:
-  """{'chosen': form, 'why': sentence, 'candidates': {form: scores or why not}}."""
-  candidates, predictions = {}, {}
+def choose(runs, fixed=None, nominal=calibration.NOMINAL_COVERAGE) -> dict:
+  """{'chosen': form, 'why': sentence, 'candidates': {form: scores or why not}}.
+
+  Among forms tied on error, one whose backtest gives enough errors to calibrate a `nominal`
+  interval is preferred to one that cannot state an interval, then the one with fewer
+  parameters."""
+  candidates, predictions, num_errors = {}, {}, {}
   for name, form in catalog.FORMS.items():
     why_not = form.why_not(runs, fixed)
     if why_not:
       candidates[name] = {'skipped': why_not}
       continue
-    predictions[name] = _best_run_predictions(runs, backtest.predictions(runs, name, fixed))
+    results = backtest.predictions(runs, name, fixed)
+    predictions[name] = _best_run_predictions(runs, results)
+    num_errors[name] = len(backtest.calibration_errors(results)[1])
     if not predictions[name]:
       candidates[name] = {'skipped': 'no rolling origin where it could be fitted'}
       del predictions[name]
@@ -91,23 +100,63 @@ def choose(runs, fixed=None) -> dict:
     errors = [abs(keyed[key]) for key in common]
     candidates[name] = {'mean_abs_relative_error': float(np.mean(errors)),
                         'num_predictions': len(errors),
-                        'num_params': catalog.FORMS[name].num_params}
+                        'num_params': catalog.FORMS[name].num_params,
+                        'num_backtest_errors': num_errors[name],
+                        'calibrated': num_errors[name] >= calibration.min_errors(nominal)}
   scored = {name: c for name, c in candidates.items() if 'skipped' not in c}
+  passed_over = []
+  while True:
+    chosen, why = _rank_first(scored, len(common))
+    flags = _degenerate_flags(runs, chosen, fixed)
+    if not flags:
+      break
+    candidates[chosen]['degenerate'] = flags
+    passed_over.append(f'{chosen} (its fit to all runs is degenerate: {flags[0]})')
+    if len(scored) == 1:
+      why += '; every form that backtested has a degenerate fit, so this one is kept anyway'
+      break
+    scored = {name: c for name, c in scored.items() if name != chosen}
+  if passed_over:
+    why += '; passed over: ' + '; '.join(passed_over)
+  return {'chosen': chosen, 'why': why, 'candidates': candidates}
+
+
+def _rank_first(scored, num_common) -> tuple[str, str]:
+  """The form the tie rule picks among `scored`, and the sentence that says why."""
   best = min(scored, key=lambda name: scored[name]['mean_abs_relative_error'])
   best_error = scored[best]['mean_abs_relative_error']
   tied = [name for name, c in scored.items()
           if c['mean_abs_relative_error'] <= best_error * (1 + TIE_MARGIN)]
-  chosen = min(tied, key=lambda name: (scored[name]['num_params'],
+  chosen = min(tied, key=lambda name: (not scored[name]['calibrated'],
+                                       scored[name]['num_params'],
                                        scored[name]['mean_abs_relative_error']))
   error = scored[chosen]['mean_abs_relative_error']
   why = (f'{chosen}: lowest backtested error, mean |relative error| {error:.3%} over '
-         f'{len(common)} out-of-sample predictions (each held-out budget\'s best run)')
+         f'{num_common} out-of-sample predictions (each held-out budget\'s best run)')
   if chosen != best:
+    reason = (f'with fewer parameters ({scored[chosen]["num_params"]} vs '
+              f'{scored[best]["num_params"]})'
+              if scored[best]['calibrated'] or not scored[chosen]['calibrated'] else
+              f'and enough backtest errors ({scored[chosen]["num_backtest_errors"]}) for a '
+              f'calibrated interval, which {best} ({scored[best]["num_backtest_errors"]}) lacks')
     why = (f'{chosen}: backtested mean |relative error| {error:.3%}, within {TIE_MARGIN:.0%} of '
-           f'the lowest ({best}, {best_error:.3%}) with fewer parameters '
-           f'({scored[chosen]["num_params"]} vs {scored[best]["num_params"]}), over '
-           f'{len(common)} out-of-sample predictions')
-  return {'chosen': chosen, 'why': why, 'candidates': candidates}
+           f'the lowest ({best}, {best_error:.3%}) {reason}, over '
+           f'{num_common} out-of-sample predictions')
+  return chosen, why
+
+
+def _degenerate_flags(runs, name, fixed) -> list[str]:
+  """`degenerate.flags` of form `name` fitted to all of `runs` (pinned parameters not judged)."""
+  pinned = dict(fixed or {})
+  if name == 'chinchilla_fixed_E':
+    pinned['E'] = catalog.known_min_loss(runs, fixed)
+  elif name == 'power_law':
+    pinned['E'] = 0.0
+  try:
+    params = catalog.get(name).fit(runs, fixed)
+  except ValueError as error:
+    return [f'the fit failed ({error})']
+  return degenerate.flags(params, float(runs['loss'].min()), pinned)
 
 
 def _best_run_predictions(runs, results) -> dict:

@@ -11,11 +11,15 @@ Two views of the same question, both in the report:
                   runs too few to backtest leave the uncalibrated interval (bootstrap draws
                   times a training residual each), and `pi_method` says so.
 The summary's mean_abs_relative_error, ci_coverage and pi_coverage are those of held_out.
+
+`law='auto'` (the CLI's default) chooses the form as `fit --law auto` does, on the training runs
+only (`selection.choose`: best rolling backtest, degenerate fits passed over); the report's
+`selection` says which and why.
 """
 
 import numpy as np
 
-from jaxscale.scaling.analysis import backtest, calibration
+from jaxscale.scaling.analysis import backtest, calibration, selection
 from jaxscale.scaling.laws import approach3, catalog, envelope, fits
 from jaxscale.scaling.runs import table as table_lib
 from jaxscale.scaling.solvers import intervals
@@ -28,12 +32,22 @@ _UNCALIBRATED = ('bootstrap draws times training residuals (uncalibrated: the tr
 def validate(runs, holdout_fraction=HOLDOUT_FRACTION, fixed=None, num_bootstrap=1000,
              seed=0, law='chinchilla', nominal=calibration.NOMINAL_COVERAGE) -> dict:
   runs = table_lib.checked_runs(runs)
+  held_out = holdout_mask(runs['C'], holdout_fraction)
+  train, test = table_lib.subset(runs, ~held_out), table_lib.subset(runs, held_out)
+  chosen = None
+  if law == 'auto':
+    try:
+      chosen = selection.choose(train, fixed, nominal)
+    except ValueError as error:
+      chosen = {'chosen': 'chinchilla', 'why': f'chinchilla: no form could be compared on the '
+                                               f'training runs ({error})'}
+    chosen = {'chosen': chosen['chosen'], 'why': chosen['why'], 'on': 'the training runs only',
+              **({'candidates': chosen['candidates']} if 'candidates' in chosen else {})}
+    law = chosen['chosen']
   form = catalog.get(law)
   why_not = form.why_not(runs, fixed)
   if why_not:
     raise ValueError(f'Law form {law!r} does not apply to these runs: it {why_not}.')
-  held_out = holdout_mask(runs['C'], holdout_fraction)
-  train, test = table_lib.subset(runs, ~held_out), table_lib.subset(runs, held_out)
   if form.in_compute_only:
     test = table_lib.subset(test, catalog.best_of_budget(test))
   params = form.fit(train, fixed)
@@ -53,6 +67,7 @@ def validate(runs, holdout_fraction=HOLDOUT_FRACTION, fixed=None, num_bootstrap=
       'train_max_C': max_c, 'held_out_min_C': float(test['C'].min()),
       'mean_abs_relative_error': float(np.mean(np.abs(errors))),
       'max_abs_relative_error': float(np.max(np.abs(errors))),
+      'median_pi_half_width': None,
       'nominal_coverage': nominal,
       'pi_method': model['method'] if model else _UNCALIBRATED if record else
                    'none: the training runs have too few budgets to backtest and calibrate on',
@@ -61,10 +76,15 @@ def validate(runs, holdout_fraction=HOLDOUT_FRACTION, fixed=None, num_bootstrap=
     summary['ci_coverage'] = float(np.mean([row['inside_ci'] for row in rows]))
   if rows and 'inside_pi' in rows[0]:
     summary['pi_coverage'] = float(np.mean([row['inside_pi'] for row in rows]))
+    summary['median_pi_half_width'] = float(np.median(
+        [(row['pi'][1] - row['pi'][0]) / 2 / row['loss'] for row in rows]))
   if model:
     summary['max_backtested_ratio'] = float(10 ** model['max_backtested_distance'])
-  return {'summary': summary, 'fit': params, 'held_out': rows,
-          'backtest': backtest.score(backtest.predictions(runs, law, fixed), nominal)}
+  report = {'summary': summary, 'fit': params, 'held_out': rows,
+            'backtest': backtest.score(backtest.predictions(runs, law, fixed), nominal)}
+  if chosen:
+    report['selection'] = chosen
+  return report
 
 
 def holdout_mask(compute, fraction) -> np.ndarray:

@@ -111,7 +111,8 @@ def _bootstrap(runs, labels, loss_law, num_resamples, seed) -> dict:
     except NoInteriorMinimum:
       continue
   if not resampled:
-    return {'num_bootstrap': 0, 'num_bootstrap_failed': num_resamples}
+    return {'num_bootstrap': 0, 'num_bootstrap_failed': num_resamples,
+            'bootstrap_failed': num_resamples}
   log_loss = np.log([optima['loss'] for optima in resampled])
   loss_thetas = np.full((len(resampled), 3), np.nan)
   if loss_law:

@@ -27,7 +27,7 @@ class LawSpec:
   def to_params(self, theta, fixed=None) -> dict[str, float]:
     """Named parameters; pinned ones are reported exactly as given (not via exp(log(value)))."""
     m = self.num_terms
-    values = [math.exp(t) for t in theta[:m]] + list(theta[m:2 * m]) + [math.exp(theta[2 * m])]
+    values = [_exp(t) for t in theta[:m]] + list(theta[m:2 * m]) + [_exp(theta[2 * m])]
     return {**{name: float(value) for name, value in zip(self.param_names, values)},
             **(fixed or {})}
 
@@ -49,6 +49,14 @@ class LawSpec:
     if value < 0 or (value == 0 and name != 'E'):
       raise ValueError(f'{name} must be positive (E may be 0 for no offset); got {value}.')
     return math.log(value) if value > 0 else -math.inf  # E = 0: the law has no offset.
+
+
+def _exp(value) -> float:
+  """exp that says inf where math.exp raises OverflowError (a diverged refit, judged later)."""
+  try:
+    return math.exp(value)
+  except OverflowError:
+    return math.inf
 
 
 CHINCHILLA = LawSpec(variables=('N', 'D'), coefficients=('A', 'B'), exponents=('alpha', 'beta'))
