@@ -88,11 +88,17 @@ def _scaling_block() -> list[str]:
   return _block_with('python -m jaxscale.scaling sweep')
 
 
+@pytest.fixture(scope='session')
+def tfds_data_dir(tmp_path_factory):
+  """The TFDS data dir of every copy, as ~/tensorflow_datasets is a user's: each embedded dataset
+  is built once, on first use (a command that names `--config.dataset.data_dir` uses its own)."""
+  return tmp_path_factory.mktemp('tensorflow_datasets')
+
+
 @pytest.fixture
-def fresh_copy(tmp_path):
+def fresh_copy(tmp_path, tfds_data_dir):
   """A repository root as a fresh clone has it (configs, benchmarks, the package), and an
-  environment in which jaxscale imports from that copy, `python` is this interpreter and the
-  TFDS data dir (where the embedded datasets are built) lies inside the copy."""
+  environment in which jaxscale imports from that copy and `python` is this interpreter."""
   root = tmp_path / 'repo'
   ignore = shutil.ignore_patterns('__pycache__', '*.pyc')
   for name in COPIED:
@@ -104,7 +110,7 @@ def fresh_copy(tmp_path):
   env = {**os.environ,
          'PYTHONPATH': os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')]),
          'PATH': os.pathsep.join([os.path.dirname(sys.executable), os.environ.get('PATH', '')]),
-         'TFDS_DATA_DIR': str(root / 'tfds')}
+         'TFDS_DATA_DIR': str(tfds_data_dir)}
   env.pop('XLA_FLAGS', None)  # One CPU device, as on a laptop.
   return root, env
 
