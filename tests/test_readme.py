@@ -275,7 +275,7 @@ def _check_compression(root, results):
 
 
 def _check_hyperparameters(root, results):
-  assert (root / 'sweeps/lr_by_budget/hparam_laws.json').exists()
+  assert (root / 'sweeps/lr_transfer/hparam_laws.json').exists()
   assert (root / 'sweeps/lr/search.png').exists()
   assert list(root.glob('coord_check_mup.png'))
 
