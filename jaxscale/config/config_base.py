@@ -48,6 +48,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Ids below this are ordinary tokens (256: bytes); the pad, CLS and mask ids follow them
   # (jaxscale.data.special_tokens), so model.vocab_size must be at least this + 3.
   c.mlm.base_vocab_size = 256
+  # The document separator inside the base vocabulary (byte tokenizer: 0; SentencePiece: its EOS
+  # id): like the specials, never chosen and never drawn as a random replacement.
+  c.mlm.separator_id = 0
 
   c.init_from = ml_collections.ConfigDict()
   c.init_from.workdir = ''            # The source run's workdir (local or gs://); '' = fresh init.
