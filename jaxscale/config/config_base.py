@@ -130,9 +130,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.pooling = ''
   # 'sp' (standard) | 'mup' (μP, jaxscale.models.mup; transformer, encoder and ViT): init,
   # attention and readout scaled so the learning rate tuned at mup_base_width holds at any width;
-  # hidden matrices' Adam updates are scaled by mup_base_width / d_model.
+  # each hidden matrix's Adam updates are scaled by its base fan-in / fan-in.
   c.model.parametrization = 'sp'
   c.model.mup_base_width = 0          # 'mup': the width the hyperparameters were tuned at.
+  c.model.mup_base_mlp_dim = 0        # 'mup': the MLP width there; 0 = it grows with the width.
   # Factor on the initial weights (every parameter with 2+ axes: embeddings and matrices; norm
   # gains and biases keep theirs), on top of the parametrization's init. A multi run varies it.
   c.model.init_scale = 1.0
