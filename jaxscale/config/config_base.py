@@ -230,17 +230,23 @@ def flatten(config, prefix: str = 'config') -> dict[str, object]:
   return flat
 
 
+class MissingConfigKey(KeyError):
+  """A dotted key the config does not have: a KeyError that no bug raising KeyError is taken for."""
+
+
 def set_existing_keys(config, values: dict, *, name: str = 'config') -> ml_collections.ConfigDict:
   """Sets each dotted key of `values` ('model.d_model': 64) in `config`, as --config.key=value
-  does from Python values; returns `config`. A key the config lacks raises KeyError naming it
-  (never added silently)."""
+  does from Python values; returns `config`. A key the config lacks raises MissingConfigKey
+  naming it (never added silently)."""
   for key, value in values.items():
     node = config
     *parents, leaf = key.split('.')
     for parent in parents:
+      if parent not in node:
+        raise MissingConfigKey(f'{name}: no config key {key!r}')
       node = node[parent]
     if leaf not in node:
-      raise KeyError(f'{name}: no config key {key!r}')
+      raise MissingConfigKey(f'{name}: no config key {key!r}')
     node[leaf] = value
   return config
 
