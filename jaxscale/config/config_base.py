@@ -66,8 +66,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 0                     # 0 = off.
   c.lora.alpha = 16.0                 # The update is scaled by alpha / rank.
-  c.lora.targets = ('qkv', 'out_HxKxD')  # Regexes of the weights to adapt (attention by default;
-                                      # add 'mlp_in', 'mlp_out' for the MLP).
+  c.lora.targets = ('qkv', 'out_HxKxD')  # 'q', 'k', 'v', 'o', 'mlp_in', 'mlp_out', or regexes of
+                                      # weights (attention by default); one adapter a projection.
   c.lora.dropout = 0.0                # Dropout on the adapters' input features.
 
   # Quantization-aware training (jaxscale.compress.quantize): Qwix fake-quantizes the weights

@@ -16,15 +16,16 @@ function as x W + s (x A) B. This works unchanged for every model and for a scan
 (the adapters of a stack are stacked on its 'layers' axis, one update for all layers: nothing is
 copied per layer). A fused weight gets one adapter per projection (Q, K and V each their own
 rank-r update); `config.lora.targets` names them 'q', 'k', 'v', 'o', 'mlp_in', 'mlp_out', or
-gives regexes of parameter names. The extra cost per step is one rank-r product per adapted weight, small next
-to the matmuls over a batch of tokens. Merging for export is the same operation, done once.
+gives regexes of parameter names. The extra cost per step is one rank-r product per adapted
+weight, small next to the matmuls over a batch of tokens. Merging for export is the same operation, done once.
 
 Which axes are the "input" of a weight comes from its logical axis names: a weight whose last
 axis is 'embed' projects back into the residual stream (attention output, MLP output), and a
 convolution kernel ends in 'conv_out', so all their other axes are inputs; any other weight
 reads the residual stream through its first axis.
 `dropout` drops input features of A (shared by the batch within a step), the weight-space
-counterpart of dropping the adapter's input activations.
+counterpart of dropping the adapter's input activations; it is not Hu et al.'s per-example
+dropout, which needs the adapter inside each model's matmuls rather than merged into the weight.
 """
 
 import math
