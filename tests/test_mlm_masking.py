@@ -143,3 +143,14 @@ def test_the_objective_never_chooses_or_draws_a_special_token_the_separator_incl
   assert replaced.sum() > 1000
   assert not np.isin(inputs[replaced], (special_tokens.BYTE_SEPARATOR, special_tokens.PAD_ID,
                                     special_tokens.CLS_ID)).any()
+
+
+def test_the_separator_must_be_a_base_vocabulary_id():
+  from jaxscale.config import config_base, validation  # noqa: PLC0415
+  from jaxscale.objectives import mlm  # noqa: PLC0415
+  config = config_base.get_base_config()
+  config.objective = 'mlm'
+  mlm.check_mlm(config)
+  config.mlm.separator_id = 256
+  with pytest.raises(validation.ConfigError, match='separator_id'):
+    mlm.check_mlm(config)

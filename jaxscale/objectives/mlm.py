@@ -1,8 +1,22 @@
 """Masked-LM (BERT): predict the chosen tokens of a corrupted sequence, loss on those only."""
 
+from jaxscale.config import validation
 from jaxscale.objectives.lm import token_sums
 from jaxscale.objectives.mlm_masking import mask_tokens
 from jaxscale.objectives.registry import OBJECTIVES
+
+
+@validation.register_check
+def check_mlm(config):
+  if config.get('objective') != 'mlm':
+    return
+  c = config.mlm
+  separator = c.get('separator_id', 0)
+  if isinstance(separator, bool) or not isinstance(separator, int) or not (
+      0 <= separator < c.base_vocab_size):
+    raise validation.ConfigError(
+        f'config.mlm.separator_id={separator!r} must be an id of the base vocabulary '
+        f'[0, {c.base_vocab_size}) (the byte tokenizer: 0; SentencePiece: its EOS id).')
 
 
 @OBJECTIVES.register('mlm')
