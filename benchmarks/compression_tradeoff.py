@@ -69,7 +69,7 @@ DISTILL = {'distill.temperature': 2.0, 'distill.alpha': 0.5}
 
 def load_config(name: str, overrides: dict):
   """configs/<name>.py's get_config() with dotted-key overrides (a key the schema lacks raises
-  KeyError, reported as a skipped row)."""
+  MissingConfigKey, reported as a skipped row)."""
   from jaxscale.config import config_base  # noqa: PLC0415  (after the import path is set)
   return config_base.set_existing_keys(
       config_base.load_config_file(ROOT / 'configs' / f'{name}.py'), overrides, name=name)
@@ -123,16 +123,23 @@ def sparse_size(evaluator) -> dict:
           'sparse_bytes': 4 * nonzero + (total + 7) // 8}
 
 
+def attempt_rows(task: str, name: str, fn) -> list[dict]:
+  """fn()'s rows, or one skipped row where a config key of the compression is missing from this
+  checkout. Any other error (a KeyError of a bug included) propagates: it is no skip."""
+  from jaxscale.config import config_base  # noqa: PLC0415
+  try:
+    return fn()
+  except config_base.MissingConfigKey as e:
+    return [{'task': task, 'row': name, 'skipped': f'config key missing: {e}'}]
+
+
 def run_task(task: str, rows: set, out: pathlib.Path) -> list[dict]:
   from jaxscale.inference import ptq  # noqa: PLC0415
   spec, results = TASKS[task], []
 
   def attempt(name: str, fn):
     start = time.perf_counter()
-    try:
-      produced = fn()
-    except KeyError as e:  # A config key of a compression this checkout does not have.
-      produced = [{'task': task, 'row': name, 'skipped': f'config key missing: {e}'}]
+    produced = attempt_rows(task, name, fn)
     for row in produced:
       row.setdefault('wall_s', round(time.perf_counter() - start, 1))
       _emit(row)

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import runpy
 import subprocess
 import sys
 
@@ -87,10 +88,9 @@ def test_compression_benchmark_prints_a_row_per_compression_and_a_plot(tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = {r['row']: r for r in map(json.loads, result.stdout.strip().splitlines())}
   assert {'baseline', 'ptq_w8a8', 'ptq_w8', 'ptq_w4', 'qat_w8a8', 'distill', 'prune_50'} <= set(rows)
-  for name, row in rows.items():
-    if 'skipped' in row:  # Only a compression whose config keys this checkout lacks.
-      assert name in ('distill', 'prune_50') and 'config key missing' in row['skipped'], row
-      continue
+  # This checkout has every compression's config keys: a skipped row is a failure.
+  assert not [row for row in rows.values() if 'skipped' in row], rows
+  for row in rows.values():
     assert COMPRESSION_FIELDS <= set(row), row
     assert row['task'] == 'digits' and 0 <= row['eval_accuracy'] <= 1 and row['latency_s'] > 0
   baseline = rows['baseline']
@@ -98,6 +98,22 @@ def test_compression_benchmark_prints_a_row_per_compression_and_a_plot(tmp_path)
   assert rows['ptq_w4']['bytes'] < rows['ptq_w8']['bytes'] <= 0.3 * baseline['bytes']
   assert rows['qat_w8a8']['bytes'] == rows['ptq_w8a8']['bytes']
   assert png.stat().st_size > 0
+
+
+def test_compression_benchmark_skips_a_missing_config_key_only():
+  module = runpy.run_path(str(ROOT / 'benchmarks' / 'compression_tradeoff.py'),
+                          run_name='compression_tradeoff')
+
+  def missing_key():
+    module['load_config']('mlp_digits', {'distill.no_such_key': 1.0})
+
+  def bug():
+    return [{}['eval_accuracy']]  # A KeyError inside a compression's own code.
+
+  [row] = module['attempt_rows']('digits', 'distill', missing_key)
+  assert row['row'] == 'distill' and 'no_such_key' in row['skipped']
+  with pytest.raises(KeyError):
+    module['attempt_rows']('digits', 'distill', bug)
 
 
 def test_input_pipeline_benchmark_relates_pipeline_to_step_rate():

@@ -71,9 +71,11 @@ def test_a_distilled_student_beats_the_same_student_trained_alone(alone, distill
   assert 0 < rows[-1]['train_kd_loss'] < rows[0]['train_kd_loss']
   assert rows[-1]['train_hard_loss'] > 0
   assert 0.5 < rows[-1]['train_teacher_agreement'] <= 1
-  # The teacher's forward pass is counted: a third of its training FLOPs per example.
+  # The teacher's forward pass is counted exactly: its two matmuls, 8x8x3 pixels -> 64 -> 10.
+  # (Not a third of its training FLOPs: backward skips the first layer's input gradient.)
+  teacher_forward = 2 * (192 * 64 + 64 * 10)
   teacher_config = ml_collections.ConfigDict(json.loads((teacher / 'config.json').read_text()))
-  teacher_forward = flops.accounting(teacher_config).train_flops_per_example / 3
+  assert flops.accounting(teacher_config).forward_flops_per_example == teacher_forward
   assert summary['flops_per_example'] == pytest.approx(
       alone['flops_per_example'] + teacher_forward)
   assert summary['flops_seen'] == pytest.approx(100 * 64 * summary['flops_per_example'])

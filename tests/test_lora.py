@@ -12,7 +12,7 @@ from jaxscale.core import param_paths
 from jaxscale.metrics import writers
 from jaxscale.models import build, lora
 from jaxscale.train import experiment, loop, steps
-from tests.helpers import markov_config, straight_and_resumed
+from tests.helpers import markov_config, straight_and_resumed, tiny_config
 
 
 @pytest.fixture(scope='module')
@@ -41,6 +41,49 @@ def test_adapter_delta_is_the_scaled_low_rank_product():
   assert a.shape == (12, 2) and b.shape == (2, 5)  # Inputs (heads, kv) -> output embed.
   expected = (a @ b * 3.0).reshape(3, 4, 5)
   np.testing.assert_allclose(np.asarray(adapter.delta()), expected, rtol=1e-6)
+
+
+def test_a_scanned_stack_initialises_a_with_the_scale_of_a_single_layer():
+  axes = ('embed', None, 'heads', 'kv')
+  single = nnx.Param(jnp.zeros((64, 3, 4, 16)), out_sharding=axes, eager_sharding=False)
+  stacked = nnx.Param(jnp.zeros((4, 64, 3, 4, 16)), out_sharding=('layers', *axes),
+                      eager_sharding=False)
+  he_std = np.sqrt(2 / 64)  # He over the input features only: d_model = 64.
+  for weight in (single, stacked):
+    a = np.asarray(lora.Adapter(weight, rank=16, alpha=1.0, dropout=0.0, rngs=nnx.Rngs(0)).a[...])
+    assert a.std() == pytest.approx(he_std, rel=0.05), weight.shape
+
+
+def test_each_projection_of_a_fused_weight_gets_its_own_rank_r_update():
+  weight = nnx.Param(jnp.zeros((16, 3, 2, 4)), out_sharding=('embed', None, 'heads', 'kv'),
+                     eager_sharding=False)
+  adapter = lora.Adapter(weight, rank=2, alpha=2.0, dropout=0.0, rngs=nnx.Rngs(0))
+  adapter.b[...] = jax.random.normal(jax.random.key(1), adapter.b.shape)
+  delta = np.asarray(adapter.delta())
+  assert adapter.a.shape == (3, 16, 2) and delta.shape == (16, 3, 2, 4)
+  # Q, K and V: three independent rank-2 updates, not one shared one.
+  assert np.linalg.matrix_rank(delta.reshape(16, 24)) == 6
+  for slot in range(3):
+    np.testing.assert_allclose(delta[:, slot].reshape(16, 8),
+                               np.asarray(adapter.a[slot] @ adapter.b[slot]), rtol=1e-5)
+  # Only Q and V adapted: K's slot stays exactly the base weight's.
+  adapter = lora.Adapter(weight, rank=2, alpha=2.0, dropout=0.0, rngs=nnx.Rngs(0), slots=(0, 2))
+  adapter.b[...] = jax.random.normal(jax.random.key(1), adapter.b.shape)
+  assert adapter.a.shape == (2, 16, 2)
+  delta = np.asarray(adapter.delta())
+  assert not delta[:, 1].any() and delta[:, 0].any() and delta[:, 2].any()
+
+
+def test_targets_name_the_projections():
+  config = tiny_config(**{'lora.rank': 2, 'lora.targets': ('q', 'v', 'o', 'mlp_out')})
+  model = build.model_for(config)
+  adapted = {path[-1] for path, node in nnx.iter_graph(model) if isinstance(node, lora.Adapter)}
+  assert adapted == {'qkv_DxTxHxK_lora', 'out_HxKxD_lora', 'mlp_out_FxD_lora'}
+  adapter = model.blocks[0].qkv_DxTxHxK_lora
+  assert adapter.slots == (0, 2) and adapter.a.shape[0] == 2
+  # The old names still work: a regex adapts every projection of the weight it matches.
+  model = build.model_for(tiny_config(**{'lora.rank': 2, 'lora.targets': ('qkv',)}))
+  assert model.blocks[0].qkv_DxTxHxK_lora.slots == (0, 1, 2)
 
 
 def test_only_adapters_train_and_the_checkpoint_holds_just_them(
@@ -112,7 +155,7 @@ def test_scanned_layers_get_one_stacked_adapter_per_weight(data_dir, tmp_path):
   assert sorted(adapters) == ['blocks.out_HxKxD_lora.a', 'blocks.out_HxKxD_lora.b',
                               'blocks.qkv_DxTxHxK_lora.a', 'blocks.qkv_DxTxHxK_lora.b']
   assert all(v.shape[0] == num_layers for v in adapters.values())
-  assert adapters['blocks.qkv_DxTxHxK_lora.a'].shape == (num_layers, config.model.d_model, 2)
+  assert adapters['blocks.qkv_DxTxHxK_lora.a'].shape == (num_layers, 3, config.model.d_model, 2)
   summary = loop.train_loop(built)
   assert summary['finished'] and np.isfinite(summary['eval_loss'])
   after = _named_host(experiment.build(config, str(tmp_path)).state.params)

@@ -80,8 +80,8 @@ def test_random_replacements_are_never_special():
                            special_ids=(0, 1, 2), mask_rate=1.0, replace_with_mask=0.0,
                            replace_with_random=1.0)
   inputs, _, weights = jax.jit(fn)()
-  # Without an input mask every non-special token is real, padding ids included.
-  np.testing.assert_array_equal(weights, ~np.isin(tokens, (0, 1, 2)))
+  # Without an input mask every token but the specials and mask_id is real, padding ids included.
+  np.testing.assert_array_equal(weights, ~np.isin(tokens, (0, 1, 2, 3)))
   replaced = np.asarray(inputs)[np.asarray(weights) == 1]
   assert replaced.min() >= 4 and replaced.max() < VOCAB  # Neither specials nor mask_id.
 
@@ -114,3 +114,43 @@ def test_bad_arguments_are_refused(kwargs):
   args = {'mask_id': MASK, 'vocab_size': VOCAB, **kwargs}
   with pytest.raises(ValueError):
     mask_tokens(jax.random.key(0), jnp.zeros((1, 4), jnp.int32), **args)
+
+
+def test_the_objective_never_chooses_or_draws_a_special_token_the_separator_included():
+  from jaxscale.config import config_base  # noqa: PLC0415
+  from jaxscale.data import special_tokens  # noqa: PLC0415
+  from jaxscale import objectives  # noqa: PLC0415
+  config = config_base.get_base_config()
+  config.mlm.mask_rate = 1.0
+  seen = []
+
+  def model(inputs_BxL):
+    seen.append(inputs_BxL)
+    return jax.nn.one_hot(inputs_BxL, special_tokens.BYTE_VOCAB_WITH_SPECIALS)
+
+  sums = objectives.make('mlm', config)
+  # Documents of ordinary bytes, each ended by the separator: only the bytes are chosen.
+  tokens = np.ones((BATCH, SEQ_LEN), np.int32)
+  tokens[:, 7::8] = special_tokens.BYTE_SEPARATOR
+  batch = {'inputs': jnp.asarray(tokens), 'weights': jnp.ones((BATCH, SEQ_LEN), jnp.float32)}
+  result = sums(model, batch, train=True, rng=jax.random.key(0))
+  assert float(result['weight_sum']) == np.sum(tokens != special_tokens.BYTE_SEPARATOR)
+  inputs = np.asarray(seen[-1])
+  separators = tokens == special_tokens.BYTE_SEPARATOR
+  np.testing.assert_array_equal(inputs[separators], tokens[separators])
+  # ~3,000 random replacements: none is the separator (1 in 256 would be without the rule).
+  replaced = ~separators & (inputs != 1) & (inputs != special_tokens.MASK_ID)
+  assert replaced.sum() > 1000
+  assert not np.isin(inputs[replaced], (special_tokens.BYTE_SEPARATOR, special_tokens.PAD_ID,
+                                    special_tokens.CLS_ID)).any()
+
+
+def test_the_separator_must_be_a_base_vocabulary_id():
+  from jaxscale.config import config_base, validation  # noqa: PLC0415
+  from jaxscale.objectives import mlm  # noqa: PLC0415
+  config = config_base.get_base_config()
+  config.objective = 'mlm'
+  mlm.check_mlm(config)
+  config.mlm.separator_id = 256
+  with pytest.raises(validation.ConfigError, match='separator_id'):
+    mlm.check_mlm(config)

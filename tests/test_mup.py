@@ -77,7 +77,8 @@ def test_standard_parametrization_logits_grow_with_width(sp_check):
 def test_mup_activations_stay_flat_in_width(mup_check):
   assert mup_check['parametrization'] == 'mup'
   for layer_type in coord_check.LAYER_TYPES:
-    assert _widest_over_narrowest(mup_check, layer_type) < 2, layer_type
+    # Two-sided: activations that vanish with width fail as those that blow up do.
+    assert 0.5 < _widest_over_narrowest(mup_check, layer_type) < 2, layer_type
 
 
 def _groups(model_config):
@@ -147,6 +148,28 @@ def test_mup_scales_hidden_updates_through_scan_fsdp_and_lr_groups(scan_layers):
     assert np.abs(plain_deltas[name]).max() > 0, name
     np.testing.assert_allclose(mup_deltas[name], factor * plain_deltas[name], rtol=1e-3,
                                atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize('mlp_dim, base_mlp_dim, mlp_out_factor', [
+    (128, 0, 16 / 64),    # The MLP grows with the width: its fan-in ratio is the width's.
+    (32, 32, 1.0),        # A fixed MLP width: mlp_out's fan-in does not grow, nor shrinks its LR.
+    (64, 16, 16 / 64)])
+def test_mup_scales_each_hidden_matrix_by_its_own_fan_in_ratio(mlp_dim, base_mlp_dim,
+                                                               mlp_out_factor):
+  config = tiny_config(**{'model.d_model': 64, 'model.mlp_dim': mlp_dim,
+                          'model.parametrization': 'mup', 'model.mup_base_width': 16,
+                          'model.mup_base_mlp_dim': base_mlp_dim})
+  checks.validate(config)
+  params = nnx.state(nnx.eval_shape(lambda: build_model(config.model, 0)), nnx.Param)
+  params = jax.tree.map(lambda v: jax.numpy.ones(v.shape), params)
+  scaling = mup.update_scaling(config.model, 'adamw')
+  updates, _ = scaling.update(params, scaling.init(params), params)
+  factors = {name: float(np.asarray(u[...]).max())
+             for name, u in param_paths.named_leaves(updates).items()}
+  expected = {'qkv_DxTxHxK': 16 / 64, 'out_HxKxD': 16 / 64, 'mlp_in_DxTxF': 16 / 64,
+              'mlp_out_FxD': mlp_out_factor}
+  for name, factor in factors.items():
+    assert factor == pytest.approx(expected.get(name.split('.')[-1], 1.0)), name
 
 
 def test_validation_names_what_mup_needs():

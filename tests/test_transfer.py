@@ -286,16 +286,18 @@ def test_mlm_loss_is_taken_on_the_chosen_tokens_only(data_dir):
 
   inputs, targets, chosen = mlm_masking.mask_tokens(
       rng, jnp.asarray(tokens), mask_id=258, vocab_size=259, mask_rate=0.15,
-      special_ids=(256, 257), random_vocab_size=256)
+      special_ids=(256, 257, 258, 0), random_vocab_size=256)
   chosen = np.asarray(chosen) * weights
   assert float(sums['weight_sum']) == chosen.sum()
   assert 0.05 < chosen.sum() / weights.sum() < 0.3  # ~15% of the real tokens.
-  assert 0 <= float(sums['top1_sum']) <= float(sums['weight_sum'])
   assert np.any(np.asarray(inputs) == 258) and np.array_equal(targets, tokens)
   # The summed cross-entropy over the chosen tokens of the corrupted input, and nothing else.
   logits = model(inputs)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(tokens))
   assert float(sums['loss_sum']) == pytest.approx(float(jnp.sum(losses * chosen)), rel=1e-5)
+  # Accuracy: the chosen tokens the model's argmax gets right, and no other.
+  correct = np.asarray(jnp.argmax(logits, -1)) == tokens
+  assert float(sums['top1_sum']) == np.sum(correct * chosen)
   other, _ = steps.loss_sums(graphdef, params, rest, batch, objective=objective, train=True,
                              rng=jax.random.key(4))
   assert float(other['weight_sum']) != float(sums['weight_sum'])  # Each step masks afresh.

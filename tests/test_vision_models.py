@@ -159,18 +159,24 @@ def _split(config):
   return graphdef, params, model_state
 
 
-def test_a_zero_initialised_head_scores_no_hit_at_init_and_ties_never_count():
+def test_accuracy_and_the_confusion_matrix_break_ties_alike_the_first_class_wins():
   model = build.build_model(tiny_config('vit').model, 0)
   batch = classification_batch()
   sums = steps.loss_sums(*nnx.split(model, nnx.Param, ...), jax.tree.map(jnp.asarray, batch),
                          objective='classification', train=False)[0]
+  # A zero-initialised head ties every class: argmax predicts class 0 for all.
+  labels = np.argmax(batch['labels'], -1)
   assert float(sums['weight_sum']) == 8
-  assert float(sums['top1_sum']) == 0 and float(sums['top5_sum']) == 0  # Every class ties.
+  assert float(sums['top1_sum']) == np.sum(labels == 0) > 0
+  assert float(sums['top1_sum']) == np.trace(np.asarray(sums['confusion']))
+  assert float(sums['top5_sum']) == np.sum(labels < 5)
 
   from jaxscale.objectives import classification  # noqa: PLC0415
-  labels, weights = np.eye(3, dtype=np.float32)[[0, 1, 2]], np.ones(3, np.float32)
-  logits = jnp.array([[2., 1., 0.], [1., 1., 0.], [0., 1., 1.]])  # Strictly top; tie; tie.
-  assert float(classification.class_sums(logits, labels, weights)['top1_sum']) == 1
+  labels, weights = np.eye(3, dtype=np.float32)[[0, 1, 1, 0]], np.ones(4, np.float32)
+  # Strictly top (hit); tied after class 0 (miss); tied before class 2 (hit); second (miss).
+  logits = jnp.array([[2., 1., 0.], [1., 1., 0.], [0., 1., 1.], [1., 2., 0.]])
+  sums = classification.class_sums(logits, labels, weights, with_confusion=True)
+  assert float(sums['top1_sum']) == 2 == np.trace(np.asarray(sums['confusion']))
 
 
 def test_batch_norm_statistics_update_in_training_and_freeze_in_eval():

@@ -137,7 +137,7 @@ def load_teacher(config, student_workdir, objective_name: str, mesh) -> Teacher:
                                                             config.mesh.rules)
   cost_config = ml_collections.ConfigDict(teacher_config.to_dict())
   cost_config.dataset.seq_len = config.dataset.seq_len  # The student's examples.
-  forward = flops.accounting(cost_config).train_flops_per_example / 3  # Forward = 1/3 of training.
+  forward = flops.accounting(cost_config).forward_flops_per_example
   return Teacher(workdir=teacher, config=teacher_config, step=step, graphdef=graphdef,
                  variables=variables, shardings=shardings, forward_flops_per_example=forward)
 

@@ -48,6 +48,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Ids below this are ordinary tokens (256: bytes); the pad, CLS and mask ids follow them
   # (jaxscale.data.special_tokens), so model.vocab_size must be at least this + 3.
   c.mlm.base_vocab_size = 256
+  # The document separator inside the base vocabulary (byte tokenizer: 0; SentencePiece: its EOS
+  # id): like the specials, never chosen and never drawn as a random replacement.
+  c.mlm.separator_id = 0
 
   c.init_from = ml_collections.ConfigDict()
   c.init_from.workdir = ''            # The source run's workdir (local or gs://); '' = fresh init.
@@ -63,8 +66,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 0                     # 0 = off.
   c.lora.alpha = 16.0                 # The update is scaled by alpha / rank.
-  c.lora.targets = ('qkv', 'out_HxKxD')  # Regexes of the weights to adapt (attention by default;
-                                      # add 'mlp_in', 'mlp_out' for the MLP).
+  c.lora.targets = ('qkv', 'out_HxKxD')  # 'q', 'k', 'v', 'o', 'mlp_in', 'mlp_out', or regexes of
+                                      # weights (attention by default); one adapter a projection.
   c.lora.dropout = 0.0                # Dropout on the adapters' input features.
 
   # Quantization-aware training (jaxscale.compress.quantize): Qwix fake-quantizes the weights
@@ -127,9 +130,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.pooling = ''
   # 'sp' (standard) | 'mup' (μP, jaxscale.models.mup; transformer, encoder and ViT): init,
   # attention and readout scaled so the learning rate tuned at mup_base_width holds at any width;
-  # hidden matrices' Adam updates are scaled by mup_base_width / d_model.
+  # each hidden matrix's Adam updates are scaled by its base fan-in / fan-in.
   c.model.parametrization = 'sp'
   c.model.mup_base_width = 0          # 'mup': the width the hyperparameters were tuned at.
+  c.model.mup_base_mlp_dim = 0        # 'mup': the MLP width there; 0 = it grows with the width.
   # Factor on the initial weights (every parameter with 2+ axes: embeddings and matrices; norm
   # gains and biases keep theirs), on top of the parametrization's init. A multi run varies it.
   c.model.init_scale = 1.0
@@ -226,17 +230,23 @@ def flatten(config, prefix: str = 'config') -> dict[str, object]:
   return flat
 
 
+class MissingConfigKey(KeyError):
+  """A dotted key the config does not have: a KeyError that no bug raising KeyError is taken for."""
+
+
 def set_existing_keys(config, values: dict, *, name: str = 'config') -> ml_collections.ConfigDict:
   """Sets each dotted key of `values` ('model.d_model': 64) in `config`, as --config.key=value
-  does from Python values; returns `config`. A key the config lacks raises KeyError naming it
-  (never added silently)."""
+  does from Python values; returns `config`. A key the config lacks raises MissingConfigKey
+  naming it (never added silently)."""
   for key, value in values.items():
     node = config
     *parents, leaf = key.split('.')
     for parent in parents:
+      if parent not in node:
+        raise MissingConfigKey(f'{name}: no config key {key!r}')
       node = node[parent]
     if leaf not in node:
-      raise KeyError(f'{name}: no config key {key!r}')
+      raise MissingConfigKey(f'{name}: no config key {key!r}')
     node[leaf] = value
   return config
 

@@ -2,12 +2,16 @@
 
 Byte-level text tasks share these, so a masked-LM encoder pretrained on bytes can be finetuned on
 classification with the same vocabulary (and the same embedding table). Bytes keep their own
-values 0..255; the specials come after them.
+values 0..255; the specials come after them. The document separator is the exception: it is an id
+of the base vocabulary (byte 0; SentencePiece's EOS), which the tokenizer appends to every document.
 """
 
 import dataclasses
 
 NUM_BYTES = 256
+# The byte tokenizer's document separator. Python source cannot contain NUL (the compiler
+# rejects it) and no text in lm1b or c4 does, so byte 0 is free to mark a document boundary.
+BYTE_SEPARATOR = 0
 PAD_ID = 256                    # Fills a sequence out to its length; input_mask is 0 there.
 CLS_ID = 257                    # Starts every classification input; its output feeds the head.
 MASK_ID = 258                   # Replaces the masked positions of masked-LM pretraining.
@@ -20,6 +24,10 @@ class SpecialIds:
   cls: int
   mask: int
   vocab_size: int  # The base vocabulary and the specials.
+
+  def all_with(self, separator: int) -> tuple:
+    """Every special id, with the document separator of the base vocabulary."""
+    return (self.pad, self.cls, self.mask, separator)
 
 
 def after(base_vocab_size: int) -> SpecialIds:

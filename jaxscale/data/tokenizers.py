@@ -16,9 +16,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-# The byte tokenizer's document separator. Python source cannot contain NUL (the compiler
-# rejects it) and no text in lm1b or c4 does, so byte 0 is free to mark a document boundary.
-BYTE_SEPARATOR = 0
+from jaxscale.data.special_tokens import BYTE_SEPARATOR  # noqa: F401  (the public name here too)
 
 
 @dataclasses.dataclass(frozen=True)

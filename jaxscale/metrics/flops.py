@@ -73,6 +73,9 @@ class Accounting:
   params_non_embedding: int     # Kaplan's N for LMs; equal to params_total for classifiers.
   train_flops_per_example: float
   tokens_per_example: int       # Sequence length for LMs; 0 for classifiers (one image each).
+  # One forward pass (inference, a distillation teacher). Not train / 3: a vision model's
+  # backward skips its first layer's input gradient.
+  forward_flops_per_example: float
 
 
 def _transformer_accounting(config) -> Accounting:
@@ -80,8 +83,9 @@ def _transformer_accounting(config) -> Accounting:
   model, seq_len = config.model, config.dataset.seq_len
   total, non_embedding = count_params(model, model.vocab_size)
   per_token = train_flops_per_token(model, seq_len, model.vocab_size)
-  head = 3.0 * 2 * model.d_model * _num_classes(model)  # Forward + backward, once per sequence.
-  return Accounting(total, non_embedding, seq_len * per_token + head, seq_len)
+  head = 2 * model.d_model * _num_classes(model)  # Once per sequence.
+  forward = seq_len * forward_flops_per_token(model, seq_len, model.vocab_size) + head
+  return Accounting(total, non_embedding, seq_len * per_token + 3.0 * head, seq_len, float(forward))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +182,7 @@ def model_kwargs(config) -> types.SimpleNamespace:
 def _classifier_accounting(cost_fn):
   def account(config) -> Accounting:
     cost = cost_fn(model_kwargs(config))
-    return Accounting(cost.params, cost.params, cost.train_flops, 0)
+    return Accounting(cost.params, cost.params, cost.train_flops, 0, cost.forward_flops)
   return account
 
 

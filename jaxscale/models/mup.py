@@ -2,7 +2,10 @@
 package's README): hyperparameters tuned on a narrow model stay optimal on a wide one.
 
 With width multiplier m = width / mup_base_width, for Adam (the paper's Table 3, in `mup`'s form):
-- hidden matrices (both sides grow with width): init variance 1/fan_in, update scaled by 1/m;
+- hidden matrices (both sides grow with width): init variance 1/fan_in, update scaled by each
+  matrix's own fan-in ratio, base fan-in / fan-in (`mup`'s infshapes): 1/m for those reading the
+  residual stream or the attention heads, mup_base_mlp_dim / mlp_dim for the MLP's output (equal
+  to 1/m when the MLP grows with the width, 1 when mlp_dim stays fixed);
 - input weights, embeddings, norms and biases (one side or none grows): init and LR independent
   of width;
 - the readout: its output is multiplied by 1/m (and an untied readout starts at zero), which
@@ -39,6 +42,19 @@ def is_hidden(variable) -> bool:
   """A hidden matrix: two sides that grow with width (attention QKV and output, MLP in and out)."""
   axes = variable.get_metadata().get('out_sharding') if hasattr(variable, 'get_metadata') else ()
   return len(width_sides(axes)) >= 2
+
+
+def fan_in_side(variable) -> str:
+  """The side a hidden matrix reads: its input axes ('embed', 'mlp' or 'attention'). A matrix
+  projecting back into the residual stream (last axis 'embed') reads all its other axes; any other
+  reads its first axis."""
+  axes = tuple(variable.get_metadata().get('out_sharding') or ())
+  core = axes[1:] if axes and axes[0] == 'layers' else axes
+  inputs = core[:-1] if core[-1] == 'embed' else core[:1]
+  sides = width_sides(inputs)
+  if len(sides) != 1:
+    raise ValueError(f'A hidden matrix with axes {axes} has no single input side.')
+  return sides.pop()
 
 
 def param_groups(params):
@@ -88,9 +104,15 @@ def model_width(model_config) -> int:
                    'applies to the transformer, the encoder and ViT.')
 
 
+def base_mlp_dim(model_config, width: int, base_width: int) -> float:
+  """The base model's MLP width: `mup_base_mlp_dim`, or 0 for an MLP that grows with the width
+  (mlp_dim * base_width / width)."""
+  return model_config.get('mup_base_mlp_dim', 0) or model_config.mlp_dim * base_width / width
+
+
 def update_scaling(model_config, optimizer_name: str) -> optax.GradientTransformation | None:
-  """μP's per-parameter update multipliers for `model_config`, or None under SP: hidden matrices'
-  updates times base/width, the rest unchanged."""
+  """μP's per-parameter update multipliers for `model_config`, or None under SP: each hidden
+  matrix's updates times its base fan-in / fan-in, the rest unchanged."""
   parametrization = model_config.get('parametrization', 'sp')
   if parametrization == 'sp':
     return None
@@ -100,9 +122,14 @@ def update_scaling(model_config, optimizer_name: str) -> optax.GradientTransform
     raise ValueError(f"parametrization='mup' defines learning-rate multipliers for "
                      f'{ADAM_LIKE_OPTIMIZERS} (Adam\'s table of Tensor Programs V); '
                      f'optimizer.name={optimizer_name!r} is not one of them.')
-  hidden_factor = 1.0 / width_multiplier(parametrization, width, base_width)
-  return optax.partition({'hidden': optax.scale(hidden_factor), 'vector': optax.identity()},
-                         param_labels=param_groups)
+  # Base fan-in / fan-in by the side a matrix reads; heads * head_dim is the width.
+  factors = {'embed': base_width / width, 'attention': base_width / width}
+  if 'mlp_dim' in model_config:
+    factors['mlp'] = base_mlp_dim(model_config, width, base_width) / model_config.mlp_dim
+  labels = lambda params: param_paths.map_named(
+      lambda _, v: fan_in_side(v) if is_hidden(v) else 'vector', params)
+  transforms = {side: optax.scale(factor) for side, factor in factors.items()}
+  return optax.partition({**transforms, 'vector': optax.identity()}, param_labels=labels)
 
 
 def check_config(config, values: dict):
@@ -115,6 +142,10 @@ def check_config(config, values: dict):
     raise ConfigError(f"config.model.mup_base_width={base!r} must be a positive integer with "
                       "config.model.parametrization='mup' (the width the hyperparameters were "
                       'tuned at).')
+  base_mlp = values.get('mup_base_mlp_dim', 0)
+  if isinstance(base_mlp, bool) or not isinstance(base_mlp, int) or base_mlp < 0:
+    raise ConfigError(f'config.model.mup_base_mlp_dim={base_mlp!r} must be a non-negative integer '
+                      '(the MLP width at the base; 0: the MLP grows with the width).')
   if config.optimizer.name not in ADAM_LIKE_OPTIMIZERS:
     raise ConfigError(f"config.model.parametrization='mup' defines learning-rate multipliers for "
                       f'config.optimizer.name in {", ".join(ADAM_LIKE_OPTIMIZERS)}, not '

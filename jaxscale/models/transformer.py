@@ -199,7 +199,9 @@ class Transformer(nnx.Module):
                rope_theta: float = 10_000.0, dtype: str = 'float32', scan_layers: bool = False,
                remat_policy: str = 'none', attention_impl: str = 'einsum', causal: bool = True,
                num_classes: int = 0, pooling: str = '', parametrization: str = 'sp',
-               mup_base_width: int = 0, init_scale: float = 1.0, rngs: nnx.Rngs):
+               mup_base_width: int = 0, mup_base_mlp_dim: int = 0, init_scale: float = 1.0,
+               rngs: nnx.Rngs):
+    del mup_base_mlp_dim  # The optimizer's (mup.update_scaling): the MLP output's update scale.
     if pooling and pooling not in POOLINGS:
       raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS} or '' (the default).")
     mup.check_parametrization(parametrization, d_model, mup_base_width)

@@ -134,7 +134,9 @@ class ViT(nnx.Module):
                pooling: str = 'cls', channels: int = 3, dtype: str = 'float32',
                scan_layers: bool = False, remat_policy: str = 'none',
                attention_impl: str = 'einsum', parametrization: str = 'sp',
-               mup_base_width: int = 0, init_scale: float = 1.0, rngs: nnx.Rngs):
+               mup_base_width: int = 0, mup_base_mlp_dim: int = 0, init_scale: float = 1.0,
+               rngs: nnx.Rngs):
+    del mup_base_mlp_dim  # The optimizer's (mup.update_scaling): the MLP output's update scale.
     if image_size % patch_size:
       raise ValueError(f'image_size={image_size} is not a multiple of patch_size={patch_size}.')
     if pooling not in POOLINGS:

@@ -21,17 +21,21 @@ def class_sums(logits_BxK, labels_BxK, weights_B, *, label_smoothing: float = 0.
   """Cross-entropy against soft labels, top-1/top-5 hits on the true class and, optionally, the
   weighted confusion matrix [true, predicted].
 
-  The "true" class of a mixup/cutmix mixture is its largest component.
+  The "true" class of a mixup/cutmix mixture is its largest component. One rule ranks the classes
+  for accuracy and for the confusion matrix: argmax's, where among tied logits the lowest class
+  index wins. So a top-1 hit is exactly a diagonal entry of the confusion matrix, and constant
+  logits (an untrained zero head) predict class 0.
   """
   targets_BxK = optax.smooth_labels(labels_BxK, label_smoothing) if label_smoothing else labels_BxK
   losses_B = optax.softmax_cross_entropy(logits_BxK.astype(jnp.float32), targets_BxK)
   true_B = jnp.argmax(labels_BxK, axis=-1)
   true_logit_B = jnp.take_along_axis(logits_BxK, true_B[:, None], axis=-1)[:, 0]
-  # 0 = the true class is strictly on top. A class tied with the true one ranks ahead of it, so a
-  # tie is never a hit: constant logits (an untrained zero head) score 0, not 1/K or 100%.
+  # Classes ranked ahead of the true one: higher logits, and tied ones with a lower index (as
+  # argmax breaks ties), so rank 0 is exactly argmax == true.
   classes_K = jnp.arange(logits_BxK.shape[-1])
-  ahead_BxK = (logits_BxK >= true_logit_B[:, None]) & (classes_K[None, :] != true_B[:, None])
-  rank_B = jnp.sum(ahead_BxK, axis=-1)
+  higher_BxK = logits_BxK > true_logit_B[:, None]
+  tied_before_BxK = (logits_BxK == true_logit_B[:, None]) & (classes_K[None, :] < true_B[:, None])
+  rank_B = jnp.sum(higher_BxK | tied_before_BxK, axis=-1)
   result = {'loss_sum': jnp.sum(losses_B * weights_B), 'weight_sum': jnp.sum(weights_B),
             'top1_sum': jnp.sum((rank_B < 1) * weights_B),
             'top5_sum': jnp.sum((rank_B < 5) * weights_B)}

@@ -24,7 +24,7 @@ def mask_tokens(rng, tokens_BxL, *, input_mask_BxL=None, mask_id: int, vocab_siz
   """(inputs_BxL, targets_BxL, weights_BxL) for masked-LM training on `tokens_BxL`.
 
   `input_mask_BxL` (1/True for real tokens; None: all real) and `special_ids` (e.g. CLS, SEP,
-  PAD, static ints) mark tokens that are never chosen. Random replacements are drawn uniformly
+  PAD, static ints) mark tokens that are never chosen; nor is `mask_id`. Random replacements are drawn uniformly
   from [0, random_vocab_size) (default vocab_size) less `special_ids` and `mask_id`: for bytes
   with specials appended after them, random_vocab_size=256 keeps them to the 256 byte values.
 
@@ -50,7 +50,8 @@ def mask_tokens(rng, tokens_BxL, *, input_mask_BxL=None, mask_id: int, vocab_siz
     raise ValueError(f'No ordinary token in [0, {random_vocab_size}) to replace with at random.')
 
   choose_key, action_key, random_key = jax.random.split(rng, 3)
-  eligible_BxL = ~jnp.isin(tokens_BxL, jnp.asarray(special_ids, tokens_BxL.dtype))
+  never_chosen = jnp.asarray((*special_ids, mask_id), tokens_BxL.dtype)
+  eligible_BxL = ~jnp.isin(tokens_BxL, never_chosen)
   if input_mask_BxL is not None:
     eligible_BxL &= input_mask_BxL.astype(bool)
   # Ineligible positions draw 2, above any threshold and below no eligible draw.
