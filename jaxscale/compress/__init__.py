@@ -1,2 +1,3 @@
-"""Compression through the same trainer: distillation, pruning and quantization
-(`python -m jaxscale.compress`)."""
+"""Compression through the same trainer: distillation, pruning and quantization-aware training,
+which the train step applies; post-training quantization of a finished run is
+`jaxscale.inference.ptq` (`python -m jaxscale.compress quantize`)."""
