@@ -66,26 +66,17 @@ def run(config, workdirs: list[str], values: dict[str, list]) -> list[dict]:
 
 def train_loop(e: multi.MultiExperiment, workdirs) -> list[dict]:
   config, num_models = e.configs[0], len(e.configs)
-  size = e.size
-  tokens_per_step = config.batch_size * size.tokens_per_example
+  record = actions.RunRecord.from_size(config, e.size, e.flops_per_step,
+                                       {'params_trainable': e.size.params_total,
+                                        'params_frozen': 0})
+  scale_numbers, counters, tokens_per_step = (record.scale_numbers, record.counters,
+                                              record.tokens_per_step)
   peak_per_device, _ = flops.peak_flops_per_device()
   throughput = actions.Throughput(config.batch_size, tokens_per_step, e.flops_per_step,
-                                peak_per_device)
-  scale_numbers = {'params_total': size.params_total,
-                   'params_non_embedding': size.params_non_embedding,
-                   'flops_per_example': e.flops_per_step / config.batch_size,
-                   'params_trainable': size.params_total, 'params_frozen': 0}
-  if size.tokens_per_example:
-    scale_numbers['flops_per_token'] = e.flops_per_step / tokens_per_step
+                                  peak_per_device)
   model_writers = [writers.create_writer(w) for w in workdirs]
   for writer in model_writers:
     writer.write_scalars(0, scale_numbers)
-
-  def counters(step):
-    seen = {'examples_seen': step * config.batch_size, 'flops_seen': step * e.flops_per_step}
-    if tokens_per_step:
-      seen['tokens_seen'] = step * tokens_per_step
-    return seen
 
   iterators = [iter(d.train) for d in ([e.datasets[0]] if e.shared_data else e.datasets)]
   state, pending = e.state, []

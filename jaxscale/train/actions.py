@@ -58,12 +58,15 @@ class RunRecord:
 
   @classmethod
   def of(cls, experiment) -> 'RunRecord':
-    config, size, flops_per_step = experiment.config, experiment.size, experiment.flops_per_step
+    return cls.from_size(experiment.config, experiment.size, experiment.flops_per_step,
+                         experiment.param_counts)
+
+  @classmethod
+  def from_size(cls, config, size, flops_per_step: float, param_counts: dict) -> 'RunRecord':
     tokens_per_step = config.batch_size * size.tokens_per_example
     scale_numbers = {'params_total': size.params_total,
                      'params_non_embedding': size.params_non_embedding,
-                     'flops_per_example': flops_per_step / config.batch_size,
-                     **experiment.param_counts}
+                     'flops_per_example': flops_per_step / config.batch_size, **param_counts}
     if size.tokens_per_example:
       scale_numbers['flops_per_token'] = flops_per_step / tokens_per_step
     return cls(config.batch_size, tokens_per_step, flops_per_step, scale_numbers)
@@ -126,7 +129,8 @@ class LogTrainMetrics:
     mfu = f'MFU {100 * speed["mfu"]:.1f}%' if 'mfu' in speed else 'MFU n/a'
     logging.info('step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  %s  %s  ETA %s',
                  step, self.num_train_steps, progress.train_loss, float(last['learning_rate']),
-                 speed['steps_per_sec'], rate, mfu, time.strftime('%H:%M:%S', time.gmtime(remaining)))
+                 speed['steps_per_sec'], rate, mfu,
+                 time.strftime('%H:%M:%S', time.gmtime(remaining)))
 
 
 class Evaluate:
