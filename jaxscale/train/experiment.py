@@ -157,16 +157,27 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
   optimizer, learning_rate_fn, param_metrics = _optimizer(config)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   abstract_batch = _abstract_batch(config, datasets, batch_sharding)
-  init = _initial_state(config, workdir, mesh, optimizer, objective, abstract_batch)
-  train_step, eval_step = steps.compile_steps(
-      init.graphdef, optimizer, learning_rate_fn, init.shardings, batch_sharding,
-      sharding.replicated(mesh), config.optimizer.grad_accum_steps, objective=objective,
-      skip_nonfinite=config.nonfinite_policy == 'skip', seed=config.seed,
-      trainable=init.trainable, teacher_shardings=teacher and teacher.shardings,
-      param_metrics=param_metrics, activation_rules=sharding.activation_rules(mesh, config.mesh))
+  steps_ = {}
+
+  def compile_train(graphdef, abstract_state):
+    """The train step compiled ahead from the abstract state (before any array exists), so the
+    memory check can use XLA's figure and the first speed report is not the compile time."""
+    state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
+    trainable = param_paths.trainable_mask(abstract_state.params, config.optimizer)
+    train_step, steps_['eval'] = steps.compile_steps(
+        graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
+        sharding.replicated(mesh), config.optimizer.grad_accum_steps, objective=objective,
+        skip_nonfinite=config.nonfinite_policy == 'skip', seed=config.seed,
+        trainable=trainable, teacher_shardings=teacher and teacher.shardings,
+        param_metrics=param_metrics,
+        activation_rules=sharding.activation_rules(mesh, config.mesh))
+    steps_['train'] = _compile_ahead(train_step, abstract_state, abstract_batch, teacher)
+    return steps_['train']
+
+  init = _initial_state(config, workdir, mesh, optimizer, objective, abstract_batch,
+                        compile_train)
+  train_step, eval_step = steps_['train'], steps_['eval']
   abstract_state = sharding.abstract_arrays(init.state, init.shardings)
-  train_step = _compile_ahead(train_step, abstract_state, abstract_batch, teacher,
-                              init.memory_estimate)
   train_iter = iter(datasets.train)
   manager = checkpointing.make_manager(workdir, config)
   to_checkpoint, from_checkpoint = _checkpointed_fields(init.state, init.trainable)
@@ -233,26 +244,32 @@ class InitialState:
   shardings: Any
   trainable: Any          # The optimizer's mask: True for the parameters it updates.
   own_checkpoint: bool    # The workdir holds checkpoints of its own (a resume).
-  memory_estimate: Any
+  memory_estimate: Any    # memory.Estimate, with XLA's figure for the compiled step.
 
 
-def _initial_state(config, workdir, mesh, optimizer, objective, abstract_batch) -> InitialState:
+def _initial_state(config, workdir, mesh, optimizer, objective, abstract_batch,
+                   compile_train) -> InitialState:
   """A fresh state (after the memory check), with another run's parameters where
-  `config.init_from` asks; then the workdir gets the resolved config."""
+  `config.init_from` asks; then the workdir gets the resolved config. `compile_train(graphdef,
+  abstract_state)` compiles the train step before any array is allocated."""
   memory_estimate = None
 
   def check_memory(graphdef, abstract_state):
     nonlocal memory_estimate
+    param_paths.check_patterns(config.optimizer.frozen,
+                               param_paths.named_leaves(abstract_state.params),
+                               'config.optimizer.frozen')
     forward = lambda p, ms, b: steps.loss_sums(graphdef, p, ms, b, objective=objective,
                                                train=True)
     memory_estimate = memory.estimate(config, abstract_state, abstract_batch, forward)
-    memory.check(config, memory_estimate)
+    memory.check(config, memory_estimate, state_only=True)  # Exact: no compile needed to refuse.
+    memory_estimate = memory.with_compiled(memory_estimate,
+                                           compile_train(graphdef, abstract_state))
+    memory.check(config, memory_estimate)  # XLA's figure where the backend gives one.
 
   # Nothing is allocated or written to the workdir until the config is known to fit.
   graphdef, state, state_shardings = create_train_state(config, mesh, optimizer,
                                                         before_init=check_memory)
-  param_paths.check_patterns(config.optimizer.frozen, param_paths.named_leaves(state.params),
-                             'config.optimizer.frozen')
   trainable = param_paths.trainable_mask(state.params, config.optimizer)
   has_frozen = not all(jax.tree.leaves(trainable))
   own_checkpoint = checkpointing.has_checkpoints(workdir)
@@ -270,14 +287,13 @@ def _initial_state(config, workdir, mesh, optimizer, objective, abstract_batch) 
                       memory_estimate)
 
 
-def _compile_ahead(train_step, abstract_state, abstract_batch, teacher, memory_estimate):
+def _compile_ahead(train_step, abstract_state, abstract_batch, teacher):
   """Compiled before the loop, so the first speed report is not the compile time."""
   abstract_teacher = () if teacher is None else (
       sharding.abstract_arrays(teacher.variables, teacher.shardings),)
   compile_start = time.perf_counter()
   compiled = train_step.lower(abstract_state, abstract_batch, *abstract_teacher).compile()
-  logging.info('Compiled the train step in %.1f s; %s.', time.perf_counter() - compile_start,
-               memory.compare_compiled(compiled, memory_estimate))
+  logging.info('Compiled the train step in %.1f s.', time.perf_counter() - compile_start)
   return compiled
 
 
