@@ -67,15 +67,43 @@ def test_encoder_and_classifier_flops_match_xla_cost_analysis(name, num_classes)
   assert abs(ours - xla_flops) / xla_flops < 0.10, (ours, xla_flops)
 
 
+def _device(kind, platform='gpu'):
+  return types.SimpleNamespace(device_kind=kind, platform=platform)
+
+
 def test_peak_flops_match_device_kinds_exactly_and_are_unknown_otherwise():
-  device = lambda kind: types.SimpleNamespace(device_kind=kind, platform='gpu')
-  assert flops.peak_flops_per_device(device('NVIDIA H100 80GB HBM3')) == (989e12,
-                                                                          'spec:NVIDIA H100 80GB HBM3')
-  assert flops.peak_flops_per_device(device('NVIDIA H100 PCIe'))[0] == 756e12  # Not the SXM's.
+  assert flops.peak_flops_per_device('bfloat16', _device('NVIDIA H100 80GB HBM3')) == (
+      989e12, 'spec:NVIDIA H100 80GB HBM3:bfloat16')
+  assert flops.peak_flops_per_device('bfloat16', _device('NVIDIA H100 PCIe'))[0] == 756e12
   for kind in ('NVIDIA H100 SXM5 94GB', 'NVIDIA GeForce RTX 4090', 'TPU v7x', 'cpu'):
-    peak, why = flops.peak_flops_per_device(device(kind))
+    peak, why = flops.peak_flops_per_device('bfloat16', _device(kind))
     assert peak is None and repr(kind) in why
-  assert flops.peak_flops_per_device()[0] is None  # This CPU: MFU is not reported.
+  assert flops.peak_flops_per_device('float32')[0] is None  # This CPU: MFU is not reported.
+
+
+def test_peak_flops_follow_the_compute_dtype_and_matmul_precision():
+  h100, tpu = _device('NVIDIA H100 80GB HBM3'), _device('TPU v5p', 'tpu')
+  assert flops.peak_flops_per_device('bfloat16', h100)[0] == 989e12
+  # float32 matmuls: TF32 tensor cores by default on the GPU, true float32 at 'highest'.
+  assert flops.peak_flops_per_device('float32', h100)[0] == 494.5e12
+  with jax.default_matmul_precision('highest'):
+    assert flops.peak_flops_per_device('float32', h100) == (67e12,
+                                                           'spec:NVIDIA H100 80GB HBM3:float32')
+    peak, why = flops.peak_flops_per_device('float32', tpu)  # Several bf16 passes: no spec.
+    assert peak is None and 'float32' in why
+  assert flops.peak_flops_per_device('float32', tpu)[0] == 459e12  # One bf16 pass by default.
+
+
+def test_an_fp32_runs_mfu_uses_the_fp32_peak(monkeypatch):
+  monkeypatch.setattr(jax, 'devices', lambda *a: [_device('NVIDIA A100-SXM4-80GB')])
+  size = types.SimpleNamespace(params_total=1, params_non_embedding=1, train_flops_per_example=1)
+  mesh = types.SimpleNamespace(shape={'data': 8})
+  config = tiny_config()
+  assert flops.compute_dtype(config) == 'float32'
+  with jax.default_matmul_precision('float32'):
+    fp32_peak = actions.peak_flops_total(size, mesh, 8, flops.compute_dtype(config))
+  bf16_peak = actions.peak_flops_total(size, mesh, 8, 'bfloat16')
+  assert (fp32_peak, bf16_peak) == (8 * 19.5e12, 8 * 312e12)
 
 
 def test_throughput_reports_no_mfu_without_a_peak():

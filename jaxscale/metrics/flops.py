@@ -203,37 +203,70 @@ def accounting(config) -> Accounting:
   return ACCOUNTING.get(config.model.name)(config)
 
 
-# Dense bf16 peak FLOP/s per chip, from vendor specifications, keyed by the exact `device_kind`
-# JAX reports. Exact names only: variants of one chip differ (an H100 PCIe or NVL is not an SXM).
+# Dense peak FLOP/s per chip by the arithmetic its matmul units run, from vendor specifications,
+# keyed by the exact `device_kind` JAX reports. Exact names only: variants of one chip differ
+# (an H100 PCIe or NVL is not an SXM). Sparsity figures are halved to dense. TPUs publish only
+# bf16: their float32 matmuls are bf16 passes (one by default, several at higher precision).
+_A100 = {'bfloat16': 312e12, 'tensorfloat32': 156e12, 'float32': 19.5e12}
+_H100_SXM = {'bfloat16': 989e12, 'tensorfloat32': 494.5e12, 'float32': 67e12}
+_H100_NVL = {'bfloat16': 835e12, 'tensorfloat32': 417.5e12, 'float32': 60e12}
 PEAK_FLOPS_BY_DEVICE_KIND = {
-    'TPU v4': 275e12,
-    'TPU v5 lite': 197e12,   # v5e
-    'TPU v5e': 197e12,
-    'TPU v5': 459e12,        # v5p
-    'TPU v5p': 459e12,
-    'TPU v6 lite': 918e12,   # v6e (Trillium)
-    'TPU v6e': 918e12,
-    'NVIDIA A100-SXM4-40GB': 312e12,
-    'NVIDIA A100-SXM4-80GB': 312e12,
-    'NVIDIA A100-PCIE-40GB': 312e12,
-    'NVIDIA A100 80GB PCIe': 312e12,
-    'NVIDIA H100 80GB HBM3': 989e12,   # SXM
-    'NVIDIA H100 PCIe': 756e12,
-    'NVIDIA H100 NVL': 835e12,
-    'NVIDIA H200': 989e12,             # SXM
-    'NVIDIA H200 NVL': 835e12,
+    'TPU v4': {'bfloat16': 275e12},
+    'TPU v5 lite': {'bfloat16': 197e12},   # v5e
+    'TPU v5e': {'bfloat16': 197e12},
+    'TPU v5': {'bfloat16': 459e12},        # v5p
+    'TPU v5p': {'bfloat16': 459e12},
+    'TPU v6 lite': {'bfloat16': 918e12},   # v6e (Trillium)
+    'TPU v6e': {'bfloat16': 918e12},
+    'NVIDIA A100-SXM4-40GB': _A100,
+    'NVIDIA A100-SXM4-80GB': _A100,
+    'NVIDIA A100-PCIE-40GB': _A100,
+    'NVIDIA A100 80GB PCIe': _A100,
+    'NVIDIA H100 80GB HBM3': _H100_SXM,   # SXM
+    'NVIDIA H100 PCIe': {'bfloat16': 756e12, 'tensorfloat32': 378e12, 'float32': 51e12},
+    'NVIDIA H100 NVL': _H100_NVL,
+    'NVIDIA H200': _H100_SXM,             # SXM: the H100's compute, more memory.
+    'NVIDIA H200 NVL': _H100_NVL,
 }
 
+# jax_default_matmul_precision -> the arithmetic float32 matmuls then run; None: the platform's
+# default, which favours speed (TPU: one bf16 pass; recent NVIDIA GPUs: TF32).
+_FLOAT32_MATMULS = {'bfloat16': 'bfloat16', 'fastest': 'bfloat16',
+                    'tensorfloat32': 'tensorfloat32', 'high': 'tensorfloat32',
+                    'float32': 'float32', 'highest': 'float32',
+                    'BF16_BF16_F32': 'bfloat16', 'TF32_TF32_F32': 'tensorfloat32',
+                    'F32_F32_F32': 'float32'}
+_FLOAT32_DEFAULT = {'tpu': 'bfloat16', 'gpu': 'tensorfloat32'}
 
-def peak_flops_per_device(device=None) -> tuple[float | None, str]:
-  """(peak FLOP/s, where it came from) for one device from the spec table, or (None, why) for a
-  device kind it does not list: MFU is then not reported rather than measured against a guess."""
+
+def matmul_arithmetic(compute_dtype: str, platform: str) -> str:
+  """The arithmetic a model computing in `compute_dtype` runs its matmuls in on `platform`: the
+  dtype itself, except that float32 follows JAX's matmul precision."""
+  if compute_dtype != 'float32':
+    return compute_dtype
+  precision = jax.config.jax_default_matmul_precision
+  if precision in (None, 'default'):
+    return _FLOAT32_DEFAULT.get(platform, 'float32')
+  return _FLOAT32_MATMULS.get(str(precision), str(precision))
+
+
+def peak_flops_per_device(compute_dtype: str, device=None) -> tuple[float | None, str]:
+  """(peak FLOP/s, where it came from) for one device running matmuls for a `compute_dtype`
+  model, from the spec table; (None, why) for a device kind or arithmetic it does not list: MFU
+  is then not reported rather than measured against a guess."""
   device = device or jax.devices()[0]
   kind = device.device_kind
-  if kind in PEAK_FLOPS_BY_DEVICE_KIND:
-    return PEAK_FLOPS_BY_DEVICE_KIND[kind], f'spec:{kind}'
-  return None, (f'no peak FLOP/s known for device kind {kind!r} (add it to '
+  arithmetic = matmul_arithmetic(compute_dtype, device.platform)
+  peak = PEAK_FLOPS_BY_DEVICE_KIND.get(kind, {}).get(arithmetic)
+  if peak:
+    return peak, f'spec:{kind}:{arithmetic}'
+  return None, (f'no {arithmetic} peak FLOP/s known for device kind {kind!r} (add it to '
                 'jaxscale.metrics.flops.PEAK_FLOPS_BY_DEVICE_KIND)')
+
+
+def compute_dtype(config) -> str:
+  """The dtype a run's matmuls take (config.model.dtype; float32 where a model has none)."""
+  return config.model.get('dtype', 'float32')
 
 
 def compiled_flops(compiled) -> float | None:

@@ -212,9 +212,10 @@ def mean_finite_loss(rows: list[dict], previous: float) -> float:
   return float(np.mean(finite_losses)) if finite_losses else previous
 
 
-def peak_flops_total(size, mesh, device_count: int) -> float | None:
-  """The devices' peak FLOP/s for MFU (None where unknown), logged with the model's size."""
-  peak_per_device, peak_source = flops.peak_flops_per_device()
+def peak_flops_total(size, mesh, device_count: int, compute_dtype: str) -> float | None:
+  """The devices' peak FLOP/s for MFU at the run's compute dtype (None where unknown), logged
+  with the model's size."""
+  peak_per_device, peak_source = flops.peak_flops_per_device(compute_dtype)
   peak_text = (f'peak {peak_per_device:.3g} FLOP/s per device ({peak_source})' if peak_per_device
                else f'MFU not reported: {peak_source}')
   logging.info('Model: %s params (%s non-embedding), %.3g train FLOPs/example; %s; mesh %s.',
