@@ -59,14 +59,20 @@ class RunRecord:
   @classmethod
   def of(cls, experiment) -> 'RunRecord':
     return cls.from_size(experiment.config, experiment.size, experiment.flops_per_step,
-                         experiment.param_counts)
+                         experiment.param_counts, experiment.flops_per_step_xla)
 
   @classmethod
-  def from_size(cls, config, size, flops_per_step: float, param_counts: dict) -> 'RunRecord':
+  def from_size(cls, config, size, flops_per_step: float, param_counts: dict,
+                flops_per_step_xla: float | None = None) -> 'RunRecord':
+    """`flops_per_step`: model FLOPs by the analytic count (what `flops_seen` and MFU use);
+    `flops_per_step_xla`: XLA's cost analysis of the compiled step, reported beside it."""
     tokens_per_step = config.batch_size * size.tokens_per_example
     scale_numbers = {'params_total': size.params_total,
                      'params_non_embedding': size.params_non_embedding,
-                     'flops_per_example': flops_per_step / config.batch_size, **param_counts}
+                     'flops_per_example': flops_per_step / config.batch_size,
+                     'flops_per_step': flops_per_step, **param_counts}
+    if flops_per_step_xla:
+      scale_numbers['flops_per_step_xla'] = flops_per_step_xla
     if size.tokens_per_example:
       scale_numbers['flops_per_token'] = flops_per_step / tokens_per_step
     return cls(config.batch_size, tokens_per_step, flops_per_step, scale_numbers)

@@ -98,9 +98,10 @@ class Experiment:
   train_iter: Any                    # At the position of the restored checkpoint.
   resumed: bool                      # From this workdir's own checkpoint.
   size: flops.Accounting
-  flops_per_step: float              # As computed: XLA's count when parameters are frozen.
+  flops_per_step: float              # Model FLOPs: the analytic count (metrics.flops), all runs.
   param_counts: dict[str, int]       # params_trainable, params_frozen.
   teacher: distill.Teacher | None = None  # config.distill: passed into each train step.
+  flops_per_step_xla: float | None = None  # XLA's cost analysis of the compiled step, beside it.
 
 
 def _abstract_batch(config, datasets, batch_sharding):
@@ -190,7 +191,7 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
   elif init.own_checkpoint:
     logging.info('No finished checkpoint in %s: starting from step 0.', workdir / 'checkpoints')
   size, param_counts, flops_per_step = _accounting(config, state.params, init.trainable,
-                                                   teacher, train_step)
+                                                   teacher)
   if teacher is not None:  # The teacher's variables go into each step.
     compiled_step = train_step
     train_step = lambda state, batch: compiled_step(state, batch, teacher.variables)
@@ -200,7 +201,8 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
       train_step=train_step, eval_step=eval_step, manager=manager,
       saver=checkpointing.Saver(manager, to_checkpoint), train_iter=train_iter,
       resumed=restored is not None, size=size, flops_per_step=flops_per_step,
-      param_counts=param_counts, teacher=teacher)
+      param_counts=param_counts, teacher=teacher,
+      flops_per_step_xla=flops.compiled_flops(steps_['train']))
 
 
 def _datasets(config):
@@ -297,16 +299,14 @@ def _compile_ahead(train_step, abstract_state, abstract_batch, teacher):
   return compiled
 
 
-def _accounting(config, params, trainable, teacher, compiled_step):
-  """(size, param_counts, flops_per_step) for the run record."""
+def _accounting(config, params, trainable, teacher):
+  """(size, param_counts, flops_per_step) for the run record: model FLOPs by the one analytic
+  convention (metrics.flops), frozen parameters and LoRA adapters included."""
   size = flops.accounting(config)
   param_counts = _param_counts(params, trainable)
-  flops_per_step = config.batch_size * size.train_flops_per_example
+  flops_per_step = config.batch_size * flops.train_flops_per_example(config, size)
   if teacher is not None:  # Its forward pass, in the same step.
     flops_per_step += config.batch_size * teacher.forward_flops_per_example
-  if param_counts['params_frozen']:
-    # Frozen parameters' weight gradients are never computed: count what XLA actually runs.
-    flops_per_step = flops.compiled_flops(compiled_step) or flops_per_step
   logging.info('Parameters: %s trainable, %s frozen.', f'{param_counts["params_trainable"]:,}',
                f'{param_counts["params_frozen"]:,}')
   return size, param_counts, flops_per_step
