@@ -11,7 +11,7 @@ from jax.experimental import roofline
 
 from jaxscale.core import param_paths
 from jaxscale.metrics import flops
-from jaxscale.models import build
+from jaxscale.models import build, lora
 from jaxscale.train import actions
 from tests.helpers import tiny_config
 
@@ -169,3 +169,25 @@ def test_an_fp32_runs_mfu_uses_the_fp32_peak(monkeypatch):
 def test_throughput_reports_no_mfu_without_a_peak():
   known, unknown = (actions.Throughput(8, 0, 1e9, peak) for peak in (1e12, None))
   assert 'mfu' in known.report(step=2) and 'mfu' not in unknown.report(step=2)
+
+
+@pytest.mark.parametrize('targets', [('qkv', 'out_HxKxD'), ('q', 'v', 'mlp_in', 'mlp_out')])
+def test_lora_train_flops_equal_the_matmuls_of_its_step(targets):
+  """Hu et al.'s adapters beside frozen weights (the step with dropout): the base forward and
+  input gradients, each adapter's x A and (x A) B with their gradients."""
+  config = tiny_config(**{**LM, 'lora.rank': 4, 'lora.dropout': 0.1, 'lora.targets': targets,
+                          'optimizer.frozen': (lora.NOT_AN_ADAPTER,)})
+  graphdef, params = nnx.split(build.model_for(config), nnx.Param)
+  adapters = params.filter(lambda path, _: lora.ADAPTER_NAME.search(param_paths.path_name(path)))
+  base = params.filter(lambda path, _: not lora.ADAPTER_NAME.search(param_paths.path_name(path)))
+  tokens = jnp.zeros((2, config.dataset.seq_len), jnp.int32)
+
+  def loss(p):
+    model = nnx.merge(graphdef, nnx.merge_state(base, p), copy=True)
+    model = lora.prepare(model, jax.random.key(0), train=True)
+    return optax.softmax_cross_entropy_with_integer_labels(model(tokens), tokens).mean()
+
+  _, traced = roofline.roofline(jax.value_and_grad(loss))(adapters)
+  assert 2 * flops.train_flops_per_example(config) == traced.flops
+  full = tiny_config(**LM)  # Adapted, the step costs less than training every weight.
+  assert flops.train_flops_per_example(config) < flops.train_flops_per_example(full)
