@@ -1,12 +1,20 @@
 """Exact parameter counts, training FLOPs, and model FLOP utilisation (MFU).
 
-FLOPs count multiply-adds as 2 and include every matmul of the transformer: projections, the
-logits, and attention's QK^T and AV over the full L x L score matrix (XLA computes the masked
-half too, so this is what the hardware does; causal and bidirectional attention cost the same).
-A transformer classifier (`num_classes` > 0) has no per-token logits: its head runs once per
-sequence, on the pooled position. A training step costs 3x the forward pass
-(backward = 2x forward). Elementwise work (norms, softmax, optimizer) is left out; it is a few
-percent at realistic widths, and `tests/test_flops.py` checks the total against XLA's cost model.
+One convention for every run: model FLOPs are the FLOPs of the matmuls, 2 per multiply-add:
+projections, the logits, and attention's QK^T and AV over the full L x L score matrix (XLA
+computes the masked half too, so this is what the hardware does; causal and bidirectional
+attention cost the same). A transformer classifier (`num_classes` > 0) has no per-token logits:
+its head (and mean pooling's masked sum) runs once per sequence, on the pooled vector.
+Elementwise work (norms, softmax, activations, the optimizer) is left out.
+
+Training: a matmul of forward cost F costs F forward, F for its input gradient where one is
+needed (some trained parameter lies below it) and F for its weight gradient where the weight
+trains; everything training, 3x the forward. Frozen parameters skip their weight gradients (and
+the input gradients below the lowest trained parameter), and a LoRA adapter counts as Hu et al.
+compute it, x A then (x A) B beside the frozen weight (`train_flops_per_example`; exact for the
+transformer family, whose tests equal the matmul FLOPs jax traces in the step). XLA's cost
+analysis of the compiled step (`compiled_flops`) is reported beside it, never instead of it: it
+adds elementwise work, rematerialised forwards and a merged LoRA weight's full gradient.
 
 Vision models count every convolution and matmul the same way (a conv is 2 * output pixels *
 kernel area * input channels * output channels). Their first layer reads the pixels, whose
@@ -15,6 +23,9 @@ forward pass minus one forward of that layer. (An MLP's first layer can hold mos
 so "3x the forward" would overstate its cost by up to a third.) Convolutions count every kernel
 tap, zero padding included, as published FLOP counts do and the hardware computes; XLA's cost model
 skips taps that fall on padding, so it reads lower on small feature maps.
+
+MFU divides the analytic FLOP/s by the vendor's dense peak for the arithmetic the run's matmuls
+take (`peak_flops_per_device`): the compute dtype, float32 following JAX's matmul precision.
 """
 
 import dataclasses
