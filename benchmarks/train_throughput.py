@@ -33,9 +33,10 @@ _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
 flags.mark_flags_as_required(['config'])
 
 
-def _peak_flops() -> tuple[float | None, str]:
-  """Whole-job peak: the per-device spec figure times the number of devices (None if unknown)."""
-  per_device, source = flops.peak_flops_per_device()
+def _peak_flops(config) -> tuple[float | None, str]:
+  """Whole-job peak at the compute dtype: the per-device spec figure times the number of devices
+  (None if unknown)."""
+  per_device, source = flops.peak_flops_per_device(flops.compute_dtype(config))
   return per_device and per_device * jax.device_count(), source
 
 
@@ -98,7 +99,7 @@ def main(argv):
   step_s = statistics.median(step_times)
   size = flops.accounting(config)
   flops_per_step = config.batch_size * size.train_flops_per_example
-  peak, peak_source = _peak_flops()
+  peak, peak_source = _peak_flops(config)
   row = {
       'device': jax.devices()[0].device_kind, 'num_devices': jax.device_count(),
       'mesh': dict(mesh.shape), 'params_total': size.params_total,

@@ -112,17 +112,47 @@ def test_sentencepiece_tokens_decode_to_the_documents(spm_model_path, tmp_path):
   assert second_of_two.bytes_per_token == datasets.bytes_per_token  # Over the whole eval set.
 
 
+class _CharacterOp:
+  """A SentencePiece-model tokenizer made of TensorFlow ops with tensorflow_text's interface:
+  each character is looked up among the model's pieces (unknown ones map to <unk>), EOS
+  appended. Not SentencePiece's segmentation, but the same kind of graph op, so the path that
+  runs tensorflow-text's op (installed with --no-deps only, so not in the test extra) runs
+  here for real: tf.data must save the iterator itself."""
+
+  def __init__(self, model: bytes):
+    import sentencepiece  # pylint: disable=import-outside-toplevel
+    processor = sentencepiece.SentencePieceProcessor(model_proto=model)
+    self.pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+    self.eos = processor.eos_id()
+    self.table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(self.pieces),
+                                            tf.range(len(self.pieces), dtype=tf.int32)),
+        default_value=processor.unk_id())
+
+  def tokenize(self, text):
+    ids = self.table.lookup(tf.strings.unicode_split(text, 'UTF-8'))
+    return tf.concat([ids, [self.eos]], axis=0)
+
+  def vocab_size(self):
+    return len(self.pieces)
+
+  def id_to_string(self, ids):
+    return tf.gather(tf.constant(self.pieces), ids)
+
+
 @pytest.mark.parametrize('backend, loader', [('sentencepiece', 'tfdata'),
                                              ('tensorflow_text', 'tfdata'),
                                              ('sentencepiece', 'grain')])
 def test_sentencepiece_train_iterator_resumes_exactly(spm_model_path, tmp_path, backend, loader,
                                                      monkeypatch):
-  """Real (unmocked) data through a checkpoint. tf.data: tensorflow-text's TF op saves the
-  iterator itself; the sentencepiece package (a numpy_function) resumes by replaying the stream.
-  Grain saves its position whatever the tokenizer."""
-  if backend == 'tensorflow_text':
-    pytest.importorskip('tensorflow_text', reason='tensorflow-text is installed with --no-deps only')
+  """Real (unmocked) data through a checkpoint. tf.data: a TF op (tensorflow-text's, here
+  `_CharacterOp` in its place) saves the iterator itself; the sentencepiece package (a
+  numpy_function) resumes by replaying the stream. Grain saves its position whatever the
+  tokenizer."""
+  ops = []
   monkeypatch.setattr(tokenizers, '_installed', lambda module: backend == 'tensorflow_text')
+  monkeypatch.setattr(tokenizers, '_tensorflow_text_tokenizer', lambda model, path: (
+      ops.append(_CharacterOp(model)) or tokenizers._op_tokenizer(ops[-1], path)))
   config = _config('python_stdlib', tmp_path / 'tfds', tokenizer='sentencepiece',
                    spm_model_path=spm_model_path)
   config.loader = loader
@@ -140,3 +170,4 @@ def test_sentencepiece_train_iterator_resumes_exactly(spm_model_path, tmp_path, 
   checkpointing.restore(manager, 1, {'x': np.zeros(1)}, resumed)
   np.testing.assert_array_equal(np.asarray(next(resumed)['inputs']), expected)
   assert expected.max() < 400
+  assert bool(ops) == (backend == 'tensorflow_text')  # 'auto' took the TF op where installed.

@@ -161,3 +161,50 @@ def test_scanned_layers_get_one_stacked_adapter_per_weight(data_dir, tmp_path):
   after = _named_host(experiment.build(config, str(tmp_path)).state.params)
   assert not np.array_equal(after['blocks.qkv_DxTxHxK_lora.b'], adapters['blocks.qkv_DxTxHxK_lora.b'])
   np.testing.assert_array_equal(after['blocks.qkv_DxTxHxK'], names['blocks.qkv_DxTxHxK'])
+
+
+def _adapted_forward(scan_layers: bool, dropout: float):
+  """forward(train, rng) of a tiny adapted LM on 4 identical rows, its adapters' B nonzero."""
+  config = tiny_config(**{'lora.rank': 2, 'lora.dropout': dropout, 'model.scan_layers': scan_layers,
+                          'lora.targets': ('q', 'v', 'o', 'mlp_in', 'mlp_out')})
+  model = build.model_for(config)
+  for index, (_, node) in enumerate(n for n in nnx.iter_graph(model)
+                                    if isinstance(n[1], lora.Adapter)):
+    node.b[...] = 0.3 * jax.random.normal(jax.random.key(index), node.b.shape)
+  graphdef, state = nnx.split(model)
+  tokens = jnp.tile(jnp.arange(16)[None], (4, 1))
+
+  def forward(train, rng=None):
+    model = nnx.merge(graphdef, state, copy=True)
+    return lora.prepare(model, rng, train)(tokens)
+  return forward
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_dropout_masks_the_adapter_input_per_example_in_training_only(scan_layers):
+  forward = _adapted_forward(scan_layers, dropout=0.5)
+  train = np.asarray(jax.jit(lambda rng: forward(True, rng))(jax.random.key(0)))
+  again = np.asarray(jax.jit(lambda rng: forward(True, rng))(jax.random.key(0)))
+  evaluated = np.asarray(forward(False))
+  np.testing.assert_array_equal(train, again)  # One key, one mask.
+  assert not np.allclose(train[0], train[1], atol=1e-3)  # Identical rows, their own masks.
+  np.testing.assert_array_equal(evaluated[0], evaluated[1])  # Eval: no dropout,
+  assert not np.allclose(train, evaluated, atol=1e-3)
+  merged = _adapted_forward(scan_layers, dropout=0.0)
+  np.testing.assert_array_equal(evaluated, np.asarray(merged(False)))  # the merged weights.
+  # Keeping (almost) every input, the adapters beside their weights give the merged function.
+  kept = _adapted_forward(scan_layers, dropout=1e-9)
+  np.testing.assert_allclose(np.asarray(kept(True, jax.random.key(0))), evaluated, atol=2e-5,
+                             rtol=1e-5)
+
+
+def test_without_dropout_training_runs_the_merged_weights():
+  def lora_weights(dropout):
+    model = build.model_for(tiny_config(**{'lora.rank': 2, 'lora.dropout': dropout}))
+    lora.prepare(model, jax.random.key(0), train=True)
+    return sum(isinstance(node[...], lora.LoraWeight) for _, node in nnx.iter_graph(model)
+               if isinstance(node, nnx.Param))
+  assert lora_weights(0.0) == 0 and lora_weights(0.1) == 4  # Both layers' qkv and out_HxKxD.
+  forward = _adapted_forward(False, dropout=0.0)
+  np.testing.assert_array_equal(np.asarray(forward(True, jax.random.key(0))),
+                                np.asarray(forward(False)))

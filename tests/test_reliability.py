@@ -1,6 +1,7 @@
 """Runs that meet the real world: non-finite updates, damaged checkpoints, configs too big."""
 
 import ctypes
+import dataclasses
 import logging
 import os
 import re
@@ -335,8 +336,9 @@ def _estimate_and_compiled(config):
   return estimates[0], memory.compiled_bytes(compiled)
 
 
-# What the estimate achieves against XLA's buffer assignment (0.93 and 0.60 with jax 0.10 on CPU):
-# close without remat; with full remat it undercounts what XLA keeps live for the recompute.
+# The estimate is only the fallback where XLA gives no memory analysis (the check otherwise uses
+# XLA's figure, below). What it achieves against XLA's buffer assignment (0.93 and 0.60 with
+# jax 0.10 on CPU): close without remat; with full remat it undercounts what XLA keeps live.
 @pytest.mark.parametrize('overrides, low, high', [({}, 0.8, 1.2),
                                                   ({'model.remat_policy': 'full'}, 0.45, 0.8)],
                          ids=['no_remat', 'remat_full'])
@@ -347,6 +349,46 @@ def test_memory_estimate_is_close_to_xla(overrides, low, high):
   ratio = estimate.total / compiled
   print(f'{overrides}: estimate {estimate.total} B, XLA {compiled} B, ratio {ratio:.2f}')
   assert low < ratio < high, (estimate.describe(), compiled)
+
+
+def test_memory_check_decides_by_xlas_figure_not_the_estimate():
+  # Full remat: the estimate undercounts, so a limit between it and XLA's figure tells them apart.
+  config = tiny_config(**{'batch_size': 64, 'dataset.seq_len': 128, 'model.vocab_size': 256,
+                          'model.remat_policy': 'full', 'memory_check': 'error'})
+  estimate, compiled = _estimate_and_compiled(config)
+  assert estimate.total < compiled
+  with_xla = dataclasses.replace(estimate, compiled=compiled)
+  assert with_xla.needed == compiled
+  between = (estimate.total + compiled) // 2
+  memory.check(config, dataclasses.replace(estimate, limit=between))  # The estimate alone: fits.
+  with pytest.raises(memory.InsufficientMemoryError, match=r'does not fit.*XLA needs'):
+    memory.check(config, dataclasses.replace(with_xla, limit=between))
+  memory.check(config, dataclasses.replace(with_xla, limit=compiled))  # Exactly enough: fits.
+  with pytest.raises(memory.InsufficientMemoryError):  # State alone over the limit: no compile.
+    memory.check(config, dataclasses.replace(estimate, limit=estimate.state - 1), state_only=True)
+  memory.check(config, dataclasses.replace(estimate, limit=estimate.state), state_only=True)
+
+
+def test_the_build_refuses_a_step_xla_says_does_not_fit(data_dir, tmp_path, monkeypatch):
+  """The state fits, the compiled step does not: refused before any array or file exists."""
+  figures = []  # (exact state bytes, XLA's figure) of each build's memory check.
+  real_with_compiled = memory.with_compiled
+
+  def recording(estimate_, compiled):
+    figures.append((estimate_.state, memory.compiled_bytes(compiled)))
+    return real_with_compiled(estimate_, compiled)
+
+  monkeypatch.setattr(memory, 'with_compiled', recording)
+  monkeypatch.setattr(memory, 'device_memory_limit', lambda: (10**15, 'big enough'))
+  config = _markov_config(data_dir)
+  experiment.build(config, tmp_path / 'fits')
+  state, xla = figures[0]
+  assert xla and xla > state
+  limit = (state + xla) // 2  # The state fits; XLA's step does not.
+  monkeypatch.setattr(memory, 'device_memory_limit', lambda: (limit, 'test limit'))
+  with pytest.raises(memory.InsufficientMemoryError, match=r'does not fit.*XLA needs'):
+    loop.run(config, str(tmp_path / 'refused'))
+  assert not (tmp_path / 'refused').exists()
 
 
 def test_memory_estimate_traces_models_it_has_no_formula_for():

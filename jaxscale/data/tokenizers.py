@@ -60,7 +60,15 @@ def _installed(module: str) -> bool:
 
 def _tensorflow_text_tokenizer(model: bytes, model_path: str) -> Tokenizer:
   import tensorflow_text  # pylint: disable=import-outside-toplevel
-  tokenizer = tensorflow_text.SentencepieceTokenizer(model=model, out_type=tf.int32, add_eos=True)
+  return _op_tokenizer(
+      tensorflow_text.SentencepieceTokenizer(model=model, out_type=tf.int32, add_eos=True),
+      model_path)
+
+
+def _op_tokenizer(tokenizer, model_path: str) -> Tokenizer:
+  """A SentencePiece TensorFlow op (tensorflow_text.SentencepieceTokenizer's interface:
+  `tokenize` appending EOS, `vocab_size`, `id_to_string`) as a Tokenizer. Pure TF, so tf.data
+  saves the train iterator itself."""
   if tokenizer.tokenize('').shape[0] != 1:
     raise ValueError(f'SentencePiece model {model_path} has no EOS piece to separate documents.')
   vocab_size = int(tokenizer.vocab_size())

@@ -71,9 +71,9 @@ def train_loop(e: multi.MultiExperiment, workdirs) -> list[dict]:
                                         'params_frozen': 0})
   scale_numbers, counters, tokens_per_step = (record.scale_numbers, record.counters,
                                               record.tokens_per_step)
-  peak_per_device, _ = flops.peak_flops_per_device()
+  peak_per_device, _ = flops.peak_flops_per_device(flops.compute_dtype(config))
   throughput = actions.Throughput(config.batch_size, tokens_per_step, e.flops_per_step,
-                                  peak_per_device)
+                                  peak_per_device and peak_per_device * jax.device_count())
   model_writers = [writers.create_writer(w) for w in workdirs]
   for writer in model_writers:
     writer.write_scalars(0, scale_numbers)

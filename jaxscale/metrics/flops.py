@@ -1,12 +1,20 @@
 """Exact parameter counts, training FLOPs, and model FLOP utilisation (MFU).
 
-FLOPs count multiply-adds as 2 and include every matmul of the transformer: projections, the
-logits, and attention's QK^T and AV over the full L x L score matrix (XLA computes the masked
-half too, so this is what the hardware does; causal and bidirectional attention cost the same).
-A transformer classifier (`num_classes` > 0) has no per-token logits: its head runs once per
-sequence, on the pooled position. A training step costs 3x the forward pass
-(backward = 2x forward). Elementwise work (norms, softmax, optimizer) is left out; it is a few
-percent at realistic widths, and `tests/test_flops.py` checks the total against XLA's cost model.
+One convention for every run: model FLOPs are the FLOPs of the matmuls, 2 per multiply-add:
+projections, the logits, and attention's QK^T and AV over the full L x L score matrix (XLA
+computes the masked half too, so this is what the hardware does; causal and bidirectional
+attention cost the same). A transformer classifier (`num_classes` > 0) has no per-token logits:
+its head (and mean pooling's masked sum) runs once per sequence, on the pooled vector.
+Elementwise work (norms, softmax, activations, the optimizer) is left out.
+
+Training: a matmul of forward cost F costs F forward, F for its input gradient where one is
+needed (some trained parameter lies below it) and F for its weight gradient where the weight
+trains; everything training, 3x the forward. Frozen parameters skip their weight gradients (and
+the input gradients below the lowest trained parameter), and a LoRA adapter counts as Hu et al.
+compute it, x A then (x A) B beside the frozen weight (`train_flops_per_example`; exact for the
+transformer family, whose tests equal the matmul FLOPs jax traces in the step). XLA's cost
+analysis of the compiled step (`compiled_flops`) is reported beside it, never instead of it: it
+adds elementwise work, rematerialised forwards and a merged LoRA weight's full gradient.
 
 Vision models count every convolution and matmul the same way (a conv is 2 * output pixels *
 kernel area * input channels * output channels). Their first layer reads the pixels, whose
@@ -15,16 +23,21 @@ forward pass minus one forward of that layer. (An MLP's first layer can hold mos
 so "3x the forward" would overstate its cost by up to a third.) Convolutions count every kernel
 tap, zero padding included, as published FLOP counts do and the hardware computes; XLA's cost model
 skips taps that fall on padding, so it reads lower on small feature maps.
+
+MFU divides the analytic FLOP/s by the vendor's dense peak for the arithmetic the run's matmuls
+take (`peak_flops_per_device`): the compute dtype, float32 following JAX's matmul precision.
 """
 
 import dataclasses
 import inspect
+import re
 import types
 
 import jax
 
+from jaxscale.core import param_paths
 from jaxscale.core.registry import Registry
-from jaxscale.models import MODELS, resnet
+from jaxscale.models import MODELS, lora, resnet
 
 
 def _num_classes(model_config) -> int:
@@ -32,10 +45,18 @@ def _num_classes(model_config) -> int:
   return getattr(model_config, 'num_classes', 0) or 0
 
 
+def _head_dims(model_config) -> tuple[int, int]:
+  """(query width, key/value width): H * head_dim, and fewer key/value heads under GQA."""
+  d, heads = model_config.d_model, model_config.num_heads
+  kv_heads = getattr(model_config, 'num_kv_heads', 0) or heads
+  return d, kv_heads * (d // heads)
+
+
 def _block_matmul_params(model_config) -> int:
   d, f = model_config.d_model, model_config.mlp_dim
+  q, kv = _head_dims(model_config)
   mlp_matrices = 3 if model_config.mlp_activation == 'swiglu' else 2
-  return 4 * d * d + mlp_matrices * d * f  # QKV + output projection, then the MLP.
+  return d * (2 * q + 2 * kv) + mlp_matrices * d * f  # Q, K, V, output projection; the MLP.
 
 
 def count_params(model_config, vocab_size: int) -> tuple[int, int]:
@@ -53,17 +74,113 @@ def count_params(model_config, vocab_size: int) -> tuple[int, int]:
   return embedding + non_embedding, non_embedding
 
 
+def forward_flops_terms(model_config, seq_len: int, vocab_size: int) -> dict[str, int]:
+  """Forward FLOPs per token of each matmul of the transformer, summed over its layers."""
+  d, f, layers = model_config.d_model, model_config.mlp_dim, model_config.num_layers
+  q, kv = _head_dims(model_config)
+  gates = 2 if model_config.mlp_activation == 'swiglu' else 1
+  return {
+      'qkv': layers * 2 * d * (q + 2 * kv),
+      'attention_logits': layers * 2 * seq_len * q,  # QK^T: each query against all L keys.
+      'attention_values': layers * 2 * seq_len * q,  # Probabilities times V.
+      'attention_out': layers * 2 * q * d,
+      'mlp_in': layers * 2 * d * f * gates,
+      'mlp_out': layers * 2 * f * d,
+      'logits': 0 if _num_classes(model_config) else 2 * d * vocab_size,  # A head is per sequence.
+  }
+
+
 def forward_flops_per_token(model_config, seq_len: int, vocab_size: int) -> float:
-  d, layers = model_config.d_model, model_config.num_layers
-  projections = 2 * layers * _block_matmul_params(model_config)
-  attention = layers * 2 * (2 * seq_len * d)  # QK^T and AV, each 2*L*D per token.
-  logits = 0 if _num_classes(model_config) else 2 * d * vocab_size  # A head is per sequence.
-  return float(projections + attention + logits)
+  return float(sum(forward_flops_terms(model_config, seq_len, vocab_size).values()))
 
 
 def train_flops_per_token(model_config, seq_len: int, vocab_size: int) -> float:
-  """Forward + backward FLOPs per trained token."""
+  """Forward + backward FLOPs per trained token, every parameter training."""
   return 3.0 * forward_flops_per_token(model_config, seq_len, vocab_size)
+
+
+def _head_flops(model_config, seq_len: int) -> int:
+  """Forward FLOPs per sequence of a classifier: mean pooling's masked sum (an einsum), the head."""
+  d, k = model_config.d_model, _num_classes(model_config)
+  pooling = 2 * seq_len * d if k and getattr(model_config, 'pooling', '') == 'mean' else 0
+  return pooling + 2 * d * k
+
+
+def _lora_slots(config) -> dict[str, tuple]:
+  """Weight attribute -> its slots with an adapter (() for the whole weight)."""
+  if not config.get('lora') or not config.lora.rank:
+    return {}
+  slots = {}
+  for target in config.lora.targets:
+    pattern, slot = lora.PROJECTIONS.get(target, (target, None))
+    for attribute in ('qkv_DxTxHxK', 'out_HxKxD', 'mlp_in_DxTxF', 'mlp_out_FxD'):
+      if re.search(pattern, attribute):
+        slots.setdefault(attribute, set()).add(slot)
+  return {a: () if None in s else tuple(sorted(s)) for a, s in slots.items()}
+
+
+def transformer_train_flops(config) -> float:
+  """Training FLOPs per example of the transformer as configured to train.
+
+  Each matmul of forward cost F costs F forward, F for its input gradient where one is needed
+  (some trained parameter lies below it), and F for its weight gradient where the weight trains.
+  Every parameter training, that is 3x the forward. A LoRA adapter (Hu et al.: x A B, rank r)
+  adds the same rule for its two matmuls, its base weight frozen.
+  """
+  m, tokens = config.model, config.dataset.seq_len
+  d, f = m.d_model, m.mlp_dim
+  q_width, kv_width = _head_dims(m)
+  rank, lora_slots = (config.lora.rank if config.get('lora') else 0), _lora_slots(config)
+  trains = lambda name: not param_paths.is_frozen(name, config.optimizer)
+  total = 0
+
+  def matmul(forward, weight_trains, input_grad):
+    nonlocal total
+    total += forward * (1 + bool(input_grad) + bool(weight_trains))
+
+  def projection(name, attribute, slot, d_in, d_out, input_grad) -> bool:
+    """One projection over the sequence (a slot of a fused weight) and its adapter; whether
+    either trains."""
+    weight_trains = trains(name)
+    matmul(2 * tokens * d_in * d_out, weight_trains, input_grad)
+    adapted = attribute in lora_slots and (not lora_slots[attribute]
+                                           or slot in lora_slots[attribute])
+    if adapted:  # x A, then (x A) B; A's and B's weight gradients always.
+      matmul(2 * tokens * d_in * rank, True, input_grad)
+      matmul(2 * tokens * rank * d_out, True, True)
+    return weight_trains or adapted
+
+  # Whether the residual stream's gradient is needed: some parameter below it trains.
+  need = trains('embed_VxD')
+  for layer in range(m.num_layers):
+    p = 'blocks.' if m.scan_layers else f'blocks.{layer}.'
+    need_h = need or trains(p + 'attn_norm.scale')
+    need_q, need_k, need_v = (
+        projection(p + 'qkv_DxTxHxK', 'qkv_DxTxHxK', slot, d, width, need_h) or need_h
+        for slot, width in enumerate((q_width, kv_width, kv_width)))
+    attention = 2 * tokens * tokens * q_width               # QK^T, and AV, each.
+    total += attention * (1 + need_q + need_k)             # Forward; dQ, dK.
+    need_scores = need_q or need_k
+    total += attention * (1 + need_scores + need_v)        # Forward; dP, dV.
+    need_attention = need_scores or need_v
+    out_trains = projection(p + 'out_HxKxD', 'out_HxKxD', None, q_width, d, need_attention)
+    need = need or need_attention or out_trains
+    need_h = need or trains(p + 'mlp_norm.scale')
+    gates = 2 if m.mlp_activation == 'swiglu' else 1
+    mlp_in = [projection(p + 'mlp_in_DxTxF', 'mlp_in_DxTxF', slot, d, f, need_h)
+              for slot in range(gates)]
+    need_f = need_h or any(mlp_in)
+    out_trains = projection(p + 'mlp_out_FxD', 'mlp_out_FxD', None, f, d, need_f)
+    need = need or need_f or out_trains
+  need = need or trains('final_norm.scale')
+  num_classes = _num_classes(m)
+  if num_classes:  # Once per sequence: the pooling's einsum (no weight), the head.
+    total += (_head_flops(m, tokens) - 2 * d * num_classes) * (1 + need)
+    matmul(2 * d * num_classes, trains('head_DxK'), need)
+  else:
+    readout = 'embed_VxD' if m.tie_embeddings else 'unembed_DxV'
+    matmul(2 * tokens * d * m.vocab_size, trains(readout), need)
+  return float(total)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +200,11 @@ def _transformer_accounting(config) -> Accounting:
   model, seq_len = config.model, config.dataset.seq_len
   total, non_embedding = count_params(model, model.vocab_size)
   per_token = train_flops_per_token(model, seq_len, model.vocab_size)
-  head = 2 * model.d_model * _num_classes(model)  # Once per sequence.
+  head = _head_flops(model, seq_len)  # Once per sequence.
+  pooling = head - 2 * model.d_model * _num_classes(model)  # No weight: no weight gradient.
   forward = seq_len * forward_flops_per_token(model, seq_len, model.vocab_size) + head
-  return Accounting(total, non_embedding, seq_len * per_token + 3.0 * head, seq_len, float(forward))
+  train = seq_len * per_token + 3.0 * head - pooling
+  return Accounting(total, non_embedding, train, seq_len, float(forward))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +315,16 @@ ACCOUNTING.register('resnet')(_classifier_accounting(resnet_cost))
 ACCOUNTING.register('mlp')(_classifier_accounting(mlp_cost))
 
 
+def train_flops_per_example(config, size: Accounting | None = None) -> float:
+  """Model FLOPs of one trained example as the run trains it: frozen parameters skip their
+  weight gradients (and the input gradients below the lowest trained parameter), LoRA adds its
+  adapters' matmuls. Exact for the transformer family; other families count every parameter as
+  trained (an upper bound for a frozen backbone)."""
+  if config.model.name in ('transformer', 'encoder'):
+    return transformer_train_flops(config)
+  return (size or accounting(config)).train_flops_per_example
+
+
 def accounting(config) -> Accounting:
   if config.model.name not in ACCOUNTING:
     raise NotImplementedError(f'No parameter/FLOP accounting for model {config.model.name!r}; '
@@ -203,43 +332,77 @@ def accounting(config) -> Accounting:
   return ACCOUNTING.get(config.model.name)(config)
 
 
-# Dense bf16 peak FLOP/s per chip, from vendor specifications, keyed by the exact `device_kind`
-# JAX reports. Exact names only: variants of one chip differ (an H100 PCIe or NVL is not an SXM).
+# Dense peak FLOP/s per chip by the arithmetic its matmul units run, from vendor specifications,
+# keyed by the exact `device_kind` JAX reports. Exact names only: variants of one chip differ
+# (an H100 PCIe or NVL is not an SXM). Sparsity figures are halved to dense. TPUs publish only
+# bf16: their float32 matmuls are bf16 passes (one by default, several at higher precision).
+_A100 = {'bfloat16': 312e12, 'tensorfloat32': 156e12, 'float32': 19.5e12}
+_H100_SXM = {'bfloat16': 989e12, 'tensorfloat32': 494.5e12, 'float32': 67e12}
+_H100_NVL = {'bfloat16': 835e12, 'tensorfloat32': 417.5e12, 'float32': 60e12}
 PEAK_FLOPS_BY_DEVICE_KIND = {
-    'TPU v4': 275e12,
-    'TPU v5 lite': 197e12,   # v5e
-    'TPU v5e': 197e12,
-    'TPU v5': 459e12,        # v5p
-    'TPU v5p': 459e12,
-    'TPU v6 lite': 918e12,   # v6e (Trillium)
-    'TPU v6e': 918e12,
-    'NVIDIA A100-SXM4-40GB': 312e12,
-    'NVIDIA A100-SXM4-80GB': 312e12,
-    'NVIDIA A100-PCIE-40GB': 312e12,
-    'NVIDIA A100 80GB PCIe': 312e12,
-    'NVIDIA H100 80GB HBM3': 989e12,   # SXM
-    'NVIDIA H100 PCIe': 756e12,
-    'NVIDIA H100 NVL': 835e12,
-    'NVIDIA H200': 989e12,             # SXM
-    'NVIDIA H200 NVL': 835e12,
+    'TPU v4': {'bfloat16': 275e12},
+    'TPU v5 lite': {'bfloat16': 197e12},   # v5e
+    'TPU v5e': {'bfloat16': 197e12},
+    'TPU v5': {'bfloat16': 459e12},        # v5p
+    'TPU v5p': {'bfloat16': 459e12},
+    'TPU v6 lite': {'bfloat16': 918e12},   # v6e (Trillium)
+    'TPU v6e': {'bfloat16': 918e12},
+    'NVIDIA A100-SXM4-40GB': _A100,
+    'NVIDIA A100-SXM4-80GB': _A100,
+    'NVIDIA A100-PCIE-40GB': _A100,
+    'NVIDIA A100 80GB PCIe': _A100,
+    'NVIDIA H100 80GB HBM3': _H100_SXM,   # SXM
+    'NVIDIA H100 PCIe': {'bfloat16': 756e12, 'tensorfloat32': 378e12, 'float32': 51e12},
+    'NVIDIA H100 NVL': _H100_NVL,
+    'NVIDIA H200': _H100_SXM,             # SXM: the H100's compute, more memory.
+    'NVIDIA H200 NVL': _H100_NVL,
 }
 
+# jax_default_matmul_precision -> the arithmetic float32 matmuls then run; None: the platform's
+# default, which favours speed (TPU: one bf16 pass; recent NVIDIA GPUs: TF32).
+_FLOAT32_MATMULS = {'bfloat16': 'bfloat16', 'fastest': 'bfloat16',
+                    'tensorfloat32': 'tensorfloat32', 'high': 'tensorfloat32',
+                    'float32': 'float32', 'highest': 'float32',
+                    'BF16_BF16_F32': 'bfloat16', 'TF32_TF32_F32': 'tensorfloat32',
+                    'F32_F32_F32': 'float32'}
+_FLOAT32_DEFAULT = {'tpu': 'bfloat16', 'gpu': 'tensorfloat32'}
 
-def peak_flops_per_device(device=None) -> tuple[float | None, str]:
-  """(peak FLOP/s, where it came from) for one device from the spec table, or (None, why) for a
-  device kind it does not list: MFU is then not reported rather than measured against a guess."""
+
+def matmul_arithmetic(compute_dtype: str, platform: str) -> str:
+  """The arithmetic a model computing in `compute_dtype` runs its matmuls in on `platform`: the
+  dtype itself, except that float32 follows JAX's matmul precision."""
+  if compute_dtype != 'float32':
+    return compute_dtype
+  precision = jax.config.jax_default_matmul_precision
+  if precision in (None, 'default'):
+    return _FLOAT32_DEFAULT.get(platform, 'float32')
+  return _FLOAT32_MATMULS.get(str(precision), str(precision))
+
+
+def peak_flops_per_device(compute_dtype: str, device=None) -> tuple[float | None, str]:
+  """(peak FLOP/s, where it came from) for one device running matmuls for a `compute_dtype`
+  model, from the spec table; (None, why) for a device kind or arithmetic it does not list: MFU
+  is then not reported rather than measured against a guess."""
   device = device or jax.devices()[0]
   kind = device.device_kind
-  if kind in PEAK_FLOPS_BY_DEVICE_KIND:
-    return PEAK_FLOPS_BY_DEVICE_KIND[kind], f'spec:{kind}'
-  return None, (f'no peak FLOP/s known for device kind {kind!r} (add it to '
+  arithmetic = matmul_arithmetic(compute_dtype, device.platform)
+  peak = PEAK_FLOPS_BY_DEVICE_KIND.get(kind, {}).get(arithmetic)
+  if peak:
+    return peak, f'spec:{kind}:{arithmetic}'
+  return None, (f'no {arithmetic} peak FLOP/s known for device kind {kind!r} (add it to '
                 'jaxscale.metrics.flops.PEAK_FLOPS_BY_DEVICE_KIND)')
+
+
+def compute_dtype(config) -> str:
+  """The dtype a run's matmuls take (config.model.dtype; float32 where a model has none)."""
+  return config.model.get('dtype', 'float32')
 
 
 def compiled_flops(compiled) -> float | None:
   """XLA's FLOP count of a compiled step (whole program, all devices), or None if the backend
-  gives none. Used where the analytic count does not apply, e.g. frozen parameters, whose weight
-  gradients XLA never computes."""
+  gives none: reported beside the analytic count as `flops_per_step_xla`. It counts what the
+  program runs: elementwise work too, a convolution's taps on padding not, rematerialised
+  forwards twice, a merged LoRA weight's full gradient."""
   try:
     analysis = compiled.cost_analysis()
   except Exception:  # noqa: BLE001  (some backends do not implement it)

@@ -7,7 +7,12 @@ the gathered parameters as another. Activations are an *estimate*: for the trans
 tensors each layer keeps for the backward pass (a few B*L*D, B*L*F and B*H*L*L per layer, fewer
 under rematerialisation) plus the logits; for other models, the sum of every intermediate of one
 traced forward pass at the per-device micro-batch (an upper bound: XLA fuses most of them away).
-After compiling, `compiled_bytes` gives XLA's own figure to compare.
+
+`check` decides with XLA's own figure where it has one: the build compiles the train step from
+the abstract state before allocating anything (`compiled_bytes`: arguments + outputs - donated +
+temporaries, XLA's buffer assignment) and refuses a config whose figure exceeds the device's
+memory. The estimate above is the fallback where the backend gives no memory analysis; its exact
+part (the state) also refuses, before the compile, a config whose state alone cannot fit.
 """
 
 import dataclasses
@@ -38,16 +43,29 @@ class Estimate:
   activations_method: str
   limit: int | None         # Device memory, None where it cannot be read.
   limit_source: str
+  compiled: int | None = None  # XLA's figure for the compiled train step, once known.
 
   @property
   def total(self) -> int:
     return (self.params + self.optimizer_state + self.other_state + self.gradients
             + self.gathered_params + self.activations)
 
+  @property
+  def state(self) -> int:
+    """The exact part: what the train state occupies, whatever the step does."""
+    return self.params + self.optimizer_state + self.other_state
+
+  @property
+  def needed(self) -> int:
+    """What the check compares with the limit: XLA's figure, else the estimate."""
+    return self.compiled if self.compiled is not None else self.total
+
   def describe(self) -> str:
     limit = (f'{_gib(self.limit)} available ({self.limit_source})' if self.limit
              else f'device memory unknown ({self.limit_source})')
-    return (f'estimated {_gib(self.total)} per device: params {_gib(self.params)}, optimizer '
+    xla = (f'XLA needs {_gib(self.compiled)} per device for the compiled step; '
+           if self.compiled is not None else '')
+    return (f'{xla}estimated {_gib(self.total)} per device: params {_gib(self.params)}, optimizer '
             f'state {_gib(self.optimizer_state)}, other state {_gib(self.other_state)}, '
             f'gradients {_gib(self.gradients)}, gathered params {_gib(self.gathered_params)}, '
             f'activations ~{_gib(self.activations)} '
@@ -146,10 +164,15 @@ def estimate(config, abstract_state, abstract_batch, forward) -> Estimate:
       activations_method=method, limit=limit, limit_source=source)
 
 
-def check(config, estimate_: Estimate):
-  """Logs the estimate; raises (memory_check='error') or warns when it exceeds the limit."""
-  logging.info('Memory: %s.', estimate_.describe())
-  if config.memory_check == 'off' or not estimate_.limit or estimate_.total <= estimate_.limit:
+def check(config, estimate_: Estimate, state_only: bool = False):
+  """Logs the estimate; raises (memory_check='error') or warns when what is needed exceeds the
+  limit: XLA's figure where the estimate carries one, else the estimate's total. `state_only`
+  checks just the exact state bytes (before compiling: a config whose state alone cannot fit is
+  refused without waiting for the compile)."""
+  needed = estimate_.state if state_only else estimate_.needed
+  if not state_only:
+    logging.info('Memory: %s.', estimate_.describe())
+  if config.memory_check == 'off' or not estimate_.limit or needed <= estimate_.limit:
     return
   message = (
       f'This config does not fit in device memory: {estimate_.describe()}. To fit it, shard '
@@ -175,9 +198,6 @@ def compiled_bytes(compiled) -> int | None:
              - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes)
 
 
-def compare_compiled(compiled, estimate_: Estimate) -> str:
-  actual = compiled_bytes(compiled)
-  if actual is None:
-    return f'XLA gives no memory analysis here (estimated {_gib(estimate_.total)} per device)'
-  return (f'XLA needs {_gib(actual)} per device, estimated {_gib(estimate_.total)} '
-          f'(ratio {estimate_.total / max(actual, 1):.2f})')
+def with_compiled(estimate_: Estimate, compiled) -> Estimate:
+  """The estimate carrying XLA's figure for `compiled` (unchanged where XLA gives none)."""
+  return dataclasses.replace(estimate_, compiled=compiled_bytes(compiled))

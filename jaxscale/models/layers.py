@@ -90,6 +90,8 @@ def einsum_f32_accumulate(spec: str, x, w, out_dtype=None):
   it is a plain `jnp.einsum` on the parameter itself: Qwix intercepts that call, recognises the
   weight and brings its own quantized forward and straight-through backward.
   """
+  if hasattr(w, 'lora_einsum'):  # A LoRA weight with its adapter beside it (models.lora).
+    return w.lora_einsum(spec, x, out_dtype)
   if quantizing():
     out = jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
     return out.astype(out_dtype or x.dtype)

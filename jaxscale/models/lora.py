@@ -23,11 +23,17 @@ Which axes are the "input" of a weight comes from its logical axis names: a weig
 axis is 'embed' projects back into the residual stream (attention output, MLP output), and a
 convolution kernel ends in 'conv_out', so all their other axes are inputs; any other weight
 reads the residual stream through its first axis.
-`dropout` drops input features of A (shared by the batch within a step), the weight-space
-counterpart of dropping the adapter's input activations; it is not Hu et al.'s per-example
-dropout, which needs the adapter inside each model's matmuls rather than merged into the weight.
+
+`dropout` > 0 (Hu et al.'s dropout on the adapter's input) cannot live in a merged weight: each
+example, token and feature of the input gets its own mask. In training the adapters then stay
+beside their weights (`apply`): the weight is read as a `LoraWeight`, and the model's einsum
+(`layers.einsum_f32_accumulate`) computes x W + (alpha / rank) (dropout(x) A) B, low rank. Only
+models whose matmuls go through that einsum (the transformer, ViT) support it. Evaluation (no
+dropout) and dropout 0 merge as before, bit for bit.
 """
 
+import dataclasses
+import functools
 import math
 import re
 
@@ -37,7 +43,7 @@ from flax import nnx
 
 from jaxscale.config import validation
 from jaxscale.config.validation import ConfigError
-from jaxscale.models.layers import sharded_param
+from jaxscale.models.layers import einsum_f32_accumulate, sharded_param
 
 ADAPTER_SUFFIX = '_lora'
 # Parameter names of adapters (their A and B), for freezing everything else.
@@ -87,12 +93,9 @@ class Adapter(nnx.Module):
     self.scale = alpha / rank
     self.dropout = dropout
 
-  def delta(self, rng=None):
-    """(alpha / rank) A B in the weight's shape; `rng` turns dropout on."""
+  def delta(self):
+    """(alpha / rank) A B in the weight's shape."""
     a = self.a[...]
-    if rng is not None and self.dropout > 0:
-      keep = jax.random.bernoulli(rng, 1 - self.dropout, a.shape[:-1] + (1,))
-      a = jnp.where(keep, a / (1 - self.dropout), 0.0)
     update = jnp.einsum('...ir,...ro->...io', a, self.b[...]) * self.scale
     if self.slots is None:
       return update.reshape(update.shape[:-2] + self.in_shape + self.out_shape)
@@ -101,6 +104,113 @@ class Adapter(nnx.Module):
       full = jnp.zeros(update.shape[:-2] + (self.num_slots, update.shape[-1]), update.dtype)
       update = full.at[..., jnp.asarray(self.slots), :].set(update)
     return update.reshape(update.shape[:-3] + self.in_shape + (self.num_slots,) + self.out_shape)
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=('w', 'a', 'b', 'key'),
+                   meta_fields=('scale', 'dropout', 'in_shape', 'out_shape', 'slots', 'sliced'))
+@dataclasses.dataclass(frozen=True)
+class LoraWeight:
+  """A weight read with its adapter beside it: what the model's einsum sees in training with
+  dropout. Indexing and casting act on the weight (a fused weight's slot picks that slot's
+  adapter, or none); `lora_einsum` computes the adapted matmul."""
+  w: jax.Array
+  a: jax.Array        # [*slots, fan_in, rank]; no 'layers' axis inside a scanned block.
+  b: jax.Array        # [*slots, rank, prod(out_shape)]
+  key: jax.Array      # Dropout randomness of this weight (one per layer in a stack).
+  scale: float
+  dropout: float
+  in_shape: tuple
+  out_shape: tuple
+  slots: tuple | None  # A fused weight's adapted slots; None for a plain weight.
+  sliced: bool = False
+
+  @property
+  def shape(self):
+    return self.w.shape
+
+  @property
+  def ndim(self):
+    return self.w.ndim
+
+  def astype(self, dtype):
+    return dataclasses.replace(self, w=self.w.astype(dtype), a=self.a.astype(dtype),
+                               b=self.b.astype(dtype))
+
+  def __getitem__(self, index):
+    if index is Ellipsis:
+      return self
+    # A fused weight's slot, w[:, i]: that projection's own adapter, if it has one.
+    if (self.slots is not None and not self.sliced and isinstance(index, tuple)
+        and len(index) == 2 and index[0] == slice(None) and isinstance(index[1], int)):
+      slot = index[1]
+      if slot not in self.slots:
+        return self.w[index]
+      part = self.slots.index(slot)
+      return dataclasses.replace(self, w=self.w[index], a=self.a[part], b=self.b[part],
+                                 key=jax.random.fold_in(self.key, slot), sliced=True)
+    raise TypeError(f'A LoRA weight with dropout is read whole or by fused slot, not [{index}].')
+
+  def lora_einsum(self, spec: str, x, out_dtype=None):
+    """einsum(spec, x, W) + scale * einsum(spec, dropout(x), A B), the update kept low rank."""
+    out = einsum_f32_accumulate(spec, x, self.w, out_dtype)
+    keep = jax.random.bernoulli(self.key, 1 - self.dropout, x.shape)
+    dropped = jnp.where(keep, x / (1 - self.dropout), 0).astype(x.dtype)
+    (x_axes, w_axes), out_axes = spec.split('->')[0].split(','), spec.split('->')[1]
+    in_axes = ''.join(c for c in w_axes if c in x_axes)
+    rest = ''.join(c for c in x_axes if c not in in_axes)
+    if self.slots is not None and not self.sliced or w_axes != in_axes + w_axes[len(in_axes):]:
+      # A whole fused weight (one einsum over all projections): the update in weight form.
+      delta = self.update_in_weight_shape()
+      update = einsum_f32_accumulate(spec, dropped, delta, jnp.float32)
+    else:
+      r = next(c for c in 'rzyxwvu' if c not in spec)
+      a = self.a.reshape(*self.in_shape, self.a.shape[-1])
+      b = self.b.reshape(self.b.shape[0], *self.out_shape)
+      hidden = einsum_f32_accumulate(f'{x_axes},{in_axes}{r}->{rest}{r}', dropped, a)
+      update = einsum_f32_accumulate(f'{rest}{r},{r}{w_axes[len(in_axes):]}->{out_axes}',
+                                     hidden, b, jnp.float32)
+    return (out.astype(jnp.float32) + self.scale * update).astype(out.dtype)
+
+  def update_in_weight_shape(self):
+    """A B of every adapted slot, laid out as the (fused) weight; zeros elsewhere."""
+    update = jnp.einsum('...ir,...ro->...io', self.a, self.b)
+    if self.slots is None or self.sliced:
+      return update.reshape(self.w.shape)
+    update = jnp.moveaxis(update, 0, 1)  # [slots, in, out] -> [in, slots, out]
+    full = jnp.zeros((update.shape[0], self.w.shape[1], update.shape[-1]), update.dtype)
+    full = full.at[:, jnp.asarray(self.slots)].set(update)
+    return full.reshape(self.w.shape)
+
+
+def apply(model, rng):
+  """Puts every adapter beside its weight (in place) for a training forward with dropout: each
+  weight becomes a `LoraWeight` with its own dropout key. Returns the model."""
+  adapters = [(tuple(path[:-1]), str(path[-1])) for path, node in nnx.iter_graph(model)
+              if isinstance(node, Adapter)]
+  for index, (parent_path, attribute) in enumerate(adapters):
+    parent = _parent(model, parent_path)
+    adapter = getattr(parent, attribute)
+    weight = getattr(parent, attribute[:-len(ADAPTER_SUFFIX)])
+    key = jax.random.fold_in(rng, index)
+    axes = weight.get_metadata().get('out_sharding') or ()
+    if axes and axes[0] == 'layers':  # A scanned stack: one key per layer.
+      key = jax.random.split(key, weight.shape[0])
+    weight.set_value(LoraWeight(
+        w=weight[...], a=adapter.a[...], b=adapter.b[...], key=key, scale=adapter.scale,
+        dropout=adapter.dropout, in_shape=adapter.in_shape, out_shape=adapter.out_shape,
+        slots=adapter.slots))
+    delattr(parent, attribute)
+  return model
+
+
+def prepare(model, rng, train: bool):
+  """The model of one forward: adapters merged into their weights, except in training with
+  dropout, where they stay beside them (`apply`). In place; returns the model."""
+  dropout = any(node.dropout > 0 for _, node in nnx.iter_graph(model) if isinstance(node, Adapter))
+  if train and dropout:
+    return apply(model, rng)
+  return merge(model)
 
 
 @validation.register_check
@@ -154,20 +264,19 @@ def add_adapters(model, lora_config, rngs: nnx.Rngs):
   return ['.'.join(map(str, (*p, a))) for p, a, _ in targets]
 
 
-def merge(model, rng=None):
+def merge(model):
   """Folds every adapter into its weight and removes it (in place); returns the model.
 
-  The trainer runs it on a fresh copy of the model inside each step (with the step's rng for
-  dropout); for export or generation, run it once on the restored model.
+  The trainer runs it on a fresh copy of the model inside each step (`prepare`); for export or
+  generation, run it once on the restored model.
   """
   adapters = [(tuple(path[:-1]), str(path[-1])) for path, node in nnx.iter_graph(model)
               if isinstance(node, Adapter)]
-  for index, (parent_path, attribute) in enumerate(adapters):
+  for parent_path, attribute in adapters:
     parent = _parent(model, parent_path)
     adapter = getattr(parent, attribute)
     weight = getattr(parent, attribute[:-len(ADAPTER_SUFFIX)])
-    key = None if rng is None else jax.random.fold_in(rng, index)
-    weight[...] = weight[...] + adapter.delta(key).astype(weight.dtype)
+    weight[...] = weight[...] + adapter.delta().astype(weight.dtype)
     delattr(parent, attribute)
   return model
 

@@ -59,14 +59,20 @@ class RunRecord:
   @classmethod
   def of(cls, experiment) -> 'RunRecord':
     return cls.from_size(experiment.config, experiment.size, experiment.flops_per_step,
-                         experiment.param_counts)
+                         experiment.param_counts, experiment.flops_per_step_xla)
 
   @classmethod
-  def from_size(cls, config, size, flops_per_step: float, param_counts: dict) -> 'RunRecord':
+  def from_size(cls, config, size, flops_per_step: float, param_counts: dict,
+                flops_per_step_xla: float | None = None) -> 'RunRecord':
+    """`flops_per_step`: model FLOPs by the analytic count (what `flops_seen` and MFU use);
+    `flops_per_step_xla`: XLA's cost analysis of the compiled step, reported beside it."""
     tokens_per_step = config.batch_size * size.tokens_per_example
     scale_numbers = {'params_total': size.params_total,
                      'params_non_embedding': size.params_non_embedding,
-                     'flops_per_example': flops_per_step / config.batch_size, **param_counts}
+                     'flops_per_example': flops_per_step / config.batch_size,
+                     'flops_per_step': flops_per_step, **param_counts}
+    if flops_per_step_xla:
+      scale_numbers['flops_per_step_xla'] = flops_per_step_xla
     if size.tokens_per_example:
       scale_numbers['flops_per_token'] = flops_per_step / tokens_per_step
     return cls(config.batch_size, tokens_per_step, flops_per_step, scale_numbers)
@@ -212,9 +218,10 @@ def mean_finite_loss(rows: list[dict], previous: float) -> float:
   return float(np.mean(finite_losses)) if finite_losses else previous
 
 
-def peak_flops_total(size, mesh, device_count: int) -> float | None:
-  """The devices' peak FLOP/s for MFU (None where unknown), logged with the model's size."""
-  peak_per_device, peak_source = flops.peak_flops_per_device()
+def peak_flops_total(size, mesh, device_count: int, compute_dtype: str) -> float | None:
+  """The devices' peak FLOP/s for MFU at the run's compute dtype (None where unknown), logged
+  with the model's size."""
+  peak_per_device, peak_source = flops.peak_flops_per_device(compute_dtype)
   peak_text = (f'peak {peak_per_device:.3g} FLOP/s per device ({peak_source})' if peak_per_device
                else f'MFU not reported: {peak_source}')
   logging.info('Model: %s params (%s non-embedding), %.3g train FLOPs/example; %s; mesh %s.',

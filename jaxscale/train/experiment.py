@@ -98,9 +98,10 @@ class Experiment:
   train_iter: Any                    # At the position of the restored checkpoint.
   resumed: bool                      # From this workdir's own checkpoint.
   size: flops.Accounting
-  flops_per_step: float              # As computed: XLA's count when parameters are frozen.
+  flops_per_step: float              # Model FLOPs: the analytic count (metrics.flops), all runs.
   param_counts: dict[str, int]       # params_trainable, params_frozen.
   teacher: distill.Teacher | None = None  # config.distill: passed into each train step.
+  flops_per_step_xla: float | None = None  # XLA's cost analysis of the compiled step, beside it.
 
 
 def _abstract_batch(config, datasets, batch_sharding):
@@ -157,16 +158,27 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
   optimizer, learning_rate_fn, param_metrics = _optimizer(config)
   batch_sharding = sharding.batch_sharding(mesh, config.mesh.rules)
   abstract_batch = _abstract_batch(config, datasets, batch_sharding)
-  init = _initial_state(config, workdir, mesh, optimizer, objective, abstract_batch)
-  train_step, eval_step = steps.compile_steps(
-      init.graphdef, optimizer, learning_rate_fn, init.shardings, batch_sharding,
-      sharding.replicated(mesh), config.optimizer.grad_accum_steps, objective=objective,
-      skip_nonfinite=config.nonfinite_policy == 'skip', seed=config.seed,
-      trainable=init.trainable, teacher_shardings=teacher and teacher.shardings,
-      param_metrics=param_metrics, activation_rules=sharding.activation_rules(mesh, config.mesh))
+  steps_ = {}
+
+  def compile_train(graphdef, abstract_state):
+    """The train step compiled ahead from the abstract state (before any array exists), so the
+    memory check can use XLA's figure and the first speed report is not the compile time."""
+    state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
+    trainable = param_paths.trainable_mask(abstract_state.params, config.optimizer)
+    train_step, steps_['eval'] = steps.compile_steps(
+        graphdef, optimizer, learning_rate_fn, state_shardings, batch_sharding,
+        sharding.replicated(mesh), config.optimizer.grad_accum_steps, objective=objective,
+        skip_nonfinite=config.nonfinite_policy == 'skip', seed=config.seed,
+        trainable=trainable, teacher_shardings=teacher and teacher.shardings,
+        param_metrics=param_metrics,
+        activation_rules=sharding.activation_rules(mesh, config.mesh))
+    steps_['train'] = _compile_ahead(train_step, abstract_state, abstract_batch, teacher)
+    return steps_['train']
+
+  init = _initial_state(config, workdir, mesh, optimizer, objective, abstract_batch,
+                        compile_train)
+  train_step, eval_step = steps_['train'], steps_['eval']
   abstract_state = sharding.abstract_arrays(init.state, init.shardings)
-  train_step = _compile_ahead(train_step, abstract_state, abstract_batch, teacher,
-                              init.memory_estimate)
   train_iter = iter(datasets.train)
   manager = checkpointing.make_manager(workdir, config)
   to_checkpoint, from_checkpoint = _checkpointed_fields(init.state, init.trainable)
@@ -179,7 +191,7 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
   elif init.own_checkpoint:
     logging.info('No finished checkpoint in %s: starting from step 0.', workdir / 'checkpoints')
   size, param_counts, flops_per_step = _accounting(config, state.params, init.trainable,
-                                                   teacher, train_step)
+                                                   teacher)
   if teacher is not None:  # The teacher's variables go into each step.
     compiled_step = train_step
     train_step = lambda state, batch: compiled_step(state, batch, teacher.variables)
@@ -189,7 +201,8 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
       train_step=train_step, eval_step=eval_step, manager=manager,
       saver=checkpointing.Saver(manager, to_checkpoint), train_iter=train_iter,
       resumed=restored is not None, size=size, flops_per_step=flops_per_step,
-      param_counts=param_counts, teacher=teacher)
+      param_counts=param_counts, teacher=teacher,
+      flops_per_step_xla=flops.compiled_flops(steps_['train']))
 
 
 def _datasets(config):
@@ -233,26 +246,32 @@ class InitialState:
   shardings: Any
   trainable: Any          # The optimizer's mask: True for the parameters it updates.
   own_checkpoint: bool    # The workdir holds checkpoints of its own (a resume).
-  memory_estimate: Any
+  memory_estimate: Any    # memory.Estimate, with XLA's figure for the compiled step.
 
 
-def _initial_state(config, workdir, mesh, optimizer, objective, abstract_batch) -> InitialState:
+def _initial_state(config, workdir, mesh, optimizer, objective, abstract_batch,
+                   compile_train) -> InitialState:
   """A fresh state (after the memory check), with another run's parameters where
-  `config.init_from` asks; then the workdir gets the resolved config."""
+  `config.init_from` asks; then the workdir gets the resolved config. `compile_train(graphdef,
+  abstract_state)` compiles the train step before any array is allocated."""
   memory_estimate = None
 
   def check_memory(graphdef, abstract_state):
     nonlocal memory_estimate
+    param_paths.check_patterns(config.optimizer.frozen,
+                               param_paths.named_leaves(abstract_state.params),
+                               'config.optimizer.frozen')
     forward = lambda p, ms, b: steps.loss_sums(graphdef, p, ms, b, objective=objective,
                                                train=True)
     memory_estimate = memory.estimate(config, abstract_state, abstract_batch, forward)
-    memory.check(config, memory_estimate)
+    memory.check(config, memory_estimate, state_only=True)  # Exact: no compile needed to refuse.
+    memory_estimate = memory.with_compiled(memory_estimate,
+                                           compile_train(graphdef, abstract_state))
+    memory.check(config, memory_estimate)  # XLA's figure where the backend gives one.
 
   # Nothing is allocated or written to the workdir until the config is known to fit.
   graphdef, state, state_shardings = create_train_state(config, mesh, optimizer,
                                                         before_init=check_memory)
-  param_paths.check_patterns(config.optimizer.frozen, param_paths.named_leaves(state.params),
-                             'config.optimizer.frozen')
   trainable = param_paths.trainable_mask(state.params, config.optimizer)
   has_frozen = not all(jax.tree.leaves(trainable))
   own_checkpoint = checkpointing.has_checkpoints(workdir)
@@ -270,27 +289,24 @@ def _initial_state(config, workdir, mesh, optimizer, objective, abstract_batch) 
                       memory_estimate)
 
 
-def _compile_ahead(train_step, abstract_state, abstract_batch, teacher, memory_estimate):
+def _compile_ahead(train_step, abstract_state, abstract_batch, teacher):
   """Compiled before the loop, so the first speed report is not the compile time."""
   abstract_teacher = () if teacher is None else (
       sharding.abstract_arrays(teacher.variables, teacher.shardings),)
   compile_start = time.perf_counter()
   compiled = train_step.lower(abstract_state, abstract_batch, *abstract_teacher).compile()
-  logging.info('Compiled the train step in %.1f s; %s.', time.perf_counter() - compile_start,
-               memory.compare_compiled(compiled, memory_estimate))
+  logging.info('Compiled the train step in %.1f s.', time.perf_counter() - compile_start)
   return compiled
 
 
-def _accounting(config, params, trainable, teacher, compiled_step):
-  """(size, param_counts, flops_per_step) for the run record."""
+def _accounting(config, params, trainable, teacher):
+  """(size, param_counts, flops_per_step) for the run record: model FLOPs by the one analytic
+  convention (metrics.flops), frozen parameters and LoRA adapters included."""
   size = flops.accounting(config)
   param_counts = _param_counts(params, trainable)
-  flops_per_step = config.batch_size * size.train_flops_per_example
+  flops_per_step = config.batch_size * flops.train_flops_per_example(config, size)
   if teacher is not None:  # Its forward pass, in the same step.
     flops_per_step += config.batch_size * teacher.forward_flops_per_example
-  if param_counts['params_frozen']:
-    # Frozen parameters' weight gradients are never computed: count what XLA actually runs.
-    flops_per_step = flops.compiled_flops(compiled_step) or flops_per_step
   logging.info('Parameters: %s trainable, %s frozen.', f'{param_counts["params_trainable"]:,}',
                f'{param_counts["params_frozen"]:,}')
   return size, param_counts, flops_per_step

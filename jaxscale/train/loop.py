@@ -16,7 +16,7 @@ from clu import periodic_actions
 from jaxscale.checkpoint import preemption
 from jaxscale.config import workdir as workdir_lib
 from jaxscale.core import sharding
-from jaxscale.metrics import classification_report, writers
+from jaxscale.metrics import classification_report, flops, writers
 from jaxscale.train import actions as actions_lib, experiment as experiment_lib
 
 
@@ -39,7 +39,8 @@ def train_loop(e: experiment_lib.Experiment, extra_actions=()) -> dict:
     writer.write_scalars(0, record.scale_numbers)
   throughput = actions_lib.Throughput(
       config.batch_size, record.tokens_per_step, record.flops_per_step,
-      actions_lib.peak_flops_total(e.size, e.mesh, jax.device_count()))
+      actions_lib.peak_flops_total(e.size, e.mesh, jax.device_count(),
+                                   flops.compute_dtype(config)))
   periodic = standard_actions(e, writer, record, throughput)
   periodic += [*(make(e, writer, record) for make in extra_actions)]
   evaluator = next(a for a in periodic if isinstance(a, actions_lib.Evaluate))

@@ -48,7 +48,7 @@ def loss_sums(graphdef, params, model_state, batch, *, objective, train: bool, r
   if rng is None:
     rng = jax.random.key(0)
   if lora.has_adapters(model):  # W + (alpha / rank) A B, on this trace's copy of the model.
-    lora.merge(model, rng if train else None)
+    lora.prepare(model, rng, train)
   extra = {} if teacher is None else {'teacher': teacher}
   sums = objective(model, batch, train=train, rng=rng, **extra)
   return sums, nnx.state(model, nnx.Not(nnx.Param))
