@@ -66,7 +66,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 0                     # 0 = off.
   c.lora.alpha = 16.0                 # The update is scaled by alpha / rank.
-  c.lora.targets = ('qkv', 'out_HxKxD')  # 'q', 'k', 'v', 'o', 'mlp_in', 'mlp_out', or regexes of
+  c.lora.targets = ('q', 'k', 'v', 'o')  # 'q', 'k', 'v', 'o', 'mlp_in', 'mlp_out', or regexes of
                                       # weights (attention by default); one adapter a projection.
   c.lora.dropout = 0.0                # Dropout on the adapters' input features.
 
@@ -118,6 +118,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.mlp_activation = 'swiglu'   # 'swiglu' | 'gelu'
   c.model.tie_embeddings = True
   c.model.rope_theta = 10_000.0
+  c.model.num_kv_heads = 0            # Key/value heads (grouped-query attention; 1 = multi-query);
+                                      # must divide num_heads; 0 = num_heads.
+  c.model.norm_eps = 1e-6             # Every RMSNorm's epsilon.
   c.model.dtype = 'float32'           # Compute dtype: 'float32' | 'bfloat16'. Params stay fp32.
   c.model.scan_layers = False         # One compiled layer body scanned over depth (fast compiles).
   c.model.remat_policy = 'none'       # 'none' | 'full' | 'dots_saveable' | 'dots_with_no_batch_dims_saveable'
@@ -203,6 +206,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       ('embed', 'fsdp'),
       ('mlp', 'tensor'),
       ('heads', 'tensor'),
+      ('kv_heads', 'tensor'),       # Grouped-query attention's key/value heads (and KV cache).
       ('kv', None),
       ('layers', None),
       ('seq', None),

@@ -35,7 +35,10 @@ def _num_classes(model_config) -> int:
 def _block_matmul_params(model_config) -> int:
   d, f = model_config.d_model, model_config.mlp_dim
   mlp_matrices = 3 if model_config.mlp_activation == 'swiglu' else 2
-  return 4 * d * d + mlp_matrices * d * f  # QKV + output projection, then the MLP.
+  # Grouped-query attention: K and V project to num_kv_heads heads of d / num_heads each.
+  num_heads = model_config.num_heads
+  kv_width = d * (model_config.get('num_kv_heads', 0) or num_heads) // num_heads
+  return 2 * d * d + 2 * d * kv_width + mlp_matrices * d * f  # Q, K, V, output; then the MLP.
 
 
 def count_params(model_config, vocab_size: int) -> tuple[int, int]:
