@@ -60,6 +60,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   # A parameter neither loaded nor in reinit (absent from the source, or another shape):
   # 'error' names them all; 'init' initialises them fresh.
   c.init_from.missing = 'error'       # 'error' | 'init'
+  # Or a Llama-family Hugging Face checkpoint (a directory with config.json and safetensors,
+  # jaxscale.checkpoint.hf): the model config is derived from it, every weight read into its
+  # sharding. Not with init_from.workdir.
+  c.init_from.hf = ''
+  # Set by that import: 'hf:DIR' when tokenizer files came with the weights (dataset.tokenizer
+  # then names it), 'none' when no tokenizer came with them.
+  c.init_from.hf_tokenizer = ''
 
   # LoRA: train a low-rank update of the chosen weights only (jaxscale.models.lora); the base
   # is frozen and left out of checkpoints. Usually with init_from a pretrained run.
