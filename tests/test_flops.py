@@ -81,3 +81,15 @@ def test_peak_flops_match_device_kinds_exactly_and_are_unknown_otherwise():
 def test_throughput_reports_no_mfu_without_a_peak():
   known, unknown = (actions.Throughput(8, 0, 1e9, peak) for peak in (1e12, None))
   assert 'mfu' in known.report(step=2) and 'mfu' not in unknown.report(step=2)
+
+
+@pytest.mark.parametrize('num_kv_heads', [1, 2])
+def test_grouped_query_attention_counts_the_smaller_keys_and_values(num_kv_heads):
+  config = tiny_config(**{'model.num_kv_heads': num_kv_heads, 'model.tie_embeddings': False})
+  model = build.build_model(config.model, 0)
+  actual = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  total, _ = flops.count_params(config.model, config.model.vocab_size)
+  full, _ = flops.count_params(tiny_config(**{'model.tie_embeddings': False}).model, 64)
+  assert total == actual
+  # K and V each shrink from d x d to d x (num_kv_heads * head_dim), in both layers.
+  assert full - total == 2 * 2 * 32 * (32 - num_kv_heads * 8)

@@ -37,7 +37,7 @@ def _block_matmul_params(model_config) -> int:
   mlp_matrices = 3 if model_config.mlp_activation == 'swiglu' else 2
   # Grouped-query attention: K and V project to num_kv_heads heads of d / num_heads each.
   num_heads = model_config.num_heads
-  kv_width = d * (model_config.get('num_kv_heads', 0) or num_heads) // num_heads
+  kv_width = d * (getattr(model_config, 'num_kv_heads', 0) or num_heads) // num_heads
   return 2 * d * d + 2 * d * kv_width + mlp_matrices * d * f  # Q, K, V, output; then the MLP.
 
 

@@ -88,7 +88,7 @@ def _transformer_activations(config, micro_batch: int, tensor_shards: int) -> in
   layer_inputs = b_l * m.d_model * width
   # Norm outputs, q, k, v (k and v over the kv heads), attention output, residuals; the MLP's
   # hidden activations; the attention scores and probabilities.
-  kv_fraction = (m.get('num_kv_heads', 0) or m.num_heads) / m.num_heads
+  kv_fraction = (getattr(m, 'num_kv_heads', 0) or m.num_heads) / m.num_heads
   per_layer = ((6 + 2 * kv_fraction) * b_l * m.d_model + mlp_tensors * b_l * m.mlp_dim / tensor_shards
                + 2 * micro_batch * m.num_heads * seq_len**2 / tensor_shards) * width
   saved = {
