@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from etils import epath
-from safetensors import safe_open
 
 from jaxscale.checkpoint import init_from
 from jaxscale.config.validation import ConfigError
@@ -341,6 +340,7 @@ class Checkpoint:
       path = self.dir / file
       if not path.exists():
         raise HFError(f'{path} (listed in {WEIGHTS_INDEX_FILE}) not found.')
+      safe_open = _safe_open()
       try:
         # 'flax' reads bfloat16 as well (NumPy has no such dtype); on the host CPU.
         with jax.default_device(jax.devices('cpu')[0]):
@@ -366,6 +366,15 @@ class Checkpoint:
     if name not in self.files:
       raise HFError(f'{self.dir}: tensor {name!r} is missing from the checkpoint.')
     return self.files[name]
+
+
+def _safe_open():
+  try:
+    from safetensors import safe_open  # noqa: PLC0415  (the 'hf' extra, only when reading)
+  except ImportError:
+    raise HFError("Reading safetensors needs the safetensors package: pip install "
+                  "'jaxscale[hf]'.") from None
+  return safe_open
 
 
 def _check_tensor(checkpoint: Checkpoint, name: str, expected: tuple[int, ...]):
