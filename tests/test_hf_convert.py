@@ -321,3 +321,17 @@ def test_import_names_a_missing_file_or_a_tensor_of_the_wrong_dtype(hf_models, t
   with pytest.raises(hf.HFError, match='config.json not found'):
     hf_convert.from_hf(hf_dir, tmp_path / 'w')
   assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.parametrize('overrides, key', [
+    ({'model.name': 'encoder'}, 'config.model.name'),
+    ({'model.parametrization': 'mup'}, 'config.model.parametrization'),
+    ({'init_from.workdir': '/somewhere'}, 'config.init_from.workdir'),
+])
+def test_a_run_refuses_settings_the_import_cannot_honour(overrides, key, hf_models, tmp_path):
+  from jaxscale.train import loop  # noqa: PLC0415
+  config = config_base.set_existing_keys(config_base.get_base_config(), {
+      'init_from.hf': str(hf_models['mha_tied'][0]), **overrides})
+  with pytest.raises(hf.HFError, match=key):
+    loop.run(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
