@@ -90,3 +90,29 @@ def test_cudnn_path_passes_padding_as_sequence_lengths(monkeypatch):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match='per-query mask'):
     attention.attend(q, k, v, impl='cudnn', mask_BxQxS=jnp.ones((B, L, L), bool))
+
+
+@pytest.mark.parametrize('impl', ['einsum', 'xla'])
+def test_grouped_query_attention_equals_repeating_each_kv_head(impl):
+  # 6 query heads over 2 kv heads: query head h reads kv head h // 3, as Llama's repeat_kv.
+  keys = jax.random.split(jax.random.key(1), 3)
+  q = jax.random.normal(keys[0], (B, L, 6, K))
+  k, v = (jax.random.normal(key, (B, L, 2, K)) for key in keys[1:])
+  mask = _right_padded_mask()
+
+  def loss(k_heads, v_heads):
+    out = attention.attend(q, k_heads, v_heads, impl=impl, causal=True, key_mask_BxS=mask)
+    return jnp.sum(jnp.sin(out)), out
+
+  (_, grouped), grouped_grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(k, v)
+  repeat = lambda x: jnp.repeat(x, 3, axis=2)
+  (_, repeated), repeated_grads = jax.value_and_grad(
+      lambda k, v: loss(repeat(k), repeat(v)), argnums=(0, 1), has_aux=True)(k, v)
+  assert grouped.shape == (B, L, 6, K)
+  np.testing.assert_allclose(grouped, repeated, rtol=1e-5, atol=1e-5)
+  for got, want in zip(grouped_grads, repeated_grads):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  # Another pairing of query and kv heads gives another result.
+  swapped = attention.attend(q, k[:, :, ::-1], v[:, :, ::-1], impl=impl, causal=True,
+                             key_mask_BxS=mask)
+  assert np.abs(np.asarray(swapped - grouped)).max() > 1e-2

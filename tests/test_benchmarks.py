@@ -129,3 +129,28 @@ def test_input_pipeline_benchmark_relates_pipeline_to_step_rate():
   assert row['dataset'] == 'python_stdlib' and row['batch_size'] == 16
   assert row['pipeline_batches_per_s'] > 0 and row['train_steps_per_s'] > 0
   assert row['headroom'] == pytest.approx(row['pipeline_batches_per_s'] / row['train_steps_per_s'])
+
+
+@pytest.mark.slow
+def test_hf_benchmarks_print_conversion_memory_and_generation_speed_rows():
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
+  result = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'hf_convert.py'),
+                           '--size', 'tiny'], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  row = json.loads(result.stdout.strip().splitlines()[-1])
+  assert row['checkpoint_bytes'] > 0
+  for direction in ('from_hf', 'to_hf'):
+    assert row[direction]['seconds'] > 0
+    assert row[direction]['peak_rss_bytes'] >= row[direction]['rss_before_bytes'] > 0
+  result = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'hf_generate.py'),
+                           '--size', 'tiny', '--new_tokens', '4', '--batches', '1,2'],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(result.stdout.strip().splitlines()[-1])['rows']
+  assert [r['batch'] for r in rows] == [1, 2]
+  for r in rows:  # The same weights and prompts: greedy tokens agree.
+    assert r['tokens_equal_fraction'] == 1.0 and r['jaxscale_tokens_per_s'] > 0
+    assert r['speedup'] == pytest.approx(
+        r['jaxscale_tokens_per_s'] / r['transformers_tokens_per_s'], rel=0.05)

@@ -27,6 +27,8 @@ def test_the_tiny_config_is_valid():
     (lambda c: c.model.__setattr__('dtype', 'bf16'), "config.model.dtype='bf16' is not allowed; choose one of: bfloat16, float32"),
     (lambda c: c.model.__setattr__('name', 'gpt5'), "config.model.name='gpt5' is not a registered model; choose one of: .*transformer"),
     (lambda c: c.model.__setattr__('num_heads', 5), 'config.model.d_model=32 must split into config.model.num_heads=5'),
+    (lambda c: c.model.__setattr__('num_kv_heads', 3), r'config.model.num_kv_heads=3 must divide config.model.num_heads=4'),
+    (lambda c: c.model.__setattr__('norm_eps', 0.0), r'config.model.norm_eps=0.0 must be a positive number'),
     (lambda c: c.__setattr__('num_train_steps', 0), 'config.num_train_steps=0 must be positive'),
     (lambda c: c.quantization.__setattr__('mode', 'ptq'), "config.quantization.mode='ptq' is not allowed; choose one of: none, qat"),
     (lambda c: c.quantization.__setattr__('weight_dtype', 'int2'), "config.quantization.weight_dtype='int2' is not allowed; choose one of: int4, int8"),

@@ -191,3 +191,15 @@ def test_lora_train_flops_equal_the_matmuls_of_its_step(targets):
   assert 2 * flops.train_flops_per_example(config) == traced.flops
   full = tiny_config(**LM)  # Adapted, the step costs less than training every weight.
   assert flops.train_flops_per_example(config) < flops.train_flops_per_example(full)
+
+
+@pytest.mark.parametrize('num_kv_heads', [1, 2])
+def test_grouped_query_attention_counts_the_smaller_keys_and_values(num_kv_heads):
+  config = tiny_config(**{'model.num_kv_heads': num_kv_heads, 'model.tie_embeddings': False})
+  model = build.build_model(config.model, 0)
+  actual = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  total, _ = flops.count_params(config.model, config.model.vocab_size)
+  full, _ = flops.count_params(tiny_config(**{'model.tie_embeddings': False}).model, 64)
+  assert total == actual
+  # K and V each shrink from d x d to d x (num_kv_heads * head_dim), in both layers.
+  assert full - total == 2 * 2 * 32 * (32 - num_kv_heads * 8)

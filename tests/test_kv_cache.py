@@ -126,3 +126,24 @@ def test_an_encoder_or_classifier_has_no_cache():
   encoder = build.build_model(tiny_config(**{'model.name': 'encoder'}).model, seed=0)
   with pytest.raises(ValueError, match='causal LM'):
     encoder.init_cache(1, 8)
+
+
+def test_grouped_query_attention_caches_only_the_kv_heads_and_decodes_exactly():
+  config = tiny_config(**{'model.num_kv_heads': 2, 'mesh.data': 4, 'mesh.tensor': 2})
+  model = build.build_model(config.model, seed=0)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 10)))
+  cache = model.init_cache(2, 16)
+  assert cache.keys.shape == (2, 2, 16, 2, 8)  # [layers, B, S, kv heads, head_dim]
+  prefill, cache = model.extend(tokens[:, :6], cache)
+  decoded, cache = model.extend(tokens[:, 6:7], cache)
+  np.testing.assert_allclose(jnp.concatenate([prefill, decoded], axis=1), model(tokens)[:, :7],
+                             rtol=1e-5, atol=1e-5)
+  mesh = sharding.make_mesh(config.mesh)
+  prompts = _ragged_prompts()
+  np.testing.assert_array_equal(
+      sampling.generate(model, prompts, max_new_tokens=NEW_TOKENS, mesh=mesh,
+                        rules=config.mesh.rules),
+      sampling.generate(model, prompts, max_new_tokens=NEW_TOKENS, kv_cache=False))
+  layout = model.init_cache(4, 16).constrain
+  sharded = jax.jit(lambda: layout(mesh, config.mesh.rules))()
+  assert sharded.keys.sharding.spec == jax.sharding.PartitionSpec(None, 'data', None, 'tensor')

@@ -5,7 +5,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from jaxscale.checkpoint import checkpointing, init_from
+from jaxscale.checkpoint import checkpointing, hf, init_from
 from jaxscale.config import workdir as workdir_lib
 from jaxscale.core import param_paths, paths
 from jaxscale.models import build, lora
@@ -42,6 +42,8 @@ def restore_model(workdir, step: int | None = None,
                      out_shardings=device)()
     if config.get('init_from', {}).get('workdir'):
       params, _ = init_from.restore_params(config.init_from, params)
+    elif config.get('init_from', {}).get('hf'):
+      params, _ = hf.restore_params(config.init_from, params)
   # TrainState fields to read: the saved parameters, and other model variables (e.g. batch-norm
   # statistics) where the model has any.
   fields = {'params': on_device(abstract_params.filter(is_saved))}

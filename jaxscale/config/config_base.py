@@ -60,13 +60,20 @@ def get_base_config() -> ml_collections.ConfigDict:
   # A parameter neither loaded nor in reinit (absent from the source, or another shape):
   # 'error' names them all; 'init' initialises them fresh.
   c.init_from.missing = 'error'       # 'error' | 'init'
+  # Or a Llama-family Hugging Face checkpoint (a directory with config.json and safetensors,
+  # jaxscale.checkpoint.hf): the model config is derived from it, every weight read into its
+  # sharding. Not with init_from.workdir.
+  c.init_from.hf = ''
+  # Set by that import: 'hf:DIR' when tokenizer files came with the weights (dataset.tokenizer
+  # then names it), 'none' when no tokenizer came with them.
+  c.init_from.hf_tokenizer = ''
 
   # LoRA: train a low-rank update of the chosen weights only (jaxscale.models.lora); the base
   # is frozen and left out of checkpoints. Usually with init_from a pretrained run.
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 0                     # 0 = off.
   c.lora.alpha = 16.0                 # The update is scaled by alpha / rank.
-  c.lora.targets = ('qkv', 'out_HxKxD')  # 'q', 'k', 'v', 'o', 'mlp_in', 'mlp_out', or regexes of
+  c.lora.targets = ('q', 'k', 'v', 'o')  # 'q', 'k', 'v', 'o', 'mlp_in', 'mlp_out', or regexes of
                                       # weights (attention by default); one adapter a projection.
   c.lora.dropout = 0.0                # Dropout on the adapters' input features.
 
@@ -118,6 +125,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.mlp_activation = 'swiglu'   # 'swiglu' | 'gelu'
   c.model.tie_embeddings = True
   c.model.rope_theta = 10_000.0
+  c.model.num_kv_heads = 0            # Key/value heads (grouped-query attention; 1 = multi-query);
+                                      # must divide num_heads; 0 = num_heads.
+  c.model.norm_eps = 1e-6             # Every RMSNorm's epsilon.
   c.model.dtype = 'float32'           # Compute dtype: 'float32' | 'bfloat16'. Params stay fp32.
   c.model.scan_layers = False         # One compiled layer body scanned over depth (fast compiles).
   c.model.remat_policy = 'none'       # 'none' | 'full' | 'dots_saveable' | 'dots_with_no_batch_dims_saveable'
@@ -203,6 +213,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       ('embed', 'fsdp'),
       ('mlp', 'tensor'),
       ('heads', 'tensor'),
+      ('kv_heads', 'tensor'),       # Grouped-query attention's key/value heads (and KV cache).
       ('kv', None),
       ('layers', None),
       ('seq', None),

@@ -101,7 +101,7 @@ def model_functions(model, config, *, max_len: int) -> dict[str, tuple]:
       logits_Bx1xV, cache = build(flat).extend(token_B[:, None], cache)
       return logits_Bx1xV[:, 0], cache.keys, cache.values
 
-    cache_shape = (model.num_layers, batch, max_len, model.num_heads, model.head_dim)
+    cache_shape = (model.num_layers, batch, max_len, model.num_kv_heads, model.head_dim)
     cache_spec = jax.ShapeDtypeStruct(cache_shape, model.dtype)
     first = jax.ShapeDtypeStruct((batch,), jnp.int32)
     functions['prefill'] = (prefill, (input_spec(model, config, batch), first),

@@ -104,9 +104,10 @@ def _transformer_activations(config, micro_batch: int, tensor_shards: int) -> in
   b_l = micro_batch * seq_len
   mlp_tensors = 3 if m.mlp_activation == 'swiglu' else 2
   layer_inputs = b_l * m.d_model * width
-  # Norm outputs, q, k, v, attention output, residuals; the MLP's hidden activations; the
-  # attention scores and probabilities.
-  per_layer = (8 * b_l * m.d_model + mlp_tensors * b_l * m.mlp_dim / tensor_shards
+  # Norm outputs, q, k, v (k and v over the kv heads), attention output, residuals; the MLP's
+  # hidden activations; the attention scores and probabilities.
+  kv_fraction = (getattr(m, 'num_kv_heads', 0) or m.num_heads) / m.num_heads
+  per_layer = ((6 + 2 * kv_fraction) * b_l * m.d_model + mlp_tensors * b_l * m.mlp_dim / tensor_shards
                + 2 * micro_batch * m.num_heads * seq_len**2 / tensor_shards) * width
   saved = {
       'none': m.num_layers * per_layer,

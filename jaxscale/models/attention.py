@@ -1,4 +1,9 @@
-"""Scaled dot-product attention over [B, L, H, K] queries, keys and values.
+"""Scaled dot-product attention over [B, L, H, K] queries and [B, S, G, K] keys and values.
+
+G, the number of key/value heads, divides H (grouped-query attention; G == H is multi-head,
+G == 1 multi-query): query head h reads kv head h // (H / G), as Llama's `repeat_kv` lays them
+out. The kv heads are never repeated in memory: the einsum path groups the queries instead, and
+`jax.nn.dot_product_attention` takes fewer kv heads itself.
 
 Implementations (`config.model.attention_impl`):
   'einsum'  (the default) Two plain einsums in the compute dtype with an fp32 softmax between
@@ -17,16 +22,17 @@ import jax.numpy as jnp
 IMPLEMENTATIONS = ('einsum', 'xla', 'cudnn')
 
 
-def attend(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, *, impl: str, scale: float | None = None,
+def attend(q_BxQxHxK, k_BxSxGxK, v_BxSxGxK, *, impl: str, scale: float | None = None,
            causal: bool = False, key_mask_BxS=None, mask_BxQxS=None):
-  """Each query's attention-weighted mean of the values, [B, Q, H, K].
+  """Each query's attention-weighted mean of the values, [B, Q, H, K] (see the module docstring
+  for the kv heads).
 
   `scale` None is 1/sqrt(K). A query sees a key where every given mask allows it: `causal` (key
   position <= query position, for Q == S), `key_mask_BxS` (bool, False for padded keys) and
   `mask_BxQxS` (bool, per query and key, e.g. over a KV cache; not with 'cudnn').
   """
   if impl == 'einsum':
-    return _einsum_attention(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, scale=scale, causal=causal,
+    return _einsum_attention(q_BxQxHxK, k_BxSxGxK, v_BxSxGxK, scale=scale, causal=causal,
                              key_mask_BxS=key_mask_BxS, mask_BxQxS=mask_BxQxS)
   kwargs = {}
   if impl == 'cudnn':
@@ -40,7 +46,7 @@ def attend(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, *, impl: str, scale: float | None = 
     mask = _combined_mask(key_mask_BxS, mask_BxQxS)
     if mask is not None:
       kwargs['mask'] = mask
-  return jax.nn.dot_product_attention(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, scale=scale,
+  return jax.nn.dot_product_attention(q_BxQxHxK, k_BxSxGxK, v_BxSxGxK, scale=scale,
                                       is_causal=causal, implementation=impl, **kwargs)
 
 
@@ -54,11 +60,16 @@ def _combined_mask(key_mask_BxS, mask_BxQxS):
   return mask
 
 
-def _einsum_attention(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, *, scale, causal, key_mask_BxS,
+def _einsum_attention(q_BxQxHxK, k_BxSxGxK, v_BxSxGxK, *, scale, causal, key_mask_BxS,
                       mask_BxQxS):
-  scale = q_BxQxHxK.shape[-1] ** -0.5 if scale is None else scale
+  batch, num_queries, num_heads, head_dim = q_BxQxHxK.shape
+  num_kv_heads = k_BxSxGxK.shape[2]
+  scale = head_dim ** -0.5 if scale is None else scale
+  # Query heads grouped by the kv head they share: [B, Q, G, H/G, K].
+  q_BxQxGxRxK = q_BxQxHxK.reshape(batch, num_queries, num_kv_heads, -1, head_dim)
   # The scale is applied to the fp32 logits, where it fuses into the softmax.
-  logits_BxHxQxS = jnp.einsum('bqhk,bshk->bhqs', q_BxQxHxK, k_BxSxHxK).astype(jnp.float32)
+  logits_BxHxQxS = jnp.einsum('bqgrk,bsgk->bgrqs', q_BxQxGxRxK, k_BxSxGxK).reshape(
+      batch, num_heads, num_queries, -1).astype(jnp.float32)
   logits_BxHxQxS = logits_BxHxQxS * scale
   mask = _combined_mask(key_mask_BxS, mask_BxQxS)
   if causal:
@@ -69,5 +80,7 @@ def _einsum_attention(q_BxQxHxK, k_BxSxHxK, v_BxSxHxK, *, scale, causal, key_mas
     # The lowest finite value rather than -inf: a query with every key masked gets uniform
     # weights (as jax.nn.dot_product_attention does) instead of NaN.
     logits_BxHxQxS = jnp.where(mask, logits_BxHxQxS, jnp.finfo(jnp.float32).min)
-  probs_BxHxQxS = jax.nn.softmax(logits_BxHxQxS, axis=-1).astype(v_BxSxHxK.dtype)
-  return jnp.einsum('bhqs,bshk->bqhk', probs_BxHxQxS, v_BxSxHxK)
+  probs_BxHxQxS = jax.nn.softmax(logits_BxHxQxS, axis=-1).astype(v_BxSxGxK.dtype)
+  probs_BxGxRxQxS = probs_BxHxQxS.reshape(batch, num_kv_heads, -1, *probs_BxHxQxS.shape[2:])
+  out_BxQxGxRxK = jnp.einsum('bgrqs,bsgk->bqgrk', probs_BxGxRxQxS, v_BxSxGxK)
+  return out_BxQxGxRxK.reshape(q_BxQxHxK.shape)

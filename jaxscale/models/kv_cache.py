@@ -2,7 +2,7 @@
 token costs one position instead of a pass over the whole prefix.
 
 One layout for scanned and unscanned block stacks: keys and values stacked on a leading layer
-axis, [layers, B, S, H, K], S the fixed maximum length (prompt bucket + new tokens). Rows may be
+axis, [layers, B, S, G, K] (G the kv heads), S the fixed maximum length (prompt bucket + new tokens). Rows may be
 left-padded: `first_B` is each row's first real slot, so a token in slot s sits at RoPE position
 s - first_B[b] and no query attends to a padding slot.
 """
@@ -14,14 +14,14 @@ from jax.sharding import PartitionSpec as P
 
 from jaxscale.core import sharding
 
-# Sharded like training activations: batch over the data axes, heads over the tensor axis.
-LOGICAL_AXES = P('layers', 'batch', 'seq', 'heads', 'kv')
+# Sharded like training activations: batch over the data axes, kv heads over the tensor axis.
+LOGICAL_AXES = P('layers', 'batch', 'seq', 'kv_heads', 'kv')
 
 
 @flax.struct.dataclass
 class KVCache:
-  keys: jax.Array     # [layers, B, S, H, K], in the model's compute dtype.
-  values: jax.Array   # [layers, B, S, H, K]
+  keys: jax.Array     # [layers, B, S, G, K], in the model's compute dtype.
+  values: jax.Array   # [layers, B, S, G, K]
   first_B: jax.Array  # int32 [B]: the first slot holding a real token (left padding before it).
   length: jax.Array   # int32 []: slots filled so far; the next token goes to this slot.
 

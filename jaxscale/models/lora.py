@@ -229,14 +229,16 @@ def _parent(model, path):
 
 # Target names for the projections, as the LoRA paper names them: a fused QKV weight's slot or
 # a whole weight. Any other target is a regex of parameter names (e.g. 'qkv', 'out_HxKxD').
-PROJECTIONS = {'q': (r'(^|\.)qkv_DxTxHxK$', 0), 'k': (r'(^|\.)qkv_DxTxHxK$', 1),
-               'v': (r'(^|\.)qkv_DxTxHxK$', 2), 'o': (r'(^|\.)out_HxKxD$', None),
-               'mlp_in': ('mlp_in', None), 'mlp_out': ('mlp_out', None)}
+# Under grouped-query attention the queries have their own weight and K and V share a fused one.
+_QKV, _Q, _KV = r'(^|\.)qkv_DxTxHxK$', r'(^|\.)q_DxHxK$', r'(^|\.)kv_DxTxGxK$'
+PROJECTIONS = {'q': ((_QKV, 0), (_Q, None)), 'k': ((_QKV, 1), (_KV, 0)),
+               'v': ((_QKV, 2), (_KV, 1)), 'o': ((r'(^|\.)out_HxKxD$', None),),
+               'mlp_in': (('mlp_in', None),), 'mlp_out': (('mlp_out', None),)}
 
 
 def _targets(model, targets) -> list[tuple[tuple, str, tuple | None]]:
   """(parent module path, attribute, slots or None for all) of every weight to adapt."""
-  rules = [PROJECTIONS.get(t, (t, None)) for t in targets]
+  rules = [rule for t in targets for rule in PROJECTIONS.get(t, ((t, None),))]
   found = []
   for path, node in nnx.iter_graph(model):
     if not isinstance(node, nnx.Param) or not path:

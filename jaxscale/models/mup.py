@@ -30,7 +30,8 @@ ADAM_LIKE_OPTIMIZERS = ('adamw', 'lion')
 
 # Logical axes that grow with width, by the side of a matrix they make up: an attention weight's
 # 'heads' x 'kv' is one side (heads * head_dim = width), so a per-head bias stays vector-like.
-_WIDTH_SIDES = {'embed': 'embed', 'mlp': 'mlp', 'heads': 'attention', 'kv': 'attention'}
+_WIDTH_SIDES = {'embed': 'embed', 'mlp': 'mlp', 'heads': 'attention', 'kv_heads': 'attention',
+                'kv': 'attention'}
 
 
 def width_sides(logical_axes) -> set[str]:

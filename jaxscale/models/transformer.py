@@ -1,4 +1,5 @@
-"""Transformer over token ids: pre-norm RMSNorm, RoPE, SwiGLU or GELU MLP, tied or untied embeddings.
+"""Transformer over token ids: pre-norm RMSNorm, RoPE, SwiGLU or GELU MLP, tied or untied embeddings,
+multi-head or grouped-query attention.
 
 'transformer' is the decoder-only LM (causal attention); 'encoder' is the same model with
 bidirectional attention (BERT-style, e.g. for masked-LM). Both take an optional padding mask,
@@ -35,6 +36,7 @@ POOLINGS = ('cls', 'mean', 'last')
 # model dimension ('act_embed'); attention heads and the MLP hidden split as their weights do.
 RESIDUAL_AXES = ('batch', 'seq', 'act_embed')
 HEADS_AXES = ('batch', 'seq', 'heads', 'kv')
+KV_HEADS_AXES = ('batch', 'seq', 'kv_heads', 'kv')
 
 
 def _normal(stddev: float):
@@ -44,25 +46,37 @@ def _normal(stddev: float):
 class Block(nnx.Module):
   """Pre-norm attention + MLP block with fused QKV and (for SwiGLU) fused gate/up projections.
 
-  `causal` chooses decoder (each position sees itself and earlier ones) or encoder attention;
-  `attention_scale` None is 1/sqrt(head_dim). Every matrix starts with variance 1/fan_in, which
-  is also μP's init for hidden matrices.
+  With grouped-query attention (`num_kv_heads` < `num_heads`; 1 is multi-query) the queries
+  have their own weight `q_DxHxK` and the keys and values a fused `kv_DxTxGxK` over G kv heads,
+  each shared by num_heads / G consecutive query heads; with G == H one `qkv_DxTxHxK` holds all
+  three. `causal` chooses decoder (each position sees itself and earlier ones) or encoder
+  attention; `attention_scale` None is 1/sqrt(head_dim). Every matrix starts with variance
+  1/fan_in, which is also μP's init for hidden matrices.
   """
 
   def __init__(self, *, d_model, num_heads, mlp_dim, mlp_activation, num_layers, dtype,
                attention_impl, causal: bool = True, attention_scale: float | None = None,
-               rngs: nnx.Rngs):
+               num_kv_heads: int = 0, norm_eps: float = 1e-6, rngs: nnx.Rngs):
     head_dim = d_model // num_heads
+    num_kv_heads = num_kv_heads or num_heads
     # Output projections shrink with depth so the residual stream's variance stays O(1).
     out_std = 1.0 / math.sqrt(2 * num_layers)
-    self.attn_norm = RMSNorm(d_model)
-    self.qkv_DxTxHxK = sharded_param(
-        _normal(d_model ** -0.5), rngs.params(), (d_model, 3, num_heads, head_dim),
-        ('embed', None, 'heads', 'kv'))
+    self.attn_norm = RMSNorm(d_model, eps=norm_eps)
+    if num_kv_heads == num_heads:
+      self.qkv_DxTxHxK = sharded_param(
+          _normal(d_model ** -0.5), rngs.params(), (d_model, 3, num_heads, head_dim),
+          ('embed', None, 'heads', 'kv'))
+    else:
+      self.q_DxHxK = sharded_param(
+          _normal(d_model ** -0.5), rngs.params(), (d_model, num_heads, head_dim),
+          ('embed', 'heads', 'kv'))
+      self.kv_DxTxGxK = sharded_param(
+          _normal(d_model ** -0.5), rngs.params(), (d_model, 2, num_kv_heads, head_dim),
+          ('embed', None, 'kv_heads', 'kv'))
     self.out_HxKxD = sharded_param(
         _normal(out_std * d_model ** -0.5), rngs.params(), (num_heads, head_dim, d_model),
         ('heads', 'kv', 'embed'))
-    self.mlp_norm = RMSNorm(d_model)
+    self.mlp_norm = RMSNorm(d_model, eps=norm_eps)
     num_inputs = 2 if mlp_activation == 'swiglu' else 1
     self.mlp_in_DxTxF = sharded_param(
         _normal(d_model ** -0.5), rngs.params(), (d_model, num_inputs, mlp_dim),
@@ -87,7 +101,7 @@ class Block(nnx.Module):
 
   def extend_cache(self, x_BxLxD, sin, cos, keys, values, layer, start, mask_BxLxS):
     """The block on L new positions, whose keys and values are first written into the cache
-    (`keys`/`values` [layers, B, S, H, K], this block's row `layer`, slots start..start+L-1);
+    (`keys`/`values` [layers, B, S, G, K], this block's row `layer`, slots start..start+L-1);
     each query then attends to the cache slots `mask_BxLxS` allows. Returns (x, keys, values)."""
     q, k, v = self._qkv(self.attn_norm(x_BxLxD), sin, cos)
     index = (layer, 0, start, 0, 0)
@@ -104,12 +118,22 @@ class Block(nnx.Module):
   def _qkv(self, h_BxLxD, sin, cos):
     # Three projections from slices of one weight, rather than one einsum into a stacked
     # [3, B, L, H, K] tensor: the backward pass then never assembles that stack.
-    qkv_DxTxHxK = self.qkv_DxTxHxK[...].astype(self.dtype)
-    if quantizing():  # Qwix quantizes a weight where an op reads it, so it must read all of it.
-      q, k, v = einsum('bld,dthk->tblhk', h_BxLxD, qkv_DxTxHxK)
+    if hasattr(self, 'qkv_DxTxHxK'):
+      qkv_DxTxHxK = self.qkv_DxTxHxK[...].astype(self.dtype)
+      if quantizing():  # Qwix quantizes a weight where an op reads it, so it must read all of it.
+        q, k, v = einsum('bld,dthk->tblhk', h_BxLxD, qkv_DxTxHxK)
+      else:
+        q, k, v = (einsum('bld,dhk->blhk', h_BxLxD, qkv_DxTxHxK[:, i]) for i in range(3))
+      q, k, v = (constrain(t, HEADS_AXES) for t in (q, k, v))
     else:
-      q, k, v = (einsum('bld,dhk->blhk', h_BxLxD, qkv_DxTxHxK[:, i]) for i in range(3))
-    q, k, v = (constrain(t, HEADS_AXES) for t in (q, k, v))
+      q = constrain(einsum('bld,dhk->blhk', h_BxLxD, self.q_DxHxK[...].astype(self.dtype)),
+                    HEADS_AXES)
+      kv_DxTxGxK = self.kv_DxTxGxK[...].astype(self.dtype)
+      if quantizing():
+        k, v = einsum('bld,dtgk->tblgk', h_BxLxD, kv_DxTxGxK)
+      else:
+        k, v = (einsum('bld,dgk->blgk', h_BxLxD, kv_DxTxGxK[:, i]) for i in range(2))
+      k, v = (constrain(t, KV_HEADS_AXES) for t in (k, v))
     return apply_rotary(q, sin, cos), apply_rotary(k, sin, cos), v
 
   def _out_and_mlp(self, x_BxLxD, attn_BxLxHxK):
@@ -169,6 +193,15 @@ def check_config(config, values: dict):
   if d_model % num_heads or (d_model // num_heads) % 2:
     raise ConfigError(f'config.model.d_model={d_model} must split into config.model.num_heads='
                       f'{num_heads} heads of even size (rotary embeddings rotate pairs).')
+  num_kv_heads = values['num_kv_heads']
+  if (isinstance(num_kv_heads, bool) or not isinstance(num_kv_heads, int) or num_kv_heads < 0
+      or (num_kv_heads and num_heads % num_kv_heads)):
+    raise ConfigError(f'config.model.num_kv_heads={num_kv_heads!r} must divide '
+                      f'config.model.num_heads={num_heads} (1: multi-query; 0: num_heads).')
+  norm_eps = values['norm_eps']
+  if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not norm_eps > 0:
+    raise ConfigError(f'config.model.norm_eps={norm_eps!r} must be a positive number (the '
+                      'RMSNorm epsilon).')
   if values['pooling']:  # '' is the model's default.
     check_choice('config.model.pooling', values['pooling'], POOLINGS)
   num_classes = values['num_classes'] or 0  # A text dataset resolves it to None: an LM.
@@ -192,6 +225,8 @@ class Transformer(nnx.Module):
   μP's initialisation, attention scale and readout multiplier (`jaxscale.models.mup`); its
   learning-rate multipliers are the optimizer's (`optim.make_optimizer` with the model config).
   `init_scale` multiplies the initial weights, μP's or SP's (`layers.scale_init`).
+  `num_kv_heads` (0: `num_heads`) groups the queries over fewer key/value heads (`Block`), and
+  the KV cache holds that many; `norm_eps` is every RMSNorm's epsilon.
   """
 
   def __init__(self, *, vocab_size: int, num_layers: int, d_model: int, num_heads: int,
@@ -200,7 +235,7 @@ class Transformer(nnx.Module):
                remat_policy: str = 'none', attention_impl: str = 'einsum', causal: bool = True,
                num_classes: int = 0, pooling: str = '', parametrization: str = 'sp',
                mup_base_width: int = 0, mup_base_mlp_dim: int = 0, init_scale: float = 1.0,
-               rngs: nnx.Rngs):
+               num_kv_heads: int = 0, norm_eps: float = 1e-6, rngs: nnx.Rngs):
     del mup_base_mlp_dim  # The optimizer's (mup.update_scaling): the MLP output's update scale.
     if pooling and pooling not in POOLINGS:
       raise ValueError(f"pooling={pooling!r}; choose one of {POOLINGS} or '' (the default).")
@@ -209,7 +244,8 @@ class Transformer(nnx.Module):
     block_kwargs = dict(
         d_model=d_model, num_heads=num_heads, mlp_dim=mlp_dim, mlp_activation=mlp_activation,
         num_layers=num_layers, dtype=DTYPES[dtype], attention_impl=attention_impl, causal=causal,
-        attention_scale=mup.attention_scale(parametrization, d_model // num_heads))
+        attention_scale=mup.attention_scale(parametrization, d_model // num_heads),
+        num_kv_heads=num_kv_heads, norm_eps=norm_eps)
     self.embed_VxD = sharded_param(
         _normal(mup.embedding_std(*scales)), rngs.params(), (vocab_size, d_model),
         ('vocab', 'embed'))
@@ -221,7 +257,7 @@ class Transformer(nnx.Module):
       self.blocks = stacked_blocks(rngs)
     else:
       self.blocks = nnx.List([Block(**block_kwargs, rngs=rngs) for _ in range(num_layers)])
-    self.final_norm = RMSNorm(d_model)
+    self.final_norm = RMSNorm(d_model, eps=norm_eps)
     # Text datasets resolve num_classes to None (no classes): that is an LM too.
     self.num_classes = num_classes or 0
     if self.num_classes:
@@ -243,6 +279,7 @@ class Transformer(nnx.Module):
     self.remat_policy = remat_policy
     self.head_dim = d_model // num_heads
     self.num_layers, self.num_heads, self.causal = num_layers, num_heads, causal
+    self.num_kv_heads = num_kv_heads or num_heads
     self.rope_theta = rope_theta
     self.dtype = DTYPES[dtype]
     if init_scale != 1.0:
@@ -298,7 +335,7 @@ class Transformer(nnx.Module):
     row's first real slot when prompts are left-padded."""
     self._check_decoder()
     return KVCache.create(num_layers=self.num_layers, batch=batch, max_len=max_len,
-                          num_heads=self.num_heads, head_dim=self.head_dim, dtype=self.dtype,
+                          num_heads=self.num_kv_heads, head_dim=self.head_dim, dtype=self.dtype,
                           first_B=first_B)
 
   def extend(self, tokens_BxL, cache: KVCache) -> tuple[jax.Array, KVCache]:

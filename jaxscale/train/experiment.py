@@ -19,7 +19,7 @@ from etils import epath
 from flax import nnx
 
 from jaxscale import objectives
-from jaxscale.checkpoint import checkpointing, init_from
+from jaxscale.checkpoint import checkpointing, hf, init_from
 from jaxscale.compress import distill, pruning, quantize
 from jaxscale.config import input_errors, validation, workdir as workdir_lib
 from jaxscale.core import param_paths, paths, sharding
@@ -149,6 +149,8 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
   Nothing is written to the workdir until the config, the data, a teacher, an init_from source
   and the memory estimate are known good.
   """
+  if config.init_from.hf:  # The model is the checkpoint's: derived (or refused) before any check.
+    config = hf.derive_config(ml_collections.ConfigDict(config.to_dict()))
   checks.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
   workdir = paths.resolve(workdir)
   mesh = sharding.make_mesh(config.mesh)
@@ -280,6 +282,9 @@ def _initial_state(config, workdir, mesh, optimizer, objective, abstract_batch,
   if config.init_from.workdir and (not own_checkpoint or has_frozen):
     # Before the workdir is touched: a mismatched source fails with nothing written.
     params, report = init_from.restore_params(config.init_from, state.params)
+    state = state.replace(params=params)
+  elif config.init_from.hf and (not own_checkpoint or has_frozen):
+    params, report = hf.restore_params(config.init_from, state.params)
     state = state.replace(params=params)
   workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.record_config(workdir, config)

@@ -1,0 +1,94 @@
+"""A run as a Hugging Face model directory (`to_hf`), and a Hugging Face checkpoint as a
+jaxscale workdir (`from_hf`); `python -m jaxscale.convert` is their command line.
+
+`to_hf` writes what `transformers.AutoModelForCausalLM.from_pretrained(DIR)` loads as a
+LlamaForCausalLM: `config.json`, `generation_config.json` and `model.safetensors` (or shards of at
+most `max_shard_size` bytes with `model.safetensors.index.json`). A LoRA run arrives merged. A run
+Llama cannot express is refused before anything is read or written, naming its config key.
+
+`from_hf` writes a workdir as a run would leave it (config.json, a checkpoint at step 0 holding
+the parameters, init_report.json), which `restore_model`, `init_from.workdir`, generation and
+`to_hf` read like any other.
+"""
+
+import json
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from jaxscale.checkpoint import hf, init_from, restore
+from jaxscale.config import config_base, workdir as workdir_lib
+from jaxscale.core import param_paths, paths
+from jaxscale.models import build
+
+DEFAULT_MAX_SHARD_SIZE = 5 * 2**30  # transformers' save_pretrained default (5 GB).
+DTYPES = ('float32', 'bfloat16')
+
+
+def _empty_output(out, what: str) -> epath.Path:
+  out = epath.Path(out)
+  if out.exists() and any(out.iterdir()):
+    raise hf.HFError(f'{what} {out} is not empty; choose a new directory (nothing was written).')
+  return out
+
+
+def to_hf(workdir, out, *, dtype: str = 'float32', step: int | None = None,
+          max_shard_size: int = DEFAULT_MAX_SHARD_SIZE) -> dict:
+  """Writes the run in `workdir` to `out` as a Llama model; returns what was written."""
+  if dtype not in DTYPES:
+    raise hf.HFError(f'--dtype={dtype!r}; choose one of {DTYPES}.')
+  config = workdir_lib.read_config(paths.resolve(workdir))
+  hf.refuse_unexportable(config.model)  # Before any weight is read.
+  out = _empty_output(out, '--out')
+  model, config = restore.restore_model(workdir, step=step)  # LoRA adapters merged.
+  hf_config = hf.hf_config_from_model(config.model, dtype, config.dataset.seq_len)
+  out.mkdir(parents=True, exist_ok=True)
+  files = hf.write_safetensors(out, hf.hf_tensors(nnx.state(model, nnx.Param)), dtype=dtype,
+                               max_shard_size=max_shard_size)
+  (out / hf.CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + '\n')
+  (out / hf.GENERATION_CONFIG_FILE).write_text(
+      json.dumps({'_from_model_config': True}, indent=2) + '\n')
+  files += write_tokenizer_files(config, out)
+  return {'out': str(out), 'files': [hf.CONFIG_FILE, hf.GENERATION_CONFIG_FILE, *files]}
+
+
+def write_tokenizer_files(config, out) -> list[str]:
+  """The run's tokenizer (`config.dataset.tokenizer`) as Hugging Face tokenizer files in `out`;
+  the names written. The call site for the tokenizer's files; none are written yet."""
+  del config, out
+  return []
+
+
+def from_hf(hf_dir, out) -> dict:
+  """Writes the Hugging Face checkpoint `hf_dir` to `out` as a jaxscale workdir."""
+  config = config_base.get_base_config()
+  config.init_from.hf = str(hf_dir)
+  config = hf.derive_config(config)  # Refuses an unsupported checkpoint, naming the field.
+  hf.Checkpoint(hf_dir)  # A missing weights file fails before anything is written.
+  out = _empty_output(out, '--out')
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = nnx.eval_shape(lambda: nnx.state(build.model_for(config), nnx.Param))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          abstract)
+  params, imported = hf.load_params(hf_dir, abstract)
+  if imported.new:
+    raise hf.HFError(f'{hf_dir}: no weights for {", ".join(imported.new)}.')
+  out.mkdir(parents=True, exist_ok=True)
+  workdir_lib.record_config(out, config)
+  manager = ocp.CheckpointManager(
+      out / 'checkpoints', item_handlers={'state': ocp.StandardCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
+  # Saved as NumPy views of the host arrays: Orbax then writes them as they are, where for
+  # jax.Arrays it would first copy every one to the host (a second copy of the model).
+  host_params = jax.tree.map(np.asarray, params)
+  manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({'params': host_params})))
+  manager.wait_until_finished()
+  manager.close()
+  report = init_from.Report(source=str(hf_dir), step=0, loaded=imported.loaded, reinitialised=[],
+                            new=[], unused=imported.unused, shape_mismatches={})
+  init_from.log_and_write(report, out)
+  return {'out': str(out), 'params': len(param_paths.named_leaves(params)),
+          'tokenizer': config.init_from.hf_tokenizer}
