@@ -172,5 +172,6 @@ def from_export(directory, *, max_prompt_tokens: int, max_new_tokens: int):
   exported = jax.export.deserialize((directory / 'forward.bin').read_bytes())
   forward = jax.jit(lambda inputs: exported.call(params, inputs))
   spec = manifest['functions']['forward']['inputs'][0]
-  return Classifier(forward, tuple(spec['shape'][1:]), spec['dtype'], manifest['class_names'],
-                    manifest['config'])
+  # A text classifier's forward takes any length up to max_seq_len: rows are padded to it.
+  shape = tuple(manifest.get('max_seq_len') if d == 'l' else d for d in spec['shape'][1:])
+  return Classifier(forward, shape, spec['dtype'], manifest['class_names'], manifest['config'])
