@@ -130,8 +130,8 @@ def hf_tokenizer(directory: str) -> Tokenizer:
     raise ConfigError(f'{directory}: tokenizer_config.json or special_tokens_map.json names no '
                       'eos_token of tokenizer.json to separate documents; add one.')
 
-  def encode(text: bytes) -> np.ndarray:
-    return np.array(loaded.encode(text.decode('utf-8')) + [eos], np.int32)
+  def encode(text) -> np.ndarray:  # bytes (or, called eagerly, a 0-d array of them)
+    return np.array(loaded.encode(np.asarray(text).item().decode('utf-8')) + [eos], np.int32)
 
   def tokenize_document(text):
     tokens = tf.numpy_function(encode, [text], tf.int32, stateful=True)
