@@ -166,3 +166,21 @@ def test_forward_takes_any_length_up_to_the_configured_maximum(tmp_path):
   with pytest.raises(ValueError) as refused:
     forward.call(params, np.zeros((2, 25), np.int32))
   assert 'l <= 24' in str(refused.value.__cause__)
+
+
+def test_an_exported_text_classifier_serves_text_as_its_workdir_does(tmp_path):
+  """The server's --export backend pads a text to the forward's max_seq_len (its input length
+  is symbolic) and classifies it as the workdir's model does."""
+  from jaxscale.inference import backends  # noqa: PLC0415
+  workdir = saved_runs.save_run(tmp_path / 'encoder', saved_runs.family_config('encoder'))
+  export.export_workdir(workdir, tmp_path / 'out')
+  limits = dict(max_prompt_tokens=8, max_new_tokens=8)
+  exported = backends.from_export(tmp_path / 'out', **limits)
+  assert exported.input_shape == (16,)
+  in_process = backends.from_workdir(workdir, **limits)
+  request = {'inputs': 'def f(x):', 'top_k': 3}
+  (got,) = exported.run([exported.check(request)])
+  (expected,) = in_process.run([in_process.check(request)])
+  assert [c['class'] for c in got['classes']] == [c['class'] for c in expected['classes']]
+  np.testing.assert_allclose([c['probability'] for c in got['classes']],
+                             [c['probability'] for c in expected['classes']], rtol=1e-4)
