@@ -166,6 +166,12 @@ def test_forward_takes_any_length_up_to_the_configured_maximum(tmp_path):
   with pytest.raises(ValueError) as refused:
     forward.call(params, np.zeros((2, 25), np.int32))
   assert 'l <= 24' in str(refused.value.__cause__)
+  # Prompts of any length fill the KV cache: prefill's last logits are the forward's.
+  prefill = jax.export.deserialize((tmp_path / 'out' / 'prefill.bin').read_bytes())
+  prompt = rng.integers(0, 64, (2, 5), dtype=np.int32)
+  last_logits, _, _ = prefill.call(params, prompt, np.zeros(2, np.int32))
+  np.testing.assert_allclose(np.asarray(last_logits), np.asarray(model(prompt))[:, -1],
+                             rtol=1e-4, atol=1e-5)
 
 
 def test_an_exported_text_classifier_serves_text_as_its_workdir_does(tmp_path):
