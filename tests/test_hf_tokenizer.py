@@ -176,6 +176,7 @@ def test_a_tokenizer_the_vocabulary_lacks_is_refused_naming_the_file(tmp_path):
   with pytest.raises(ConfigError, match='config.dataset.tokenizer has 256 token ids but '
                      r'config\.model\.vocab_size=200'):
     hf_tokenizer.write_tokenizer_files(_run_config('byte', 200), tmp_path / 'out')
+  assert not (tmp_path / 'out').exists()
   with pytest.raises(ConfigError, match=r'hf_tokenizer.+tokenizer\.json not found'):
     checks.validate(tiny_config(**{'dataset.tokenizer': f'hf:{directory}_missing'}))
 

@@ -189,10 +189,10 @@ def write_tokenizer_files(config, out_dir) -> str | None:
   if not vocab_size or kind == NO_TOKENIZER or config.dataset.name in _NOT_TEXT:
     return None
   out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
   directory = hf_dir(kind)
   if directory is not None:
     _check_fits(load(directory).vocab_size, vocab_size, pathlib.Path(directory) / TOKENIZER_FILE)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for name in FILES + _EXTRA_FILES:
       if (pathlib.Path(directory) / name).exists():
         shutil.copyfile(pathlib.Path(directory) / name, out_dir / name)
@@ -215,6 +215,7 @@ def write_tokenizer_files(config, out_dir) -> str | None:
   for key in ('pad_token', 'cls_token', 'mask_token'):  # Added in this order: 256, 257, 258.
     if key in names and backend.token_to_id(names[key]) != getattr(specials, key[:-6]):
       raise AssertionError(f'{key} got id {backend.token_to_id(names[key])}.')
+  out_dir.mkdir(parents=True, exist_ok=True)
   backend.save(str(out_dir / TOKENIZER_FILE))
   settings = {
       'tokenizer_class': 'PreTrainedTokenizerFast', **names,
