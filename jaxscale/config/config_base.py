@@ -227,6 +227,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def max_seq_len(config) -> int:
+  """The longest sequence a run's token model takes: `export.max_seq_len`, else the training
+  `dataset.seq_len` (runs recorded before the key existed have only that)."""
+  return config.get('export', {}).get('max_seq_len', 0) or config.dataset.seq_len
+
+
 def flatten(config, prefix: str = 'config') -> dict[str, object]:
   """{'config.model.d_model': 256, ...} for a ConfigDict or a nested dict (e.g. config.json)."""
   flat = {}

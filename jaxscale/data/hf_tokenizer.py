@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxscale.config import validation
+from jaxscale.config import config_base, validation
 from jaxscale.config.validation import ConfigError
 from jaxscale.core import paths
 from jaxscale.data import special_tokens
@@ -60,12 +60,6 @@ def hf_dir(tokenizer: str) -> str | None:
   if not tokenizer.startswith(HF_PREFIX):
     return None
   return paths.resolve_str(tokenizer[len(HF_PREFIX):])
-
-
-def max_seq_len(config) -> int:
-  """The longest sequence the run's model takes: `export.max_seq_len`, else the training
-  `dataset.seq_len` (runs recorded before the key existed have only that)."""
-  return config.get('export', {}).get('max_seq_len', 0) or config.dataset.seq_len
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,17 +156,6 @@ def check_tokenizer(config):
         'the weights, or set config.model.vocab_size=0 to take it from the tokenizer.')
 
 
-@validation.register_check
-def check_max_seq_len(config):
-  value = config.get('export', {}).get('max_seq_len', 0)
-  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-    raise ConfigError(f'config.export.max_seq_len={value!r} must be a whole number of tokens >= 0 '
-                      '(0: the training dataset.seq_len).')
-  if value and value < config.dataset.seq_len:
-    raise ConfigError(f'config.export.max_seq_len={value} is shorter than the training '
-                      f'config.dataset.seq_len={config.dataset.seq_len}; raise it (or set 0).')
-
-
 # ---------------------------------------------------------------------------------------------
 # Writing: a run's tokenizer as HF files.
 
@@ -219,7 +202,7 @@ def write_tokenizer_files(config, out_dir) -> str | None:
   backend.save(str(out_dir / TOKENIZER_FILE))
   settings = {
       'tokenizer_class': 'PreTrainedTokenizerFast', **names,
-      'model_max_length': max_seq_len(config), 'split_special_tokens': True,
+      'model_max_length': config_base.max_seq_len(config), 'split_special_tokens': True,
       'clean_up_tokenization_spaces': False, 'add_bos_token': False, 'add_eos_token': False}
   (out_dir / 'tokenizer_config.json').write_text(json.dumps(settings, indent=2) + '\n')
   (out_dir / 'special_tokens_map.json').write_text(json.dumps(names, indent=2) + '\n')

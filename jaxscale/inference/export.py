@@ -32,8 +32,9 @@ import numpy as np
 from flax import nnx
 
 from jaxscale.checkpoint import restore
+from jaxscale.config import config_base
 from jaxscale.core import param_paths, paths
-from jaxscale.data import hf_tokenizer, special_tokens
+from jaxscale.data import special_tokens
 from jaxscale.metrics import flops
 from jaxscale.models.kv_cache import KVCache
 
@@ -84,7 +85,7 @@ def model_functions(model, config, *, max_len: int,
                     max_seq_len: int | None = None) -> dict[str, tuple]:
   """{name: (function of (params, *args), arg ShapeDtypeStructs, arg names, output names)} to
   export, with a symbolic batch dimension `b` and, for token models, a symbolic length `l` of
-  at most `max_seq_len` (default `hf_tokenizer.max_seq_len(config)`) for the forward."""
+  at most `max_seq_len` (default `config_base.max_seq_len(config)`) for the forward."""
   model.eval()
   graphdef, state = nnx.split(model)
   params, unflatten = flat_params(state)
@@ -93,7 +94,7 @@ def model_functions(model, config, *, max_len: int,
   if kind == 'image_classifier':  # (A scope's constraints must concern its function's inputs.)
     (batch,), length = jax.export.symbolic_shape('b'), None
   else:
-    batch, length = symbolic_batch_and_length(max_seq_len or hf_tokenizer.max_seq_len(config))
+    batch, length = symbolic_batch_and_length(max_seq_len or config_base.max_seq_len(config))
   (prefill_batch, prompt_len) = jax.export.symbolic_shape('b, p', constraints=(
       f'p <= {max_len}',))
   pad_id = special_tokens.after(config.model.vocab_size - 3).pad if kind == 'text_classifier' else 0
@@ -165,7 +166,7 @@ def export_workdir(workdir, out, *, formats=('jax',), step: int | None = None,
     raise ValueError(f'--format savedmodel exports classifiers; this run is a {kind}. Use the '
                      'default format (jax.export), which covers language models.')
   max_len = max_len or 2 * config.dataset.seq_len
-  max_seq_len = max_seq_len or hf_tokenizer.max_seq_len(config)
+  max_seq_len = max_seq_len or config_base.max_seq_len(config)
   if kind != 'image_classifier' and max_seq_len < 1:
     raise ValueError(f'max_seq_len={max_seq_len} must be at least 1 token.')
   params, functions = model_functions(model, config, max_len=max_len, max_seq_len=max_seq_len)
