@@ -202,8 +202,9 @@ def export_workdir(workdir, out, *, formats=('jax',), step: int | None = None,
   if 'savedmodel' in formats:
     from jaxscale.inference import (  # noqa: PLC0415  (loads TensorFlow and orbax-export)
         export_savedmodel)
-    fn, arg_specs, _, _ = functions['forward']
-    export_savedmodel.save(fn, params, arg_specs[0], out / 'savedmodel')
+    fn = functions['forward'][0]
+    # Fixed length (the training seq_len): jax2tf's conversion is polymorphic in the batch only.
+    export_savedmodel.save(fn, params, input_spec(model, config, 1), out / 'savedmodel')
     manifest['savedmodel'] = 'savedmodel'
   (out / 'manifest.json').write_text(json.dumps(manifest, indent=2, default=str))
   return manifest
