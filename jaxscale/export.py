@@ -21,9 +21,12 @@ def main(argv=None):
   parser.add_argument('--step', type=int, default=None, help='Checkpoint step (default newest).')
   parser.add_argument('--max_len', type=int, default=None,
                       help='LMs: KV-cache slots (prompt + new tokens); default 2 x seq_len.')
+  parser.add_argument('--max_seq_len', type=int, default=None,
+                      help='Token models: the longest input forward.bin takes (any length up to '
+                      'it); default config.export.max_seq_len, else the training seq_len.')
   args = parser.parse_args(argv)
   manifest = export_workdir(args.workdir, args.out, formats=('jax', *(args.format or ())),
-                            step=args.step, max_len=args.max_len)
+                            step=args.step, max_len=args.max_len, max_seq_len=args.max_seq_len)
   out = pathlib.Path(args.out)
   sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
   print(json.dumps({'out': str(out), 'kind': manifest['kind'], 'bytes': sizes}))

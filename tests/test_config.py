@@ -32,6 +32,7 @@ def test_the_tiny_config_is_valid():
     (lambda c: c.__setattr__('num_train_steps', 0), 'config.num_train_steps=0 must be positive'),
     (lambda c: c.quantization.__setattr__('mode', 'ptq'), "config.quantization.mode='ptq' is not allowed; choose one of: none, qat"),
     (lambda c: c.quantization.__setattr__('weight_dtype', 'int2'), "config.quantization.weight_dtype='int2' is not allowed; choose one of: int4, int8"),
+    (lambda c: c.export.__setattr__('max_seq_len', 8), r'config.export.max_seq_len=8 must be 0 \(the training seq_len\) or at least config.dataset.seq_len=16'),
 ])
 def test_bad_keys_and_values_are_named(mutate, message):
   config = tiny_config()

@@ -110,9 +110,10 @@ def test_lm_and_mlp_artifacts_run_without_jaxscale(tmp_path):
   manifest = json.loads((lm_out / 'manifest.json').read_text())
   assert manifest['kind'] == 'lm' and manifest['vocab']['vocab_size'] == 64
   assert set(manifest['functions']) == {'forward', 'prefill', 'decode'}
-  assert manifest['functions']['forward']['inputs'][0]['shape'] == ['b', 16]
+  assert manifest['functions']['forward']['inputs'][0]['shape'] == ['b', 'l']
   assert manifest['functions']['forward']['outputs'][0] == {
-      'name': 'logits', 'shape': ['b', 16, 64], 'dtype': 'float32'}
+      'name': 'logits', 'shape': ['b', 'l', 64], 'dtype': 'float32'}
+  assert manifest['max_seq_len'] == 16
   assert manifest['jax_version'] and manifest['config']['model']['d_model'] == 32
   assert 'blocks/0/qkv_DxTxHxK' in np.load(lm_out / 'params.npz').files
   mlp_manifest = json.loads((mlp_out / 'manifest.json').read_text())
@@ -141,3 +142,51 @@ def test_bad_requests_say_what_to_do(tmp_path):
     export.export_workdir(workdir, tmp_path / 'out', formats=('onnx',))
   with pytest.raises(FileNotFoundError, match='config.json'):
     export.export_workdir(tmp_path / 'nothing', tmp_path / 'out')
+
+
+def test_forward_takes_any_length_up_to_the_configured_maximum(tmp_path):
+  """config.export.max_seq_len (24) above the training seq_len (16): forward.bin takes every
+  length up to it, logits equal to the model's own on those tokens; a longer input is refused
+  naming the bound."""
+  import jax  # noqa: PLC0415
+  config = saved_runs.family_config('transformer', **{'export.max_seq_len': 24})
+  workdir = saved_runs.save_run(tmp_path / 'lm', config)
+  manifest = export.export_workdir(workdir, tmp_path / 'out')
+  assert manifest['max_seq_len'] == 24
+  forward = jax.export.deserialize((tmp_path / 'out' / 'forward.bin').read_bytes())
+  params = dict(np.load(tmp_path / 'out' / 'params.npz'))
+  model, _ = sampling.restore_model(workdir)
+  model.eval()
+  rng = np.random.default_rng(0)
+  for length in (1, 7, 16, 24):
+    tokens = rng.integers(0, 64, (2, length), dtype=np.int32)
+    logits = np.asarray(forward.call(params, tokens))
+    assert logits.shape == (2, length, 64)
+    np.testing.assert_allclose(logits, np.asarray(model(tokens)), rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError) as refused:
+    forward.call(params, np.zeros((2, 25), np.int32))
+  assert 'l <= 24' in str(refused.value.__cause__)
+  # Prompts of any length fill the KV cache: prefill's last logits are the forward's.
+  prefill = jax.export.deserialize((tmp_path / 'out' / 'prefill.bin').read_bytes())
+  prompt = rng.integers(0, 64, (2, 5), dtype=np.int32)
+  last_logits, _, _ = prefill.call(params, prompt, np.zeros(2, np.int32))
+  np.testing.assert_allclose(np.asarray(last_logits), np.asarray(model(prompt))[:, -1],
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_an_exported_text_classifier_serves_text_as_its_workdir_does(tmp_path):
+  """The server's --export backend pads a text to the forward's max_seq_len (its input length
+  is symbolic) and classifies it as the workdir's model does."""
+  from jaxscale.inference import backends  # noqa: PLC0415
+  workdir = saved_runs.save_run(tmp_path / 'encoder', saved_runs.family_config('encoder'))
+  export.export_workdir(workdir, tmp_path / 'out')
+  limits = dict(max_prompt_tokens=8, max_new_tokens=8)
+  exported = backends.from_export(tmp_path / 'out', **limits)
+  assert exported.input_shape == (16,)
+  in_process = backends.from_workdir(workdir, **limits)
+  request = {'inputs': 'def f(x):', 'top_k': 3}
+  (got,) = exported.run([exported.check(request)])
+  (expected,) = in_process.run([in_process.check(request)])
+  assert [c['class'] for c in got['classes']] == [c['class'] for c in expected['classes']]
+  np.testing.assert_allclose([c['probability'] for c in got['classes']],
+                             [c['probability'] for c in expected['classes']], rtol=1e-4)

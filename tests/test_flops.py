@@ -44,8 +44,8 @@ def test_forward_terms_match_a_hand_count():
   config.model.mlp_activation = 'gelu'
   assert flops.forward_flops_terms(config.model, 4, 10)['mlp_in'] == 2 * 8 * 16
   # Grouped-query attention: 1 key/value head of 4 dims; the logits still cost per query head.
-  gqa = types.SimpleNamespace(**config.model.to_dict(), num_kv_heads=1)
-  terms = flops.forward_flops_terms(gqa, 4, 10)
+  config.model.num_kv_heads = 1
+  terms = flops.forward_flops_terms(config.model, 4, 10)
   assert terms['qkv'] == 2 * 8 * (8 + 4 + 4) and terms['attention_logits'] == 2 * 4 * 8
   # A classifier: no per-token logits; its head (and mean pooling's sum) once per sequence.
   classifier = tiny_config(**{'model.name': 'encoder', 'model.num_classes': 3,

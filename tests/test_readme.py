@@ -221,6 +221,9 @@ def _check_data(root, results):
   assert _summary(root, 'workdirs/markov_tfdata')['finished']
   assert glob.glob(str(root / 'tfds/markov/*/*/markov-train.array_record*'))
   assert 'tokens/s' in [r for line, r in results.items() if 'throughput' in line][0].stdout
+  tokenizer = [r for line, r in results.items() if 'write_tokenizer_files' in line][0]
+  assert tokenizer.stdout.split() == ['[195,', '169,', '32,', '60,', '109,', '97,', '115,',
+                                      '107,', '62]', '258']
 
 
 def _check_models(root, results):
@@ -268,7 +271,8 @@ def _check_scaling_laws(root, results):
 def _check_deploy(root, results):
   generated = [r for line, r in results.items() if 'sampling.generate' in line][0]
   assert generated.stdout.startswith('def ') and len(generated.stdout) > 4
-  assert '(2, 10)' in [r for line, r in results.items() if 'forward.call' in line][0].stdout
+  calls = [r.stdout for line, r in results.items() if 'forward.call' in line]
+  assert '(2, 10)' in calls[0] and '(1, 5, 256)' in calls[1]
   served = json.loads([r for line, r in results.items() if line.startswith('curl')][0].stdout)
   assert served['text'] and served['tokens']
   assert json.loads((root / 'exported/mlp/manifest.json').read_text())['class_names']

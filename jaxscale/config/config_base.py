@@ -160,7 +160,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # the shuffle on, text: packed windows are mixed in groups of shuffle_buffer_size), 'tfdata'
   # shuffles in buffers (its checkpoints store them). Text classification always uses tf.data.
   c.dataset.loader = 'grain'
-  c.dataset.tokenizer = 'byte'        # 'byte' | 'sentencepiece' (real text datasets).
+  # Text datasets: 'byte' | 'sentencepiece' | 'hf:DIR' (a Hugging Face tokenizer directory, its
+  # tokenizer.json, e.g. a checkpoint's) | 'none' (imported weights that came without tokenizer
+  # files: token ids only). See jaxscale.data.hf_tokenizer.
+  c.dataset.tokenizer = 'byte'
   c.dataset.spm_model_path = ''       # SentencePiece model file when tokenizer='sentencepiece'.
   # Classification: train on this fraction of the train labels (e.g. 0.01, 0.1), a stratified
   # subset (at least one example per class) fixed by the fraction, not by the seed, so runs of
@@ -202,6 +205,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optimizer.lr_multipliers = ()     # ((regex, factor), ...): e.g. (('^head', 10.0),).
   c.optimizer.layer_decay = 1.0       # Layer-wise LR decay: block i of L gets decay**(L - i).
 
+  # Token models: the longest sequence the model takes after training (exported `forward.bin`
+  # accepts any length up to it; an imported checkpoint's max_position_embeddings); 0 = the
+  # training dataset.seq_len.
+  c.export = ml_collections.ConfigDict()
+  c.export.max_seq_len = 0
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                    # Data-parallel axis; -1 = all devices left over.
   c.mesh.fsdp = 1                     # Parameter (and optimizer state) sharding axis.
@@ -227,6 +236,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # compiled steps, rather than leaving their layout to XLA's propagation from the parameters.
   c.mesh.constrain_activations = True
   return c
+
+
+def max_seq_len(config) -> int:
+  """The longest sequence a run's token model takes: `export.max_seq_len`, else the training
+  `dataset.seq_len` (runs recorded before the key existed have only that)."""
+  return config.get('export', {}).get('max_seq_len', 0) or config.dataset.seq_len
 
 
 def flatten(config, prefix: str = 'config') -> dict[str, object]:

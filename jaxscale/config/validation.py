@@ -83,6 +83,10 @@ def _check_run(config):
   check_choice('config.memory_check', config.memory_check, MEMORY_CHECKS)
   if config.max_skipped_steps < 0:
     raise ConfigError(f'config.max_skipped_steps={config.max_skipped_steps} must be >= 0.')
+  max_seq_len = config.get('export', {}).get('max_seq_len', 0)
+  if max_seq_len < 0 or 0 < max_seq_len < config.dataset.seq_len:
+    raise ConfigError(f'config.export.max_seq_len={max_seq_len} must be 0 (the training seq_len) '
+                      f'or at least config.dataset.seq_len={config.dataset.seq_len}.')
 
 
 def validate(config):

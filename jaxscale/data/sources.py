@@ -20,7 +20,7 @@ from jaxscale.core import paths
 from jaxscale.core.registry import Registry
 
 DATASETS = Registry('dataset')
-TOKENIZERS = ('byte', 'sentencepiece')
+TOKENIZERS = ('byte', 'sentencepiece', 'hf:DIR', 'none')
 LOADERS = ('grain', 'tfdata')
 
 
@@ -29,7 +29,8 @@ def check_dataset(config):
   d = config.dataset
   validation.check_positive(config, 'dataset.seq_len')
   validation.check_choice('config.dataset.name', d.name, DATASETS.names())
-  validation.check_choice('config.dataset.tokenizer', d.tokenizer, TOKENIZERS)
+  if not d.tokenizer.startswith('hf:'):  # 'hf:DIR' is checked by jaxscale.data.hf_tokenizer.
+    validation.check_choice('config.dataset.tokenizer', d.tokenizer, TOKENIZERS)
   validation.check_choice('config.dataset.loader', d.loader, LOADERS)
   if not 0 < d.train_fraction <= 1:
     raise ConfigError(f'config.dataset.train_fraction={d.train_fraction} must be in '

@@ -1,5 +1,8 @@
 """Text -> token ids inside tf.data, with a document separator appended to every document.
 
+Tokenizers: 'byte', 'sentencepiece', and 'hf:DIR' (a Hugging Face tokenizer.json, see
+`hf_tokenizer`, run like the sentencepiece package in a `tf.numpy_function`).
+
 The byte tokenizer and SentencePiece through tensorflow-text are TensorFlow ops, so a pipeline
 using them stays checkpointable by tf.data. Without tensorflow-text (its metadata requires the full
 `tensorflow` package, so `pip install -e .[sentencepiece]` cannot bring it), SentencePiece runs
@@ -16,6 +19,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from jaxscale.config.validation import ConfigError
+from jaxscale.data import hf_tokenizer as hf_tokenizer_lib
 from jaxscale.data.special_tokens import BYTE_SEPARATOR  # noqa: F401  (the public name here too)
 
 
@@ -122,9 +127,36 @@ def _sentencepiece_piece_bytes(pieces: list[str]) -> np.ndarray:
   return np.array([piece_bytes(piece) for piece in pieces], np.float64)
 
 
+def hf_tokenizer(directory: str) -> Tokenizer:
+  """An HF tokenizer directory's `tokenizer.json` (`jaxscale.data.hf_tokenizer`): each document
+  encoded as `AutoTokenizer.encode` does (with the tokenizer's own special tokens, e.g. a BOS),
+  then its EOS token as the separator. The `tokenizers` library runs in a `tf.numpy_function`,
+  so a tf.data train iterator resumes by replay, as for the sentencepiece package."""
+  loaded = hf_tokenizer_lib.load(directory)
+  eos = loaded.eos_id
+  if eos is None:
+    raise ConfigError(f'{directory}: tokenizer_config.json or special_tokens_map.json names no '
+                      'eos_token of tokenizer.json to separate documents; add one.')
+
+  def encode(text) -> np.ndarray:  # bytes (or, called eagerly, a 0-d array of them)
+    return np.array(loaded.encode(np.asarray(text).item().decode('utf-8')) + [eos], np.int32)
+
+  def tokenize_document(text):
+    tokens = tf.numpy_function(encode, [text], tf.int32, stateful=True)
+    tokens.set_shape([None])
+    return tokens
+  return Tokenizer(loaded.vocab_size, tokenize_document, loaded.token_bytes())
+
+
 def make_tokenizer(name: str, spm_model_path: str = '') -> Tokenizer:
   if name == 'byte':
     return byte_tokenizer()
   if name == 'sentencepiece':
     return sentencepiece_tokenizer(spm_model_path)
-  raise ValueError(f"Unknown tokenizer {name!r}; choose one of: byte, sentencepiece")
+  if hf_tokenizer_lib.hf_dir(name):
+    return hf_tokenizer(hf_tokenizer_lib.hf_dir(name))
+  if name == hf_tokenizer_lib.NO_TOKENIZER:
+    raise ConfigError("config.dataset.tokenizer='none': these weights came without tokenizer "
+                      "files, so text cannot be tokenized; set config.dataset.tokenizer='hf:DIR' "
+                      'to a directory with the tokenizer.json made for them.')
+  raise ValueError(f"Unknown tokenizer {name!r}; choose one of: byte, sentencepiece, hf:DIR")

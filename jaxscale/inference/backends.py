@@ -16,7 +16,7 @@ from flax import nnx
 
 from jaxscale.checkpoint import restore
 from jaxscale.core import paths
-from jaxscale.data import special_tokens
+from jaxscale.data import hf_tokenizer, special_tokens
 from jaxscale.data.tokenizers import BYTE_SEPARATOR
 from jaxscale.inference import export, sampling
 
@@ -42,17 +42,27 @@ class LanguageModel:
 
   def __post_init__(self):
     self.vocab_size = self.config['model']['vocab_size']
-    self.byte_tokens = self.config['dataset'].get('tokenizer', 'byte') == 'byte'
-    # Byte models end a document with the separator: stop there, as the training data does.
+    tokenizer = self.config['dataset'].get('tokenizer', 'byte')
+    self.byte_tokens = tokenizer == 'byte'
+    directory = hf_tokenizer.hf_dir(tokenizer)
+    self.hf_tokenizer = hf_tokenizer.load(directory) if directory else None
+    # Models end a document with the separator (bytes) or EOS (hf:): stop there, as the
+    # training data does.
     self.stop_tokens = (BYTE_SEPARATOR,) if self.byte_tokens else ()
+    if self.hf_tokenizer is not None and self.hf_tokenizer.eos_id is not None:
+      self.stop_tokens = (self.hf_tokenizer.eos_id,)
 
   def tokens(self, prompt) -> np.ndarray:
-    """Checked token ids of a request's prompt (text for byte models, or a list of ids)."""
+    """Checked token ids of a request's prompt (text for byte and hf: models, or a list of
+    ids)."""
     if isinstance(prompt, str):
-      if not self.byte_tokens:
-        raise BadRequest('prompt', 'this model does not use byte tokens: send the prompt as a '
+      if self.hf_tokenizer is not None:
+        ids = np.asarray(self.hf_tokenizer.encode(prompt), np.int64)
+      elif not self.byte_tokens:
+        raise BadRequest('prompt', 'this model has no text tokenizer here: send the prompt as a '
                          'list of token ids.')
-      ids = sampling.encode_bytes(prompt)
+      else:
+        ids = sampling.encode_bytes(prompt)
     else:
       ids = np.asarray(prompt, np.int64)
       if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
@@ -84,6 +94,8 @@ class LanguageModel:
     for request, row in zip(requests, new_BxN):
       tokens = sampling.trim_at_stop(row[:request['max_new_tokens']], self.stop_tokens)
       text = sampling.decode_bytes(tokens) if self.byte_tokens else None
+      if self.hf_tokenizer is not None:
+        text = self.hf_tokenizer.decode(tokens)
       results.append({'text': text, 'tokens': tokens.tolist()})
     return results
 
@@ -172,5 +184,6 @@ def from_export(directory, *, max_prompt_tokens: int, max_new_tokens: int):
   exported = jax.export.deserialize((directory / 'forward.bin').read_bytes())
   forward = jax.jit(lambda inputs: exported.call(params, inputs))
   spec = manifest['functions']['forward']['inputs'][0]
-  return Classifier(forward, tuple(spec['shape'][1:]), spec['dtype'], manifest['class_names'],
-                    manifest['config'])
+  # A text classifier's forward takes any length up to max_seq_len: rows are padded to it.
+  shape = tuple(manifest.get('max_seq_len') if d == 'l' else d for d in spec['shape'][1:])
+  return Classifier(forward, shape, spec['dtype'], manifest['class_names'], manifest['config'])

@@ -7,10 +7,12 @@ For the newest checkpoint (LoRA adapters merged), DIR receives:
 - `forward.bin`: a serialized `jax.export.Exported` (StableHLO) of `forward(params, inputs) ->
   logits` in eval mode, with a symbolic batch dimension, lowered for cpu, cuda and tpu. `params`
   is a flat dict of arrays keyed by '/'-joined variable path ('blocks/0/qkv_DxTxHxK'; batch-norm
-  statistics included), `inputs` images [b, H, W, C] float32 or token ids [b, L] int32 (a text
-  classifier's padding mask is read off its PAD ids).
-- language models also `prefill.bin` (`prefill(params, tokens [b, P], first [b]) -> (logits
-  [b, V], keys, values)`: left-padded prompts, real tokens from slot first[b]) and `decode.bin`
+  statistics included), `inputs` images [b, H, W, C] float32 or token ids [b, l] int32 of any
+  length l up to `max_seq_len` (`--max_seq_len`, else config.export.max_seq_len, else the
+  training seq_len; a text classifier's padding mask is read off its PAD ids).
+- language models also `prefill.bin` (`prefill(params, tokens [b, p], first [b]) -> (logits
+  [b, V], keys, values)`: left-padded prompts of any length p up to max_len, real tokens from
+  slot first[b]) and `decode.bin`
   (`decode(params, token [b], keys, values, first [b], length []) -> (logits, keys, values)`),
   over a KV cache of `max_len` slots (jaxscale.models.kv_cache describes its layout).
 - `params.npz`: that dict; `manifest.json`: each function's input and output shapes and dtypes,
@@ -30,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from jaxscale.checkpoint import restore
+from jaxscale.config import config_base
 from jaxscale.core import param_paths, paths
 from jaxscale.data import special_tokens
 from jaxscale.metrics import flops
@@ -62,24 +65,38 @@ def model_kind(model, config) -> str:
   return 'lm' if model.causal else 'token_model'
 
 
-def input_spec(model, config, batch) -> jax.ShapeDtypeStruct:
+def input_spec(model, config, batch, length=None) -> jax.ShapeDtypeStruct:
+  """The forward's input: images [batch, H, W, C], or token ids [batch, length] (default the
+  training seq_len)."""
   kind = model_kind(model, config)
   if kind == 'image_classifier':
     kwargs = flops.model_kwargs(config)
     size, channels = kwargs.image_size, getattr(kwargs, 'channels', 3)
     return jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32)
-  return jax.ShapeDtypeStruct((batch, config.dataset.seq_len), jnp.int32)
+  return jax.ShapeDtypeStruct((batch, length or config.dataset.seq_len), jnp.int32)
 
 
-def model_functions(model, config, *, max_len: int) -> dict[str, tuple]:
+def symbolic_batch_and_length(max_seq_len: int):
+  """Symbolic dimensions `b` (any batch) and `l` (any length from 1 to max_seq_len)."""
+  return jax.export.symbolic_shape('b, l', constraints=(f'l <= {max_seq_len}',))
+
+
+def model_functions(model, config, *, max_len: int,
+                    max_seq_len: int | None = None) -> dict[str, tuple]:
   """{name: (function of (params, *args), arg ShapeDtypeStructs, arg names, output names)} to
-  export, with a symbolic batch dimension `b`."""
+  export, with a symbolic batch dimension `b` and, for token models, a symbolic length `l` of
+  at most `max_seq_len` (default `config_base.max_seq_len(config)`) for the forward."""
   model.eval()
   graphdef, state = nnx.split(model)
   params, unflatten = flat_params(state)
   build = lambda flat: nnx.merge(graphdef, unflatten(flat))
-  (batch,) = jax.export.symbolic_shape('b')
   kind = model_kind(model, config)
+  if kind == 'image_classifier':  # (A scope's constraints must concern its function's inputs.)
+    (batch,), length = jax.export.symbolic_shape('b'), None
+  else:
+    batch, length = symbolic_batch_and_length(max_seq_len or config_base.max_seq_len(config))
+  (prefill_batch, prompt_len) = jax.export.symbolic_shape('b, p', constraints=(
+      f'p <= {max_len}',))
   pad_id = special_tokens.after(config.model.vocab_size - 3).pad if kind == 'text_classifier' else 0
 
   def forward(flat, inputs):
@@ -87,7 +104,7 @@ def model_functions(model, config, *, max_len: int) -> dict[str, tuple]:
       return build(flat)(inputs, inputs != pad_id)
     return build(flat)(inputs)
 
-  functions = {'forward': (forward, (input_spec(model, config, batch),), ('inputs',),
+  functions = {'forward': (forward, (input_spec(model, config, batch, length),), ('inputs',),
                            ('logits',))}
   if kind == 'lm':
     def prefill(flat, tokens_BxP, first_B):
@@ -101,10 +118,15 @@ def model_functions(model, config, *, max_len: int) -> dict[str, tuple]:
       logits_Bx1xV, cache = build(flat).extend(token_B[:, None], cache)
       return logits_Bx1xV[:, 0], cache.keys, cache.values
 
+    # Each function's symbolic dimensions come from one scope, whose constraints must all
+    # concern its own arguments: decode has no length, so its batch is a scope of its own.
+    (batch,) = jax.export.symbolic_shape('b')
     cache_shape = (model.num_layers, batch, max_len, model.num_kv_heads, model.head_dim)
     cache_spec = jax.ShapeDtypeStruct(cache_shape, model.dtype)
     first = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    functions['prefill'] = (prefill, (input_spec(model, config, batch), first),
+    # Prompts of any length that fits the cache (a scope of their own: p's bound is max_len).
+    functions['prefill'] = (prefill, (input_spec(model, config, prefill_batch, prompt_len),
+                                      jax.ShapeDtypeStruct((prefill_batch,), jnp.int32)),
                             ('tokens', 'first'), ('logits', 'keys', 'values'))
     functions['decode'] = (decode, (jax.ShapeDtypeStruct((batch,), jnp.int32), cache_spec,
                                     cache_spec, first, jax.ShapeDtypeStruct((), jnp.int32)),
@@ -129,10 +151,11 @@ def class_names(workdir, num_classes: int) -> list[str]:
 
 
 def export_workdir(workdir, out, *, formats=('jax',), step: int | None = None,
-                   max_len: int | None = None) -> dict:
+                   max_len: int | None = None, max_seq_len: int | None = None) -> dict:
   """Writes the newest (or `step`'s) checkpoint of `workdir` to `out`; returns the manifest.
   `max_len` (language models): the KV cache's slots, prompt plus new tokens (default twice the
-  training seq_len)."""
+  training seq_len). `max_seq_len` (token models): the longest input the forward takes (default
+  config.export.max_seq_len, else the training seq_len)."""
   unknown = set(formats) - set(FORMATS)
   if unknown:
     raise ValueError(f'Unknown export format(s) {sorted(unknown)}; choose from {FORMATS}.')
@@ -143,7 +166,10 @@ def export_workdir(workdir, out, *, formats=('jax',), step: int | None = None,
     raise ValueError(f'--format savedmodel exports classifiers; this run is a {kind}. Use the '
                      'default format (jax.export), which covers language models.')
   max_len = max_len or 2 * config.dataset.seq_len
-  params, functions = model_functions(model, config, max_len=max_len)
+  max_seq_len = max_seq_len or config_base.max_seq_len(config)
+  if kind != 'image_classifier' and max_seq_len < 1:
+    raise ValueError(f'max_seq_len={max_seq_len} must be at least 1 token.')
+  params, functions = model_functions(model, config, max_len=max_len, max_seq_len=max_seq_len)
   out.mkdir(parents=True, exist_ok=True)
   np.savez(out / 'params.npz', **params)
   manifest = {
@@ -162,6 +188,8 @@ def export_workdir(workdir, out, *, formats=('jax',), step: int | None = None,
         'calling_convention_version': exported.calling_convention_version}
   if kind == 'lm':
     manifest['max_len'] = max_len
+  if kind != 'image_classifier':
+    manifest['max_seq_len'] = max_seq_len
   if kind in ('lm', 'token_model'):
     manifest['vocab'] = {'tokenizer': config.dataset.tokenizer,
                          'vocab_size': config.model.vocab_size}
@@ -174,8 +202,9 @@ def export_workdir(workdir, out, *, formats=('jax',), step: int | None = None,
   if 'savedmodel' in formats:
     from jaxscale.inference import (  # noqa: PLC0415  (loads TensorFlow and orbax-export)
         export_savedmodel)
-    fn, arg_specs, _, _ = functions['forward']
-    export_savedmodel.save(fn, params, arg_specs[0], out / 'savedmodel')
+    fn = functions['forward'][0]
+    # Fixed length (the training seq_len): jax2tf's conversion is polymorphic in the batch only.
+    export_savedmodel.save(fn, params, input_spec(model, config, 1), out / 'savedmodel')
     manifest['savedmodel'] = 'savedmodel'
   (out / 'manifest.json').write_text(json.dumps(manifest, indent=2, default=str))
   return manifest
