@@ -87,6 +87,7 @@ LM = {'model.d_model': 64, 'model.num_heads': 2, 'model.mlp_dim': 128, 'model.vo
 @pytest.mark.parametrize('overrides', [
     {}, {'model.mlp_activation': 'gelu', 'model.tie_embeddings': False},
     {'model.name': 'encoder'},
+    {'model.num_kv_heads': 1}, {'model.num_kv_heads': 2, 'model.name': 'encoder'},
     {'model.name': 'encoder', 'model.num_classes': 10, 'model.pooling': 'mean'},
     {'model.name': 'transformer', 'model.num_classes': 10},
     # Frozen parameters: no weight gradient, and no input gradient below the lowest trained one.
@@ -171,11 +172,13 @@ def test_throughput_reports_no_mfu_without_a_peak():
   assert 'mfu' in known.report(step=2) and 'mfu' not in unknown.report(step=2)
 
 
-@pytest.mark.parametrize('targets', [('qkv', 'out_HxKxD'), ('q', 'v', 'mlp_in', 'mlp_out')])
-def test_lora_train_flops_equal_the_matmuls_of_its_step(targets):
+@pytest.mark.parametrize('targets,num_kv_heads', [
+    (('qkv', 'out_HxKxD'), 0), (('q', 'v', 'mlp_in', 'mlp_out'), 0), (('q', 'k', 'o'), 2)])
+def test_lora_train_flops_equal_the_matmuls_of_its_step(targets, num_kv_heads):
   """Hu et al.'s adapters beside frozen weights (the step with dropout): the base forward and
   input gradients, each adapter's x A and (x A) B with their gradients."""
   config = tiny_config(**{**LM, 'lora.rank': 4, 'lora.dropout': 0.1, 'lora.targets': targets,
+                          'model.num_kv_heads': num_kv_heads,
                           'optimizer.frozen': (lora.NOT_AN_ADAPTER,)})
   graphdef, params = nnx.split(build.model_for(config), nnx.Param)
   adapters = params.filter(lambda path, _: lora.ADAPTER_NAME.search(param_paths.path_name(path)))

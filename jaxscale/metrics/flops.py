@@ -111,11 +111,12 @@ def _lora_slots(config) -> dict[str, tuple]:
   if not config.get('lora') or not config.lora.rank:
     return {}
   slots = {}
+  attributes = ('qkv_DxTxHxK', 'q_DxHxK', 'kv_DxTxGxK', 'out_HxKxD', 'mlp_in_DxTxF', 'mlp_out_FxD')
   for target in config.lora.targets:
-    pattern, slot = lora.PROJECTIONS.get(target, (target, None))
-    for attribute in ('qkv_DxTxHxK', 'out_HxKxD', 'mlp_in_DxTxF', 'mlp_out_FxD'):
-      if re.search(pattern, attribute):
-        slots.setdefault(attribute, set()).add(slot)
+    for pattern, slot in lora.PROJECTIONS.get(target, ((target, None),)):
+      for attribute in attributes:
+        if re.search(pattern, attribute):
+          slots.setdefault(attribute, set()).add(slot)
   return {a: () if None in s else tuple(sorted(s)) for a, s in slots.items()}
 
 
@@ -155,9 +156,13 @@ def transformer_train_flops(config) -> float:
   for layer in range(m.num_layers):
     p = 'blocks.' if m.scan_layers else f'blocks.{layer}.'
     need_h = need or trains(p + 'attn_norm.scale')
+    if kv_width == q_width:  # One fused weight, or under GQA the queries' own and a fused K, V.
+      weights = [('qkv_DxTxHxK', slot) for slot in range(3)]
+    else:
+      weights = [('q_DxHxK', None), ('kv_DxTxGxK', 0), ('kv_DxTxGxK', 1)]
     need_q, need_k, need_v = (
-        projection(p + 'qkv_DxTxHxK', 'qkv_DxTxHxK', slot, d, width, need_h) or need_h
-        for slot, width in enumerate((q_width, kv_width, kv_width)))
+        projection(p + attribute, attribute, slot, d, width, need_h) or need_h
+        for (attribute, slot), width in zip(weights, (q_width, kv_width, kv_width)))
     attention = 2 * tokens * tokens * q_width               # QK^T, and AV, each.
     total += attention * (1 + need_q + need_k)             # Forward; dQ, dK.
     need_scores = need_q or need_k
