@@ -127,8 +127,8 @@ def with_eval_split(source, eval_split: str):
   if not eval_split:
     return dataclasses.replace(source, eval_split='validation') if getattr(
         source, 'holdout', 0) else source
-  splits = set(source.builder.info.splits)
-  if getattr(source, 'holdout', 0):
+  splits = set(source.builder.info.splits)  # Empty where the metadata does not list them.
+  if getattr(source, 'holdout', 0) and splits:
     splits.add('validation')
   if splits and eval_split not in splits:
     raise ConfigError(f'config.dataset.eval_split={eval_split!r} is not a split of '
