@@ -31,6 +31,9 @@ def check_dataset(config):
   validation.check_choice('config.dataset.name', d.name, DATASETS.names())
   validation.check_choice('config.dataset.tokenizer', d.tokenizer, TOKENIZERS)
   validation.check_choice('config.dataset.loader', d.loader, LOADERS)
+  if not isinstance(d.get('eval_split', ''), str):
+    raise ConfigError(f'config.dataset.eval_split={d.eval_split!r} must be a split name, e.g. '
+                      "'test', or '' (the dataset's validation split).")
   if not 0 < d.train_fraction <= 1:
     raise ConfigError(f'config.dataset.train_fraction={d.train_fraction} must be in '
                       '(0, 1] (the fraction of train labels to use).')
