@@ -64,6 +64,26 @@ def test_one_document_has_no_stderr():
   assert result['eval_documents'] == 1 and 'eval_loss_stderr' not in result
 
 
+def test_paired_difference_is_far_tighter_than_either_stderr():
+  rng = np.random.default_rng(1)
+  ids = np.repeat(np.arange(40), 3)
+  weights = np.full(len(ids), 64.0)
+  difficulty = rng.normal(size=40)[ids]  # Shared by both runs: some documents are harder.
+  a_losses = (3.0 + difficulty + 0.05 * rng.normal(size=len(ids))) * weights
+  b_losses = (2.9 + difficulty + 0.05 * rng.normal(size=len(ids))) * weights
+  a = evaluation.eval_result(_totals(a_losses, weights, batch=8), ids)
+  b = evaluation.eval_result(_totals(b_losses, weights, batch=8), ids)
+  paired = evaluation.paired_difference(a['by_document'], b['by_document'])
+  assert paired['difference'] == pytest.approx(b['eval_loss'] - a['eval_loss'])
+  expected, _ = _direct_clustered_stderr(b_losses - a_losses, weights, ids)
+  assert paired['stderr'] == pytest.approx(expected) and paired['documents'] == 40
+  assert paired['stderr'] < 0.1 * min(a['eval_loss_stderr'], b['eval_loss_stderr'])
+  assert paired['difference'] < -4 * paired['stderr']  # b is better, clearly.
+  other = evaluation.eval_result(_totals(a_losses[:-3], weights[:-3], batch=8), ids[:-3])
+  with pytest.raises(ValueError, match='different eval sets'):
+    evaluation.paired_difference(a['by_document'], other['by_document'])
+
+
 def test_lm_rows_and_summary_carry_the_stderr_and_documents(tiny_lm_run):
   workdir, summary = tiny_lm_run
   rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
@@ -73,6 +93,10 @@ def test_lm_rows_and_summary_carry_the_stderr_and_documents(tiny_lm_run):
     assert 0 < record['eval_loss_stderr'] < 0.2 * record['eval_loss']
     assert record['eval_documents'] > 1
   assert saved['eval_loss_stderr'] == pytest.approx(eval_row['eval_loss_stderr'])
+  documents = json.loads((workdir / 'eval_by_document.json').read_text())
+  assert len(documents['document']) == saved['eval_documents']
+  assert sum(documents['loss_sum']) / sum(documents['weight_sum']) == pytest.approx(
+      saved['eval_loss'])
 
 
 def test_classifier_rows_count_examples_of_the_validation_carve_out(digits_mlp_run):

@@ -40,6 +40,7 @@ def eval_result(totals: list[dict], cluster_ids=None) -> dict:
     result['eval_documents'] = clusters
     if stderr is not None:
       result['eval_loss_stderr'] = stderr
+    result['by_document'] = by_document(row_losses, row_weights, ids)
   for key, name in (('top1_sum', 'eval_accuracy'), ('top5_sum', 'eval_top5_accuracy')):
     if key in sums:
       result[name] = float(sums[key]) / weight_sum
@@ -72,9 +73,41 @@ def clustered_stderr(row_losses, row_weights, cluster_ids) -> tuple[float | None
   return float(np.sqrt(variance)), n
 
 
+def by_document(row_losses, row_weights, cluster_ids) -> dict[str, list]:
+  """Each document's (cluster's) summed loss and weight, the rows with weight only: what
+  `eval_by_document.json` holds and `paired_difference` compares."""
+  row_weights = np.asarray(row_weights, np.float64)
+  real = row_weights > 0
+  documents, index = np.unique(np.asarray(cluster_ids)[real], return_inverse=True)
+  return {'document': documents.tolist(),
+          'loss_sum': np.bincount(index, np.asarray(row_losses, np.float64)[real],
+                                  len(documents)).tolist(),
+          'weight_sum': np.bincount(index, row_weights[real], len(documents)).tolist()}
+
+
+def paired_difference(a: dict, b: dict) -> dict[str, float]:
+  """Eval loss of run b minus run a on the same eval set, from their `eval_by_document.json`,
+  with the standard error of that difference clustered by document.
+
+  Both runs scored the same windows, so what the documents share (some are harder than others)
+  cancels: the difference's standard error is usually far smaller than either run's
+  `eval_loss_stderr`, and it is the one to judge "b is better than a" by.
+  """
+  if a['document'] != b['document'] or a['weight_sum'] != b['weight_sum']:
+    raise ValueError('The two runs were evaluated on different eval sets (other documents or '
+                     'targets); a paired difference needs the same dataset, seq_len and eval '
+                     'size.')
+  weights = np.asarray(a['weight_sum'])
+  # The difference of two ratios with one denominator is the ratio of the differences.
+  stderr, documents = clustered_stderr(
+      np.subtract(b['loss_sum'], a['loss_sum']), weights, np.arange(len(weights)))
+  difference = (np.sum(b['loss_sum']) - np.sum(a['loss_sum'])) / weights.sum()
+  return {'difference': float(difference), 'stderr': stderr, 'documents': documents}
+
+
 def eval_metrics(sums: dict, datasets) -> dict[str, float]:
   """The eval row's scalars: bits per token (and byte) for LMs, macro-F1 for classifiers."""
-  row = {k: v for k, v in sums.items() if k not in ('eval_targets', 'confusion')}
+  row = {k: v for k, v in sums.items() if k not in ('eval_targets', 'confusion', 'by_document')}
   if 'eval_documents' in row:
     row['eval_documents'] = int(row['eval_documents'])
   if 'confusion' in sums:
