@@ -58,8 +58,8 @@ def digits(dataset_config) -> ImageSource:
                                   file_format='tfrecord')
   prepare(builder)  # Reads scikit-learn's copy the first time; a no-op after.
   add_array_record(builder)  # For the index-based train pipeline; tf.data reads the tfrecords.
-  return image_source(builder, train_split='train', eval_split='validation', stats=_MINUS_ONE_TO_ONE,
-                      holdout=HOLDOUT)
+  return image_source(builder, train_split='train', eval_split='validation',
+                      stats=_MINUS_ONE_TO_ONE, holdout=HOLDOUT)
 
 
 @DATASETS.register('cifar10')
