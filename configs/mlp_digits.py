@@ -2,7 +2,8 @@
 
   python -m jaxscale.main --config configs/mlp_digits.py --workdir workdirs/mlp_digits
 
-1,497 training and 300 test images of 8x8 digits, kept at their native 8x8 resolution. A
+1,497 training images of 8x8 digits (149 of them held out as the validation split it evaluates
+on) and 300 test images, kept at their native 8x8 resolution. A
 width-scaling sweep only needs `--config.model.hidden_dims`; a data-scaling sweep `num_train_steps`.
 """
 
@@ -13,7 +14,8 @@ from jaxscale.config import config_base
 
 def get_config():
   c = config_base.get_base_config()
-  # 5 eval batches: 320 slots for the 300 test images (the rest weigh 0).
+  # 5 eval batches: 320 slots, for the 149 validation images or (--config.dataset.eval_split=test)
+  # the 300 test images; the rest weigh 0.
   c.update(num_train_steps=600, batch_size=64, log_every_steps=50, eval_every_steps=200,
            checkpoint_every_steps=300, num_eval_batches=5)
 

@@ -13,7 +13,8 @@ from jaxscale.config import config_base
 
 def get_config():
   c = config_base.load_config_file(pathlib.Path(__file__).with_name('resnet18_cifar10.py'))
-  # 5 eval batches: 320 slots for the 300 test images (the rest weigh 0).
+  # 5 eval batches: 320 slots, for the 149 validation images or (--config.dataset.eval_split=test)
+  # the 300 test images; the rest weigh 0.
   c.update(num_train_steps=300, batch_size=64, log_every_steps=50, eval_every_steps=100,
            checkpoint_every_steps=150, num_eval_batches=5)
 

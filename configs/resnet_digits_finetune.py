@@ -20,7 +20,7 @@ def get_config():
   c = config_base.load_config_file(pathlib.Path(__file__).with_name('resnet_digits_pretrain.py'))
   c.num_train_steps = 300
   c.eval_every_steps = 100
-  c.checkpoint_every_steps = 300   # num_eval_batches 3: 192 slots for the 149 test images of 5-9.
+  c.checkpoint_every_steps = 300   # num_eval_batches 3: 192 slots for the images of 5-9.
 
   c.dataset.classes = (5, 6, 7, 8, 9)
   c.dataset.crop = 'none'          # No augmentation.

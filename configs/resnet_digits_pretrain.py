@@ -17,7 +17,7 @@ from jaxscale.config import config_base
 
 def get_config():
   c = config_base.load_config_file(pathlib.Path(__file__).with_name('resnet_digits.py'))
-  # 3 eval batches: 192 slots for the 151 test images of classes 0-4.
+  # 3 eval batches: 192 slots for the validation (or test) images of classes 0-4.
   c.update(num_train_steps=600, eval_every_steps=200, checkpoint_every_steps=600,
            keep_checkpoints=1, num_eval_batches=3)
 

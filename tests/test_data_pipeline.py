@@ -9,7 +9,8 @@ import pytest
 
 from jaxscale.config.config_base import get_base_config
 from jaxscale.data import (
-    DATASETS, add_array_record, get_datasets, indexed, indexed_text_pipeline, prepare, text)
+    DATASETS, add_array_record, eval_windows, get_datasets, indexed, indexed_text_pipeline, prepare,
+    text)
 from jaxscale.data.builders import python_stdlib
 from tests.helpers import assert_iterator_checkpoint_resumes, assert_same_batches, first_batches
 
@@ -67,23 +68,19 @@ def test_train_is_deterministic_for_a_seed(stdlib_config):
   assert not np.array_equal(first[0]['inputs'], other_seed[0]['inputs'])
 
 
-def test_eval_is_the_validation_stream_in_order_whatever_the_seed(stdlib_config):
+def _global_windows(datasets):
+  return np.concatenate([np.concatenate([b['inputs'], b['targets'][:, -1:]], axis=1)
+                         for b in datasets.eval.as_numpy_iterator()])
+
+
+def test_eval_is_the_same_fixed_set_whatever_the_seed(stdlib_config):
   datasets = _load(stdlib_config, seed=7)
   batches = list(datasets.eval.as_numpy_iterator())
   assert len(batches) == 4
   assert_same_batches(batches, list(datasets.eval.as_numpy_iterator()))  # Again, same object.
-  # The reference: the validation split's token sequences in file order, packed end to end.
-  source = DATASETS.get('python_stdlib')(stdlib_config)
-  examples = source.builder.as_dataset(split='validation', shuffle_files=False)
-  stream, needed = [], 4 * BATCH * (SEQ_LEN + 1)
-  for example in examples:
-    stream.extend(np.asarray(source.to_tokens(example)).tolist())
-    if len(stream) >= needed:
-      break
-  expected_windows = np.reshape(stream[:needed], (4 * BATCH, SEQ_LEN + 1))
-  windows = np.concatenate([np.concatenate([b['inputs'], b['targets'][:, -1:]], axis=1)
-                            for b in batches])
-  np.testing.assert_array_equal(windows, expected_windows)
+  assert_same_batches(batches, list(_load(stdlib_config, seed=0).eval.as_numpy_iterator()))
+  np.testing.assert_array_equal(datasets.eval_document_ids,
+                                _load(stdlib_config, seed=0).eval_document_ids)
 
 
 def test_eval_rows_split_across_processes_make_the_single_process_set(stdlib_config):
@@ -107,25 +104,63 @@ def test_train_shards_differ_across_processes(stdlib_config):
   assert not rows[0] & rows[1]
 
 
-def test_eval_packs_real_validation_files_back_to_back(stdlib_config):
-  """Unshuffled eval windows, laid end to end, are the validation files separated by NUL."""
-  datasets = _load(stdlib_config, num_eval_batches=64)
-  stream = b''.join(bytes(np.append(inputs, targets[-1]).astype(np.uint8))
-                    for batch in datasets.eval.as_numpy_iterator()
-                    for inputs, targets in zip(batch['inputs'], batch['targets']))
-  assert len(stream) == 64 * BATCH * (SEQ_LEN + 1)
-  root = python_stdlib.stdlib_root()
-  validation_files = {(root / path).read_bytes(): path
-                      for path in map(lambda p: p.relative_to(root).as_posix(),
-                                      python_stdlib.source_files(root))
-                      if python_stdlib.is_validation(path)}
-  *complete_documents, last_piece = stream.split(b'\0')
-  assert len(complete_documents) >= 2
-  for document in complete_documents:
-    assert document in validation_files
-  assert any(text.startswith(last_piece) for text in validation_files)
-  source = next(document for document in complete_documents if b'def ' in document)
-  compile(source, validation_files[source], 'exec')  # Real Python source.
+def _validation_documents(config):
+  source = DATASETS.get('python_stdlib')(config)
+  examples = source.builder.as_dataset(split='validation', shuffle_files=False)
+  return [np.asarray(source.to_tokens(example)) for example in examples]
+
+
+def test_eval_draws_real_windows_from_every_validation_document(stdlib_config):
+  """At the default config's size (seq_len 256, 8 batches of 16) the set holds a window of every
+  validation file with a target; each window is a piece of its own file (a short file: all of
+  it, then padding of weight 0), never a join of two."""
+  config = stdlib_config.copy_and_resolve_references()
+  config.seq_len = 256
+  datasets = get_datasets(config, local_batch_size=16, num_eval_batches=8, seed=0)
+  documents = _validation_documents(config)
+  with_target = {index for index, tokens in enumerate(documents) if len(tokens) >= 2}
+  assert len(with_target) > 80
+  ids = datasets.eval_document_ids
+  assert set(ids.tolist()) == with_target
+  batches = list(datasets.eval.as_numpy_iterator())
+  windows = _global_windows(datasets)
+  weights = np.concatenate([b['weights'] for b in batches])
+  for window, weight, index in zip(windows, weights, ids):
+    tokens, targets = documents[index], int(weight.sum())
+    piece = window[:targets + 1]
+    assert any(np.array_equal(tokens[start:start + len(piece)], piece)
+               for start in range(len(tokens) - len(piece) + 1))
+    assert (weight[:targets] == 1).all() and (weight[targets:] == 0).all()
+    assert targets == 256 or targets == len(tokens) - 1  # Full, or a whole short file.
+  # Long files get more windows than short ones.
+  lengths = np.array([len(documents[i]) for i in ids])
+  counts = np.bincount(ids)[ids]
+  assert np.corrcoef(lengths, counts)[0, 1] > 0.5
+  assert datasets.bytes_per_token == 1.0
+
+
+def test_eval_windows_share_out_the_set_by_length():
+  documents = [np.arange(n, dtype=np.int32) for n in (5, 40, 400, 2000, 1)]
+  windows = eval_windows.sample_windows(documents, seq_len=9, num_windows=64)
+  ids = windows.document_ids
+  # One token has no target; the others get one each, the rest by length, never more than fit.
+  assert windows.num_documents == 4 and -1 not in ids and 4 not in ids
+  counts = np.bincount(ids, minlength=5)
+  assert counts[0] == 1 and counts[1] == 1 and 1 < counts[2] < counts[3] <= 200
+  assert counts.sum() == 64
+  np.testing.assert_array_equal(windows.weights[ids == 0].sum(1), [4])
+  # Fewer windows than the documents hold: padding of weight 0 and document -1 at the end.
+  small = eval_windows.sample_windows(documents[:2], seq_len=9, num_windows=8)
+  np.testing.assert_array_equal(small.document_ids, [0, 1, 1, 1, 1, -1, -1, -1])
+  assert small.weights[5:].sum() == 0
+
+
+def test_eval_set_samples_documents_of_a_large_split():
+  documents = [np.full(30, i, np.int32) for i in range(50)]
+  windows = eval_windows.sample_windows(documents, seq_len=9, num_windows=20)
+  assert windows.num_documents == 20 and len(set(windows.document_ids.tolist())) == 20
+  # Each window holds its document's tokens.
+  np.testing.assert_array_equal(windows.windows[:, 0], windows.document_ids)
 
 
 def test_tfdata_train_iterator_resumes_exactly_from_a_checkpoint(stdlib_config, tmp_path):

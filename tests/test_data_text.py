@@ -52,18 +52,18 @@ def test_mocked_real_dataset_packs_byte_tokens(name, builder_name, eval_split, t
   for batch in train:
     assert (batch['weights'] == 1).all()
     assert ((batch['inputs'] == 0).sum(axis=1) >= 1).all()  # A separator at least every 20 bytes.
-  # The eval stream is the documents end to end; windows past its end are zero-weight padding.
-  stream = b''.join(document + b'\0' for document in documents)
-  num_real = len(stream) // (SEQ_LEN + 1)
-  assert 0 < num_real < 12 * BATCH
+  # Every mock document (shorter than a window) is one eval window: the document and its
+  # separator, then padding of weight 0; windows past the documents are all padding.
   rows = [(inputs, targets, weights) for batch in evaluation
           for inputs, targets, weights in zip(batch['inputs'], batch['targets'], batch['weights'])]
-  assert len(rows) == 12 * BATCH
+  assert len(rows) == 12 * BATCH and len(documents) == NUM_MOCK_EXAMPLES < 12 * BATCH
+  np.testing.assert_array_equal(datasets.eval_document_ids[:len(documents)],
+                                np.arange(len(documents)))
   for index, (inputs, targets, weights) in enumerate(rows):
-    window = stream[index * (SEQ_LEN + 1):(index + 1) * (SEQ_LEN + 1)]
-    if index < num_real:
-      assert bytes(np.append(inputs, targets[-1]).astype(np.uint8)) == window
-      assert (weights == 1).all()
+    if index < len(documents):
+      window = documents[index] + b'\0'
+      assert bytes(np.append(inputs, targets[-1])[:len(window)].astype(np.uint8)) == window
+      np.testing.assert_array_equal(weights, np.arange(SEQ_LEN) < len(window) - 1)
     else:
       assert (weights == 0).all() and not inputs.any()
 

@@ -10,7 +10,7 @@ from jaxscale.config import input_errors, validation
 from jaxscale.train import checks
 from jaxscale.config.config_base import get_base_config
 from jaxscale.data import (
-    DATASETS, augment, get_datasets, indexed, indexed_image_pipeline, prepare, vision)
+    DATASETS, augment, get_datasets, indexed, indexed_image_pipeline, prepare, subsets, vision)
 from jaxscale.data.builders import digits as digits_builder
 from tests.helpers import (assert_halves_make_the_whole, assert_iterator_checkpoint_resumes,
                            assert_same_batches, first_batches, tiny_config)
@@ -98,26 +98,74 @@ def test_train_is_deterministic_for_a_seed(data_dir):
   assert not np.array_equal(first[0]['image'], other_seed[0]['image'])
 
 
-def test_two_processes_read_disjoint_shards(data_dir):
-  # No shuffle buffer, so the first 93 batches are within the first epoch of each shard
-  # (749 and 748 images).
+def _held_out_indices(data_dir):
+  """Source indices of the train images digits holds out as its validation split."""
+  builder = DATASETS.get('digits')(_digits_config(data_dir)).builder  # Prepared on first use.
+  train = list(builder.as_dataset(split='train', shuffle_files=False).as_numpy_iterator())
+  labels = np.array([e['label'] for e in train])
+  mask = subsets.holdout_mask(labels, vision.HOLDOUT)
+  return {int(e['index']) for e, held in zip(train, mask) if held}, train
+
+
+def test_two_processes_read_disjoint_shards_of_train_less_validation(data_dir):
+  # No shuffle buffer, so the first 84 batches are within the first epoch of each process's
+  # share of the 1,348 train images left after the 149 held out.
   config = _digits_config(data_dir, image_size=8, shuffle_buffer_size=0)
   raw_images, _ = digits_builder.load_images_and_labels()
-  builder = digits_builder.Digits(data_dir=data_dir)
-  train_indices = {int(e['index']) for e in builder.as_dataset(split='train').as_numpy_iterator()}
+  held_out, train = _held_out_indices(data_dir)
+  train_indices = {int(e['index']) for e in train} - held_out
+  assert len(held_out) == 149 and len(train_indices) == 1348
   indices = []
   for process_index in (0, 1):
     datasets = _load(config, process_index=process_index, process_count=2)
-    batches = first_batches(datasets.train, 748 // BATCH)
+    batches = first_batches(datasets.train, 1348 // (2 * BATCH))
     indices.append({i for batch in batches for i in _digit_indices(batch, raw_images)})
-  assert len(indices[0]) == len(indices[1]) == 748 // BATCH * BATCH  # No image twice.
+  assert len(indices[0]) == len(indices[1]) == 1348 // (2 * BATCH) * BATCH  # No image twice.
   assert not indices[0] & indices[1] and indices[0] | indices[1] <= train_indices
 
 
-def test_eval_is_fixed_padded_and_split_over_processes(data_dir):
-  config = _digits_config(data_dir)
+def test_digits_evaluates_on_a_stratified_validation_carve_out_of_train(data_dir):
+  config = _digits_config(data_dir, image_size=8)
+  datasets = _load(config, local_batch_size=50, num_eval_batches=3)
+  assert datasets.eval_split == 'validation'
+  assert datasets.info['num_eval_examples'] == 149
+  assert datasets.info['num_train_labels'] == 1348
+  raw_images, raw_labels = digits_builder.load_images_and_labels()
+  batches = first_batches(datasets.eval, 5)
+  weights = np.concatenate([b['weights'] for b in batches])
+  np.testing.assert_array_equal(weights, [1.0] * 149 + [0.0])
+  seen = [i for b in batches for i in _digit_indices(
+      {'image': b['image'][b['weights'] == 1]}, raw_images)]
+  assert len(seen) == 149
+  held_out, _ = _held_out_indices(data_dir)
+  assert set(seen) == held_out  # Train images, never the test split...
+  test_indices = {int(e['index']) for e in digits_builder.Digits(data_dir=data_dir).as_dataset(
+      split='test').as_numpy_iterator()}
+  assert not held_out & test_indices
+  # ... a tenth of each class, the same for every seed.
+  assert (np.abs(np.bincount(raw_labels[seen]) - 15) <= 1).all()
+  assert_same_batches(batches, first_batches(_load(config, local_batch_size=50,
+                                                   num_eval_batches=3, seed=4).eval, 5))
+  # The tf.data train pipeline leaves them out too.
+  tfdata = _load(_digits_config(data_dir, image_size=8, shuffle_buffer_size=0, loader='tfdata'))
+  read = {i for b in first_batches(tfdata.train, 1348 // BATCH)
+          for i in _digit_indices(b, raw_images)}
+  assert len(read) == 1348 // BATCH * BATCH and not read & held_out
+
+
+def test_an_unknown_eval_split_is_a_config_error(data_dir):
+  with pytest.raises(validation.ConfigError, match=r"eval_split='dev' is not a split of 'digits'"):
+    _load(_digits_config(data_dir, eval_split='dev'))
+  with pytest.raises(validation.ConfigError, match='the split the run trains on'):
+    _load(_digits_config(data_dir, eval_split='train'))
+
+
+def test_test_split_is_scored_when_asked_fixed_padded_and_split_over_processes(data_dir):
+  config = _digits_config(data_dir, eval_split='test')
   # 300 test images in 5 batches of 64: the last 20 rows are padding.
-  batches = first_batches(_load(config, local_batch_size=64, num_eval_batches=5).eval, 10)
+  datasets = _load(config, local_batch_size=64, num_eval_batches=5)
+  assert datasets.eval_split == 'test'
+  batches = first_batches(datasets.eval, 10)
   assert len(batches) == 5
   assert_same_batches(batches, first_batches(_load(config, local_batch_size=64, num_eval_batches=5,
                                              seed=3).eval, 10))
@@ -219,13 +267,14 @@ def test_randaugment_is_stateless():
   assert all(0 <= out.min() and out.max() <= 255 for out in outputs)
 
 
-@pytest.mark.parametrize('name,size,crop,num_classes', [
-    ('cifar10', 32, 'pad_and_crop', 10),
-    ('imagenet2012', 32, 'random_resized_crop', 1000),
+@pytest.mark.parametrize('name,size,crop,num_classes,eval_split', [
+    ('cifar10', 32, 'pad_and_crop', 10, 'test'),
+    ('imagenet2012', 32, 'random_resized_crop', 1000, ''),
 ])
-def test_real_datasets_under_mock_data(name, size, crop, num_classes):
+def test_real_datasets_under_mock_data(name, size, crop, num_classes, eval_split):
   config = get_base_config().dataset
   config.name, config.image_size, config.crop, config.flip = name, size, crop, True
+  config.eval_split = eval_split
   config.mixup_alpha = 0.2
   with tfds.testing.mock_data(num_examples=20):
     datasets = _load(config, local_batch_size=4, num_eval_batches=3, process_index=1,
@@ -238,6 +287,22 @@ def test_real_datasets_under_mock_data(name, size, crop, num_classes):
   # 20 eval images in global batches of 8: process 1 holds rows 4-7 of each; batch 3 is padding.
   assert [b['weights'].sum() for b in evals] == [4, 4, 0]
   np.testing.assert_allclose(train[0]['labels'].sum(1), 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['cifar10', 'cifar100'])
+def test_cifar_evaluates_on_validation_held_out_of_train_by_default(name):
+  config = get_base_config().dataset
+  config.name, config.image_size = name, 32
+  # As many mock examples as the test above (the split's labels are read once per process).
+  with tfds.testing.mock_data(num_examples=20):
+    datasets = _load(config, local_batch_size=8, num_eval_batches=3)
+    source = DATASETS.get(name)(config)
+    labels = subsets.split_labels(source.builder, 'train')
+    held_out = subsets.holdout_mask(labels, vision.HOLDOUT)
+    weights = np.concatenate([b['weights'] for b in first_batches(datasets.eval, 5)])
+  assert datasets.eval_split == 'validation' and source.holdout == vision.HOLDOUT
+  assert 0 < held_out.sum() < 20 and weights.sum() == held_out.sum()
+  assert datasets.info['num_train_labels'] == 20 - held_out.sum()
 
 
 def test_a_missing_real_dataset_says_how_to_prepare_it(tmp_path):
@@ -279,11 +344,11 @@ def test_grain_global_batches_do_not_depend_on_the_process_count(data_dir):
 def test_grain_epochs_cover_the_split_in_a_new_order_each_time(data_dir):
   config = _digits_config(data_dir, image_size=8)
   raw_images, _ = digits_builder.load_images_and_labels()
-  # 1497 train images per epoch: the first 375 batches of 8 hold two epochs and a bit.
-  batches = first_batches(_load(config).train, 375)
+  # 1348 train images per epoch (149 held out): the first 338 batches of 8 hold two epochs.
+  batches = first_batches(_load(config).train, 338)
   order = [i for batch in batches for i in _digit_indices(batch, raw_images)]
-  first, second = order[:1497], order[1497:2 * 1497]
-  assert len(set(first)) == 1497 and set(second) == set(first)
+  first, second = order[:1348], order[1348:2 * 1348]
+  assert len(set(first)) == 1348 and set(second) == set(first)
   assert first[:100] != second[:100]
 
 

@@ -112,6 +112,44 @@ def test_median_pruner_stops_a_clearly_bad_trial(tmp_path):
   assert not os.path.exists(os.path.join(bad_workdir, 'summary.json'))
 
 
+def test_search_refuses_an_objective_measured_on_test_unless_forced(tmp_path, capsys):
+  spec = make_spec(method='random', pruner='none')
+  spec.overrides = list(spec.overrides) + ['dataset.eval_split=test']
+  with pytest.raises(ValueError, match='tuning on test leaks it into the reported number'):
+    search.run_search(spec, tmp_path / 'refused', num_trials=1, runner=FakeRunner(),
+                      stream=open(os.devnull, 'w'))
+  assert not os.path.exists(tmp_path / 'refused' / 'study.db')  # Refused before any trial.
+  spec_path = tmp_path / 'spec.py'
+  spec_path.write_text(
+      'from jaxscale.scaling.sweeps import run_config\n'
+      'def get_config():\n'
+      f'  spec = run_config.load_config_file({SPEC!r})\n'
+      f'  spec.base_config = {os.path.join(REPO, "configs", "default.py")!r}\n'
+      "  spec.overrides = list(spec.overrides) + ['dataset.eval_split=test']\n"
+      '  return spec\n')
+  from jaxscale.hparams import search_cli  # noqa: PLC0415
+  assert search_cli.main([str(spec_path), '--dir', str(tmp_path / 'cli'), '--trials', '1']) == 2
+  assert '--allow_test_objective' in capsys.readouterr().err
+  # Forced: it runs. A train-side objective is never refused.
+  summary = search.run_search(spec, tmp_path / 'forced', num_trials=2, runner=FakeRunner(),
+                              stream=open(os.devnull, 'w'), allow_test_objective=True)
+  assert summary['complete'] == 2
+  search.check_not_test('train_loss', 'test')
+
+
+def test_search_refuses_a_trial_whose_recorded_eval_split_is_test(tmp_path):
+  """A dataset whose own eval split is test: the trainer's config.json says so."""
+  class TestSplitRunner(FakeRunner):
+    def __call__(self, workdir, overrides, on_eval):
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        json.dump({'dataset': {'eval_split': 'test'}}, f)
+      super().__call__(workdir, overrides, on_eval)
+  with pytest.raises(ValueError, match="dataset.eval_split='test'"):
+    search.run_search(make_spec(method='random', pruner='none'), tmp_path, num_trials=1,
+                      runner=TestSplitRunner(), stream=open(os.devnull, 'w'))
+
+
 def test_best_prints_the_best_trial_and_plots_each_hyperparameter(tmp_path, capsys):
   spec = make_spec(method='grid', grid_points=3, pruner='none',
                    params=(('optimizer.learning_rate', 'log', 1e-3, 1e-1),))

@@ -145,3 +145,31 @@ def test_bootstrap_refits_are_polished_like_the_point_estimate():
   refit = parametric_fit.refit_batch(moved, log_x, log_y, np.ones((1, len(log_y))))[0]
   np.testing.assert_allclose(refit, best.theta, rtol=0, atol=1e-6)
   assert parametric_fit.num_failed(np.array([refit, np.full_like(refit, np.nan)])) == 1
+
+
+def test_weighting_by_stderr_trusts_precise_runs_and_equal_errors_change_nothing():
+  truth = {'E': 1.9, 'A': 500.0, 'B': 1500.0, 'alpha': 0.36, 'beta': 0.31}
+  runs = synthetic.grid_runs(truth, noise=0.002, seed=1)
+  clean = approach3.loss(truth, runs['N'], runs['D'])
+  # The smaller models' runs measured on a small, harder slice of the eval split: their losses
+  # too high by a few percent (the Huber fit, robust to scattered outliers, follows a
+  # consistent shift), their standard errors saying how little to trust them.
+  rng = np.random.default_rng(2)
+  noisy = runs['N'] < 2e8
+  stderr = np.where(noisy, 0.05, 0.002) * clean
+  runs['loss'] = np.where(noisy, clean * np.exp(np.abs(0.05 * rng.standard_normal(len(clean)))),
+                          runs['loss'])
+  runs['eval_loss_stderr'] = stderr
+  unweighted = approach3.fit(runs, num_bootstrap=0)
+  weighted = approach3.fit(runs, num_bootstrap=0, weight_by_stderr=True)
+  assert weighted['weighted_by'] == 'eval_loss_stderr' and 'weighted_by' not in unweighted
+  error = lambda fit: abs(fit['alpha'] - truth['alpha']) + abs(fit['beta'] - truth['beta'])
+  assert error(weighted) < 0.02 and error(weighted) < 0.5 * error(unweighted)
+  # Every run equally precise: the weighted fit is the unweighted one.
+  runs['eval_loss_stderr'] = 0.01 * runs['loss']
+  equal = approach3.fit(runs, num_bootstrap=0, weight_by_stderr=True)
+  for name in ('E', 'alpha', 'beta'):
+    assert equal[name] == pytest.approx(unweighted[name], rel=1e-3)
+  runs['eval_loss_stderr'][0] = np.nan  # A run without one (collected before the field).
+  with pytest.raises(ValueError, match='positive eval_loss_stderr for every run'):
+    approach3.fit(runs, num_bootstrap=0, weight_by_stderr=True)

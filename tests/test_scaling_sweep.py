@@ -6,11 +6,12 @@ import subprocess
 import sys
 
 import ml_collections
+import numpy as np
 import pytest
 
 from jaxscale.metrics import flops
 from jaxscale.scaling import cli
-from jaxscale.scaling.runs import collect
+from jaxscale.scaling.runs import collect, table as table_lib
 from jaxscale.scaling.sweeps import launcher, run_config, shapes, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,6 +195,24 @@ def test_collect_reads_finished_runs(tmp_path, capsys):
   assert json.loads(capsys.readouterr().out)['rows'] == 3 + 5
   header, *lines = (tmp_path / 'all.csv').read_text().splitlines()
   assert header.startswith('run,N,N_nonembed,D,C,loss') and len(lines) == 8
+
+
+def test_collect_carries_the_eval_loss_stderr_and_documents(tmp_path, capsys):
+  fake_workdir(tmp_path, 'a', 200)
+  fake_workdir(tmp_path, 'old', 200)  # A run from before the fields: left blank.
+  for path in (tmp_path / 'runs' / 'a' / 'summary.json', tmp_path / 'runs' / 'a' / 'metrics.jsonl'):
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = [{**row, 'eval_loss_stderr': 0.01 * row['step'], 'eval_documents': 86}
+            if 'eval_loss' in row else row for row in rows]
+    path.write_text(''.join(json.dumps(row) + '\n' for row in rows))
+  (tmp_path / 'sweep.json').write_text(json.dumps({'runs': [{'name': 'a'}, {'name': 'old'}]}))
+  rows, _ = collect.collect(str(tmp_path), all_points=True)
+  assert [(r['run'], r['eval_loss_stderr'], r['eval_documents']) for r in rows] == [
+      ('a', 1.0, 86), ('a', 2.0, 86), ('old', '', ''), ('old', '', '')]
+  assert cli.main(['collect', str(tmp_path), '--out', str(tmp_path / 'runs.csv')]) == 0
+  table = table_lib.read_csv(tmp_path / 'runs.csv')
+  np.testing.assert_array_equal(table['eval_loss_stderr'][:1], [2.0])
+  assert np.isnan(table['eval_loss_stderr'][1]) and table['eval_documents'][0] == 86
 
 
 def test_emit_config_writes_a_loadable_compute_optimal_config(tmp_path, capsys):

@@ -173,6 +173,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 0..k-1 in the order given, so num_classes is k; e.g. pretrain on digits (0, 1, 2, 3, 4) and
   # finetune on (5, 6, 7, 8, 9). () = every class. train_fraction then applies to what is kept.
   c.dataset.classes = ()
+  # The split eval scores (and search objectives are measured on): '' = the dataset's validation
+  # split; digits, cifar10 and cifar100 have none and hold out a stratified, fixed tenth of train
+  # as 'validation' (never trained on). 'test' scores the test split: only for a final number,
+  # never to choose hyperparameters. The run's config.json records the split used.
+  c.dataset.eval_split = ''
   # Vision datasets. Eval preprocessing is fixed (resize/center crop to image_size); these shape
   # the training stream only.
   c.dataset.image_size = 32           # Side of the square images the model sees.

@@ -3,11 +3,12 @@
 import dataclasses
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from jaxscale.data import (
-    image_pipeline, indexed, indexed_image_pipeline, indexed_text_pipeline, pipeline, sources,
-    subsets, text_class_pipeline)
+    eval_windows, image_pipeline, indexed, indexed_image_pipeline, indexed_text_pipeline,
+    pipeline, sources, subsets, text_class_pipeline)
 from jaxscale.data.sources import DATASETS, ImageSource, TextClassSource
 
 
@@ -27,6 +28,11 @@ class Datasets:
   task: str = 'lm'
   num_classes: int | None = None  # Classification only.
   class_names: tuple[str, ...] | None = None  # Label id -> name, where the dataset names them.
+  # Language modelling: each global eval window's document (-1 padding), in the order of the
+  # eval batches; the clusters of the eval loss's standard error. None: each eval example is its
+  # own cluster (classification).
+  eval_document_ids: np.ndarray | None = None
+  eval_split: str = ''  # The split eval reads (`dataset.eval_split` resolved).
 
 
 def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int, seed: int,
@@ -46,6 +52,7 @@ def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int
   """
   source = sources.keep_classes(DATASETS.get(dataset_config.name)(dataset_config),
                                 dataset_config.classes)
+  source = sources.with_eval_split(source, dataset_config.get('eval_split', ''))
   kwargs = dict(local_batch_size=local_batch_size, num_eval_batches=num_eval_batches, seed=seed,
                 process_index=process_index, process_count=process_count)
   if isinstance(source, ImageSource):
@@ -61,14 +68,17 @@ def get_datasets(dataset_config, *, local_batch_size: int, num_eval_batches: int
         source, seq_len=dataset_config.seq_len, batch_size=local_batch_size,
         shuffle_buffer_size=dataset_config.shuffle_buffer_size, seed=seed,
         process_index=process_index, process_count=process_count)
+  eval_set = eval_windows.eval_windows(
+      source, seq_len=dataset_config.seq_len,
+      num_windows=num_eval_batches * local_batch_size * process_count)
   eval_batches = pipeline.eval_dataset(
       source, seq_len=dataset_config.seq_len, batch_size=local_batch_size,
-      num_batches=num_eval_batches, process_index=process_index, process_count=process_count)
+      num_batches=num_eval_batches, process_index=process_index, process_count=process_count,
+      eval_set=eval_set)
   return Datasets(
       train=train, eval=eval_batches, vocab_size=source.vocab_size,
-      bytes_per_token=pipeline.mean_bytes_per_token(
-          source, seq_len=dataset_config.seq_len,
-          num_eval_windows=num_eval_batches * local_batch_size * process_count),
+      bytes_per_token=pipeline.mean_bytes_per_token(source, eval_set),
+      eval_document_ids=eval_set.document_ids, eval_split=source.eval_split,
       min_loss=source.min_loss, info=dict(source.info))
 
 
@@ -87,7 +97,8 @@ def _image_datasets(source: ImageSource, dataset_config, *, local_batch_size: in
       info={**source.info, **_classification_info(source, dataset_config, local_batch_size,
                                                   num_eval_batches, process_count),
             'image_size': dataset_config.image_size},
-      task='classification', num_classes=source.num_classes, class_names=source.class_names)
+      task='classification', num_classes=source.num_classes, class_names=source.class_names,
+      eval_split=source.eval_split)
 
 
 def _text_class_datasets(source: TextClassSource, dataset_config, *, local_batch_size: int,
@@ -105,7 +116,8 @@ def _text_class_datasets(source: TextClassSource, dataset_config, *, local_batch
       info={**source.info, **_classification_info(source, dataset_config, local_batch_size,
                                                   num_eval_batches, process_count),
             'class_names': list(source.class_names or ()), 'seq_len': dataset_config.seq_len},
-      task='classification', num_classes=source.num_classes, class_names=source.class_names)
+      task='classification', num_classes=source.num_classes, class_names=source.class_names,
+      eval_split=source.eval_split)
 
 
 def _classification_info(source, dataset_config, local_batch_size: int, num_eval_batches: int,
@@ -116,12 +128,14 @@ def _classification_info(source, dataset_config, local_batch_size: int, num_eval
   """
   info = {'train_fraction': dataset_config.train_fraction}
   splits = source.builder.info.splits
-  if dataset_config.train_fraction < 1 or source.classes or source.train_split in splits:
+  if (dataset_config.train_fraction < 1 or source.classes or source.holdout
+      or source.train_split in splits):
     info['num_train_labels'] = subsets.num_kept(source.builder, source.train_split,
-                                                dataset_config.train_fraction, source.classes)
-  if source.eval_split in splits:
+                                                dataset_config.train_fraction, source.classes,
+                                                source.holdout)
+  num_eval_examples = subsets.num_eval_examples(source)
+  if num_eval_examples is not None:
     global_batch_size = local_batch_size * process_count
-    num_eval_examples = subsets.num_kept(source.builder, source.eval_split, 1.0, source.classes)
     info['num_eval_examples'] = min(num_eval_examples, num_eval_batches * global_batch_size)
     # The num_eval_batches that would evaluate on the whole eval split.
     info['num_eval_batches_for_whole_split'] = -(-num_eval_examples // global_batch_size)

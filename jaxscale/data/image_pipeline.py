@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from jaxscale.data import augment, subsets
-from jaxscale.data.pipeline import deterministic, read_config
+from jaxscale.data.pipeline import deterministic
 from jaxscale.data.sources import ImageSource
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -123,7 +123,7 @@ def train_dataset(source: ImageSource, dataset_config, *, batch_size: int, seed:
   examples = subsets.train_examples(
       source.builder, source.train_split, fraction=dataset_config.train_fraction,
       file_seed=file_seed, process_index=process_index, process_count=process_count,
-      decoders=_ENCODED, classes=source.classes)
+      decoders=_ENCODED, classes=source.classes, holdout=source.holdout)
   # Repeating before the shuffle makes each epoch come out in a new order.
   examples = examples.repeat()
   if dataset_config.shuffle_buffer_size > 1:
@@ -147,16 +147,15 @@ def eval_dataset(source: ImageSource, *, image_size: int, batch_size: int, num_b
                  process_index: int, process_count: int) -> tf.data.Dataset:
   """Exactly num_batches batches of the fixed held-out set; this process's rows of each.
 
-  The global eval set is the split's first num_batches * global_batch images in stored order;
+  The global eval set is the eval split's first num_batches * global_batch images in stored
+  order (the split: `source.eval_split`, or train's held-out part, see `subsets.eval_examples`);
   global batch b holds images [b*G, (b+1)*G) and process p its rows [p*B, (p+1)*B), so the set
   (and the eval loss) does not depend on the number of processes. Past the end of the split come
   zero images with zero labels and weight 0. With `source.classes`, the split is first cut to
   those classes (relabelled), so each kept image still counts exactly once.
   """
   global_batch_size = batch_size * process_count
-  examples = subsets.keep_classes(source.builder.as_dataset(
-      split=source.eval_split, shuffle_files=False, decoders=_ENCODED, read_config=read_config()),
-      source.builder, source.classes)
+  examples = subsets.eval_examples(source, decoders=_ENCODED)
   mine = examples.take(num_batches * global_batch_size).enumerate().filter(
       lambda index, _: index % global_batch_size // batch_size == process_index)
   # Only this process's rows, still encoded: decoding again each pass is cheaper than holding

@@ -70,10 +70,10 @@ def train_batches(source: ImageSource, dataset_config, *, batch_size: int, seed:
 
 def _kept_examples(source: ImageSource, fraction: float, num_examples: int):
   """(record keys of the kept train examples, their labels' map to the run's label ids)."""
-  if fraction == 1 and not source.classes:
+  if fraction == 1 and not source.classes and not source.holdout:
     return np.arange(num_examples), lambda labels: np.asarray(labels, np.int64)
   labels = subsets.split_labels(source.builder, source.train_split)
-  keys = np.flatnonzero(subsets.kept_mask(labels, fraction, source.classes))
+  keys = np.flatnonzero(subsets.kept_mask(labels, fraction, source.classes, source.holdout))
   if not source.classes:
     return keys, lambda labels: np.asarray(labels, np.int64)
   mapping = subsets.label_map(source.classes, subsets.num_source_classes(source.builder))

@@ -6,7 +6,8 @@ The eval set always, and train under `config.dataset.loader='tfdata'` (the defau
 A window is seq_len + 1 consecutive tokens; a batch holds `inputs` = window[:-1],
 `targets` = window[1:] and `weights` (1 for a real token, 0 for padding), each
 [batch_size, seq_len]. Train: this process's shard, repeated forever, shuffled, packed.
-Eval: the first windows of the held-out split in stored order, the same on every call.
+Eval: a fixed, seeded sample of windows across the held-out split (`eval_windows`), the same
+on every call, for every seed and number of processes.
 Nothing here calls Python from inside the graph, so train iterators are checkpointable with
 `tf.train.Checkpoint(iterator=iter(dataset))`.
 """
@@ -15,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from jaxscale.data import eval_windows
 from jaxscale.data.sources import TokenSource
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -90,30 +92,34 @@ def train_dataset(source: TokenSource, *, seq_len: int, batch_size: int, shuffle
 
 
 def eval_dataset(source: TokenSource, *, seq_len: int, batch_size: int, num_batches: int,
-                 process_index: int, process_count: int) -> tf.data.Dataset:
-  """Exactly num_batches batches of the fixed held-out set; this process's rows of each.
+                 process_index: int, process_count: int,
+                 eval_set: eval_windows.EvalWindows | None = None) -> tf.data.Dataset:
+  """Exactly num_batches batches of the fixed eval set (`eval_windows`); this process's rows.
 
   Every process builds the same global batches (the held-out set is small) and keeps its own
-  rows, so the eval set, and the eval loss, do not depend on the number of processes. If the
-  split runs out, the last windows are zeros with weight 0.
+  rows, so the eval set, and the eval loss, do not depend on the number of processes. Global
+  batch b holds windows [b*G, (b+1)*G). `eval_set`: the set already built for these sizes.
   """
   global_batch_size = batch_size * process_count
-  examples = source.builder.as_dataset(
-      split=source.eval_split, shuffle_files=False, read_config=read_config())
-  real = windows(source, examples, seq_len + 1).map(lambda w: (w, tf.constant(1.0)))
-  padding = tf.data.Dataset.from_tensors(
-      (tf.zeros([seq_len + 1], tf.int32), tf.constant(0.0))).repeat()
-  eval_windows = real.concatenate(padding).take(num_batches * global_batch_size)
-  rows = slice(process_index * batch_size, (process_index + 1) * batch_size)
+  if eval_set is None:
+    eval_set = eval_windows.eval_windows(source, seq_len=seq_len,
+                                         num_windows=num_batches * global_batch_size)
+  rows = [np.arange(b * global_batch_size + process_index * batch_size,
+                    b * global_batch_size + (process_index + 1) * batch_size)
+          for b in range(num_batches)]
+  windows = np.stack([eval_set.windows[r] for r in rows])
+  weights = np.stack([eval_set.weights[r] for r in rows])
 
-  def this_process_rows(windows_gxw, weight_g):
-    weights_bxl = tf.broadcast_to(weight_g[rows, None], [batch_size, seq_len])
-    return next_token_batch(windows_gxw[rows], weights_bxl)
-  batches = eval_windows.batch(global_batch_size, drop_remainder=True).map(this_process_rows)
-  return batches.cache().prefetch(AUTOTUNE).with_options(deterministic())
+  def batches():  # From numpy held here, not a graph constant (a large set would bloat it).
+    for windows_bxw, weights_bxl in zip(windows, weights):
+      yield next_token_batch(windows_bxw, weights_bxl)
+  spec = {key: tf.TensorSpec([batch_size, seq_len], dtype)
+          for key, dtype in (('inputs', tf.int32), ('targets', tf.int32), ('weights', tf.float32))}
+  return tf.data.Dataset.from_generator(batches, output_signature=spec).with_options(
+      deterministic())
 
 
-def mean_bytes_per_token(source: TokenSource, *, seq_len: int, num_eval_windows: int):
+def mean_bytes_per_token(source: TokenSource, eval_set: eval_windows.EvalWindows):
   """Mean UTF-8 bytes per target token of the whole eval set, all processes' rows together.
 
   None if the tokens are not text.
@@ -123,10 +129,7 @@ def mean_bytes_per_token(source: TokenSource, *, seq_len: int, num_eval_windows:
     return None
   if np.all(token_bytes == token_bytes[0]):
     return float(token_bytes[0])
-  eval_set = eval_dataset(source, seq_len=seq_len, batch_size=num_eval_windows, num_batches=1,
-                          process_index=0, process_count=1)
-  batch = {key: value.numpy() for key, value in eval_set.get_single_element().items()}
-  total_weight = batch['weights'].sum()
+  total_weight = eval_set.weights.sum()
   if not total_weight:
     return None
-  return float((token_bytes[batch['targets']] * batch['weights']).sum() / total_weight)
+  return float((token_bytes[eval_set.windows[:, 1:]] * eval_set.weights).sum() / total_weight)

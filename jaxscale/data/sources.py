@@ -32,6 +32,9 @@ def check_dataset(config):
   if not d.tokenizer.startswith('hf:'):  # 'hf:DIR' is checked by jaxscale.data.hf_tokenizer.
     validation.check_choice('config.dataset.tokenizer', d.tokenizer, TOKENIZERS)
   validation.check_choice('config.dataset.loader', d.loader, LOADERS)
+  if not isinstance(d.get('eval_split', ''), str):
+    raise ConfigError(f'config.dataset.eval_split={d.eval_split!r} must be a split name, e.g. '
+                      "'test', or '' (the dataset's validation split).")
   if not 0 < d.train_fraction <= 1:
     raise ConfigError(f'config.dataset.train_fraction={d.train_fraction} must be in '
                       '(0, 1] (the fraction of train labels to use).')
@@ -77,6 +80,9 @@ class ImageSource:
   # The builder's labels kept, in the order of the new ids 0..num_classes-1; () = every label
   # as it is (see `keep_classes`).
   classes: tuple[int, ...] = ()
+  # A dataset without a validation split: the stratified share of train held out as one
+  # (`subsets.holdout_mask`, never trained on), its default eval split 'validation'. 0: none.
+  holdout: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +101,7 @@ class TextClassSource:
   class_names: tuple[str, ...] | None = None
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
   classes: tuple[int, ...] = ()  # As for ImageSource.
+  holdout: float = 0.0  # As for ImageSource.
 
 
 def keep_classes(source, classes):
@@ -115,6 +122,26 @@ def keep_classes(source, classes):
   names = source.class_names and tuple(source.class_names[c] for c in classes)
   return dataclasses.replace(source, classes=classes, num_classes=len(classes), class_names=names,
                              info={**source.info, 'classes': list(classes)})
+
+
+def with_eval_split(source, eval_split: str):
+  """`source` evaluating on `eval_split` (the config's `dataset.eval_split`): '' keeps the
+  dataset's own validation split (for datasets without one, the part of train held out as
+  'validation'); another name must be a split of the dataset."""
+  if not eval_split:
+    return dataclasses.replace(source, eval_split='validation') if getattr(
+        source, 'holdout', 0) else source
+  splits = set(source.builder.info.splits)  # Empty where the metadata does not list them.
+  if getattr(source, 'holdout', 0) and splits:
+    splits.add('validation')
+  if splits and eval_split not in splits:
+    raise ConfigError(f'config.dataset.eval_split={eval_split!r} is not a split of '
+                      f'{source.builder.name!r}; choose one of {sorted(splits)} or \'\' (its '
+                      'validation split).')
+  if eval_split == source.train_split:
+    raise ConfigError(f'config.dataset.eval_split={eval_split!r} is the split the run trains on; '
+                      "set '' (the validation split) or another held-out split.")
+  return dataclasses.replace(source, eval_split=eval_split)
 
 
 def class_names_of(builder: tfds.core.DatasetBuilder) -> tuple[str, ...] | None:

@@ -10,6 +10,11 @@ one fixed random order, so the 1% subset lies inside the 10% one.
 given (`keep_classes`). Each class's examples are taken in the same order whichever classes are
 kept, so a fraction of a class subset holds the same examples of each class as that fraction of
 the whole split.
+
+A dataset without a validation split (digits, CIFAR) holds out a stratified share of train as
+one (`holdout_mask`, fixed by HOLDOUT_SEED): the default eval split, never trained on whatever
+split a run scores, so the test split is scored only when a config asks for it
+(`dataset.eval_split='test'`).
 """
 
 import numpy as np
@@ -20,6 +25,10 @@ from jaxscale.data.pipeline import deterministic, read_config
 
 # Fixes the order examples are taken in; deliberately not the run seed (see above).
 SUBSET_SEED = 0
+# Fixes which train examples a dataset without a validation split holds out as one (`holdout`).
+HOLDOUT_SEED = 1
+# The name of that held-out part of train (what `dataset.eval_split` resolves to by default).
+CARVED_SPLIT = 'validation'
 # A subset up to this many examples is read from the split once and then kept in memory (still
 # encoded): otherwise every epoch of a 1% subset would read the whole split again, 100 times the
 # examples it keeps, and starve the step. Larger subsets are re-read each epoch.
@@ -27,12 +36,12 @@ CACHE_MAX_EXAMPLES = 20_000
 _LABEL_BATCH = 4096
 
 
-def stratified_subset(labels: np.ndarray, fraction: float) -> np.ndarray:
+def stratified_subset(labels: np.ndarray, fraction: float, seed: int = SUBSET_SEED) -> np.ndarray:
   """Sorted indices of the kept examples: max(1, round(fraction * n_c)) of each class c."""
   if not 0 < fraction <= 1:
     raise ValueError(f'fraction={fraction} must be in (0, 1].')
   # Not sklearn's stratified splitters: they may keep no example of a rare class.
-  order = np.random.default_rng(SUBSET_SEED).permutation(len(labels))
+  order = np.random.default_rng(seed).permutation(len(labels))
   kept = []
   for label in np.unique(labels):
     of_class = order[labels[order] == label]  # This class's examples, in the fixed order.
@@ -79,24 +88,73 @@ def keep_classes(examples: tf.data.Dataset, builder: tfds.core.DatasetBuilder,
   return relabelled.filter(lambda example: example['label'] >= 0)
 
 
-def kept_mask(labels: np.ndarray, fraction: float, classes=()) -> np.ndarray:
-  """bool [num_examples]: the examples of `classes` (() = all) in the `fraction` subset."""
+def holdout_mask(labels: np.ndarray, holdout: float) -> np.ndarray:
+  """bool [num_examples]: the train examples held out as the validation split of a dataset that
+  has none: a stratified `holdout` share of each class, fixed by HOLDOUT_SEED (the same for every
+  run and seed); all False for holdout 0."""
   mask = np.zeros(len(labels), bool)
-  mask[stratified_subset(labels, fraction) if fraction < 1 else slice(None)] = True
+  if holdout:
+    mask[stratified_subset(labels, holdout, seed=HOLDOUT_SEED)] = True
+  return mask
+
+
+def kept_mask(labels: np.ndarray, fraction: float, classes=(), holdout: float = 0.0) -> np.ndarray:
+  """bool [num_examples]: the train examples of `classes` (() = all) in the `fraction` subset of
+  those not held out (`holdout_mask`)."""
+  candidates = np.flatnonzero(~holdout_mask(labels, holdout))
+  mask = np.zeros(len(labels), bool)
+  mask[candidates[stratified_subset(labels[candidates], fraction)] if fraction < 1
+       else candidates] = True
   if classes:
     mask &= np.isin(labels, list(classes))
   return mask
 
 
-def num_kept(builder: tfds.core.DatasetBuilder, split: str, fraction: float, classes=()) -> int:
-  if fraction == 1 and not classes:
+def num_kept(builder: tfds.core.DatasetBuilder, split: str, fraction: float, classes=(),
+             holdout: float = 0.0) -> int:
+  if fraction == 1 and not classes and not holdout:
     return builder.info.splits[split].num_examples
-  return int(kept_mask(split_labels(builder, split), fraction, classes).sum())
+  return int(kept_mask(split_labels(builder, split), fraction, classes, holdout).sum())
+
+
+def is_carved(source) -> bool:
+  """Whether `source` (an ImageSource or TextClassSource) evaluates on its held-out part of
+  train rather than on a split of the dataset."""
+  return bool(source.holdout) and source.eval_split == CARVED_SPLIT
+
+
+def eval_examples(source, decoders=None) -> tf.data.Dataset:
+  """The eval split's examples in stored order (only `source.classes`, relabelled): a split of
+  the dataset, or the part of train held out as validation (`is_carved`)."""
+  builder = source.builder
+  if not is_carved(source):
+    examples = builder.as_dataset(split=source.eval_split, shuffle_files=False,
+                                  decoders=decoders, read_config=read_config())
+    return keep_classes(examples, builder, source.classes)
+  mask = holdout_mask(split_labels(builder, source.train_split), source.holdout)
+  examples = builder.as_dataset(split=source.train_split, shuffle_files=False, decoders=decoders,
+                                read_config=read_config())
+  held_out = examples.enumerate().filter(lambda index, _: tf.gather(tf.constant(mask), index))
+  return keep_classes(held_out.map(lambda _, example: example), builder, source.classes)
+
+
+def num_eval_examples(source) -> int | None:
+  """Examples in the eval split (of `source.classes`); None where the metadata does not say."""
+  builder = source.builder
+  if is_carved(source):
+    labels = split_labels(builder, source.train_split)
+    mask = holdout_mask(labels, source.holdout)
+    if source.classes:
+      mask &= np.isin(labels, list(source.classes))
+    return int(mask.sum())
+  if source.eval_split not in builder.info.splits:
+    return None
+  return num_kept(builder, source.eval_split, 1.0, source.classes)
 
 
 def train_examples(builder: tfds.core.DatasetBuilder, split: str, *, fraction: float,
                    file_seed: int, process_index: int, process_count: int,
-                   decoders=None, classes=()) -> tf.data.Dataset:
+                   decoders=None, classes=(), holdout: float = 0.0) -> tf.data.Dataset:
   """This process's share of the kept train examples, one pass (finite, not yet shuffled).
 
   The whole split: TFDS's per-process split, files in a seeded order (then only `classes`, if
@@ -104,14 +162,15 @@ def train_examples(builder: tfds.core.DatasetBuilder, split: str, *, fraction: f
   mask, so the pipeline stays checkpointable), and dealt out to the processes in turn; the
   shuffle after this mixes it. Labels are relabelled as `keep_classes` says. A subset of at most
   CACHE_MAX_EXAMPLES is cached after its first pass (the cache is part of an iterator checkpoint).
+  `holdout`: the share of train held out as validation (`holdout_mask`), never read here.
   """
-  if fraction == 1:
+  if fraction == 1 and not holdout:
     process_split = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count)
     examples = builder.as_dataset(split=process_split, shuffle_files=True, decoders=decoders,
                                   read_config=read_config(shuffle_seed=int(file_seed)))
     return keep_classes(examples, builder, classes)
-  mask = kept_mask(split_labels(builder, split), fraction, classes)
+  mask = kept_mask(split_labels(builder, split), fraction, classes, holdout)
   examples = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
                                 read_config=read_config())
   kept = examples.enumerate().filter(lambda index, _: tf.gather(tf.constant(mask), index))

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from jaxscale.data import subsets
-from jaxscale.data.pipeline import deterministic, read_config
+from jaxscale.data.pipeline import deterministic
 from jaxscale.data.sources import TextClassSource
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -43,7 +43,7 @@ def train_dataset(source: TextClassSource, dataset_config, *, batch_size: int, s
   examples = subsets.train_examples(
       source.builder, source.train_split, fraction=dataset_config.train_fraction,
       file_seed=file_seed, process_index=process_index, process_count=process_count,
-      classes=source.classes)
+      classes=source.classes, holdout=source.holdout)
   # Repeating before the shuffle makes each epoch come out in a new order. The buffer holds the
   # raw texts (what a checkpoint stores), tokenized only after it.
   examples = examples.repeat()
@@ -68,9 +68,8 @@ def eval_dataset(source: TextClassSource, *, seq_len: int, batch_size: int, num_
   then PAD), so that no row is all padding.
   """
   global_batch_size = batch_size * process_count
-  examples = subsets.keep_classes(source.builder.as_dataset(
-      split=source.eval_split, shuffle_files=False, read_config=read_config()),
-      source.builder, source.classes)  # Only those classes (relabelled), if the source keeps some.
+  # Only those classes (relabelled), if the source keeps some.
+  examples = subsets.eval_examples(source)
   mine = examples.take(num_batches * global_batch_size).enumerate().filter(
       lambda index, _: index % global_batch_size // batch_size == process_index)
   real = mine.map(lambda _, example: _example(source, example, seq_len),

@@ -3,6 +3,9 @@
 digits is built locally on first use from the copy bundled with scikit-learn. The others load
 through their real TFDS builders from a prepared data dir (tested offline with
 `tfds.testing.mock_data`); nothing here downloads them.
+digits, cifar10 and cifar100 have no validation split: each holds out a stratified tenth of
+train as 'validation' (never trained on), their default eval split; 'test' is scored only when a
+config asks for it (`dataset.eval_split='test'`).
 Normalisation: digits maps pixels to [-1, 1]; cifar and imagenet use their per-channel train-set
 mean and std.
 """
@@ -18,6 +21,9 @@ _MINUS_ONE_TO_ONE = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}
 _CIFAR10_STATS = {'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2470, 0.2435, 0.2616)}
 _CIFAR100_STATS = {'mean': (0.5071, 0.4865, 0.4409), 'std': (0.2673, 0.2564, 0.2762)}
 _IMAGENET_STATS = {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)}
+# Datasets without a validation split hold out this stratified share of train as one (see
+# `subsets.holdout_mask`): digits 150 of 1,497 images, CIFAR 5,000 of 50,000.
+HOLDOUT = 0.1
 # The usual ImageNet eval: resize the shorter side to image_size / 0.875, take the centre square.
 IMAGENET_EVAL_CROP_FRACTION = 0.875
 
@@ -31,9 +37,9 @@ _HOW_TO_PREPARE = {
 
 
 def image_source(builder, *, train_split: str, eval_split: str, stats: dict,
-                 eval_crop_fraction: float | None = None) -> ImageSource:
+                 eval_crop_fraction: float | None = None, holdout: float = 0.0) -> ImageSource:
   return ImageSource(
-      builder=builder, train_split=train_split, eval_split=eval_split,
+      builder=builder, train_split=train_split, eval_split=eval_split, holdout=holdout,
       num_classes=builder.info.features['label'].num_classes, eval_crop_fraction=eval_crop_fraction,
       class_names=sources.class_names_of(builder),
       info={f'num_{name}_examples': split.num_examples
@@ -52,19 +58,20 @@ def digits(dataset_config) -> ImageSource:
                                   file_format='tfrecord')
   prepare(builder)  # Reads scikit-learn's copy the first time; a no-op after.
   add_array_record(builder)  # For the index-based train pipeline; tf.data reads the tfrecords.
-  return image_source(builder, train_split='train', eval_split='test', stats=_MINUS_ONE_TO_ONE)
+  return image_source(builder, train_split='train', eval_split='validation',
+                      stats=_MINUS_ONE_TO_ONE, holdout=HOLDOUT)
 
 
 @DATASETS.register('cifar10')
 def cifar10(dataset_config) -> ImageSource:
   return image_source(prepared_builder('cifar10', dataset_config), train_split='train',
-                      eval_split='test', stats=_CIFAR10_STATS)
+                      eval_split='validation', stats=_CIFAR10_STATS, holdout=HOLDOUT)
 
 
 @DATASETS.register('cifar100')
 def cifar100(dataset_config) -> ImageSource:
   return image_source(prepared_builder('cifar100', dataset_config), train_split='train',
-                      eval_split='test', stats=_CIFAR100_STATS)
+                      eval_split='validation', stats=_CIFAR100_STATS, holdout=HOLDOUT)
 
 
 @DATASETS.register('imagenet2012')

@@ -30,8 +30,9 @@ def evaluate(e: multi.MultiExperiment, state, eval_batches) -> list[dict]:
   totals = jax.device_get([e.eval_step(state, batch, e.seeds) for batch in eval_batches])
   results = []
   for k in range(len(e.configs)):
-    model_totals = [{key: value[k] for key, value in t.items()} for t in totals]
-    results.append(evaluation.eval_metrics(evaluation.eval_result(model_totals), e.datasets[k]))
+    model_totals = [_per_model(t, k) for t in totals]
+    results.append(evaluation.eval_metrics(
+        evaluation.eval_result(model_totals, e.datasets[k].eval_document_ids), e.datasets[k]))
   return results
 
 

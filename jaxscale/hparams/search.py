@@ -30,6 +30,7 @@ import optuna
 
 from jaxscale.core import paths
 from jaxscale.hparams import space, trial_runner
+from jaxscale.scaling.sweeps import run_config
 
 METHODS = ('grid', 'random', 'tpe')
 PRUNERS = ('none', 'median', 'successive_halving')
@@ -161,9 +162,15 @@ def num_done(study) -> int:
   return len(study.get_trials(deepcopy=False, states=_DONE))
 
 
-def run_search(spec, directory, num_trials=None, runner=None, stream=None) -> dict:
-  """Runs (or resumes) the search until `num_trials` trials are done; returns a summary."""
+def run_search(spec, directory, num_trials=None, runner=None, stream=None,
+               allow_test_objective: bool = False) -> dict:
+  """Runs (or resumes) the search until `num_trials` trials are done; returns a summary.
+
+  Refuses an eval objective measured on the test split (see `check_not_test`) unless
+  `allow_test_objective`."""
   spec = with_defaults(spec)
+  if not allow_test_objective:
+    check_not_test(spec.search.objective, _configured_eval_split(spec))
   params = space.parse(spec.search.params)
   directory = paths.resolve_str(directory)
   os.makedirs(directory, exist_ok=True)
@@ -185,13 +192,43 @@ def run_search(spec, directory, num_trials=None, runner=None, stream=None) -> di
       # parameters, and its number and grid point stay its own.
       reattached = optuna.trial.Trial(study, left._trial_id)  # noqa: SLF001
       _run_trial(study, reattached, params, spec, directory, runner, stream,
-                 already_reported=set(left.intermediate_values))
+                 already_reported=set(left.intermediate_values),
+                 allow_test_objective=allow_test_objective)
     while num_done(study) < target:
-      _run_trial(study, study.ask(), params, spec, directory, runner, stream)
+      _run_trial(study, study.ask(), params, spec, directory, runner, stream,
+                 allow_test_objective=allow_test_objective)
   return summarise(study)
 
 
-def _run_trial(study, trial, params, spec, directory, runner, stream, already_reported=()):
+def check_not_test(objective: str, eval_split: str) -> None:
+  """Raises if `objective` is an eval metric and the runs evaluate on the test split: choosing
+  hyperparameters by the test score leaks it into the number reported as held out."""
+  if objective.startswith('eval_') and eval_split == 'test':
+    raise ValueError(
+        f'spec.search.objective={objective!r} would be measured on the test split '
+        "(dataset.eval_split='test'): tuning on test leaks it into the reported number. Search "
+        "on the validation split (dataset.eval_split='', the default), or pass "
+        '--allow_test_objective to do it anyway.')
+
+
+def _configured_eval_split(spec) -> str:
+  """dataset.eval_split as the base config and the spec's overrides set it ('' = default)."""
+  config = run_config.apply_overrides(run_config.load_config_file(spec.base_config),
+                                      list(spec.overrides))
+  return config.dataset.get('eval_split', '')
+
+
+def _recorded_eval_split(workdir) -> str:
+  """The eval split a trial's config.json records (resolved by the trainer); '' if none."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return ''
+  with open(path) as f:
+    return json.load(f).get('dataset', {}).get('eval_split', '')
+
+
+def _run_trial(study, trial, params, spec, directory, runner, stream, already_reported=(),
+               allow_test_objective: bool = False):
   values = space.suggest_all(params, trial)
   workdir = trial_dir(directory, trial.number)
   trial.set_user_attr('workdir', workdir)
@@ -202,6 +239,8 @@ def _run_trial(study, trial, params, spec, directory, runner, stream, already_re
   def on_eval(step, row):
     if objective not in row or step in reported:
       return
+    if not allow_test_objective:  # A dataset whose own eval split is test (config.json says).
+      check_not_test(objective, _recorded_eval_split(workdir))
     reported.add(step)
     trial.report(float(row[objective]), step)
     if trial.should_prune():
@@ -211,6 +250,8 @@ def _run_trial(study, trial, params, spec, directory, runner, stream, already_re
   try:
     if not trial_runner.read_summary(workdir).get('finished'):
       runner(workdir, overrides, on_eval)
+    if not allow_test_objective:
+      check_not_test(objective, _recorded_eval_split(workdir))
     value = trial_runner.read_objective(workdir, objective)
   except optuna.TrialPruned as pruned:
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)

@@ -22,12 +22,17 @@ def main(argv=None) -> int:
   parser.add_argument('--dir', type=paths.resolve_str, required=True,
                       help='Search directory (created; holds study.db and trials/).')
   parser.add_argument('--trials', type=int, help='Trials to finish (default: spec.search.num_trials).')
+  parser.add_argument('--allow_test_objective', action='store_true',
+                      help="Allow an eval objective measured on the test split "
+                           "(dataset.eval_split='test'); refused by default, since tuning on "
+                           'test leaks it into the reported number.')
   args = parser.parse_args(argv)
   try:
     spec = run_config.load_config_file(args.spec)
     if 'search' not in spec:
       raise ValueError(f'{args.spec} has no `search` section; see configs/sweeps/tiny_lr_search.py.')
-    summary = search.run_search(spec, args.dir, args.trials)
+    summary = search.run_search(spec, args.dir, args.trials,
+                                allow_test_objective=args.allow_test_objective)
   except (ValueError, KeyError, FileNotFoundError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 2

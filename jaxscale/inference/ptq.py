@@ -81,7 +81,8 @@ class Evaluator:
   def evaluate(self, objective) -> dict:
     """The eval row (as training logs it) of the model under `objective`."""
     sums = evaluation.evaluate(self.eval_step(objective), self.state,
-                                self.datasets.eval.as_numpy_iterator(), self.batch_sharding)
+                                self.datasets.eval.as_numpy_iterator(), self.batch_sharding,
+                                self.datasets.eval_document_ids)
     row = evaluation.eval_metrics(sums, self.datasets)
     return {k: row[k] for k in REPORTED if k in row}
 

@@ -38,7 +38,9 @@ def class_sums(logits_BxK, labels_BxK, weights_B, *, label_smoothing: float = 0.
   rank_B = jnp.sum(higher_BxK | tied_before_BxK, axis=-1)
   result = {'loss_sum': jnp.sum(losses_B * weights_B), 'weight_sum': jnp.sum(weights_B),
             'top1_sum': jnp.sum((rank_B < 1) * weights_B),
-            'top5_sum': jnp.sum((rank_B < 5) * weights_B)}
+            'top5_sum': jnp.sum((rank_B < 5) * weights_B),
+            # Each example's terms, for the eval loss's standard error.
+            'per_example': {'loss_sum': losses_B * weights_B, 'weight_sum': weights_B}}
   if with_confusion:
     num_classes = logits_BxK.shape[-1]
     true_BxK = jax.nn.one_hot(true_B, num_classes) * weights_B[:, None]

@@ -61,7 +61,7 @@ def read_runs(path, args, label='csv'):
 def _fit(args):
   record = selection.fit(read_runs(args.csv, args), args.law, args.approach,
                          forms.parse_fixed(args.fix), not args.no_offset, args.bootstrap, args.seed,
-                         args.coverage)
+                         args.coverage, args.weight_by_stderr)
   fits.save(jsonable(record), args.out)
   if 'selection' in record:
     print(f'law: {record["selection"]["why"]}', file=sys.stderr)
@@ -212,6 +212,9 @@ def _parser() -> argparse.ArgumentParser:
   sub.add_argument('--no-offset', action='store_true',
                    help='Kaplan laws without an irreducible loss (pins E=0).')
   sub.add_argument('--out', type=path, required=True, help='fit.json to write.')
+  sub.add_argument('--weight-by-stderr', action='store_true',
+                   help='Approach 3: weight each run by (loss / eval_loss_stderr)^2, the '
+                        'precision of its log loss (needs the eval_loss_stderr column).')
   add_fit_options(sub)
   add_coverage_option(sub)
 

@@ -154,7 +154,7 @@ class Evaluate:
     e = self.experiment
     # Read anew each time rather than held: the eval set caches its images still encoded.
     self.sums = evaluation.evaluate(e.eval_step, state, e.datasets.eval.as_numpy_iterator(),
-                                    e.batch_sharding)
+                                    e.batch_sharding, e.datasets.eval_document_ids)
     self.row = evaluation.eval_metrics(self.sums, e.datasets)
 
   def __call__(self, progress: Progress):
@@ -162,7 +162,8 @@ class Evaluate:
     self.writer.write_scalars(progress.step, {
         **self.row, 'train_loss': progress.train_loss, **self.record.counters(progress.step),
         **self.record.scale_numbers})
-    details = ', '.join(f'{k} {v:.4f}' for k, v in self.row.items() if k != 'eval_loss')
+    details = ', '.join(f'{k} {v:.4g}' if k == 'eval_documents' else f'{k} {v:.4f}'
+                        for k, v in self.row.items() if k != 'eval_loss')
     logging.info('step %d  eval loss %.4f  (%s) on %d targets', progress.step,
                  self.row['eval_loss'], details, self.sums['eval_targets'])
 

@@ -53,8 +53,8 @@ def create_train_state(config, mesh, optimizer, before_init=None):
 
 
 def resolve_config(config, datasets) -> ml_collections.ConfigDict:
-  """Fills in what the data decides (vocabulary size, classes, image size), so config.json is
-  the whole experiment."""
+  """Fills in what the data decides (vocabulary size, classes, image size, eval split), so
+  config.json is the whole experiment."""
   config = ml_collections.ConfigDict(config.to_dict())
   if config.lora.rank:
     # Adapters (and whatever init_from re-initialises, e.g. a new head) train; the rest is frozen.
@@ -64,6 +64,8 @@ def resolve_config(config, datasets) -> ml_collections.ConfigDict:
     config.init_from.reinit = _with(config.init_from.reinit, lora.ADAPTER_NAME.pattern)
   if 'num_classes' in config.model and not config.model.num_classes and datasets.num_classes:
     config.model.num_classes = datasets.num_classes
+  if datasets.eval_split:
+    config.dataset.eval_split = datasets.eval_split
   if 'image_size' in config.model and not config.model.image_size:
     config.model.image_size = config.dataset.image_size
   if 'vocab_size' in config.model:

@@ -5,6 +5,7 @@ The loop is the step and its input; logging, evaluation and checkpoints are peri
 (`actions.py`) that `standard_actions` assembles, and an entry point may add more.
 """
 
+import json
 import math
 
 import jax
@@ -115,6 +116,8 @@ def _finish(e, state, writer, record, evaluator, train_loss: float) -> dict:
              'train_loss': train_loss if math.isfinite(train_loss) else None,
              **record.counters(final_step), **record.scale_numbers,
              'dataset_min_loss': e.datasets.min_loss}
+  if 'by_document' in sums and jax.process_index() == 0:  # For paired comparisons of runs.
+    (e.workdir / 'eval_by_document.json').write_text(json.dumps(sums['by_document']) + '\n')
   if summary['finished']:  # The sweep tools take summary.json as "this run is done".
     workdir_lib.write_summary(e.workdir, summary)
   writer.close()

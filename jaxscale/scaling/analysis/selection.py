@@ -19,14 +19,17 @@ TIE_MARGIN = 0.1  # Relative: within 10% of the best error counts as a tie.
 
 
 def fit(runs, law='chinchilla', approach=3, fixed=None, offset=True, num_bootstrap=1000, seed=0,
-        nominal=calibration.NOMINAL_COVERAGE) -> dict:
+        nominal=calibration.NOMINAL_COVERAGE, weight_by_stderr=False) -> dict:
   runs = table_lib.checked_runs(runs)
   selection = None
+  if law == 'auto' and weight_by_stderr:
+    raise ValueError('--weight-by-stderr applies to --law chinchilla --approach 3 only.')
   if law == 'auto':
     selection = choose(runs, fixed, nominal)
     record = fit_form(runs, selection['chosen'], fixed, num_bootstrap, seed)
   else:
-    record = fits.fit_runs(runs, law, approach, fixed, offset, num_bootstrap, seed)
+    record = fits.fit_runs(runs, law, approach, fixed, offset, num_bootstrap, seed,
+                           weight_by_stderr)
   form = selection['chosen'] if selection else form_of(record)
   record['form'] = form
   if selection:

@@ -27,23 +27,42 @@ def start_grid() -> np.ndarray:
       exponents, exponents, offsets, coefficients, coefficients)])
 
 
-def fit(runs, fixed=None, num_bootstrap=1000, seed=0) -> dict:
-  """fit.json record for the Chinchilla law fitted to `runs` (columns N, D, loss; C optional)."""
+def fit(runs, fixed=None, num_bootstrap=1000, seed=0, weight_by_stderr=False) -> dict:
+  """fit.json record for the Chinchilla law fitted to `runs` (columns N, D, loss; C optional).
+
+  `weight_by_stderr`: each run's Huber loss weighted by the inverse variance of its log loss,
+  (loss / eval_loss_stderr)^2 (normalised to mean 1), so runs measured more precisely count
+  more; off, every run counts once."""
   runs = table_lib.checked_runs(runs)
   table_lib.require_rows(runs, MIN_POINTS, 'Approach 3 (five parameters)')
   log_x, log_y = parametric_fit.log_columns(SPEC, runs)
-  best = parametric_fit.fit(SPEC, log_x, log_y, start_grid(), fixed)
+  point_weights = stderr_weights(runs) if weight_by_stderr else None
+  best = parametric_fit.fit(SPEC, log_x, log_y, start_grid(), fixed, point_weights=point_weights)
   record = {
       'law': 'chinchilla', 'approach': 3, **with_allocation(best.params),
       'num_points': best.num_points, 'objective': best.objective, 'fixed': fixed or {},
       'flops_per_param_token': table_lib.flops_per_param_token(runs)}
+  if weight_by_stderr:
+    record['weighted_by'] = 'eval_loss_stderr'
   if num_bootstrap:
-    thetas = parametric_fit.bootstrap(best, log_x, log_y, num_bootstrap, seed)
+    thetas = parametric_fit.bootstrap(best, log_x, log_y, num_bootstrap, seed,
+                                      point_weights=point_weights)
     samples = [with_allocation(best.resample_params(theta)) for theta in thetas
                if not np.isnan(theta).all()]
     record.update(intervals.summarise(samples, SPEC.param_names + ('a', 'b'),
                                       num_failed=parametric_fit.num_failed(thetas)))
   return record
+
+
+def stderr_weights(runs) -> np.ndarray:
+  """(loss / eval_loss_stderr)^2 per run, normalised to mean 1: the inverse variance of log loss."""
+  stderr = runs.get('eval_loss_stderr')
+  if stderr is None or stderr.dtype.kind != 'f' or not np.all(np.isfinite(stderr) & (stderr > 0)):
+    raise ValueError('Weighting by the standard error needs a positive eval_loss_stderr for every '
+                     'run (collect writes it for runs that log it); fit without '
+                     '--weight-by-stderr, or leave out the runs without one.')
+  weights = (runs['loss'] / stderr) ** 2
+  return weights / weights.mean()
 
 
 def with_allocation(params: dict) -> dict:

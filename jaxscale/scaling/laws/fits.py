@@ -12,8 +12,17 @@ RECORD_LAWS = LAWS + ('kaplan_nd', 'data_constrained')
 
 
 def fit_runs(runs, law='chinchilla', approach=3, fixed=None, offset=True, num_bootstrap=1000,
-             seed=0) -> dict:
-  """The fit.json record for `runs` (a table with N, D, loss and optionally C)."""
+             seed=0, weight_by_stderr=False) -> dict:
+  """The fit.json record for `runs` (a table with N, D, loss and optionally C).
+
+  `weight_by_stderr` (Chinchilla Approach 3 only) weights each run by the precision of its loss
+  (`approach3.stderr_weights`)."""
+  if weight_by_stderr:
+    if (law, approach) != ('chinchilla', 3):
+      raise ValueError('--weight-by-stderr applies to --law chinchilla --approach 3 only (the '
+                       'other fits take one point per budget or envelope).')
+    return approach3.fit(runs, fixed, num_bootstrap=num_bootstrap, seed=seed,
+                         weight_by_stderr=True)
   if law == 'kaplan':
     return kaplan.fit(runs, fixed, offset, num_bootstrap, seed)
   if law != 'chinchilla':

@@ -2,8 +2,9 @@
 
 One row per run from its summary.json, or with `all_points` one row per eval in its
 metrics.jsonl (Approach 1 uses the whole curves). D = tokens_seen, C = flops_seen (exact training
-FLOPs), loss = eval_loss, N = params_total, N_nonembed = params_non_embedding, plus the run's size
-knobs from config.json and, from sweep.json when there is one, the run's planned compute budget.
+FLOPs), loss = eval_loss (with its eval_loss_stderr and eval_documents), N = params_total,
+N_nonembed = params_non_embedding, plus the run's size knobs from config.json and, from
+sweep.json when there is one, the run's planned compute budget.
 """
 
 import glob
@@ -15,8 +16,9 @@ from jaxscale.scaling.runs import table as table_lib
 # Transformer knobs, then the vision families' (ViT, ResNet, MLP); a run leaves others blank.
 SIZE_KNOBS = ('num_layers', 'd_model', 'num_heads', 'mlp_dim', 'vocab_size', 'depth', 'width',
               'patch_size', 'hidden_dims')
-COLUMNS = ('run', 'N', 'N_nonembed', 'D', 'C', 'loss', 'step', 'budget', *SIZE_KNOBS,
-           'seq_len', 'batch_size', 'learning_rate', 'schedule', 'dataset_min_loss')
+COLUMNS = ('run', 'N', 'N_nonembed', 'D', 'C', 'loss', 'eval_loss_stderr', 'eval_documents',
+           'step', 'budget', *SIZE_KNOBS, 'seq_len', 'batch_size', 'learning_rate', 'schedule',
+           'dataset_min_loss')
 
 
 def find_workdirs(root) -> dict[str, str]:
@@ -59,6 +61,10 @@ def _measured(point) -> dict:
           # Tokens for LMs, images for classifiers.
           'D': point['tokens_seen'] if 'tokens_seen' in point else point['examples_seen'],
           'C': point['flops_seen'], 'loss': point['eval_loss'],
+          # The loss's standard error and the documents it was measured on (blank for runs
+          # that predate them).
+          'eval_loss_stderr': _blank_if_none(point.get('eval_loss_stderr')),
+          'eval_documents': _blank_if_none(point.get('eval_documents')),
           'step': point['step']}
 
 

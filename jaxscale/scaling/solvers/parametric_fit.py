@@ -59,22 +59,27 @@ def log_columns(spec: forms.LawSpec, table) -> tuple[np.ndarray, np.ndarray]:
   return log_x, np.log(table['loss'])
 
 
-def fit(spec, log_x, log_y, starts, fixed=None, delta=lse_law.HUBER_DELTA) -> Fit:
-  """Best fit over `starts` [S, P] with the parameters in `fixed` ({name: value}) pinned."""
+def fit(spec, log_x, log_y, starts, fixed=None, delta=lse_law.HUBER_DELTA,
+        point_weights=None) -> Fit:
+  """Best fit over `starts` [S, P] with the parameters in `fixed` ({name: value}) pinned.
+
+  `point_weights` [n] weight each point's Huber loss (None: all 1, the unweighted fit)."""
   pinned = spec.pinned_theta(fixed or {})
   free = np.isnan(pinned)
   starts = np.unique(np.where(free, starts, pinned), axis=0)
-  padded_x, padded_y, weights = _pad_points(log_x, log_y, np.ones_like(log_y))
+  ones = np.ones_like(log_y)
+  weights = ones if point_weights is None else np.asarray(point_weights, float)
+  padded_x, padded_y, padded_weights = _pad_points(log_x, log_y, weights)
   thetas, objectives = lm_solver.solve_from_starts(
-      starts, padded_x, padded_y, weights, free, delta, SCREEN_ITERATIONS)
+      starts, padded_x, padded_y, padded_weights, free, delta, SCREEN_ITERATIONS)
   candidates = _best_distinct(thetas, objectives, POLISH_STARTS, required=False)
-  profiled = profile_starts(spec, log_x, log_y, np.ones((1, len(log_y))), pinned, count=2)[0]
+  profiled = profile_starts(spec, log_x, log_y, weights[None], pinned, count=2)[0]
   # A grid with fewer points than `count` (exponents pinned) leaves NaN slots: not starts.
   candidates += [theta for theta in profiled if np.all(np.isfinite(theta[free]))]
   polished = []
   for theta in candidates:
-    theta = _polish(theta, log_x, log_y, free, delta)
-    objective = lse_law.huber_objective(theta, log_x, log_y, delta)
+    theta = _polish(theta, log_x, log_y, free, delta, point_weights=point_weights)
+    objective = lse_law.huber_objective(theta, log_x, log_y, delta, weights=point_weights)
     healthy = np.isfinite(objective) and _sane(theta, free)
     polished.append((objective if healthy else np.inf, theta))
   objective, theta = min(polished, key=lambda pair: pair[0])
@@ -83,22 +88,25 @@ def fit(spec, log_x, log_y, starts, fixed=None, delta=lse_law.HUBER_DELTA) -> Fi
   return Fit(spec, theta, objective, len(log_y), dict(fixed or {}))
 
 
-def refit_batch(fitted: Fit, log_x, log_y, weights, delta=lse_law.HUBER_DELTA):
+def refit_batch(fitted: Fit, log_x, log_y, weights, delta=lse_law.HUBER_DELTA,
+                point_weights=None):
   """Refits from `fitted` for each row of weights [B, n] (and of log_y, if [B, n] too).
 
   Each refit explores as the point estimate does: the vmapped solver's iterations from the
   full-data optimum, and the best start of the profile grid (`profile_starts`), each polished in
   float64 (`_polish`) on the points its weights draw; the lower objective wins. Returns thetas
-  [B, P]; rows whose every start diverged are NaN (`num_failed` counts them).
+  [B, P]; rows whose every start diverged are NaN (`num_failed` counts them). `point_weights`
+  [n]: as for `fit`, on top of the rows' counts.
   """
   pinned = fitted.spec.pinned_theta(fitted.fixed)
   free = np.isnan(pinned)
   log_y = np.broadcast_to(log_y, np.shape(weights))
-  padded_x, padded_y, padded_weights = _pad_points(log_x, log_y, weights)
+  solver_weights = weights if point_weights is None else weights * np.asarray(point_weights)
+  padded_x, padded_y, padded_weights = _pad_points(log_x, log_y, solver_weights)
   thetas, objectives = lm_solver.solve_batch(
       fitted.theta, padded_x, padded_y, padded_weights, free, delta, BOOTSTRAP_ITERATIONS)
   thetas = np.array(thetas, float)
-  profiled = profile_starts(fitted.spec, log_x, log_y, weights, pinned, count=1)
+  profiled = profile_starts(fitted.spec, log_x, log_y, solver_weights, pinned, count=1)
   for row, counts in enumerate(np.asarray(weights)):
     drawn = np.repeat(np.arange(len(counts)), np.round(counts).astype(int))
     if np.count_nonzero(np.round(counts)) <= np.sum(free):  # Fewer distinct points than unknowns.
@@ -109,9 +117,11 @@ def refit_batch(fitted: Fit, log_x, log_y, weights, delta=lse_law.HUBER_DELTA):
     for start in starts:
       if not np.all(np.isfinite(start[free])):
         continue
+      drawn_weights = None if point_weights is None else np.asarray(point_weights)[drawn]
       theta = _polish(start, log_x[drawn], log_y[row][drawn], free, delta,
-                      BOOTSTRAP_EVALUATIONS)
-      objective = lse_law.huber_objective(theta, log_x[drawn], log_y[row][drawn], delta)
+                      BOOTSTRAP_EVALUATIONS, point_weights=drawn_weights)
+      objective = lse_law.huber_objective(theta, log_x[drawn], log_y[row][drawn], delta,
+                                          weights=drawn_weights)
       if np.isfinite(objective) and _sane(theta, free) and objective < best_objective:
         best, best_objective = theta, objective
     thetas[row] = best
@@ -200,11 +210,11 @@ def num_failed(thetas) -> int:
 
 
 def bootstrap(fitted: Fit, log_x, log_y, num_resamples=1000, seed=0,
-              delta=lse_law.HUBER_DELTA) -> np.ndarray:
+              delta=lse_law.HUBER_DELTA, point_weights=None) -> np.ndarray:
   """Refits on `num_resamples` resamples of the points (with replacement): thetas [B, P]."""
   n = len(log_y)
   counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=num_resamples)
-  return refit_batch(fitted, log_x, log_y, counts, delta)
+  return refit_batch(fitted, log_x, log_y, counts, delta, point_weights=point_weights)
 
 
 def _pad_points(log_x, log_y, weights):
@@ -248,12 +258,25 @@ def _same_point(theta, other) -> bool:
   return np.max(np.abs(theta[finite] - other[finite]), initial=0.0) <= 1e-3
 
 
-def _polish(theta, log_x, log_y, free, delta, max_evaluations=1000) -> np.ndarray:
-  """theta converged in float64 over its free parameters by scipy's Huber least squares."""
+def _polish(theta, log_x, log_y, free, delta, max_evaluations=1000,
+            point_weights=None) -> np.ndarray:
+  """theta converged in float64 over its free parameters by scipy's Huber least squares (with
+  `point_weights`: scipy's L-BFGS-B on the weighted Huber objective, whose weights least
+  squares cannot take)."""
   def full(free_values):
     values = theta.copy()
     values[free] = free_values
     return values
+
+  if point_weights is not None:
+    def objective_and_grad(values):
+      objective, grad = lse_law.huber_objective_and_grad(full(values), log_x, log_y, delta,
+                                                         weights=point_weights)
+      return objective, grad[free]
+    result = scipy.optimize.minimize(
+        objective_and_grad, theta[free], jac=True, method='L-BFGS-B',
+        options={'maxiter': max_evaluations, 'ftol': 1e-15, 'gtol': 1e-12})
+    return full(result.x)
 
   result = scipy.optimize.least_squares(
       lambda values: lse_law.log_prediction(full(values), log_x) - log_y, theta[free],
