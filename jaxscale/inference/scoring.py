@@ -42,7 +42,7 @@ def _score_padded(graphdef, state, tokens_BxL):
 def score_rows(graphdef, state, rows: list[np.ndarray], batch_size: int = 0) -> list[Scores]:
   """Scores of each row (1-D int ids, at least one token), `batch_size` rows per forward pass
   (0: all at once)."""
-  batch_size = batch_size or len(rows)
+  batch_size = batch_size or max(len(rows), 1)
   scores = []
   for start in range(0, len(rows), batch_size):
     chunk = rows[start:start + batch_size]
