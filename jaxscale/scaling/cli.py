@@ -10,6 +10,7 @@ directory and resolved once, where they are parsed (gs:// and other URIs are lef
   collect  DIR --out runs.csv [--all-points]           one row per run (or per eval)
   fit      --csv runs.csv --law chinchilla --approach 3 --out fit.json [--fix E=1.6]
            [--law auto]                                 the form that backtests best
+           [--target eval/TASK/METRIC]                  a downstream metric against loss
   predict  --fit fit.json --compute 1e21 | --N 1e9 --D 2e10
            [--compute 1e21 --emit-config run.py --sweep DIR]   a runnable compute-optimal config
   plot     --csv runs.csv --fit fit.json --out DIR
@@ -27,7 +28,7 @@ import sys
 from jaxscale.core import paths
 from jaxscale.scaling.analysis import (
     calibration, compare, plots, predict, selection, validate, verify)
-from jaxscale.scaling.laws import catalog, fits, forms
+from jaxscale.scaling.laws import catalog, downstream, fits, forms
 from jaxscale.scaling.runs import collect, table
 from jaxscale.scaling.sweeps import emit_config, launcher, run_config, shapes, sweep
 
@@ -59,6 +60,10 @@ def read_runs(path, args, label='csv'):
 
 
 def _fit(args):
+  if args.target:
+    record = downstream.fit(table.read_csv(args.csv), args.target)
+    fits.save(jsonable(record), args.out)
+    return record
   record = selection.fit(read_runs(args.csv, args), args.law, args.approach,
                          forms.parse_fixed(args.fix), not args.no_offset, args.bootstrap, args.seed,
                          args.coverage)
@@ -212,6 +217,10 @@ def _parser() -> argparse.ArgumentParser:
   sub.add_argument('--no-offset', action='store_true',
                    help='Kaplan laws without an irreducible loss (pins E=0).')
   sub.add_argument('--out', type=path, required=True, help='fit.json to write.')
+  sub.add_argument('--target', metavar='eval/TASK/METRIC',
+                   help='Fit this downstream metric (a column collect wrote from config.lm_eval) '
+                        'against loss, error = epsilon - k exp(-gamma loss) (error = 1 - accuracy), '
+                        'and through a loss law L(C) against compute.')
   add_fit_options(sub)
   add_coverage_option(sub)
 
