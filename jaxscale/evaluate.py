@@ -1,5 +1,5 @@
-"""`python -m jaxscale.evaluate --workdir W --tasks T1,T2 [--include_path DIR]`: lm-evaluation-harness
-tasks on a run's newest checkpoint, in-process (the `jaxscale` lm-eval model); writes
+"""`python -m jaxscale.evaluate --workdir W --tasks T1,T2 [--include_path DIR]`:
+lm-evaluation-harness tasks on a run's newest checkpoint, in-process (the `jaxscale` lm-eval model); writes
 W/lm_eval.json (lm-eval's results, plus requests/s) and prints each task's metrics.
 
 The offline tasks in jaxscale/inference/lm_eval_tasks need no network (jaxscale_stdlib_next_line,

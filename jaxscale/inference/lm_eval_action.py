@@ -44,6 +44,12 @@ def make(experiment, writer, record) -> LmEval:
   """The action for `loop.run(extra_actions=...)`; checks the tasks and the run before training."""
   del record
   config = experiment.config
+  for key, zero_means in (('every_steps', 'at the end only'), ('limit', 'every example')):
+    if config.lm_eval[key] < 0:
+      raise ConfigError(f'lm_eval.{key} must be >= 0 (0: {zero_means}); got '
+                        f'{config.lm_eval[key]}.')
+  if config.lm_eval.batch_size < 1:
+    raise ConfigError(f'lm_eval.batch_size must be >= 1; got {config.lm_eval.batch_size}.')
   if config.dataset.get('tokenizer', 'byte') != 'byte' or config.model.vocab_size < 256:
     raise ConfigError('lm_eval.tasks needs a language model with the byte tokenizer (vocabulary '
                       f'>= 256); this run has vocabulary {config.model.vocab_size}.')

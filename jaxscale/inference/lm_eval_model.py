@@ -223,8 +223,8 @@ def metric_rows(results: dict) -> dict[str, float]:
   for task, metrics in results['results'].items():
     for key, value in metrics.items():
       metric = key.split(',')[0]  # 'acc,none': the metric under its filter.
-      if metric.endswith('_stderr') or metric == 'sample_len' or not isinstance(value, (int, float)) or isinstance(
-          value, bool):
+      numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+      if metric.endswith('_stderr') or metric == 'sample_len' or not numeric:
         continue
       rows[f'eval/{task}/{metric}'] = float(value)
   return rows

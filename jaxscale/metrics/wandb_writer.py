@@ -11,9 +11,15 @@ import numpy as np
 from clu import metric_writers
 from etils import epath
 
-from jaxscale.config.validation import ConfigError
+from jaxscale.config import validation
 
 MODES = ('online', 'offline')
+
+
+@validation.register_check
+def check_metrics(config):
+  if 'metrics' in config:
+    validation.check_choice('metrics.wandb_mode', config.metrics.wandb_mode, MODES)
 
 
 class WandbWriter(metric_writers.MetricWriter):
@@ -60,9 +66,7 @@ class WandbWriter(metric_writers.MetricWriter):
 def create(workdir, config) -> WandbWriter:
   """A W&B run for `workdir`, its config the resolved run config."""
   metrics = config.metrics
-  if metrics.wandb_mode not in MODES:
-    raise ConfigError(f'metrics.wandb_mode must be one of {", ".join(MODES)}; got '
-                      f'{metrics.wandb_mode!r}.')
+  check_metrics(config)
   import wandb  # pylint: disable=import-outside-toplevel  (only runs that ask for W&B need it)
   workdir = epath.Path(workdir)
   id_file = workdir / 'wandb_run_id'
