@@ -39,8 +39,13 @@ def main(argv):
   from jaxscale.train import loop  # noqa: PLC0415
   logging.info('JAX %s on %d %s device(s), %d process(es).', jax.__version__, jax.device_count(),
                jax.devices()[0].platform, jax.process_count())
+  extra_actions = []
+  if _CONFIG.value.get('lm_eval', {}).get('tasks'):
+    # lm-eval and the inference stage load only for runs that ask (after TensorFlow, as above).
+    from jaxscale.inference import lm_eval_action  # noqa: PLC0415
+    extra_actions.append(lm_eval_action.make)
   try:
-    loop.run(_CONFIG.value, _WORKDIR.value)
+    loop.run(_CONFIG.value, _WORKDIR.value, extra_actions=extra_actions)
   except ConfigError as e:
     logging.error('Invalid config: %s', e)
     raise SystemExit(f'Invalid config: {e}') from None

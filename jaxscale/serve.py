@@ -3,6 +3,7 @@ model; `jaxscale.inference.server` lists the endpoints.
 """
 
 import argparse
+import pathlib
 
 import uvicorn
 
@@ -22,11 +23,14 @@ def main(argv=None):
   parser.add_argument('--max_queue', type=int, default=64, help='Waiting requests; more get 503.')
   parser.add_argument('--max_prompt_tokens', type=int, default=512)
   parser.add_argument('--max_new_tokens', type=int, default=512)
+  parser.add_argument('--model_name', help='The model id on /v1/models (default: the workdir or '
+                      'export directory name).')
   args = parser.parse_args(argv)
   limits = dict(max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens)
   backend = (backends.from_workdir(args.workdir, **limits) if args.workdir
              else backends.from_export(args.export, **limits))
-  app = build_app(backend, max_batch=args.max_batch, max_queue=args.max_queue)
+  model_id = args.model_name or pathlib.PurePath(args.workdir or args.export).name
+  app = build_app(backend, max_batch=args.max_batch, max_queue=args.max_queue, model_id=model_id)
   uvicorn.run(app, host=args.host, port=args.port)
 
 

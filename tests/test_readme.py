@@ -275,6 +275,12 @@ def _check_deploy(root, results):
   assert '(2, 10)' in calls[0] and '(1, 5, 256)' in calls[1]
   served = json.loads([r for line, r in results.items() if line.startswith('curl')][0].stdout)
   assert served['text'] and served['tokens']
+  openai_client = [r for line, r in results.items() if 'client.completions' in line][0]
+  assert openai_client.stdout.splitlines()[0] == "['lm']"
+  evaluated = json.loads((root / 'workdirs/lm/lm_eval.json').read_text())
+  assert set(evaluated['results']) == {'jaxscale_stdlib_next_line', 'jaxscale_stdlib_perplexity'}
+  through_server = [r for line, r in results.items() if 'local-completions' in line][0]
+  assert 'jaxscale_stdlib_next_line' in through_server.stdout
   assert json.loads((root / 'exported/mlp/manifest.json').read_text())['class_names']
 
 

@@ -216,6 +216,21 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.export = ml_collections.ConfigDict()
   c.export.max_seq_len = 0
 
+  # Downstream lm-eval tasks during training (byte-tokenizer LMs, installed by `python -m
+  # jaxscale.main`): rows 'eval/<task>/<metric>' in metrics.jsonl and TensorBoard.
+  c.lm_eval = ml_collections.ConfigDict()
+  c.lm_eval.tasks = ()                # lm-eval task names, e.g. ('jaxscale_stdlib_next_line',).
+  c.lm_eval.every_steps = 0           # 0: at the end of training only.
+  c.lm_eval.limit = 0                 # Examples per task (0: all of them).
+  c.lm_eval.batch_size = 16           # Rows per forward pass.
+  c.lm_eval.include_path = ''         # A folder of your own task YAMLs.
+
+  # Trackers beside TensorBoard and metrics.jsonl (always written).
+  c.metrics = ml_collections.ConfigDict()
+  c.metrics.wandb_project = ''        # Weights & Biases project ('' = no W&B).
+  c.metrics.wandb_entity = ''         # W&B team or user ('' = your default).
+  c.metrics.wandb_mode = 'online'     # 'online' | 'offline' (files under WORKDIR/wandb, no network).
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                    # Data-parallel axis; -1 = all devices left over.
   c.mesh.fsdp = 1                     # Parameter (and optimizer state) sharding axis.

@@ -18,7 +18,7 @@ from jaxscale.checkpoint import restore
 from jaxscale.core import paths
 from jaxscale.data import hf_tokenizer, special_tokens
 from jaxscale.data.tokenizers import BYTE_SEPARATOR
-from jaxscale.inference import export, sampling
+from jaxscale.inference import export, sampling, scoring
 
 
 DEFAULT_NEW_TOKENS = 64
@@ -83,21 +83,109 @@ class LanguageModel:
                        f'{max_new_tokens}.')
     return dict(request, tokens=tokens, max_new_tokens=max_new_tokens)
 
+  def text(self, tokens) -> str:
+    """The text of token ids (byte and hf: models; empty for others), the separator kept."""
+    if self.hf_tokenizer is not None:
+      return self.hf_tokenizer.decode(tokens)
+    return sampling.decode_bytes(tokens, stop_at_separator=False) if self.byte_tokens else ''
+
+  def check_completion(self, request: dict) -> dict:
+    """A /v1/completions prompt, tokenized and checked (`op` 'complete')."""
+    tokens = self.tokens(request['prompt'])
+    if request['max_new_tokens'] > self.max_new_tokens:
+      raise BadRequest('max_tokens', f'at most {self.max_new_tokens} on this server, got '
+                       f'{request["max_new_tokens"]}.')
+    if request['stop'] and not (self.byte_tokens or self.hf_tokenizer is not None):
+      raise BadRequest('stop', 'this model has no text tokenizer: stop strings need one.')
+    return dict(request, op='complete', tokens=tokens, top_k=None)
+
   def run(self, requests: list[dict]) -> list[dict]:
+    """A batch of /generate requests and /v1/completions prompts (`op` 'complete')."""
+    generating = [r for r in requests if _generates(r)]
+    rows = iter(self._generate(generating) if generating else ())
+    results = []
+    for request in requests:
+      row = next(rows) if _generates(request) else None
+      new = None if row is None else sampling.trim_at_stop(row, self.stop_tokens)
+      if request.get('op') != 'complete':
+        text = sampling.decode_bytes(new) if self.byte_tokens else None
+        if self.hf_tokenizer is not None:
+          text = self.hf_tokenizer.decode(new)
+        results.append({'text': text, 'tokens': new.tolist()})
+      else:
+        stop = int(row[len(new)]) if row is not None and len(new) < len(row) else None
+        results.append({'new_tokens': new, 'stop_token': stop})
+    completions = [(r, result) for r, result in zip(requests, results)
+                   if r.get('op') == 'complete']
+    if completions:
+      self._complete(completions)
+    return results
+
+  def _generate(self, requests: list[dict]) -> np.ndarray:
     options = [dict(temperature=r['temperature'], top_k=r['top_k'] or 0, top_p=r['top_p'] or 1.0,
-                    key=jax.random.fold_in(jax.random.key(r['seed']), 0)) for r in requests]
+                    key=jax.random.fold_in(jax.random.key(r['seed']), r.get('row', 0)))
+               for r in requests]
     longest = max(r['max_new_tokens'] for r in requests)
     new_BxN = sampling.generate_rows(
         self.graphdef, self.state, [r['tokens'] for r in requests], options,
         min(sampling.bucket(longest), self.max_new_tokens), stop_tokens=self.stop_tokens)
-    results = []
-    for request, row in zip(requests, new_BxN):
-      tokens = sampling.trim_at_stop(row[:request['max_new_tokens']], self.stop_tokens)
-      text = sampling.decode_bytes(tokens) if self.byte_tokens else None
-      if self.hf_tokenizer is not None:
-        text = self.hf_tokenizer.decode(tokens)
-      results.append({'text': text, 'tokens': tokens.tolist()})
-    return results
+    return [row[:r['max_new_tokens']] for r, row in zip(requests, new_BxN)]
+
+  def _complete(self, completions: list[tuple[dict, dict]]):
+    """Fills each completion's new tokens, finish reason and, where asked, the log-probabilities
+    of prompt and new tokens (one forward pass over them all, `scoring`). A stop token that ended
+    the completion is left out of its text but scored, as the token the model chose."""
+    scored = [(r, result) for r, result in completions if r['logprobs'] is not None]
+    scores = scoring.score_rows(self.graphdef, self.state, [
+        np.concatenate([r['tokens'], [] if result['new_tokens'] is None else result['new_tokens'],
+                        [] if result['stop_token'] is None else [result['stop_token']]]
+                       ).astype(np.int32) for r, result in scored])
+    by_id = {id(result): s for (_, result), s in zip(scored, scores)}
+    for request, result in completions:
+      score = by_id.get(id(result))
+      new, stop = result['new_tokens'], result['stop_token']
+      if request['max_new_tokens'] == 0:
+        new = np.zeros((0,), np.int32)
+      elif new is None:  # Greedy, one token, scored: the prompt's scores hold it already.
+        top = int(score.top_ids[-1, 0])
+        new, stop = (np.zeros((0,), np.int32), top) if top in self.stop_tokens else (
+            np.asarray([top], np.int32), None)
+      new, hit = self._cut_at_stop_strings(new, request['stop'])
+      if hit:
+        stop = None
+      tokens = np.concatenate([request['tokens'], new]).astype(np.int32)
+      result.update(new_tokens=new, prompt_tokens=request['tokens'], tokens=tokens,
+                    finish_reason='stop' if stop is not None or hit else 'length')
+      if score is not None:
+        count = len(tokens) + (stop is not None)
+        lps = np.concatenate([score.token_logprobs, score.top_logprobs[-1:, 0]])[:count - 1]
+        result['scored_tokens'] = tokens if stop is None else np.append(tokens, stop)
+        result['token_logprobs'] = [None] + [float(x) for x in lps]
+        result['top'] = [None] + [list(zip(ids.tolist(), map(float, lp))) for ids, lp in
+                                  zip(score.top_ids[:count - 1], score.top_logprobs[:count - 1])]
+
+  def _cut_at_stop_strings(self, new: np.ndarray, stops) -> tuple[np.ndarray, bool]:
+    """The new tokens before the first of the stop strings in their text, and whether one was."""
+    text = self.text(new)
+    cuts = [text.find(stop) for stop in stops or () if stop and stop in text]
+    if not cuts:
+      return new, False
+    kept = text[:min(cuts)]
+    count = 0
+    while count < len(new) and kept.startswith(self.text(new[:count + 1])):
+      count += 1
+    return new[:count], True
+
+
+def _generates(request: dict) -> bool:
+  """Whether the request needs the generation loop: not for echo-only scoring (no new tokens) nor
+  for one greedy token that scoring the prompt already picks."""
+  if request.get('op') != 'complete':
+    return True
+  if request['max_new_tokens'] == 0:
+    return False
+  return not (request['max_new_tokens'] == 1 and request['temperature'] == 0
+              and request['logprobs'] is not None)
 
 
 @dataclasses.dataclass

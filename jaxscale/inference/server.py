@@ -9,6 +9,8 @@ Endpoints (FastAPI on uvicorn):
 - `POST /classify` (classifiers): `inputs` (an image as nested lists [H, W, C], or a text),
   `top_k` -> `classes`: [{`class`, `probability`}], most likely first.
 - `GET /health`: the model, the queue and how many batches and requests were served.
+- OpenAI-compatible `POST /v1/completions`, `GET /v1/models` and the tokenizer endpoints
+  (`jaxscale.inference.openai_api`), sharing the batcher with `/generate`.
 
 A request the model cannot take (a bad field, malformed JSON, an oversize prompt) gets a 400
 whose JSON names the `field` and says what is wrong; a full queue gets a 503. Concurrent requests
@@ -25,9 +27,11 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from jaxscale.inference.backends import BadRequest
+from jaxscale.inference import openai_api
 from jaxscale.inference.batcher import Batcher, QueueFull
 
 
@@ -52,8 +56,9 @@ def _error(status: int, field: str | None, message: str) -> JSONResponse:
 
 
 def build_app(backend, *, max_batch: int = 8, max_queue: int = 64,
-              max_wait_s: float = 0.005) -> FastAPI:
-  """The FastAPI app serving `backend` (`jaxscale.inference.backends`)."""
+              max_wait_s: float = 0.005, model_id: str | None = None) -> FastAPI:
+  """The FastAPI app serving `backend` (`jaxscale.inference.backends`); `model_id` names it on
+  the OpenAI endpoints (default: the config's model name)."""
   batcher = Batcher(backend.run, max_batch=max_batch, max_queue=max_queue, max_wait_s=max_wait_s)
 
   @contextlib.asynccontextmanager
@@ -67,15 +72,25 @@ def build_app(backend, *, max_batch: int = 8, max_queue: int = 64,
 
   @app.exception_handler(RequestValidationError)
   async def invalid_request(request: Request, exc: RequestValidationError):
-    del request
+    # OpenAI routes answer in OpenAI's error JSON, the others in jaxscale's.
+    reply = (lambda field, message: openai_api.error(400, message, field)) if _openai(request) \
+        else (lambda field, message: _error(400, field, message))
     first = exc.errors()[0]
     if first['type'] == 'json_invalid':
-      return _error(400, None, 'the request body is not valid JSON.')
+      return reply(None, 'the request body is not valid JSON.')
     location = [str(part) for part in first['loc'] if part != 'body']
     field = location[0] if location else None
     if not location:
-      return _error(400, None, f'send a JSON object: {first["msg"]}.')
-    return _error(400, field, f'{".".join(location)}: {first["msg"]}.')
+      return reply(None, f'send a JSON object: {first["msg"]}.')
+    return reply(field, f'{".".join(location)}: {first["msg"]}.')
+
+  @app.exception_handler(HTTPException)
+  async def http_error(request: Request, exc: HTTPException):
+    if _openai(request):
+      return openai_api.error(exc.status_code, f'{request.method} {request.url.path}: '
+                              f'{exc.detail}.', code='not_found' if exc.status_code == 404
+                              else None)
+    return JSONResponse(status_code=exc.status_code, content={'detail': exc.detail})
 
   async def answer(kind: str, request: dict):
     if backend.kind != kind:
@@ -97,6 +112,8 @@ def build_app(backend, *, max_batch: int = 8, max_queue: int = 64,
   async def classify(request: ClassifyRequest):
     return await answer('classifier', request.model_dump())
 
+  openai_api.add_routes(app, backend, batcher, model_id or backend.config['model']['name'])
+
   @app.get('/health')
   async def health():
     return {'status': 'ok', 'model': backend.config['model']['name'], 'kind': backend.kind,
@@ -105,6 +122,11 @@ def build_app(backend, *, max_batch: int = 8, max_queue: int = 64,
             'requests_served': batcher.requests_served}
 
   return app
+
+
+def _openai(request: Request) -> bool:
+  return request.url.path.startswith('/v1/') or request.url.path in (
+      '/tokenize', '/detokenize', '/tokenizer_info')
 
 
 @contextlib.contextmanager

@@ -12,6 +12,8 @@ import numpy as np
 from clu import metric_writers
 from etils import epath
 
+from jaxscale.metrics import wandb_writer
+
 
 class JsonlWriter(metric_writers.MetricWriter):
   """Appends one JSON object per `write_scalars` call: {"step": s, name: value, ...}."""
@@ -58,14 +60,23 @@ def _to_json_number(value):
   return value if math.isfinite(value) else str(value)  # JSON has no NaN/inf literals.
 
 
-def create_writer(workdir: epath.Path) -> metric_writers.MetricWriter:
+def create_writer(workdir: epath.Path, config=None) -> metric_writers.MetricWriter:
+  """TensorBoard and metrics.jsonl, plus W&B where `config.metrics.wandb_project` asks."""
   if jax.process_index() > 0:
     return metric_writers.LoggingWriter()
   # No clu LoggingWriter: the loop logs its own one-line progress report.
-  return metric_writers.MultiWriter([
-      metric_writers.SummaryWriter(str(workdir)),
-      JsonlWriter(epath.Path(workdir) / 'metrics.jsonl'),
-  ])
+  writers = [metric_writers.SummaryWriter(str(workdir)),
+             JsonlWriter(epath.Path(workdir) / 'metrics.jsonl')]
+  if config is not None and config.get('metrics', {}).get('wandb_project'):
+    writers.append(wandb_writer.create(workdir, config))
+  return metric_writers.MultiWriter(writers)
+
+
+def write_summary(writer, summary: Mapping[str, Any]) -> None:
+  """The final summary to the trackers that keep one (W&B); the others have summary.json."""
+  for each in getattr(writer, '_writers', [writer]):
+    if hasattr(each, 'write_summary'):
+      each.write_summary(summary)
 
 
 def read_jsonl(path: epath.Path) -> list[dict]:

@@ -10,6 +10,7 @@ directory and resolved once, where they are parsed (gs:// and other URIs are lef
   collect  DIR --out runs.csv [--all-points]           one row per run (or per eval)
   fit      --csv runs.csv --law chinchilla --approach 3 --out fit.json [--fix E=1.6]
            [--law auto]                                 the form that backtests best
+           [--target eval/TASK/METRIC]                  a downstream metric against loss
   predict  --fit fit.json --compute 1e21 | --N 1e9 --D 2e10
            [--compute 1e21 --emit-config run.py --sweep DIR]   a runnable compute-optimal config
   plot     --csv runs.csv --fit fit.json --out DIR
@@ -27,7 +28,7 @@ import sys
 from jaxscale.core import paths
 from jaxscale.scaling.analysis import (
     calibration, compare, plots, predict, selection, validate, verify)
-from jaxscale.scaling.laws import catalog, fits, forms
+from jaxscale.scaling.laws import catalog, downstream, fits, forms
 from jaxscale.scaling.runs import collect, table
 from jaxscale.scaling.sweeps import emit_config, launcher, run_config, shapes, sweep
 
@@ -59,6 +60,10 @@ def read_runs(path, args, label='csv'):
 
 
 def _fit(args):
+  if args.target:
+    record = downstream.fit(table.read_csv(args.csv), args.target)
+    fits.save(jsonable(record), args.out)
+    return record
   record = selection.fit(read_runs(args.csv, args), args.law, args.approach,
                          forms.parse_fixed(args.fix), not args.no_offset, args.bootstrap, args.seed,
                          args.coverage, args.weight_by_stderr)
@@ -215,6 +220,10 @@ def _parser() -> argparse.ArgumentParser:
   sub.add_argument('--weight-by-stderr', action='store_true',
                    help='Approach 3: weight each run by (loss / eval_loss_stderr)^2, the '
                         'precision of its log loss (needs the eval_loss_stderr column).')
+  sub.add_argument('--target', metavar='eval/TASK/METRIC',
+                   help='Fit this downstream metric (a column collect wrote from config.lm_eval) '
+                        'against loss, error = epsilon - k exp(-gamma loss) (error = 1 - accuracy), '
+                        'and through a loss law L(C) against compute.')
   add_fit_options(sub)
   add_coverage_option(sub)
 

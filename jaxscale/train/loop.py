@@ -35,7 +35,7 @@ def train_loop(e: experiment_lib.Experiment, extra_actions=()) -> dict:
   start_step = int(jax.device_get(state.step))
   # Rows logged after the checkpoint will be logged again by this run.
   workdir_lib.drop_metrics_after(e.workdir, start_step if e.resumed else -1)
-  writer, record = writers.create_writer(e.workdir), actions_lib.RunRecord.of(e)
+  writer, record = writers.create_writer(e.workdir, config), actions_lib.RunRecord.of(e)
   if start_step == 0:
     writer.write_scalars(0, record.scale_numbers)
   throughput = actions_lib.Throughput(
@@ -120,5 +120,6 @@ def _finish(e, state, writer, record, evaluator, train_loss: float) -> dict:
     (e.workdir / 'eval_by_document.json').write_text(json.dumps(sums['by_document']) + '\n')
   if summary['finished']:  # The sweep tools take summary.json as "this run is done".
     workdir_lib.write_summary(e.workdir, summary)
+  writers.write_summary(writer, summary)
   writer.close()
   return summary

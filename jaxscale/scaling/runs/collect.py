@@ -4,7 +4,9 @@ One row per run from its summary.json, or with `all_points` one row per eval in 
 metrics.jsonl (Approach 1 uses the whole curves). D = tokens_seen, C = flops_seen (exact training
 FLOPs), loss = eval_loss (with its eval_loss_stderr and eval_documents), N = params_total,
 N_nonembed = params_non_embedding, plus the run's size knobs from config.json and, from
-sweep.json when there is one, the run's planned compute budget.
+sweep.json when there is one, the run's planned compute budget. Downstream metrics a run logged
+(`config.lm_eval`: metrics.jsonl keys 'eval/<task>/<metric>') become columns of those names: the
+final ones, or with `all_points` those of each eval's step.
 """
 
 import glob
@@ -45,15 +47,20 @@ def collect(root, all_points=False) -> tuple[list[dict], list[str]]:
     base = {'run': name, 'budget': budgets.get(name, ''),
             'dataset_min_loss': _blank_if_none(summary.get('dataset_min_loss')),
             **_knobs(_read_json(os.path.join(workdir, 'config.json')))}
+    downstream = _downstream_rows(workdir)
     points = _eval_rows(workdir) if all_points else [summary]
-    rows.extend({**base, **_measured(point)} for point in points)
+    final = downstream[max(downstream)] if downstream else {}
+    rows.extend({**base, **_measured(point),
+                 **(downstream.get(point['step'], {}) if all_points else final)}
+                for point in points)
   return rows, unfinished
 
 
 def write(rows, path) -> None:
   if not rows:
     raise ValueError('No finished runs to collect.')
-  table_lib.write_csv(path, rows, list(COLUMNS))
+  downstream = sorted({key for row in rows for key in row if key.startswith('eval/')})
+  table_lib.write_csv(path, rows, [*COLUMNS, *downstream])
 
 
 def _measured(point) -> dict:
@@ -82,6 +89,16 @@ def _eval_rows(workdir) -> list[dict]:
     if 'eval_loss' in row and row.get('step', 0) > 0:
       by_step[row['step']] = row
   return [by_step[step] for step in sorted(by_step)]
+
+
+def _downstream_rows(workdir) -> dict[int, dict]:
+  """{step: {'eval/<task>/<metric>': value}} of the lm-eval rows in metrics.jsonl."""
+  by_step = {}
+  for row in _read_jsonl(os.path.join(workdir, 'metrics.jsonl')):
+    found = {key: value for key, value in row.items() if key.startswith('eval/')}
+    if found:
+      by_step.setdefault(row['step'], {}).update(found)
+  return by_step
 
 
 def _budgets(root) -> dict:
