@@ -14,7 +14,6 @@ the parameters, init_report.json), which `restore_model`, `init_from.workdir`, g
 import json
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
@@ -29,7 +28,7 @@ DTYPES = ('float32', 'bfloat16')
 
 
 def _empty_output(out, what: str) -> epath.Path:
-  out = epath.Path(out)
+  out = paths.resolve(out)  # Absolute: Orbax refuses relative checkpoint paths.
   if out.exists() and any(out.iterdir()):
     raise hf.HFError(f'{what} {out} is not empty; choose a new directory (nothing was written).')
   return out
@@ -81,10 +80,7 @@ def from_hf(hf_dir, out) -> dict:
   manager = ocp.CheckpointManager(
       out / 'checkpoints', item_handlers={'state': ocp.StandardCheckpointHandler()},
       options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
-  # Saved as NumPy views of the host arrays: Orbax then writes them as they are, where for
-  # jax.Arrays it would first copy every one to the host (a second copy of the model).
-  host_params = jax.tree.map(np.asarray, params)
-  manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({'params': host_params})))
+  manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({'params': params})))
   manager.wait_until_finished()
   manager.close()
   report = init_from.Report(source=str(hf_dir), step=0, loaded=imported.loaded, reinitialised=[],
