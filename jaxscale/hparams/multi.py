@@ -129,6 +129,7 @@ class MultiExperiment:
   eval_step: Any
   size: flops.Accounting
   flops_per_step: float        # Per model.
+  flops_per_step_xla: float | None = None  # Per model: XLA's count of the program / K.
 
 
 def build(config, values: dict[str, list]) -> MultiExperiment:
@@ -172,7 +173,22 @@ def build(config, values: dict[str, list]) -> MultiExperiment:
   return MultiExperiment(
       configs=configs, datasets=datasets, shared_data=shared_data, graphdef=graphdef,
       state=state, seeds=seeds, train_step=train_step, eval_step=eval_step, size=size,
-      flops_per_step=first.batch_size * size.train_flops_per_example)
+      flops_per_step=first.batch_size * size.train_flops_per_example,
+      flops_per_step_xla=_xla_flops_per_model(train_step, state, seeds, datasets[0], first,
+                                              None if shared_data else len(configs)))
+
+
+def _xla_flops_per_model(train_step, state, seeds, datasets, config, num_batches):
+  """XLA's cost analysis of the K-model step, per model (reported beside the analytic count)."""
+  lead = () if num_batches is None else (num_batches,)
+  batch = {k: jax.ShapeDtypeStruct((*lead, config.batch_size, *spec.shape[1:]),
+                                   spec.dtype.as_numpy_dtype)
+           for k, spec in datasets.train.element_spec.items()}
+  abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  # One device (multi runs refuse a mesh), whatever the host has.
+  total = flops.compiled_flops(train_step.lower(abstract_state, batch, seeds).compile(),
+                               num_devices=1)
+  return total / len(seeds) if total else None
 
 
 def stack_batches(batches: list[dict]) -> dict:

@@ -69,7 +69,7 @@ def train_loop(e: multi.MultiExperiment, workdirs) -> list[dict]:
   config, num_models = e.configs[0], len(e.configs)
   record = actions.RunRecord.from_size(config, e.size, e.flops_per_step,
                                        {'params_trainable': e.size.params_total,
-                                        'params_frozen': 0})
+                                        'params_frozen': 0}, e.flops_per_step_xla)
   scale_numbers, counters, tokens_per_step = (record.scale_numbers, record.counters,
                                               record.tokens_per_step)
   peak_per_device, _ = flops.peak_flops_per_device(flops.compute_dtype(config))

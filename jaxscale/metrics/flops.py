@@ -403,9 +403,10 @@ def compute_dtype(config) -> str:
   return config.model.get('dtype', 'float32')
 
 
-def compiled_flops(compiled) -> float | None:
-  """XLA's FLOP count of a compiled step (whole program, all devices), or None if the backend
-  gives none: reported beside the analytic count as `flops_per_step_xla`. It counts what the
+def compiled_flops(compiled, num_devices: int | None = None) -> float | None:
+  """XLA's FLOP count of a compiled step (whole program over its `num_devices`, by default all
+  of them: the count is per device for a partitioned program), or None if the backend gives
+  none: reported beside the analytic count as `flops_per_step_xla`. It counts what the
   program runs: elementwise work too, a convolution's taps on padding not, rematerialised
   forwards twice, a merged LoRA weight's full gradient."""
   try:
@@ -415,4 +416,5 @@ def compiled_flops(compiled) -> float | None:
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else {}
   flops = (analysis or {}).get('flops')
-  return float(flops) * jax.device_count() if flops and flops > 0 else None
+  devices = jax.device_count() if num_devices is None else num_devices
+  return float(flops) * devices if flops and flops > 0 else None
