@@ -35,6 +35,7 @@ from jaxscale.scaling.sweeps import grouping, launcher, sweep as sweep_lib
 
 SUBMITIT_LAUNCHERS = ('slurm', 'submitit-local')
 STOP_TIMEOUT_S = 600  # How long a preempted trainer may take to save and exit.
+POLL_SECONDS = 1.0
 
 
 @dataclasses.dataclass
@@ -110,7 +111,10 @@ class LaunchJob:
                 f'{" ".join(self.command)}\n')
       out.flush()
       self._process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT)
-      code = self._process.wait()
+      # Polled, not wait()ed: a blocking wait holds the Popen's lock, and submitit's signal
+      # handler (checkpoint) runs in this thread and must wait for the same process.
+      while (code := self._process.poll()) is None:
+        time.sleep(POLL_SECONDS)
     if code != 0:
       raise RuntimeError(f'the trainer exited with status {code}; its log: {log}')
     return code
