@@ -176,20 +176,30 @@ def test_tpu_target_prints_launch_lines_that_launch_sh_accepts(tmp_path, capsys)
     assert 'model.d_model' in printed.stdout
 
 
-def test_launcher_input_errors_are_one_line_and_submit_nothing(tmp_path, monkeypatch, capsys):
+def _error_lines(stderr: str) -> list[str]:
+  assert 'Traceback' not in stderr, stderr
+  return [line for line in stderr.splitlines() if line.startswith('error:')]
+
+
+def _run_cli(argv, env=None, prelude='') -> subprocess.CompletedProcess:
+  code = f'import sys\n{prelude}\nfrom jaxscale.scaling import cli\nsys.exit(cli.main({argv!r}))'
+  return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO,
+                        env=env, timeout=120)
+
+
+def test_launcher_input_errors_are_one_line_and_submit_nothing(tmp_path):
   sweep_dir = _planned(tmp_path / 'sweep', _spec((2e4,), (3e4,)))
-  monkeypatch.setenv('PATH', str(tmp_path))  # No sbatch here.
-  assert cli.main(['run', sweep_dir, '--launcher', 'slurm']) == 2
-  error = capsys.readouterr().err
-  assert error.count('\n') == 1 and 'sbatch' in error and 'submitit-local' in error
+  no_sbatch = {**os.environ, 'PATH': str(tmp_path)}
+  result = _run_cli(['run', sweep_dir, '--launcher', 'slurm'], env=no_sbatch)
+  (error,) = _error_lines(result.stderr)
+  assert result.returncode == 2 and 'sbatch' in error and 'submitit-local' in error
+
+  missing = "sys.modules['submitit'] = None  # As if it were not installed."
+  result = _run_cli(['run', sweep_dir, '--launcher', 'submitit-local'], prelude=missing)
+  (error,) = _error_lines(result.stderr)
+  assert result.returncode == 2 and 'pip install' in error and 'submitit' in error
   assert not os.path.exists(os.path.join(sweep_dir, launcher.JOBS_FILE))
   assert not os.path.exists(os.path.join(sweep_dir, 'jobs'))
 
-  monkeypatch.setitem(sys.modules, 'submitit', None)  # As if it were not installed.
-  assert cli.main(['run', sweep_dir, '--launcher', 'submitit-local']) == 2
-  error = capsys.readouterr().err
-  assert error.count('\n') == 1 and 'pip install' in error and 'submitit' in error
-
-  with pytest.raises(SystemExit):
-    cli.main(['run', sweep_dir, '--launcher', 'kubernetes'])
-  assert "invalid choice: 'kubernetes'" in capsys.readouterr().err
+  result = _run_cli(['run', sweep_dir, '--launcher', 'kubernetes'])
+  assert result.returncode == 2 and "invalid choice: 'kubernetes'" in result.stderr
