@@ -70,6 +70,7 @@ def main():
   parser.add_argument('--out', default=None, help='Working directory (default: a temporary one).')
   args = parser.parse_args()
   out = args.out or tempfile.mkdtemp(prefix='cluster_launchers_')
+  os.makedirs(out, exist_ok=True)
   python = [sys.executable, '-m']
   with open(os.path.join(out, 'sweep_spec.py'), 'w') as f:
     f.write(SWEEP_SPEC)
