@@ -1,6 +1,7 @@
 """When to stop for a preemption notice, agreed by every process of the run.
 
-A SIGTERM (how schedulers and TPU VM maintenance stop a job) often reaches one host of a
+A SIGTERM (how schedulers and TPU VM maintenance stop a job), or SIGUSR2 (the signal submitit
+asks SLURM to send before a job's time limit or on preemption), often reaches one host of a
 multi-host job first, or only one. Each process must stop at the same step: the save is a
 collective, so a process that stops alone leaves the others waiting in the next train step.
 
@@ -22,6 +23,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 
+# Each asks for a checkpoint and a clean exit; the scheduler (or submitit's requeue) restarts.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
 def _jax_preemption_service_running() -> bool:
   return jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
 
@@ -34,7 +39,8 @@ class PreemptionNotice:
     self._agree_every_steps = max(agree_every_steps, 1)
     self._uses_jax_service = _jax_preemption_service_running()
     if not self._uses_jax_service and threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, lambda signum, frame: self._event.set())
+      for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda signum, frame: self._event.set())
 
   def reached(self, step: int) -> bool:
     if self._uses_jax_service:

@@ -3,6 +3,7 @@
   coord-check --config C --widths 64,128,256 [--parametrization sp|mup] [--steps N] [--png P]
                                           μP coordinate check: JSON on stdout and a plot
   search  SPEC --dir DIR [--trials N]     run or resume an Optuna search (DIR/study.db)
+          [--storage URL] [--workers N | --worker]   shared by worker processes on any machines
   best    DIR [--out PNG]                 the best trial's config, and objective-vs-parameter plots
   lr-laws DIR [--out FILE]                optimal learning rate and batch size against compute
   multi   --config C --workdirs a,b --values learning_rate=1e-3,3e-3   K models, one program

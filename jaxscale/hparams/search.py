@@ -17,6 +17,11 @@ The spec is a sweep spec (`base_config`, `overrides`) with a `search` section:
   pruner_startup_trials, pruner_warmup_steps   the median pruner's grace (trials, steps)
   seed            the sampler's seed
 Trial i trains in DIR/trials/<i>; its parameters become `--config.key=value` overrides.
+
+Distributed: `run_worker` is one of any number of workers, on any machines, sharing one study
+storage (SQLite, PostgreSQL, or a journal file; `search_workers` has the exact budget, the
+heartbeats and the retries of a dead worker's trial). The single-process search above keeps its
+lock and resumes its own left-over trial in place.
 """
 
 import contextlib
@@ -29,7 +34,7 @@ import ml_collections
 import optuna
 
 from jaxscale.core import paths
-from jaxscale.hparams import space, trial_runner
+from jaxscale.hparams import search_workers, space, trial_runner
 from jaxscale.scaling.sweeps import run_config
 
 METHODS = ('grid', 'random', 'tpe')
@@ -154,8 +159,9 @@ def _record_spec(directory, spec) -> None:
       raise ValueError(f'{directory} holds a search with a different spec (keys {changed} differ); '
                        'use a new --dir, or the spec it was started with.')
     return
-  with open(path, 'w') as f:
+  with open(f'{path}.{os.getpid()}', 'w') as f:  # Workers may start together: write whole files.
     json.dump(record, f, indent=1)
+  os.replace(f'{path}.{os.getpid()}', path)
 
 
 def num_done(study) -> int:
@@ -170,16 +176,12 @@ def run_search(spec, directory, num_trials=None, runner=None, stream=None,
   `allow_test_objective`."""
   spec = with_defaults(spec)
   if not allow_test_objective:
-    check_not_test(spec.search.objective, _configured_eval_split(spec))
+    check_not_test(spec.search.objective, configured_eval_split(spec))
   params = space.parse(spec.search.params)
   directory = paths.resolve_str(directory)
   os.makedirs(directory, exist_ok=True)
   stream = stream or sys.stderr
-  target = num_trials or spec.search.num_trials
-  if spec.search.method == 'grid':
-    target = min(target or sys.maxsize, space.grid_size(params, spec.search.grid_points))
-  if not target:
-    raise ValueError('Set spec.search.num_trials or pass --trials N.')
+  target = _target(spec, params, num_trials)
   runner = runner or trial_runner.TrainerRunner(os.path.abspath(spec.base_config))
   with _exclusive(directory):
     _record_spec(directory, spec)
@@ -211,7 +213,7 @@ def check_not_test(objective: str, eval_split: str) -> None:
         '--allow_test_objective to do it anyway.')
 
 
-def _configured_eval_split(spec) -> str:
+def configured_eval_split(spec) -> str:
   """dataset.eval_split as the base config and the spec's overrides set it ('' = default)."""
   config = run_config.apply_overrides(run_config.load_config_file(spec.base_config),
                                       list(spec.overrides))
@@ -230,7 +232,8 @@ def _recorded_eval_split(workdir) -> str:
 def _run_trial(study, trial, params, spec, directory, runner, stream, already_reported=(),
                allow_test_objective: bool = False):
   values = space.suggest_all(params, trial)
-  workdir = trial_dir(directory, trial.number)
+  # A retry of a trial whose worker died carries its workdir, and resumes its checkpoints there.
+  workdir = trial.user_attrs.get('workdir') or trial_dir(directory, trial.number)
   trial.set_user_attr('workdir', workdir)
   overrides = list(spec.overrides) + space.overrides(values)
   objective = spec.search.objective
@@ -264,6 +267,60 @@ def _run_trial(study, trial, params, spec, directory, runner, stream, already_re
     return
   study.tell(trial, value)
   print(f'[search] trial {trial.number}: {objective} {value:.4f}', file=stream, flush=True)
+
+
+def run_worker(spec, directory, storage_url=None, num_trials=None, worker_id=None, runner=None,
+               stream=None, heartbeat_interval=search_workers.HEARTBEAT_INTERVAL_S,
+               grace_period=search_workers.GRACE_PERIOD_S, allow_test_objective: bool = False) -> dict:
+  """One worker of a shared search (`search_workers`): claims and runs trials from the study in
+  `storage_url` (default DIR/study.db) until its budget is spent; returns the summary. Refuses a
+  test-split objective as `run_search` does."""
+  spec = with_defaults(spec)
+  if not allow_test_objective:
+    check_not_test(spec.search.objective, configured_eval_split(spec))
+  params = space.parse(spec.search.params)
+  directory = paths.resolve_str(directory)
+  os.makedirs(directory, exist_ok=True)
+  stream = stream or sys.stderr
+  target = _target(spec, params, num_trials)
+  runner = runner or trial_runner.TrainerRunner(os.path.abspath(spec.base_config))
+  storage = search_workers.open_storage(storage_url or search_workers.default_storage(directory),
+                                        heartbeat_interval, grace_period)
+  _record_spec(directory, spec)
+  study = optuna.create_study(study_name=STUDY_NAME, storage=storage, load_if_exists=True,
+                              pruner=make_pruner(spec.search), direction=spec.search.direction)
+  seed = search_workers.worker_seed(spec.search.seed, worker_id,
+                                    len(study.get_trials(deepcopy=False)))
+  study.sampler = (optuna.samplers.TPESampler(seed=seed) if spec.search.method == 'tpe' else
+                   optuna.samplers.RandomSampler(seed=seed))
+  if spec.search.method == 'grid':
+    for point in space.all_grid_points(params, spec.search.grid_points)[:target]:
+      study.enqueue_trial(point, skip_if_exists=True)
+  name = f'worker {worker_id}' if worker_id is not None else f'worker pid {os.getpid()}'
+  print(f'[search] {name} joined the study in {storage_url or directory}', file=stream, flush=True)
+
+  def run(trial):
+    try:
+      _run_trial(study, trial, params, spec, directory, runner, stream,
+                 allow_test_objective=allow_test_objective)
+    except optuna.exceptions.UpdateFinishedTrialError:
+      # Judged dead (no heartbeat for the grace period) and retried elsewhere: its retry counts.
+      print(f'[search] trial {trial.number} was failed as stale meanwhile; its retry counts',
+            file=stream, flush=True)
+
+  ran = search_workers.worker_loop(study, target, run, stream)
+  print(f'[search] {name} ran {ran} trials; the budget of {target} is spent', file=stream,
+        flush=True)
+  return {**summarise(study), 'budget': search_workers.budget_counts(study)}
+
+
+def _target(spec, params, num_trials) -> int:
+  target = num_trials or spec.search.num_trials
+  if spec.search.method == 'grid':
+    target = min(target or sys.maxsize, space.grid_size(params, spec.search.grid_points))
+  if not target:
+    raise ValueError('Set spec.search.num_trials or pass --trials N.')
+  return target
 
 
 def summarise(study) -> dict:

@@ -7,6 +7,8 @@ directory and resolved once, where they are parsed (gs:// and other URIs are lef
   run      DIR [--parallel K] [--print-commands]       train them (resumable; exit 1 if any fails;
            [--no-multi] [--max-models-per-program K]   runs differing only in LR, weight decay,
                                                        seed, init scale share one program)
+           [--launcher local|slurm|submitit-local|print] [--partition P --time MIN ...]
+  status   DIR                                         each run's state and the counts
   collect  DIR --out runs.csv [--all-points]           one row per run (or per eval)
   fit      --csv runs.csv --law chinchilla --approach 3 --out fit.json [--fix E=1.6]
            [--law auto]                                 the form that backtests best
@@ -30,7 +32,7 @@ from jaxscale.scaling.analysis import (
     calibration, compare, plots, predict, selection, validate, verify)
 from jaxscale.scaling.laws import catalog, downstream, fits, forms
 from jaxscale.scaling.runs import collect, table
-from jaxscale.scaling.sweeps import emit_config, launcher, run_config, shapes, sweep
+from jaxscale.scaling.sweeps import emit_config, jobs, launcher, run_config, shapes, sweep
 
 
 def main(argv=None) -> int:
@@ -151,16 +153,38 @@ def _sweep(args):
 
 def _run(args):
   multi = False if args.no_multi else None  # None: the spec's `multi` (default on).
-  if args.print_commands:
-    launcher.print_commands(args.dir, multi=multi, max_models=args.max_models_per_program)
+  launcher_name = 'print' if args.print_commands else args.launcher
+  if args.target != 'shell' and launcher_name != 'print':
+    raise ValueError(f'--target {args.target} goes with --launcher print (it prints commands).')
+  if launcher_name == 'print':
+    launcher.print_commands(args.dir, multi=multi, max_models=args.max_models_per_program,
+                            target=args.target,
+                            tpu={'name': args.tpu_name, 'zone': args.zone,
+                                 'project': args.project})
     return None
-  return launcher.run_all(args.dir, args.parallel, multi=multi,
-                          max_models=args.max_models_per_program)
+  if launcher_name == 'local':
+    return launcher.run_all(args.dir, args.parallel, multi=multi,
+                            max_models=args.max_models_per_program)
+  options = jobs.SlurmOptions(
+      partition=args.partition, account=args.account, time_min=args.time,
+      gpus_per_node=args.gpus_per_node, nodes_per_run=args.nodes_per_run,
+      cpus_per_task=args.cpus_per_task, max_concurrent=args.max_concurrent)
+  submitted = jobs.submit(args.dir, launcher_name, options, multi=multi,
+                          max_models=args.max_models_per_program, stream=sys.stderr)
+  if not args.wait:
+    return submitted
+  done = jobs.wait(args.dir, submitted['submitted'] + submitted['queued'])
+  return {**done, 'skipped': len(submitted['finished']), 'job_ids': submitted['job_ids'],
+          'waiting': submitted['waiting']}
+
+
+def _status(args):
+  return jobs.status(args.dir)
 
 
 def _run_exit_code(args, result) -> int:
   """1 if any run failed, after naming each on stderr with its train.log."""
-  if not result or not result['failed']:
+  if not result or not result.get('failed'):
     return 0
   lines = [f'error: {len(result["failed"])} run(s) of the sweep failed:']
   for name in result['failed']:
@@ -175,6 +199,9 @@ def _collect(args):
   rows, unfinished = collect.collect(args.dir, args.all_points)
   collect.write(rows, args.out)
   return {'out': args.out, 'rows': len(rows), 'unfinished_runs': unfinished}
+
+
+LAUNCHERS = ('local', 'slurm', 'submitit-local', 'print')
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -280,8 +307,30 @@ def _parser() -> argparse.ArgumentParser:
   sub.set_defaults(exit_code=_run_exit_code)
   sub.add_argument('dir', type=path, help='Sweep directory.')
   sub.add_argument('--parallel', type=int, default=1, metavar='K', help='Runs at once.')
-  sub.add_argument('--print-commands', action='store_true',
-                   help='Print the commands (for a cluster) instead of running them.')
+  sub.add_argument('--launcher', choices=LAUNCHERS, default='local',
+                   help='local: a pool of --parallel processes here (default); slurm: one SLURM '
+                        'job array through submitit; submitit-local: the same jobs through '
+                        "submitit's local executor, on this machine; print: the commands.")
+  sub.add_argument('--print-commands', action='store_true', help='Same as --launcher print.')
+  sub.add_argument('--target', choices=('shell', 'tpu'), default='shell',
+                   help='--launcher print: trainer commands (shell) or tpu/launch.sh lines.')
+  sub.add_argument('--tpu-name', help='--target tpu: the TPU VM (default: $TPU_NAME).')
+  sub.add_argument('--zone', help='--target tpu: its zone (default: $ZONE).')
+  sub.add_argument('--project', help='--target tpu: its project (default: $PROJECT_ID).')
+  sub.add_argument('--wait', action='store_true',
+                   help='slurm, submitit-local: wait for the jobs and report like local.')
+  slurm = sub.add_argument_group('slurm and submitit-local jobs (one array element per run or '
+                                 'multi program)')
+  slurm.add_argument('--partition')
+  slurm.add_argument('--account')
+  slurm.add_argument('--time', type=int, default=60, metavar='MINUTES',
+                     help='Time limit per job; a job preempted or timed out is requeued.')
+  slurm.add_argument('--gpus-per-node', type=int, default=0)
+  slurm.add_argument('--nodes-per-run', type=int, default=1,
+                     help="Nodes per run, one process each (default: the spec's nodes_per_run, "
+                          'else 1).')
+  slurm.add_argument('--cpus-per-task', type=int)
+  slurm.add_argument('--max-concurrent', type=int, metavar='K', help='Array elements at once.')
   sub.add_argument('--no-multi', action='store_true',
                    help='One trainer process per run, even for runs that differ only in learning '
                         'rate, weight decay, seed or init scale (by default those share one '
@@ -289,6 +338,10 @@ def _parser() -> argparse.ArgumentParser:
   sub.add_argument('--max-models-per-program', type=int, metavar='K',
                    help="Most runs one program trains (default: the spec's "
                         'max_models_per_program, else 16).')
+
+  sub = command('status', _status, "Each run's state (planned, queued, running, finished, "
+                'failed with its log tail) and the counts.')
+  sub.add_argument('dir', type=path, help='Sweep directory.')
 
   sub = command('collect', _collect, 'Collect finished runs into a CSV.')
   sub.add_argument('dir', type=path, help='Sweep directory (or any directory of workdirs).')

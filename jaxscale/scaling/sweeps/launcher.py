@@ -18,7 +18,9 @@ import collections
 import datetime
 import json
 import os
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +30,7 @@ from jaxscale.scaling.sweeps import grouping, sweep as sweep_lib
 
 POLL_SECONDS = 2.0
 LOG_TAIL_LINES = 10  # Of a failed run's train.log, shown in the report.
+JOBS_FILE = 'jobs.json'
 
 
 def run_dir(sweep_dir, run) -> str:
@@ -55,19 +58,45 @@ def is_finished(workdir) -> bool:
   return bool(read_summary(workdir).get('finished'))
 
 
+def read_jobs(sweep_dir) -> dict:
+  """DIR/jobs.json: run name -> the job or process that trains it ({launcher, job_id or pid, ...})."""
+  path = os.path.join(sweep_dir, JOBS_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_jobs(sweep_dir, jobs: dict) -> None:
+  path = os.path.join(sweep_dir, JOBS_FILE)
+  with open(f'{path}.tmp', 'w') as f:
+    json.dump(jobs, f, indent=1)
+  os.replace(f'{path}.tmp', path)  # A kill mid-write leaves the old record, never half of one.
+
+
+
 def print_commands(sweep_dir, stream=None, multi: bool | None = None,
-                   max_models: int | None = None) -> None:
+                   max_models: int | None = None, target: str = 'shell',
+                   tpu: dict | None = None) -> None:
   """One shell line per unfinished run or group of runs sharing a program, trunks first; a
-  branch's line first copies its trunk's checkpoint. `multi`, `max_models`: as for run_all."""
+  branch's line first copies its trunk's checkpoint. `multi`, `max_models`: as for run_all.
+
+  target 'tpu': one `tpu/launch.sh` line per run (every host of the TPU VM or slice runs it;
+  `tpu` gives its --name and --zone, and --project if set), its config path relative to the
+  checkout, which launch.sh enters on every worker."""
   sweep_dir = paths.resolve_str(sweep_dir)
   sweep = sweep_lib.load(sweep_dir)
   unfinished = [run for run in sorted(sweep['runs'], key=lambda run: 'branch_from' in run)
                 if not is_finished(run_dir(sweep_dir, run))]
-  for launch in _launches(sweep, sweep_dir, unfinished, *grouping.options(sweep, multi,
-                                                                          max_models)):
+  multi, max_models = grouping.options(sweep, multi, max_models)
+  if target == 'tpu':
+    multi = False  # tpu/launch.sh runs the trainer, one run per slice.
+  for launch in _launches(sweep, sweep_dir, unfinished, multi, max_models):
     run = launch.runs[0]
     workdirs = [run_dir(sweep_dir, member) for member in launch.runs]
-    line = ' '.join(launch.command(sweep, workdirs))
+    command = launch.command(sweep, workdirs)
+    line = (' '.join(command) if target != 'tpu' else
+            tpu_launch_line(command, tpu or {}))
     if launch.is_group:
       line = f'# {", ".join(member["name"] for member in launch.runs)}: one program\n{line}'
     elif 'branch_from' in run:
@@ -76,6 +105,27 @@ def print_commands(sweep_dir, stream=None, multi: bool | None = None,
               f'cp -r {source} {workdirs[0]}/checkpoints/) && {line}')
       line = f'# after {run["branch_from"]["run"]} finishes\n{line}'
     print(line, file=stream or sys.stdout)
+
+
+def tpu_launch_line(command: list[str], tpu: dict) -> str:
+  """`tpu/launch.sh --name N --zone Z [--project P] --config C --workdir W --config.K=V ...` for a
+  trainer command `python -m jaxscale.main --config=C --workdir=W ...`."""
+  args = command[3:]
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  words = ['tpu/launch.sh']
+  for key in ('name', 'zone', 'project'):  # Unset: launch.sh reads $TPU_NAME, $ZONE, $PROJECT_ID.
+    if tpu.get(key):
+      words += [f'--{key}', tpu[key]]
+  for arg in args:
+    key, _, value = arg.partition('=')
+    if key == '--config':
+      relative = os.path.relpath(value, repo)
+      words += ['--config', value if relative.startswith('..') else relative]
+    elif key == '--workdir':
+      words += ['--workdir', value]
+    else:
+      words.append(arg)
+  return shlex.join(words)
 
 
 def run_all(sweep_dir, parallel=1, stream=None, multi: bool | None = None,
@@ -120,6 +170,7 @@ def run_all(sweep_dir, parallel=1, stream=None, multi: bool | None = None,
       for run in launch.runs:
         pending.remove(run)
       running[launch.name] = (*_launch(sweep, sweep_dir, launch), launch)
+      _record_process(sweep_dir, launch, running[launch.name][0].pid)
       progress.started([run['name'] for run in launch.runs], run_dir(sweep_dir, launch.runs[0]),
                        running[launch.name][1].name)
     if running:
@@ -261,6 +312,15 @@ def _launch(sweep, sweep_dir, launch: grouping.Launch):
   process = subprocess.Popen(launch.command(sweep, workdirs), stdout=log,
                              stderr=subprocess.STDOUT)
   return process, log
+
+
+def _record_process(sweep_dir, launch, pid: int) -> None:
+  """jobs.json names the process training each run, for `status` and for other launchers."""
+  jobs = read_jobs(sweep_dir)
+  for run in launch.runs:
+    jobs[run['name']] = {'launcher': 'local', 'pid': pid, 'host': socket.gethostname(),
+                         'submitted': f'{datetime.datetime.now():%Y-%m-%d %H:%M:%S}'}
+  write_jobs(sweep_dir, jobs)
 
 
 def _trunk_checkpoint(sweep_dir, run) -> str:
