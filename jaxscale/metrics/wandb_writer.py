@@ -8,10 +8,10 @@ import uuid
 from typing import Any, Mapping
 
 import numpy as np
-from clu import metric_writers
 from etils import epath
 
 from jaxscale.config import validation
+from jaxscale.metrics import scalar_writer
 
 MODES = ('online', 'offline')
 
@@ -22,7 +22,7 @@ def check_metrics(config):
     validation.check_choice('metrics.wandb_mode', config.metrics.wandb_mode, MODES)
 
 
-class WandbWriter(metric_writers.MetricWriter):
+class WandbWriter(scalar_writer.ScalarsOnlyWriter):
 
   def __init__(self, run):
     self.run = run
@@ -37,27 +37,6 @@ class WandbWriter(metric_writers.MetricWriter):
     """The run's final numbers (W&B's run summary)."""
     self.run.summary.update({k: v for k, v in summary.items()
                              if isinstance(v, (int, float, str, bool)) or v is None})
-
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
-  def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
-
-  def flush(self):
-    pass
 
   def close(self):
     self.run.finish()

@@ -12,10 +12,10 @@ import numpy as np
 from clu import metric_writers
 from etils import epath
 
-from jaxscale.metrics import wandb_writer
+from jaxscale.metrics import scalar_writer, wandb_writer
 
 
-class JsonlWriter(metric_writers.MetricWriter):
+class JsonlWriter(scalar_writer.ScalarsOnlyWriter):
   """Appends one JSON object per `write_scalars` call: {"step": s, name: value, ...}."""
 
   def __init__(self, path: epath.Path):
@@ -26,33 +26,6 @@ class JsonlWriter(metric_writers.MetricWriter):
     row.update({k: _to_json_number(v) for k, v in scalars.items()})
     with self._path.open('a') as f:
       f.write(json.dumps(row) + '\n')
-
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
-  def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
-
-  def write_hparams(self, hparams):
-    pass
-
-  def flush(self):
-    pass
-
-  def close(self):
-    pass
 
 
 def _to_json_number(value):
