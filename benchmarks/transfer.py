@@ -1,26 +1,31 @@
-"""What pretraining buys a finetune, as JSON lines: one per run, then a summary line.
+"""What pretraining buys a finetune, as JSON lines: one per run and seed, then a summary line.
 
-  python benchmarks/transfer.py                                  # both tasks, the configs' budgets
+  python benchmarks/transfer.py --tasks=text --seeds=3           # the configs' budgets
   python benchmarks/transfer.py --tasks=image --fractions=0.1 --steps=50 --pretrain_steps=100
 
-Tasks: 'text' (configs/bert_pretrain.py, masked-LM on the standard library, then
-configs/bert_finetune.py on stdlib_packages) and 'image' (configs/resnet_digits_pretrain.py on
-digits 0-4, then configs/resnet_digits_finetune.py on digits 5-9; `--image_model=vit` for the
-configs/vit_digits_* pair). Each task pretrains once (a
-finished pretrain workdir under --out is reused), then finetunes with the same budget (steps) as:
-- 'full' from the pretrained parameters and from scratch (`init_from.workdir=''`), at each label
-  fraction (`dataset.train_fraction`);
+Tasks: 'text' (configs/lm_pretrain.py, a byte-level decoder LM on the standard library, then
+configs/lm_finetune.py on stdlib_packages, mean-pooled) and 'image'
+(configs/resnet_digits_pretrain.py on digits 0-4, then configs/resnet_digits_finetune.py on digits
+5-9; `--image_model=vit` for the configs/vit_digits_* pair). Each task pretrains once, shared by
+every seed: a finished pretrain workdir under --out is reused only if its fingerprint (a hash of
+the resolved pretrain config and of every jaxscale/**/*.py) matches, else it is trained again.
+Then, for each seed 0..--seeds-1 (`config.seed`: the head's init, the data order; the label subset
+is fixed by the fraction), it finetunes with the same budget (steps) as:
+- 'full' from the pretrained parameters and from scratch (`init_from.workdir=''`, the same
+  recipe), at each label fraction (`dataset.train_fraction`);
 - 'frozen' (everything but the head frozen) and 'lora' (low-rank adapters, where the config has a
   `lora` section; else a row saying it is skipped), pretrained, at --peft_fraction;
 - images only: 'full' again with augmentation (1-pixel pad-and-crop shifts), both inits.
-A row: task, mode, init ('pretrained' | 'scratch'), train_fraction, augment, accuracy and
+A row: task, mode, init ('pretrained' | 'scratch'), train_fraction, augment, seed, accuracy and
 macro_f1 (eval, from summary.json), params_trainable, checkpoint_bytes (the newest
 checkpoints/<step> directory), steps_per_sec (median of the logged intervals) and wall_s (the
-whole run: build, compile, train, eval, save). The summary line holds pretrained-minus-scratch
-accuracy per fraction, measured in this run. Runs go in-process through `loop.run`, one after
-another, in workdirs under --out (each finetune workdir is cleared first), sharing a persistent
-compilation cache (--compile_cache), so wall_s of a row after the first of its shape is mostly
-training, not compiling.
+whole run: build, compile, train, eval, save). The summary line holds, per task and fraction, the
+pretrained-minus-scratch gap of the full finetunes (same seed), mean and sample std over seeds of
+macro_f1 and accuracy; under 'runs', each (task, mode, init, fraction, augment)'s mean and std
+over seeds; and the benchmark's wall_s and cpu_s (this process's user + system CPU time). Runs go
+in-process through `loop.run`, one after another, in workdirs under --out (each finetune workdir,
+<mode>_<init>_f<fraction>[_aug]_s<seed>, is cleared first), sharing a persistent compilation cache
+(--compile_cache), so wall_s of a row after the first of its shape is mostly training.
 """
 
 import functools
