@@ -14,19 +14,19 @@ ROW_FIELDS = {'task', 'mode', 'init', 'train_fraction', 'augment', 'seed', 'accu
               'macro_f1', 'params_trainable', 'checkpoint_bytes', 'steps_per_sec', 'wall_s'}
 
 
-def _transfer(out, *args) -> list[dict]:
+def _transfer(out, *args, task='text') -> list[dict]:
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
   result = subprocess.run(
-      [sys.executable, str(ROOT / 'benchmarks' / 'transfer.py'), '--tasks=image',
+      [sys.executable, str(ROOT / 'benchmarks' / 'transfer.py'), f'--tasks={task}',
        '--pretrain_steps=2', f'--out={out}', *args],
-      capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+      capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   return [json.loads(line) for line in result.stdout.strip().splitlines()]
 
 
 def test_transfer_benchmark_prints_a_row_per_run_and_seed_and_the_stats_over_seeds(tmp_path):
   lines = _transfer(tmp_path, '--fractions=0.1', '--steps=2', '--seeds=2', '--modes=full,frozen',
-                    '--noaugment')
+                    '--noaugment', task='image')
   rows = [line for line in lines if 'mode' in line]
   runs = sorted((r['mode'], r['init'], r.get('seed')) for r in rows)
   assert runs == [('frozen', 'pretrained', 0), ('frozen', 'pretrained', 1),
@@ -66,7 +66,7 @@ def test_transfer_benchmark_reuses_a_pretrain_only_with_a_matching_fingerprint(t
   assert first['reused'] is False and again['reused'] is True
   assert again['fingerprint'] == first['fingerprint']
   # A pretrain left by older code (or another config) carries another fingerprint: redone.
-  workdir = tmp_path / 'image' / 'resnet_digits_pretrain'
+  workdir = tmp_path / 'text' / 'lm_pretrain'  # A transformer: quicker to compile than a ResNet.
   (workdir / 'pretrain_fingerprint.txt').write_text('0' * 64 + '\n')
   (redone,) = [r for r in _transfer(tmp_path, '--modes=') if r.get('mode') == 'pretrain']
   assert redone['reused'] is False and redone['fingerprint'] == first['fingerprint']
