@@ -38,8 +38,9 @@ def test_transfer_benchmark_prints_a_row_per_run_and_seed_and_the_stats_over_see
   for row in finetunes:
     assert ROW_FIELDS <= set(row), row
     assert row['task'] == 'image' and 0 <= row['macro_f1'] <= 1 and row['checkpoint_bytes'] > 0
-    assert (tmp_path / 'image' / f'{row["mode"]}_{row["init"]}_f0.1_s{row["seed"]}' /
-            'init_report.json').exists()  # Each run and seed has its own workdir.
+    workdir = tmp_path / 'image' / f'{row["mode"]}_{row["init"]}_f0.1_s{row["seed"]}'
+    assert (workdir / 'summary.json').exists()  # Each run and seed has its own workdir,
+    assert (workdir / 'init_report.json').exists() == (row['init'] == 'pretrained')  # its init.
   full = next(r for r in finetunes if r['mode'] == 'full' and r['init'] == 'pretrained')
   frozen = next(r for r in finetunes if r['mode'] == 'frozen')
   assert frozen['params_trainable'] < full['params_trainable']
