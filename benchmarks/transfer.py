@@ -1,30 +1,38 @@
-"""What pretraining buys a finetune, as JSON lines: one per run, then a summary line.
+"""What pretraining buys a finetune, as JSON lines: one per run and seed, then a summary line.
 
-  python benchmarks/transfer.py                                  # both tasks, the configs' budgets
+  python benchmarks/transfer.py --tasks=text --seeds=3           # the configs' budgets
   python benchmarks/transfer.py --tasks=image --fractions=0.1 --steps=50 --pretrain_steps=100
 
-Tasks: 'text' (configs/bert_pretrain.py, masked-LM on the standard library, then
-configs/bert_finetune.py on stdlib_packages) and 'image' (configs/resnet_digits_pretrain.py on
-digits 0-4, then configs/resnet_digits_finetune.py on digits 5-9; `--image_model=vit` for the
-configs/vit_digits_* pair). Each task pretrains once (a
-finished pretrain workdir under --out is reused), then finetunes with the same budget (steps) as:
-- 'full' from the pretrained parameters and from scratch (`init_from.workdir=''`), at each label
-  fraction (`dataset.train_fraction`);
+Tasks: 'text' (configs/lm_pretrain.py, a byte-level decoder LM on the standard library, then
+configs/lm_finetune.py on stdlib_packages, mean-pooled) and 'image'
+(configs/resnet_digits_pretrain.py on digits 0-4, then configs/resnet_digits_finetune.py on digits
+5-9; `--image_model=vit` for the configs/vit_digits_* pair). Each task pretrains once, shared by
+every seed: a finished pretrain workdir under --out is reused only if its fingerprint (a hash of
+the resolved pretrain config and of every jaxscale/**/*.py) matches, else it is trained again.
+Then, for each seed 0..--seeds-1 (`config.seed`: the head's init, the data order; the label subset
+is fixed by the fraction), it finetunes with the same budget (steps) as:
+- 'full' from the pretrained parameters and from scratch (`init_from.workdir=''`, the same
+  recipe), at each label fraction (`dataset.train_fraction`);
 - 'frozen' (everything but the head frozen) and 'lora' (low-rank adapters, where the config has a
   `lora` section; else a row saying it is skipped), pretrained, at --peft_fraction;
 - images only: 'full' again with augmentation (1-pixel pad-and-crop shifts), both inits.
-A row: task, mode, init ('pretrained' | 'scratch'), train_fraction, augment, accuracy and
+A row: task, mode, init ('pretrained' | 'scratch'), train_fraction, augment, seed, accuracy and
 macro_f1 (eval, from summary.json), params_trainable, checkpoint_bytes (the newest
 checkpoints/<step> directory), steps_per_sec (median of the logged intervals) and wall_s (the
-whole run: build, compile, train, eval, save). The summary line holds pretrained-minus-scratch
-accuracy per fraction, measured in this run. Runs go in-process through `loop.run`, one after
-another, in workdirs under --out (each finetune workdir is cleared first), sharing a persistent
-compilation cache (--compile_cache), so wall_s of a row after the first of its shape is mostly
-training, not compiling.
+whole run: build, compile, train, eval, save). The summary line holds, per task and fraction, the
+pretrained-minus-scratch gap of the full finetunes (same seed), mean and sample std over seeds of
+macro_f1 and accuracy; under 'runs', each (task, mode, init, fraction, augment)'s mean and std
+over seeds; and the benchmark's wall_s and cpu_s (this process's user + system CPU time). Runs go
+in-process through `loop.run`, one after another, in workdirs under --out (each finetune workdir,
+<mode>_<init>_f<fraction>[_aug]_s<seed>, is cleared first), sharing a persistent compilation cache
+(--compile_cache), so wall_s of a row after the first of its shape is mostly training.
 """
 
+import functools
+import hashlib
 import json
 import pathlib
+import resource
 import shutil
 import statistics
 import sys
@@ -53,15 +61,21 @@ _IMAGE_MODEL = flags.DEFINE_enum('image_model', 'resnet', ['resnet', 'vit'],
                                   'Image task: configs/<image_model>_digits_{pretrain,finetune}.py.')
 _LORA_RANK = flags.DEFINE_integer('lora_rank', 8, 'lora.rank of the LoRA rows.')
 _LORA_ALPHA = flags.DEFINE_float('lora_alpha', 16.0, 'lora.alpha of the LoRA rows.')
+_SEEDS = flags.DEFINE_integer('seeds', 1, 'Finetune seeds 0..N-1 (config.seed: init and data '
+                              'order); every finetune row runs once per seed, the pretrain once.')
 
 TASKS = {
     # lora_targets: every matmul/conv weight of the backbone (config.lora.targets regexes).
-    'text': dict(pretrain='bert_pretrain', finetune='bert_finetune', augment=None,
+    'text': dict(pretrain='lm_pretrain', finetune='lm_finetune', augment=None,
                  lora_targets=('qkv', 'out_HxKxD', 'mlp_in', 'mlp_out')),
     'image': dict(pretrain='{model}_digits_pretrain', finetune='{model}_digits_finetune',
                   augment={'dataset.crop': 'pad_and_crop', 'dataset.crop_padding': 1},
                   lora_targets=(r'conv\.kernel', 'qkv', 'out', 'mlp')),
 }
+# Stored in a finished pretrain workdir; a run without the current one is pretrained again.
+FINGERPRINT_FILE = 'pretrain_fingerprint.txt'
+GROUP_KEYS = ('task', 'mode', 'init', 'train_fraction', 'augment')
+METRICS = ('macro_f1', 'accuracy')
 # Every parameter but the classifier (head_DxK and head_bias_K; a ResNet's head.kernel, head.bias).
 FROZEN_BACKBONE = ('^(?!head)',)
 
@@ -117,29 +131,47 @@ def emit(row: dict):
   print(json.dumps(row), flush=True)
 
 
+def source_digest() -> str:
+  """A content hash of the code a pretrain run depends on: every jaxscale/**/*.py."""
+  digest = hashlib.sha256()
+  for path in sorted((ROOT / 'jaxscale').rglob('*.py')):
+    digest.update(path.relative_to(ROOT).as_posix().encode() + b'\0' + path.read_bytes())
+  return digest.hexdigest()
+
+
+def fingerprint(config) -> str:
+  """What makes a finished pretrain run reusable: its resolved config and the code's content."""
+  return hashlib.sha256(f'{config.to_json(sort_keys=True)}\0{source_digest()}'.encode()).hexdigest()
+
+
 def pretrain(task: str, spec: dict, out: pathlib.Path) -> pathlib.Path:
+  """The task's pretrain workdir: reused only if it finished with this config and this code."""
   workdir = out / task / spec['pretrain']
   base = {'task': task, 'mode': 'pretrain', 'init': 'scratch', 'train_fraction': 1.0,
           'augment': False}
-  summary_path = workdir / 'summary.json'
-  if summary_path.exists():  # Finished before: reuse it.
+  overrides = budget(load_config(spec['pretrain'], {}), _PRETRAIN_STEPS.value)
+  expected = fingerprint(load_config(spec['pretrain'], overrides))
+  summary_path, stamp = workdir / 'summary.json', workdir / FINGERPRINT_FILE
+  if summary_path.exists() and stamp.exists() and stamp.read_text().strip() == expected:
     summary = json.loads(summary_path.read_text())
     emit({**base, 'accuracy': summary.get('eval_accuracy'),
           'macro_f1': summary.get('eval_macro_f1'), 'eval_loss': summary.get('eval_loss'),
           'params_trainable': summary.get('params_trainable'),
           'checkpoint_bytes': checkpoint_bytes(workdir), 'steps_per_sec': steps_per_sec(workdir),
-          'wall_s': 0.0, 'reused': True})
+          'wall_s': 0.0, 'reused': True, 'fingerprint': expected})
     return workdir
-  config = load_config(spec['pretrain'], {})
-  emit({**base, **train_row(spec['pretrain'], budget(config, _PRETRAIN_STEPS.value), workdir),
-        'reused': False})
+  if workdir.exists():  # Another config or older code (or unfinished): never reused.
+    logging.info('Pretraining again: %s does not match this config and code.', workdir)
+  row = train_row(spec['pretrain'], overrides, workdir)  # Clears the workdir first.
+  stamp.write_text(expected + '\n')  # Only once the run has finished.
+  emit({**base, **row, 'reused': False, 'fingerprint': expected})
   return workdir
 
 
 def finetune(task: str, spec: dict, out: pathlib.Path, pretrained: pathlib.Path, *, mode: str,
-             init: str, fraction: float, augment: bool, results: list):
+             init: str, fraction: float, augment: bool, seed: int, results: list):
   config = load_config(spec['finetune'], {})
-  overrides = {**budget(config, _STEPS.value), 'dataset.train_fraction': fraction,
+  overrides = {**budget(config, _STEPS.value), 'dataset.train_fraction': fraction, 'seed': seed,
                'init_from.workdir': str(pretrained) if init == 'pretrained' else ''}
   if augment:
     overrides.update(spec['augment'])
@@ -150,8 +182,9 @@ def finetune(task: str, spec: dict, out: pathlib.Path, pretrained: pathlib.Path,
                       'lora.targets': spec['lora_targets'],
                       # Adapters start at zero: they need a larger step than a full finetune.
                       'optimizer.learning_rate': 10 * config.optimizer.learning_rate})
-  row = {'task': task, 'mode': mode, 'init': init, 'train_fraction': fraction, 'augment': augment}
-  workdir = out / task / f'{mode}_{init}_f{fraction:g}{"_aug" if augment else ""}'
+  row = {'task': task, 'mode': mode, 'init': init, 'train_fraction': fraction, 'augment': augment,
+         'seed': seed}
+  workdir = out / task / f'{mode}_{init}_f{fraction:g}{"_aug" if augment else ""}_s{seed}'
   try:
     row.update(train_row(spec['finetune'], overrides, workdir))
   except Exception as e:  # noqa: BLE001  (one failed row is reported; the others still run)
@@ -166,13 +199,45 @@ def has_lora() -> bool:
   return 'lora' in config_base.get_base_config()
 
 
-def accuracy_gaps(results: list, task: str, augment: bool) -> dict[str, float]:
-  """{fraction: pretrained minus scratch accuracy} of the task's full finetunes."""
-  accuracy = {(r['init'], r['train_fraction']): r.get('accuracy') for r in results
-              if r['task'] == task and r['mode'] == 'full' and r['augment'] == augment}
-  return {f'{f:g}': accuracy[('pretrained', f)] - accuracy[('scratch', f)]
-          for (init, f) in accuracy if init == 'pretrained'
-          and accuracy.get(('scratch', f)) is not None and accuracy[('pretrained', f)] is not None}
+def mean_std(values: list) -> dict:
+  """n, mean and sample std (None for one value) of the values that are not None."""
+  values = [v for v in values if v is not None]
+  if not values:
+    return {'n': 0, 'mean': None, 'std': None}
+  return {'n': len(values), 'mean': round(statistics.fmean(values), 4),
+          'std': round(statistics.stdev(values), 4) if len(values) > 1 else None}
+
+
+def run_stats(results: list) -> list[dict]:
+  """Per (task, mode, init, train_fraction, augment): macro_f1 and accuracy over the seeds."""
+  groups = {}
+  for r in results:
+    if 'error' not in r:
+      groups.setdefault(tuple(r[k] for k in GROUP_KEYS), []).append(r)
+  return [{**dict(zip(GROUP_KEYS, key)), 'seeds': sorted(r['seed'] for r in rows),
+           **{f'{metric}_{stat}': value for metric in METRICS
+              for stat, value in mean_std([r.get(metric) for r in rows]).items() if stat != 'n'}}
+          for key, rows in groups.items()]
+
+
+def gaps(results: list, task: str, augment: bool) -> dict[str, dict]:
+  """{fraction: pretrained minus scratch (same seed) of the full finetunes, mean and std over
+  seeds, for macro_f1 and accuracy}."""
+  by_run = {(r['init'], r['train_fraction'], r['seed']): r for r in results
+            if r['task'] == task and r['mode'] == 'full' and r['augment'] == augment
+            and 'error' not in r}
+  out = {}
+  for (init, fraction, seed), row in sorted(by_run.items(), key=lambda item: item[0][1:]):
+    scratch = by_run.get(('scratch', fraction, seed))
+    if init != 'pretrained' or scratch is None:
+      continue
+    for metric in METRICS:
+      if row.get(metric) is not None and scratch.get(metric) is not None:
+        out.setdefault(f'{fraction:g}', {}).setdefault(metric, []).append(
+            row[metric] - scratch[metric])
+  return {fraction: {f'{metric}_{stat}': value for metric, diffs in per_metric.items()
+                     for stat, value in mean_std(diffs).items()}
+          for fraction, per_metric in out.items()}
 
 
 def main(argv):
@@ -188,7 +253,10 @@ def main(argv):
     import jax  # noqa: PLC0415
     jax.config.update('jax_compilation_cache_dir', cache)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-  results, summary = [], {'summary': 'pretrained_minus_scratch_accuracy'}
+  if _SEEDS.value < 1:
+    raise app.UsageError(f'--seeds={_SEEDS.value}: must be at least 1.')
+  seeds = list(range(_SEEDS.value))
+  results, summary = [], {'summary': 'pretrained_minus_scratch', 'seeds': seeds}
   start = time.perf_counter()
   for task in _TASKS.value:
     spec = {k: v.format(model=_IMAGE_MODEL.value) if isinstance(v, str) else v
@@ -196,27 +264,32 @@ def main(argv):
     emit({'task': task, 'pretrain_config': spec['pretrain'], 'finetune_config': spec['finetune'],
           'lora_available': has_lora()})
     pretrained = pretrain(task, spec, out)
-    run = lambda **kw: finetune(task, spec, out, pretrained, results=results, **kw)  # noqa: E731
-    if 'full' in _MODES.value:
-      for fraction in fractions:
-        for init in ('pretrained', 'scratch'):
-          run(mode='full', init=init, fraction=fraction, augment=False)
-    if 'frozen' in _MODES.value:
-      run(mode='frozen', init='pretrained', fraction=peft_fraction, augment=False)
-    if 'lora' in _MODES.value:
-      if has_lora():
-        run(mode='lora', init='pretrained', fraction=peft_fraction, augment=False)
-      else:
-        emit({'task': task, 'mode': 'lora', 'init': 'pretrained', 'train_fraction': peft_fraction,
-              'augment': False, 'skipped': 'config_base has no lora section'})
-    if _AUGMENT.value and spec['augment'] and 'full' in _MODES.value:
-      for fraction in fractions:
-        for init in ('pretrained', 'scratch'):
-          run(mode='full', init=init, fraction=fraction, augment=True)
-    summary[task] = accuracy_gaps(results, task, augment=False)
+    for seed in seeds:
+      run = functools.partial(finetune, task, spec, out, pretrained, seed=seed, results=results)
+      if 'full' in _MODES.value:
+        for fraction in fractions:
+          for init in ('pretrained', 'scratch'):
+            run(mode='full', init=init, fraction=fraction, augment=False)
+      if 'frozen' in _MODES.value:
+        run(mode='frozen', init='pretrained', fraction=peft_fraction, augment=False)
+      if 'lora' in _MODES.value:
+        if has_lora():
+          run(mode='lora', init='pretrained', fraction=peft_fraction, augment=False)
+        elif seed == seeds[0]:
+          emit({'task': task, 'mode': 'lora', 'init': 'pretrained',
+                'train_fraction': peft_fraction, 'augment': False,
+                'skipped': 'config_base has no lora section'})
+      if _AUGMENT.value and spec['augment'] and 'full' in _MODES.value:
+        for fraction in fractions:
+          for init in ('pretrained', 'scratch'):
+            run(mode='full', init=init, fraction=fraction, augment=True)
+    summary[task] = gaps(results, task, augment=False)
     if _AUGMENT.value and spec['augment']:
-      summary[f'{task}_augment'] = accuracy_gaps(results, task, augment=True)
+      summary[f'{task}_augment'] = gaps(results, task, augment=True)
+  summary['runs'] = run_stats(results)
+  usage = resource.getrusage(resource.RUSAGE_SELF)
   summary['wall_s'] = round(time.perf_counter() - start, 1)
+  summary['cpu_s'] = round(usage.ru_utime + usage.ru_stime, 1)
   emit(summary)
   if any('error' in r for r in results):
     raise SystemExit(1)

@@ -10,35 +10,68 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).parent.parent
-ROW_FIELDS = {'task', 'mode', 'init', 'train_fraction', 'augment', 'accuracy', 'macro_f1',
-              'params_trainable', 'checkpoint_bytes', 'steps_per_sec', 'wall_s'}
+ROW_FIELDS = {'task', 'mode', 'init', 'train_fraction', 'augment', 'seed', 'accuracy',
+              'macro_f1', 'params_trainable', 'checkpoint_bytes', 'steps_per_sec', 'wall_s'}
 
 
-def test_transfer_benchmark_prints_a_row_per_run_and_a_summary(tmp_path):
+def _transfer(out, *args, task='text') -> list[dict]:
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
   result = subprocess.run(
-      [sys.executable, str(ROOT / 'benchmarks' / 'transfer.py'), '--tasks=image',
-       '--fractions=0.1', '--steps=4', '--pretrain_steps=4', f'--out={tmp_path}'],
-      capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+      [sys.executable, str(ROOT / 'benchmarks' / 'transfer.py'), f'--tasks={task}',
+       '--pretrain_steps=2', f'--out={out}', *args],
+      capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
-  lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
-  rows = [line for line in lines if 'mode' in line and 'skipped' not in line]
-  runs = {(r['mode'], r['init'], r['augment']) for r in rows}
-  assert runs == {('pretrain', 'scratch', False), ('full', 'pretrained', False),
-                  ('full', 'scratch', False), ('frozen', 'pretrained', False),
-                  ('full', 'pretrained', True), ('full', 'scratch', True)} | (
-                      {('lora', 'pretrained', False)} if lines[0]['lora_available'] else set())
-  for row in rows:
+  return [json.loads(line) for line in result.stdout.strip().splitlines()]
+
+
+def test_transfer_benchmark_prints_a_row_per_run_and_seed_and_the_stats_over_seeds(tmp_path):
+  lines = _transfer(tmp_path, '--fractions=0.1', '--steps=2', '--seeds=2', '--modes=full,frozen',
+                    '--noaugment', task='image')
+  rows = [line for line in lines if 'mode' in line]
+  runs = sorted((r['mode'], r['init'], r.get('seed')) for r in rows)
+  assert runs == [('frozen', 'pretrained', 0), ('frozen', 'pretrained', 1),
+                  ('full', 'pretrained', 0), ('full', 'pretrained', 1), ('full', 'scratch', 0),
+                  ('full', 'scratch', 1), ('pretrain', 'scratch', None)]
+  (pretrain,) = [r for r in rows if r['mode'] == 'pretrain']
+  assert pretrain['reused'] is False and len(pretrain['fingerprint']) == 64
+  finetunes = [r for r in rows if r['mode'] != 'pretrain']
+  for row in finetunes:
     assert ROW_FIELDS <= set(row), row
-    assert row['task'] == 'image' and 0 <= row['accuracy'] <= 1 and row['checkpoint_bytes'] > 0
-  full = next(r for r in rows if r['mode'] == 'full' and r['init'] == 'pretrained')
-  frozen = next(r for r in rows if r['mode'] == 'frozen')
+    assert row['task'] == 'image' and 0 <= row['macro_f1'] <= 1 and row['checkpoint_bytes'] > 0
+    workdir = tmp_path / 'image' / f'{row["mode"]}_{row["init"]}_f0.1_s{row["seed"]}'
+    assert (workdir / 'summary.json').exists()  # Each run and seed has its own workdir,
+    assert (workdir / 'init_report.json').exists() == (row['init'] == 'pretrained')  # its init.
+  full = next(r for r in finetunes if r['mode'] == 'full' and r['init'] == 'pretrained')
+  frozen = next(r for r in finetunes if r['mode'] == 'frozen')
   assert frozen['params_trainable'] < full['params_trainable']
-  assert (tmp_path / 'image' / 'resnet_digits_finetune').exists() is False  # Rows have own dirs.
-  assert (tmp_path / 'image' / 'full_pretrained_f0.1' / 'init_report.json').exists()
+
   summary = lines[-1]
-  assert summary['summary'] == 'pretrained_minus_scratch_accuracy'
-  assert set(summary['image']) == set(summary['image_augment']) == {'0.1'}
+  assert summary['summary'] == 'pretrained_minus_scratch' and summary['seeds'] == [0, 1]
+  f1 = {(r['init'], r['seed']): r['macro_f1'] for r in finetunes if r['mode'] == 'full'}
+  gap = summary['image']['0.1']
+  diffs = [f1['pretrained', s] - f1['scratch', s] for s in (0, 1)]
+  assert gap['macro_f1_n'] == 2
+  assert gap['macro_f1_mean'] == pytest.approx(sum(diffs) / 2, abs=1e-4)
+  assert gap['macro_f1_std'] == pytest.approx(abs(diffs[0] - diffs[1]) / 2 ** 0.5, abs=1e-4)
+  stats = {(s['mode'], s['init']): s for s in summary['runs']}
+  assert set(stats) == {('full', 'pretrained'), ('full', 'scratch'), ('frozen', 'pretrained')}
+  scratch = stats['full', 'scratch']
+  assert scratch['seeds'] == [0, 1] and scratch['macro_f1_mean'] == pytest.approx(
+      (f1['scratch', 0] + f1['scratch', 1]) / 2, abs=1e-4)
+  assert summary['cpu_s'] > 0 and summary['wall_s'] > 0
+
+
+def test_transfer_benchmark_reuses_a_pretrain_only_with_a_matching_fingerprint(tmp_path):
+  (first,) = [r for r in _transfer(tmp_path, '--modes=') if r.get('mode') == 'pretrain']
+  (again,) = [r for r in _transfer(tmp_path, '--modes=') if r.get('mode') == 'pretrain']
+  assert first['reused'] is False and again['reused'] is True
+  assert again['fingerprint'] == first['fingerprint']
+  # A pretrain left by older code (or another config) carries another fingerprint: redone.
+  workdir = tmp_path / 'text' / 'lm_pretrain'  # A transformer: quicker to compile than a ResNet.
+  (workdir / 'pretrain_fingerprint.txt').write_text('0' * 64 + '\n')
+  (redone,) = [r for r in _transfer(tmp_path, '--modes=') if r.get('mode') == 'pretrain']
+  assert redone['reused'] is False and redone['fingerprint'] == first['fingerprint']
+  assert (workdir / 'pretrain_fingerprint.txt').read_text().strip() == first['fingerprint']
 
 
 COMPRESSION_FIELDS = {'task', 'row', 'params', 'bytes', 'eval_accuracy', 'latency_s', 'wall_s'}
