@@ -7,7 +7,7 @@ from jaxscale.config import validation
 
 from jaxscale.train import checks
 from jaxscale.config.config_base import get_base_config
-from jaxscale.data import get_datasets, subsets
+from jaxscale.data import get_datasets, subsets, vision
 from jaxscale.data.builders import digits as digits_builder
 from jaxscale.data.builders import stdlib_packages as stdlib_packages_builder
 from tests.helpers import first_batches, tiny_config
@@ -58,10 +58,17 @@ def _rows(batches, images):
   return rows
 
 
+def _held_out(labels, indices):
+  """Whether each train example is in the validation share digits holds out of train."""
+  return subsets.holdout_mask(labels[indices['train']], vision.HOLDOUT)
+
+
 def test_train_keeps_only_the_classes_relabelled_in_the_given_order(data_dir, raw):
   images, labels, indices = raw
   datasets = _load(_config(data_dir, classes=CLASSES))
-  kept = [i for i in indices['train'] if labels[i] in CLASSES]
+  held_out = _held_out(labels, indices)
+  kept = [i for i, out in zip(indices['train'], held_out) if labels[i] in CLASSES and not out]
+  assert 0 < held_out.sum() < len(held_out) // 5
   assert datasets.num_classes == 5 and datasets.class_names == tuple(map(str, CLASSES))
   assert datasets.info['num_train_labels'] == len(kept) and datasets.info['classes'] == [*CLASSES]
   # No shuffle: the first len(kept) rows are one pass over the kept train images.
@@ -74,9 +81,10 @@ def test_train_keeps_only_the_classes_relabelled_in_the_given_order(data_dir, ra
 def test_train_fraction_of_classes_takes_the_same_examples_of_each_class(data_dir, raw):
   images, labels, indices = raw
   train_labels = labels[indices['train']]
-  whole = subsets.kept_mask(train_labels, 0.1)
-  of_classes = subsets.kept_mask(train_labels, 0.1, CLASSES)
+  whole = subsets.kept_mask(train_labels, 0.1, holdout=vision.HOLDOUT)
+  of_classes = subsets.kept_mask(train_labels, 0.1, CLASSES, holdout=vision.HOLDOUT)
   np.testing.assert_array_equal(of_classes, whole & np.isin(train_labels, CLASSES))
+  assert not (of_classes & _held_out(labels, indices)).any()
   datasets = _load(_config(data_dir, classes=CLASSES, train_fraction=0.1))
   expected = [indices['train'][i] for i in np.flatnonzero(of_classes)]
   assert datasets.info['num_train_labels'] == len(expected)
@@ -85,11 +93,17 @@ def test_train_fraction_of_classes_takes_the_same_examples_of_each_class(data_di
   assert all(CLASSES[label] == labels[index] for index, label in rows)
 
 
+@pytest.mark.parametrize('eval_split', ['', 'test'])
 @pytest.mark.parametrize('process_count', [1, 2])
-def test_eval_counts_every_kept_example_once(data_dir, raw, process_count):
+def test_eval_counts_every_kept_example_once(data_dir, raw, process_count, eval_split):
+  """The default eval split (the validation share held out of train) or, when asked, test."""
   images, labels, indices = raw
-  kept = [i for i in indices['test'] if labels[i] in CLASSES]  # 149 of the 300.
-  config = _config(data_dir, classes=CLASSES)
+  if eval_split == 'test':
+    candidates = indices['test']
+  else:
+    candidates = [i for i, out in zip(indices['train'], _held_out(labels, indices)) if out]
+  kept = [i for i in candidates if labels[i] in CLASSES]
+  config = _config(data_dir, classes=CLASSES, eval_split=eval_split)
   batch = 64 // process_count
   rows = []
   for process_index in range(process_count):
@@ -103,7 +117,7 @@ def test_eval_counts_every_kept_example_once(data_dir, raw, process_count):
     assert (np.concatenate([b['labels'] for b in batches])[padding] == 0).all()
     rows += _rows(batches, images)
   assert datasets.info['num_eval_examples'] == len(kept)
-  assert datasets.info['num_eval_batches_for_whole_split'] == 3
+  assert datasets.info['num_eval_batches_for_whole_split'] == -(-len(kept) // 64)
   assert sorted(index for index, _ in rows) == sorted(kept)  # Each once, none missing.
   assert all(CLASSES[label] == labels[index] for index, label in rows)
 
