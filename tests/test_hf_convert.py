@@ -319,6 +319,17 @@ def test_from_hf_takes_the_tokenizer_and_positions_that_came_with_the_weights(
   assert again['eos_token_id'] == 0 and again['max_position_embeddings'] == positions
 
 
+def test_weights_without_a_tokenizer_keep_the_one_the_config_names(text_export, hf_models):
+  config = config_base.get_base_config()
+  config.init_from.hf = str(hf_models['mha_tied'][0])  # No tokenizer files.
+  assert hf.derive_config(config).dataset.tokenizer == 'none'  # Not the default 'byte'.
+  config.dataset.tokenizer = f'hf:{text_export[1]}'
+  assert hf.derive_config(config).dataset.tokenizer == f'hf:{text_export[1]}'
+  config.init_from.hf = str(text_export[1])  # Weights with their own tokenizer: theirs.
+  config.dataset.tokenizer = f'hf:{hf_models["mha_tied"][0]}'
+  assert hf.derive_config(config).dataset.tokenizer == f'hf:{text_export[1].resolve()}'
+
+
 # ---------------------------------------------------------------------------------------------
 # Refusals: one line naming the key or the file; nothing written.
 

@@ -138,7 +138,8 @@ def model_config_from_hf(hf: dict) -> dict:
 def derive_config(config):
   """`config` (a ConfigDict, changed in place and returned) with its model taken from the
   checkpoint `config.init_from.hf` names, and the keys `hf_tokenizer.import_keys` gives it:
-  `dataset.tokenizer` ('hf:DIR' where tokenizer files came with the weights, else 'none') and
+  `dataset.tokenizer` ('hf:DIR' where tokenizer files came with the weights; else an 'hf:'
+  tokenizer the config names, or 'none') and
   `export.max_seq_len` (the checkpoint's `max_position_embeddings`). Refuses settings the
   import cannot honour, naming the key."""
   hf_dir = config.init_from.hf
@@ -158,7 +159,10 @@ def derive_config(config):
   for key, value in model_config_from_hf(hf).items():
     model[key] = value
   keys = hf_tokenizer.import_keys(hf_dir)
-  config.dataset.tokenizer = keys['dataset.tokenizer']
+  # Weights without a tokenizer keep one the config names for them ('hf:DIR'); else 'none'.
+  if keys['dataset.tokenizer'] != hf_tokenizer.NO_TOKENIZER or not hf_tokenizer.hf_dir(
+      config.dataset.tokenizer):
+    config.dataset.tokenizer = keys['dataset.tokenizer']
   config.export.max_seq_len = keys['export.max_seq_len']
   return config
 
