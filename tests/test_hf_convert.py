@@ -270,8 +270,9 @@ def text_export(data_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp('text_export')
   config = tiny_config(**{
       'dataset.name': 'python_stdlib', 'dataset.data_dir': str(data_dir), 'model.vocab_size': 259,
-      'dataset.seq_len': 32, 'model.mlp_activation': 'swiglu', 'num_train_steps': 20, 'eval_every_steps': 20,
-      'checkpoint_every_steps': 20, 'num_eval_batches': 1, 'optimizer.learning_rate': 0.01})
+      'dataset.seq_len': 32, 'model.mlp_activation': 'swiglu', 'num_train_steps': 20,
+      'eval_every_steps': 20, 'checkpoint_every_steps': 20, 'num_eval_batches': 1,
+      'optimizer.learning_rate': 0.01})
   loop.run(config, str(root / 'run'))
   hf_convert.to_hf(root / 'run', root / 'hf')
   ids, text = run_reference([
