@@ -8,6 +8,9 @@ one process. Each job is a dict with 'op':
             (`save_pretrained`, shards of at most 'max_shard_size' when given);
   logits:   the model in 'model' on 'tokens' [B, L] -> fp32 logits [B, L, V];
   generate: greedy `generate` of 'new' tokens after 'prompts' [B, P] -> new tokens [B, new].
+  tokenize: `AutoTokenizer.from_pretrained('tokenizer').encode` of each of 'texts' -> ids;
+  generate_text: the directory 'model's own tokenizer and generation config: greedy `generate`
+            of at most 'new' tokens after the text 'prompt' -> the new tokens' text.
 """
 
 import json
@@ -50,9 +53,24 @@ def generate(job):
   return out[:, prompts.shape[1]:].tolist()
 
 
+def tokenize(job):
+  tokenizer = transformers.AutoTokenizer.from_pretrained(job['tokenizer'])
+  return [tokenizer.encode(text) for text in job['texts']]
+
+
+def generate_text(job):
+  tokenizer = transformers.AutoTokenizer.from_pretrained(job['model'])
+  model = _load(job['model'])
+  prompt = tokenizer(job['prompt'], return_tensors='pt')
+  with torch.no_grad():
+    out = model.generate(**prompt, do_sample=False, max_new_tokens=job['new'])
+  return tokenizer.decode(out[0, prompt['input_ids'].shape[1]:], skip_special_tokens=True)
+
+
 def main(jobs_path, results_path):
   torch.set_num_threads(1)
-  ops = {'create': create, 'logits': logits, 'generate': generate}
+  ops = {'create': create, 'logits': logits, 'generate': generate, 'tokenize': tokenize,
+         'generate_text': generate_text}
   with open(jobs_path) as f:
     jobs = json.load(f)
   results = [ops[job['op']](job) for job in jobs]

@@ -23,9 +23,10 @@ from jaxscale import convert
 from jaxscale.checkpoint import hf, hf_convert, restore
 from jaxscale.config import config_base
 from jaxscale.core import param_paths
+from jaxscale.data import hf_tokenizer
 from jaxscale.inference import sampling
 from jaxscale.models import build
-from tests.helpers import markov_config
+from tests.helpers import markov_config, tiny_config
 
 REFERENCE = pathlib.Path(__file__).with_name('hf_reference.py')
 VOCAB = 96
@@ -130,7 +131,8 @@ def test_an_imported_checkpoint_gives_transformers_logits_and_greedy_tokens(
   model, config = restore.restore_model(tmp_path / 'w')
   assert config.model.num_kv_heads == HF_MODELS[name]['num_key_value_heads']
   assert config.model.tie_embeddings == HF_MODELS[name]['tie_word_embeddings']
-  assert config.init_from.hf_tokenizer == 'none'  # No tokenizer files came with the weights.
+  assert config.dataset.tokenizer == 'none'  # No tokenizer files came with the weights.
+  assert config.export.max_seq_len == 64 and config.dataset.seq_len == 64  # Its positions.
   np.testing.assert_allclose(_logits(model), hf_logits, atol=1e-4, rtol=1e-4)
   np.testing.assert_array_equal(_greedy(model), hf_tokens)
   report = json.loads((tmp_path / 'w' / 'init_report.json').read_text())
@@ -200,7 +202,7 @@ def test_an_exported_run_gives_its_logits_and_greedy_tokens_in_transformers(name
 def test_a_lora_run_starts_from_the_checkpoint_and_exports_merged(exported, hf_models):
   workdir, hf_dir, hf_logits, _ = exported['lora']
   config = json.loads((workdir / 'config.json').read_text())
-  assert config['model']['num_kv_heads'] == 2 and config['init_from']['hf_tokenizer'] == 'none'
+  assert config['model']['num_kv_heads'] == 2 and config['dataset']['tokenizer'] == 'none'
   report = json.loads((workdir / 'init_report.json').read_text())
   assert 'blocks.0.q_DxHxK' in report['loaded'] and report['new'] == []
   assert any(n.endswith('_lora.a') for n in report['reinitialised'])
@@ -250,6 +252,83 @@ def test_shards_with_an_index_past_the_size_limit_and_bfloat16(exported, tmp_pat
   for name in before:
     rounded = np.asarray(before[name][...]).astype(jnp.bfloat16).astype(np.float32)
     np.testing.assert_array_equal(rounded, np.asarray(after[name][...]), err_msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenizer: a text run's goes out with its weights, and comes back in with them.
+
+TEXT = 'def mean(xs):\n    return sum(xs) / len(xs)  # café ∑ 🙂 <mask> </s>\n'
+PROMPT = 'import os\n\ndef '
+TEXT_NEW_TOKENS = 16  # Prompt and new tokens within the run's 32 positions.
+
+
+@pytest.fixture(scope='module')
+def text_export(data_dir, tmp_path_factory):
+  """(workdir, HF directory, AutoTokenizer's ids of TEXT, transformers' greedy text after
+  PROMPT) of a byte-level Llama-shaped run on standard-library sources."""
+  from jaxscale.train import loop  # noqa: PLC0415
+  root = tmp_path_factory.mktemp('text_export')
+  config = tiny_config(**{
+      'dataset.name': 'python_stdlib', 'dataset.data_dir': str(data_dir), 'model.vocab_size': 259,
+      'dataset.seq_len': 32, 'model.mlp_activation': 'swiglu', 'num_train_steps': 20,
+      'eval_every_steps': 20, 'checkpoint_every_steps': 20, 'num_eval_batches': 1,
+      'optimizer.learning_rate': 0.01})
+  loop.run(config, str(root / 'run'))
+  hf_convert.to_hf(root / 'run', root / 'hf')
+  ids, text = run_reference([
+      {'op': 'tokenize', 'tokenizer': str(root / 'hf'), 'texts': [TEXT]},
+      {'op': 'generate_text', 'model': str(root / 'hf'), 'prompt': PROMPT,
+       'new': TEXT_NEW_TOKENS}], root)
+  return root / 'run', root / 'hf', ids[0], text
+
+
+def test_an_exported_text_run_tokenizes_and_generates_in_transformers_as_in_jaxscale(
+    text_export):
+  workdir, hf_dir, auto_ids, hf_text = text_export
+  import tensorflow as tf  # noqa: PLC0415
+  from jaxscale.data import tokenizers  # noqa: PLC0415  (TensorFlow's tokenizers)
+  run_ids = tokenizers.make_tokenizer('byte').tokenize_document(tf.constant(TEXT.encode()))
+  run_ids = run_ids.numpy().tolist()
+  hf_config = json.loads((hf_dir / 'config.json').read_text())
+  assert auto_ids == run_ids[:-1]  # The run appends its separator after the document: EOS.
+  assert hf_config['eos_token_id'] == run_ids[-1] == 0 and hf_config['pad_token_id'] == 256
+  assert 'bos_token_id' not in hf_config
+  assert json.loads((hf_dir / 'generation_config.json').read_text())['eos_token_id'] == 0
+  assert hf_config['max_position_embeddings'] == 32  # The run's dataset.seq_len.
+  model, _ = restore.restore_model(workdir)
+  new = sampling.generate(model, sampling.encode_bytes(PROMPT)[None], TEXT_NEW_TOKENS)[0]
+  new = new.tolist()[:new.tolist().index(0)] if 0 in new.tolist() else new.tolist()
+  assert hf_text == sampling.decode_bytes(new) and hf_text
+
+
+def test_from_hf_takes_the_tokenizer_and_positions_that_came_with_the_weights(
+    text_export, tmp_path):
+  _, hf_dir, auto_ids, _ = text_export
+  result = hf_convert.from_hf(hf_dir, tmp_path / 'w')
+  config = json.loads((tmp_path / 'w' / 'config.json').read_text())
+  copy = (tmp_path / 'w' / 'tokenizer').resolve()
+  assert config['dataset']['tokenizer'] == result['tokenizer'] == f'hf:{copy}'
+  assert (copy / 'tokenizer.json').read_bytes() == (hf_dir / 'tokenizer.json').read_bytes()
+  positions = json.loads((hf_dir / 'config.json').read_text())['max_position_embeddings']
+  assert config['export']['max_seq_len'] == positions == config['dataset']['seq_len'] == 32
+  assert hf_tokenizer.load(copy).encode(TEXT) == auto_ids
+  # Out again, the tokenizer goes with it.
+  hf_convert.to_hf(tmp_path / 'w', tmp_path / 'again')
+  assert ((tmp_path / 'again' / 'tokenizer.json').read_bytes() ==
+          (hf_dir / 'tokenizer.json').read_bytes())
+  again = json.loads((tmp_path / 'again' / 'config.json').read_text())
+  assert again['eos_token_id'] == 0 and again['max_position_embeddings'] == positions
+
+
+def test_weights_without_a_tokenizer_keep_the_one_the_config_names(text_export, hf_models):
+  config = config_base.get_base_config()
+  config.init_from.hf = str(hf_models['mha_tied'][0])  # No tokenizer files.
+  assert hf.derive_config(config).dataset.tokenizer == 'none'  # Not the default 'byte'.
+  config.dataset.tokenizer = f'hf:{text_export[1]}'
+  assert hf.derive_config(config).dataset.tokenizer == f'hf:{text_export[1]}'
+  config.init_from.hf = str(text_export[1])  # Weights with their own tokenizer: theirs.
+  config.dataset.tokenizer = f'hf:{hf_models["mha_tied"][0]}'
+  assert hf.derive_config(config).dataset.tokenizer == f'hf:{text_export[1].resolve()}'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,6 +406,7 @@ def test_import_names_a_missing_file_or_a_tensor_of_the_wrong_dtype(hf_models, t
     ({'model.name': 'encoder'}, 'config.model.name'),
     ({'model.parametrization': 'mup'}, 'config.model.parametrization'),
     ({'init_from.workdir': '/somewhere'}, 'config.init_from.workdir'),
+    ({'dataset.seq_len': 128}, r'seq_len=128 .+ max_position_embeddings=64'),
 ])
 def test_a_run_refuses_settings_the_import_cannot_honour(overrides, key, hf_models, tmp_path):
   from jaxscale.train import loop  # noqa: PLC0415

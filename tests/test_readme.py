@@ -284,6 +284,16 @@ def _check_deploy(root, results):
   assert json.loads((root / 'exported/mlp/manifest.json').read_text())['class_names']
 
 
+def _check_hugging_face(root, results):
+  generated = [r for line, r in results.items() if 'AutoTokenizer' in line][0]
+  # transformers' greedy text from the exported run (20 steps in, often spaces) and its prompt.
+  assert generated.stdout.rstrip('\n')
+  back = json.loads((root / 'workdirs/llama_lora_back/config.json').read_text())
+  copy = (root / 'workdirs/llama_lora_back/tokenizer').resolve()
+  assert back['dataset']['tokenizer'] == f'hf:{copy}' and (copy / 'tokenizer.json').exists()
+  assert back['export']['max_seq_len'] == 256
+
+
 def _check_efficiency(root, results):
   rows = [row for r in results.values() for row in _json_lines(r.stdout)]
   assert len(rows) == 2 and all(row['tokens_per_s'] > 0 for row in rows)
@@ -301,6 +311,7 @@ PAGE_CHECKS = {
     'docs/scaling_laws.md': _check_scaling_laws,
     'docs/deploy.md': _check_deploy,
     'docs/efficiency.md': _check_efficiency,
+    'docs/hugging_face.md': _check_hugging_face,
 }
 
 

@@ -27,13 +27,12 @@ from etils import epath
 from jaxscale.checkpoint import init_from
 from jaxscale.config.validation import ConfigError
 from jaxscale.core import param_paths
+from jaxscale.data import hf_tokenizer
 
 CONFIG_FILE = 'config.json'
 GENERATION_CONFIG_FILE = 'generation_config.json'
 WEIGHTS_FILE = 'model.safetensors'
 WEIGHTS_INDEX_FILE = 'model.safetensors.index.json'
-# Files of a tokenizer saved beside the weights (`save_pretrained`).
-TOKENIZER_FILES = ('tokenizer.json', 'tokenizer.model', 'tokenizer_config.json')
 ARCHITECTURES = ('LlamaForCausalLM', 'MistralForCausalLM')
 MODEL_TYPES = ('llama', 'mistral')
 DEFAULT_ROPE_THETA = 10_000.0
@@ -136,15 +135,13 @@ def model_config_from_hf(hf: dict) -> dict:
   }
 
 
-def has_tokenizer(hf_dir) -> bool:
-  return any((epath.Path(hf_dir) / name).exists() for name in TOKENIZER_FILES)
-
-
 def derive_config(config):
   """`config` (a ConfigDict, changed in place and returned) with its model taken from the
-  checkpoint `config.init_from.hf` names, and its tokenizer where one came with the weights
-  (`dataset.tokenizer='hf:DIR'`); `init_from.hf_tokenizer` records which ('none' when no
-  tokenizer files are there). Refuses settings the import cannot honour, naming the key."""
+  checkpoint `config.init_from.hf` names, and the keys `hf_tokenizer.import_keys` gives it:
+  `dataset.tokenizer` ('hf:DIR' where tokenizer files came with the weights; else an 'hf:'
+  tokenizer the config names, or 'none') and
+  `export.max_seq_len` (the checkpoint's `max_position_embeddings`). Refuses settings the
+  import cannot honour, naming the key."""
   hf_dir = config.init_from.hf
   hf = read_hf_config(hf_dir)
   if config.init_from.workdir:
@@ -161,12 +158,22 @@ def derive_config(config):
                     f'({why}).')
   for key, value in model_config_from_hf(hf).items():
     model[key] = value
-  if has_tokenizer(hf_dir):
-    config.dataset.tokenizer = f'hf:{hf_dir}'
-    config.init_from.hf_tokenizer = f'hf:{hf_dir}'
-  else:
-    config.init_from.hf_tokenizer = 'none'
+  keys = hf_tokenizer.import_keys(hf_dir)
+  # Weights without a tokenizer keep one the config names for them ('hf:DIR'); else 'none'.
+  if keys['dataset.tokenizer'] != hf_tokenizer.NO_TOKENIZER or not hf_tokenizer.hf_dir(
+      config.dataset.tokenizer):
+    config.dataset.tokenizer = keys['dataset.tokenizer']
+  config.export.max_seq_len = keys['export.max_seq_len']
   return config
+
+
+def check_seq_len(config):
+  """A run from `init_from.hf` trains no longer sequences than the checkpoint's positions."""
+  limit = config.export.max_seq_len
+  if limit and config.dataset.seq_len > limit:
+    raise HFError(f'config.dataset.seq_len={config.dataset.seq_len} is longer than '
+                  f'{config.init_from.hf}/config.json max_position_embeddings={limit}; set '
+                  f'config.dataset.seq_len <= {limit}.')
 
 
 def hf_config_from_model(model_config, dtype: str, max_position_embeddings: int) -> dict:

@@ -62,11 +62,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.init_from.missing = 'error'       # 'error' | 'init'
   # Or a Llama-family Hugging Face checkpoint (a directory with config.json and safetensors,
   # jaxscale.checkpoint.hf): the model config is derived from it, every weight read into its
-  # sharding. Not with init_from.workdir.
+  # sharding. Not with init_from.workdir. It also sets dataset.tokenizer ('hf:DIR' when
+  # tokenizer files came with the weights, else 'none') and export.max_seq_len.
   c.init_from.hf = ''
-  # Set by that import: 'hf:DIR' when tokenizer files came with the weights (dataset.tokenizer
-  # then names it), 'none' when no tokenizer came with them.
-  c.init_from.hf_tokenizer = ''
 
   # LoRA: train a low-rank update of the chosen weights only (jaxscale.models.lora); the base
   # is frozen and left out of checkpoints. Usually with init_from a pretrained run.

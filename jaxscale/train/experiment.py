@@ -153,6 +153,7 @@ def build(config: ml_collections.ConfigDict, workdir) -> Experiment:
   """
   if config.init_from.hf:  # The model is the checkpoint's: derived (or refused) before any check.
     config = hf.derive_config(ml_collections.ConfigDict(config.to_dict()))
+    hf.check_seq_len(config)
   checks.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
   workdir = paths.resolve(workdir)
   mesh = sharding.make_mesh(config.mesh)
