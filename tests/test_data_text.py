@@ -97,19 +97,27 @@ def test_sentencepiece_tokens_decode_to_the_documents(spm_model_path, tmp_path):
                                  process_index=1, process_count=2)
   assert datasets.vocab_size == 400
   eos = processor.eos_id()
-  expected_stream = [token for document in documents
-                     for token in processor.encode(document.decode()) + [eos]]
-  stream = [token for batch in evaluation
-            for inputs, targets in zip(batch['inputs'], batch['targets'])
-            for token in list(inputs) + [targets[-1]]]
-  assert stream == expected_stream[:len(stream)]
-  # Bytes per token of the eval targets: each document is its bytes + 1 separator, as in bytes.
-  num_documents_covered = stream.count(eos)
-  covered = documents[:num_documents_covered]
-  exact = (sum(len(d) + 1 for d in covered)
-           / sum(len(processor.encode(d.decode())) + 1 for d in covered))
-  assert datasets.bytes_per_token == pytest.approx(exact, rel=0.05)
+  encoded = [processor.encode(document.decode()) + [eos] for document in documents]
+  # Every eval row is a stretch of one document's tokens (the EOS after it included).
+  rows = 0
+  for batch in evaluation:
+    for inputs, targets, weights in zip(batch['inputs'], batch['targets'], batch['weights']):
+      real = int(weights.sum())
+      if real:
+        window = [int(t) for t in (list(inputs) + [targets[-1]])[:real + 1]]
+        assert any(_holds(tokens, window) for tokens in encoded), window
+        rows += 1
+  assert rows > BATCH
+  # Bytes per token of the eval targets: each document is its bytes + 1 separator, as in bytes;
+  # the eval set samples the documents in proportion to their length.
+  exact = (sum(len(d) + 1 for d in documents) / sum(len(tokens) for tokens in encoded))
+  assert datasets.bytes_per_token == pytest.approx(exact, rel=0.1)
   assert second_of_two.bytes_per_token == datasets.bytes_per_token  # Over the whole eval set.
+
+
+def _holds(tokens: list, window: list) -> bool:
+  """Whether `window` is a contiguous stretch of `tokens`."""
+  return any(tokens[i:i + len(window)] == window for i in range(len(tokens) - len(window) + 1))
 
 
 class _CharacterOp:
