@@ -23,7 +23,6 @@ A cooldown branch needs its trunk's checkpoint: it is submitted once its trunk h
 
 import dataclasses
 import datetime
-import json
 import os
 import shutil
 import signal
