@@ -156,6 +156,7 @@ def test_median_pruner_prunes_a_workers_trial_on_the_other_workers_results(tmp_p
   pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
   assert len(complete) + len(pruned) == len(LRS)  # The budget holds exactly, pruned included.
   assert {t.user_attrs['worker'] for t in trials} == {'worker 0', 'worker 1', 'worker 2'}
+  print('pruned:', [(t.number, t.user_attrs['worker'], max(t.intermediate_values)) for t in pruned])
   assert pruned and all(t.params['optimizer.learning_rate'] < 1e-5 for t in pruned)
   for trial in pruned:
     # Its intermediate values trail the median of the completed trials at its last step...
