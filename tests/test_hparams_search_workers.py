@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import optuna
 import pytest
 
@@ -115,3 +116,56 @@ def test_storage_that_cannot_be_opened_is_one_line_before_any_worker(tmp_path, c
   error = capsys.readouterr().err
   assert error.startswith('error: cannot open the study storage') and error.count('\n') == 1
   assert not os.path.exists(tmp_path / 'search' / 'trials')
+
+
+LRS = (3e-2, 2e-2, 1e-2, 1e-6, 2e-6, 3e-6)  # Three that learn, then three that barely move.
+PRUNING_SPEC = f'''
+import ml_collections
+from jaxscale.config import config_base
+
+def get_config():
+  c = config_base.load_config_file({os.path.join(REPO, 'configs', 'sweeps', 'tiny_lr_search.py')!r})
+  c.base_config = {os.path.join(REPO, 'configs', 'default.py')!r}
+  c.overrides = tuple(c.overrides) + ('num_train_steps=20', 'eval_every_steps=10',
+                                      'log_every_steps=10', 'checkpoint_every_steps=20',
+                                      'optimizer.warmup_steps=2')
+  c.search.method = 'grid'  # Trials are claimed in this order: the learning ones first.
+  c.search.params = (('optimizer.learning_rate', 'choice', {LRS!r}),)
+  c.search.num_trials = {len(LRS)}
+  c.search.pruner = 'median'
+  c.search.pruner_startup_trials = 3
+  c.search.pruner_warmup_steps = 0
+  return c
+'''
+
+
+@pytest.mark.slow
+def test_median_pruner_prunes_a_workers_trial_on_the_other_workers_results(tmp_path):
+  spec = tmp_path / 'spec.py'
+  spec.write_text(PRUNING_SPEC)
+  directory, journal = tmp_path / 'search', tmp_path / 'search' / 'journal.log'
+  result = subprocess.run(
+      [sys.executable, '-m', 'jaxscale.hparams', 'search', str(spec), '--dir', str(directory),
+       '--storage', f'journal:{journal}', '--workers', '3'],
+      cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+  trials = optuna.load_study(study_name='search', storage=storage).get_trials()
+  complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+  pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+  assert len(complete) + len(pruned) == len(LRS)  # The budget holds exactly, pruned included.
+  assert {t.user_attrs['worker'] for t in trials} == {'worker 0', 'worker 1', 'worker 2'}
+  print('pruned:', [(t.number, t.user_attrs['worker'], max(t.intermediate_values)) for t in pruned])
+  assert pruned and all(t.params['optimizer.learning_rate'] < 1e-5 for t in pruned)
+  for trial in pruned:
+    # Its intermediate values trail the median of the completed trials at its last step...
+    step, value = max(trial.intermediate_values.items())
+    assert value > np.median([t.intermediate_values[step] for t in complete
+                              if t.datetime_complete < trial.datetime_complete])
+  # ...and for at least one, its own worker had not finished the 3 trials the pruner waits for:
+  # the completed trials it was judged against came from the other workers.
+  def own_finished_before(trial):
+    return sum(t.user_attrs['worker'] == trial.user_attrs['worker']
+               and t.datetime_complete < trial.datetime_start for t in complete)
+  assert min(own_finished_before(t) for t in pruned) < 3

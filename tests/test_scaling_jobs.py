@@ -203,3 +203,47 @@ def test_launcher_input_errors_are_one_line_and_submit_nothing(tmp_path):
 
   result = _run_cli(['run', sweep_dir, '--launcher', 'kubernetes'])
   assert result.returncode == 2 and "invalid choice: 'kubernetes'" in result.stderr
+
+
+FAKE_SBATCH = '''#!/bin/sh
+# Keeps the batch script submitit wrote, and answers as sbatch does.
+cp "$(eval echo \\${$#})" "{script}"
+echo "Submitted batch job 4242"
+'''
+
+
+def test_multi_node_runs_are_submitted_as_one_task_per_node_each_run_its_own_job(
+    tmp_path, monkeypatch):
+  sweep_dir = _planned(tmp_path / 'sweep', _spec((2e4, 4e4), (3e4,)))
+  bin_dir, script = tmp_path / 'bin', tmp_path / 'submitted.sh'
+  bin_dir.mkdir()
+  (bin_dir / 'sbatch').write_text(FAKE_SBATCH.replace('{script}', str(script)))
+  (bin_dir / 'srun').write_text('#!/bin/sh\nexit 1\n')  # submitit only looks for it here.
+  for tool in ('sbatch', 'srun'):
+    (bin_dir / tool).chmod(0o755)
+  monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+  result = jobs.submit(sweep_dir, 'slurm', jobs.SlurmOptions(nodes_per_run=2, gpus_per_node=4),
+                       multi=True)
+  batch = script.read_text()
+  # submitit's own sbatch script: two nodes, one task (one trainer process) on each, every task
+  # started by srun so it gets SLURM's per-task environment that jax.distributed reads.
+  lines = batch.splitlines()
+  for line in ('#SBATCH --nodes=2', '#SBATCH --ntasks-per-node=1', '#SBATCH --gpus-per-node=4'):
+    assert line in lines, batch
+  assert any(line.startswith('#SBATCH --array=0-1') for line in lines), batch  # Two elements.
+  assert any(line.startswith('srun ') and 'submitit.core._submit' in line for line in lines)
+  # One model per job even though multi programs were asked for: a multi-node run trains one.
+  assert len(result['submitted']) == 2 and result['job_ids'] == ['4242_0', '4242_1']
+
+
+def test_every_task_of_a_multi_node_job_starts_the_trainer_in_slurms_environment(tmp_path,
+                                                                               monkeypatch):
+  for name, value in {'SUBMITIT_EXECUTOR': 'slurm', 'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '2',
+                      'SLURM_PROCID': '1', 'SLURM_JOB_NUM_NODES': '2'}.items():
+    monkeypatch.setenv(name, value)
+  log = str(tmp_path / 'run' / 'train.log')
+  # The trainer reads SLURM_NTASKS > 1 and joins the others through jax.distributed.
+  show = 'import os; print("tasks", os.environ["SLURM_NTASKS"], "rank", os.environ["SLURM_PROCID"])'
+  assert jobs.LaunchJob([sys.executable, '-c', show], log)() == 0
+  assert not os.path.exists(log)  # Only the first task writes train.log...
+  assert 'tasks 2 rank 1' in open(f'{log}.1').read()  # ...the others train.log.<rank>.

@@ -300,6 +300,7 @@ def run_worker(spec, directory, storage_url=None, num_trials=None, worker_id=Non
   print(f'[search] {name} joined the study in {storage_url or directory}', file=stream, flush=True)
 
   def run(trial):
+    trial.set_user_attr('worker', name)  # Which worker ran it (a retry records its own).
     try:
       _run_trial(study, trial, params, spec, directory, runner, stream,
                  allow_test_objective=allow_test_objective)
