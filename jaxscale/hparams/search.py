@@ -168,21 +168,29 @@ def num_done(study) -> int:
   return len(study.get_trials(deepcopy=False, states=_DONE))
 
 
-def run_search(spec, directory, num_trials=None, runner=None, stream=None,
-               allow_test_objective: bool = False) -> dict:
-  """Runs (or resumes) the search until `num_trials` trials are done; returns a summary.
-
-  Refuses an eval objective measured on the test split (see `check_not_test`) unless
-  `allow_test_objective`."""
+def _prepare(spec, directory, num_trials, runner, stream, allow_test_objective):
+  """What a search or a worker starts from: the spec with defaults, its parameter space, the
+  directory (created), the log stream, the trial target and the trial runner. Refuses a
+  test-split objective unless allowed (`check_not_test`)."""
   spec = with_defaults(spec)
   if not allow_test_objective:
     check_not_test(spec.search.objective, configured_eval_split(spec))
   params = space.parse(spec.search.params)
   directory = paths.resolve_str(directory)
   os.makedirs(directory, exist_ok=True)
-  stream = stream or sys.stderr
   target = _target(spec, params, num_trials)
   runner = runner or trial_runner.TrainerRunner(os.path.abspath(spec.base_config))
+  return spec, params, directory, stream or sys.stderr, target, runner
+
+
+def run_search(spec, directory, num_trials=None, runner=None, stream=None,
+               allow_test_objective: bool = False) -> dict:
+  """Runs (or resumes) the search until `num_trials` trials are done; returns a summary.
+
+  Refuses an eval objective measured on the test split (see `check_not_test`) unless
+  `allow_test_objective`."""
+  spec, params, directory, stream, target, runner = _prepare(
+      spec, directory, num_trials, runner, stream, allow_test_objective)
   with _exclusive(directory):
     _record_spec(directory, spec)
     study = open_study(directory, spec)
@@ -275,15 +283,8 @@ def run_worker(spec, directory, storage_url=None, num_trials=None, worker_id=Non
   """One worker of a shared search (`search_workers`): claims and runs trials from the study in
   `storage_url` (default DIR/study.db) until its budget is spent; returns the summary. Refuses a
   test-split objective as `run_search` does."""
-  spec = with_defaults(spec)
-  if not allow_test_objective:
-    check_not_test(spec.search.objective, configured_eval_split(spec))
-  params = space.parse(spec.search.params)
-  directory = paths.resolve_str(directory)
-  os.makedirs(directory, exist_ok=True)
-  stream = stream or sys.stderr
-  target = _target(spec, params, num_trials)
-  runner = runner or trial_runner.TrainerRunner(os.path.abspath(spec.base_config))
+  spec, params, directory, stream, target, runner = _prepare(
+      spec, directory, num_trials, runner, stream, allow_test_objective)
   storage = search_workers.open_storage(storage_url or search_workers.default_storage(directory),
                                         heartbeat_interval, grace_period)
   _record_spec(directory, spec)
