@@ -36,11 +36,14 @@ def eval_result(totals: list[dict], cluster_ids=None) -> dict:
     row_losses, row_weights = (np.concatenate([np.asarray(p[k], np.float64) for p in per_example])
                                for k in ('loss_sum', 'weight_sum'))
     ids = np.arange(len(row_losses)) if cluster_ids is None else np.asarray(cluster_ids)
-    stderr, clusters = clustered_stderr(row_losses, row_weights, ids)
-    result['eval_documents'] = clusters
+    documents, loss_d, weight_d = _cluster_sums(row_losses, row_weights, ids)
+    result['eval_documents'] = len(documents)
+    stderr = _ratio_stderr(loss_d, weight_d)
     if stderr is not None:
       result['eval_loss_stderr'] = stderr
-    result['by_document'] = by_document(row_losses, row_weights, ids)
+    # Each document's sums: what `eval_by_document.json` holds and `paired_difference` compares.
+    result['by_document'] = {'document': documents.tolist(), 'loss_sum': loss_d.tolist(),
+                             'weight_sum': weight_d.tolist()}
   for key, name in (('top1_sum', 'eval_accuracy'), ('top5_sum', 'eval_top5_accuracy')):
     if key in sums:
       result[name] = float(sums[key]) / weight_sum
@@ -59,30 +62,29 @@ def clustered_stderr(row_losses, row_weights, cluster_ids) -> tuple[float | None
   ratio). It is the sampling error of the eval loss as an estimate of the per-target loss of the
   split its clusters (documents) were drawn from. None with fewer than two clusters.
   """
+  _, loss_d, weight_d = _cluster_sums(row_losses, row_weights, cluster_ids)
+  return _ratio_stderr(loss_d, weight_d), len(loss_d)
+
+
+def _cluster_sums(row_losses, row_weights, cluster_ids):
+  """(cluster ids, each cluster's summed loss, each cluster's summed weight), over the rows with
+  weight only."""
   row_weights = np.asarray(row_weights, np.float64)
-  cluster_ids = np.asarray(cluster_ids)
   real = row_weights > 0
-  clusters, index = np.unique(cluster_ids[real], return_inverse=True)
+  clusters, index = np.unique(np.asarray(cluster_ids)[real], return_inverse=True)
   loss_d = np.bincount(index, np.asarray(row_losses, np.float64)[real], len(clusters))
   weight_d = np.bincount(index, row_weights[real], len(clusters))
-  n = len(clusters)
+  return clusters, loss_d, weight_d
+
+
+def _ratio_stderr(loss_d, weight_d) -> float | None:
+  """`clustered_stderr` from the clusters' sums."""
+  n = len(loss_d)
   if n < 2:
-    return None, n
+    return None
   ratio = loss_d.sum() / weight_d.sum()
   variance = n / (n - 1) * np.sum((loss_d - ratio * weight_d) ** 2) / weight_d.sum() ** 2
-  return float(np.sqrt(variance)), n
-
-
-def by_document(row_losses, row_weights, cluster_ids) -> dict[str, list]:
-  """Each document's (cluster's) summed loss and weight, the rows with weight only: what
-  `eval_by_document.json` holds and `paired_difference` compares."""
-  row_weights = np.asarray(row_weights, np.float64)
-  real = row_weights > 0
-  documents, index = np.unique(np.asarray(cluster_ids)[real], return_inverse=True)
-  return {'document': documents.tolist(),
-          'loss_sum': np.bincount(index, np.asarray(row_losses, np.float64)[real],
-                                  len(documents)).tolist(),
-          'weight_sum': np.bincount(index, row_weights[real], len(documents)).tolist()}
+  return float(np.sqrt(variance))
 
 
 def paired_difference(a: dict, b: dict) -> dict[str, float]:
