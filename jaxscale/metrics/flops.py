@@ -30,7 +30,6 @@ take (`peak_flops_per_device`): the compute dtype, float32 following JAX's matmu
 
 import dataclasses
 import inspect
-import re
 import types
 
 import jax
@@ -110,14 +109,9 @@ def _lora_slots(config) -> dict[str, tuple]:
   """Weight attribute -> its slots with an adapter (() for the whole weight)."""
   if not config.get('lora') or not config.lora.rank:
     return {}
-  slots = {}
   attributes = ('qkv_DxTxHxK', 'q_DxHxK', 'kv_DxTxGxK', 'out_HxKxD', 'mlp_in_DxTxF', 'mlp_out_FxD')
-  for target in config.lora.targets:
-    for pattern, slot in lora.PROJECTIONS.get(target, ((target, None),)):
-      for attribute in attributes:
-        if re.search(pattern, attribute):
-          slots.setdefault(attribute, set()).add(slot)
-  return {a: () if None in s else tuple(sorted(s)) for a, s in slots.items()}
+  slots = {a: lora.adapted_slots(a, config.lora.targets) for a in attributes}
+  return {a: () if s is None else s for a, s in slots.items() if s != ()}
 
 
 def transformer_train_flops(config) -> float:

@@ -236,9 +236,16 @@ PROJECTIONS = {'q': ((_QKV, 0), (_Q, None)), 'k': ((_QKV, 1), (_KV, 0)),
                'mlp_in': (('mlp_in', None),), 'mlp_out': (('mlp_out', None),)}
 
 
+def adapted_slots(name: str, targets) -> tuple | None:
+  """The slots of weight `name` (a parameter path or attribute) that `targets` adapt: None for
+  the whole weight, () for none."""
+  slots = [slot for t in targets for pattern, slot in PROJECTIONS.get(t, ((t, None),))
+           if re.search(pattern, name)]
+  return None if None in slots else tuple(sorted(set(slots)))
+
+
 def _targets(model, targets) -> list[tuple[tuple, str, tuple | None]]:
   """(parent module path, attribute, slots or None for all) of every weight to adapt."""
-  rules = [rule for t in targets for rule in PROJECTIONS.get(t, ((t, None),))]
   found = []
   for path, node in nnx.iter_graph(model):
     if not isinstance(node, nnx.Param) or not path:
@@ -246,9 +253,9 @@ def _targets(model, targets) -> list[tuple[tuple, str, tuple | None]]:
     name = '.'.join(str(key) for key in path)
     axes = node.get_metadata().get('out_sharding') or ()
     core_ndim = node.ndim - (1 if axes and axes[0] == 'layers' else 0)
-    slots = [slot for pattern, slot in rules if re.search(pattern, name)]
-    if core_ndim >= 2 and slots:
-      found.append((tuple(path[:-1]), str(path[-1]), None if None in slots else tuple(slots)))
+    slots = adapted_slots(name, targets)
+    if core_ndim >= 2 and slots != ():
+      found.append((tuple(path[:-1]), str(path[-1]), slots))
   return found
 
 
