@@ -12,6 +12,7 @@ from jaxscale.config import validation
 from jaxscale.train import checks
 from jaxscale.config.config_base import get_base_config
 from jaxscale.data import get_datasets, special_tokens, subsets
+from jaxscale.data.sources import DATASETS
 from jaxscale.data.builders import python_stdlib
 from jaxscale.data.builders import stdlib_packages as stdlib_packages_builder
 from tests.helpers import (assert_halves_make_the_whole, assert_iterator_checkpoint_resumes,
@@ -212,6 +213,7 @@ def test_train_fraction_applies_to_images(tmp_path_factory):
 def test_real_datasets_under_mock_data(name, class_names):
   config = get_base_config().dataset
   config.name, config.seq_len = name, SEQ_LEN
+  config.eval_split = 'test' if name == 'imdb_reviews' else ''  # 20 mock reviews, as for sst2.
   with tfds.testing.mock_data(num_examples=20):
     datasets = _load(config, local_batch_size=4, num_eval_batches=3, process_index=1,
                      process_count=2)
@@ -226,6 +228,24 @@ def test_real_datasets_under_mock_data(name, class_names):
     assert (batch['input_mask'].sum(1)[batch['weights'] == 1] > 1).all()  # Mock texts are not empty.
   # 20 eval texts in global batches of 8: process 1 holds rows 4-7 of each; batch 3 is padding.
   assert [b['weights'].sum() for b in evals] == [4, 4, 0]
+
+
+def test_imdb_reviews_evaluates_on_validation_held_out_of_train_by_default():
+  config = get_base_config().dataset
+  config.name, config.seq_len = 'imdb_reviews', SEQ_LEN
+  # As many mock reviews as the test above (the split's labels are read once per process).
+  with tfds.testing.mock_data(num_examples=20):
+    datasets = _load(config, local_batch_size=4, num_eval_batches=4)
+    source = DATASETS.get('imdb_reviews')(config)
+    held_out = subsets.holdout_mask(subsets.split_labels(source.builder, 'train'), subsets.HOLDOUT)
+    evals = first_batches(datasets.eval, 4)
+    train = first_batches(datasets.train, 10)  # 40 rows: every train review at least once.
+  assert datasets.eval_split == 'validation' and source.holdout == subsets.HOLDOUT
+  assert 0 < held_out.sum() < 20 and sum(b['weights'].sum() for b in evals) == held_out.sum()
+  assert datasets.info['num_train_labels'] == 20 - held_out.sum()
+  eval_rows = {tuple(row) for b in evals for row, w in zip(b['inputs'], b['weights']) if w}
+  train_rows = {tuple(row) for b in train for row in b['inputs']}
+  assert len(eval_rows) == held_out.sum() and not eval_rows & train_rows
 
 
 @pytest.mark.parametrize('name', ['glue/sst2', 'imdb_reviews'])

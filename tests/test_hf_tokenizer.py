@@ -137,6 +137,29 @@ def test_hf_directory_tokenizes_as_auto_tokenizer_does(tmp_path):
   assert 1 < tokenizer.token_bytes.mean() < 10 and tokenizer.token_bytes[auto.bos_token_id] == 0
 
 
+def test_text_that_is_not_utf8_tokenizes_as_its_replacement_decoding(tmp_path):
+  """A document with bytes that are not UTF-8 (python_stdlib has some) is tokenized as
+  bytes.decode(errors='replace') reads it, by both Python-side tokenizers, not a crash."""
+  document = 'caf\u00e9 = 1\n'.encode('utf-8')[:4] + b'\xf0(\xff = 2\n'
+  with pytest.raises(UnicodeDecodeError):
+    document.decode('utf-8')
+  text = document.decode('utf-8', errors='replace')
+  directory = _hf_directory(tmp_path)
+  auto = _auto(directory)
+  ids = data_tokenizers.make_tokenizer(f'hf:{directory}').tokenize_document(tf.constant(document))
+  assert ids.numpy().tolist() == auto.encode(text) + [auto.eos_token_id]
+  assert auto.decode(auto.encode(text), skip_special_tokens=True) == text
+
+
+def test_sentencepiece_text_that_is_not_utf8_tokenizes_as_its_replacement_decoding(
+    spm_model_path):
+  document = b'x = 1\n\xf0(\xff = 2\n'
+  processor = sentencepiece.SentencePieceProcessor(model_file=spm_model_path)
+  tokenizer = data_tokenizers.sentencepiece_tokenizer(spm_model_path, backend='sentencepiece')
+  ids = tokenizer.tokenize_document(tf.constant(document)).numpy().tolist()
+  assert ids == processor.encode(document.decode('utf-8', errors='replace')) + [processor.eos_id()]
+
+
 def test_hf_tokenizer_trains_serves_and_goes_out_with_the_run(tmp_path, data_dir):
   directory = _hf_directory(tmp_path)
   config = tiny_config(**{

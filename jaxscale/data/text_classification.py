@@ -9,7 +9,7 @@ SentencePiece pieces with the same three specials after its vocabulary.
 
 import sys
 
-from jaxscale.data import sources, special_tokens, tokenizers
+from jaxscale.data import sources, special_tokens, subsets, tokenizers
 from jaxscale.data.builders import stdlib_packages as stdlib_packages_builder
 from jaxscale.data.sources import DATASETS, TextClassSource, data_dir_or_default
 
@@ -21,12 +21,13 @@ _HOW_TO_PREPARE = {
 
 
 def text_class_source(builder, *, train_split: str, eval_split: str, text_key: str,
-                      dataset_config, info: dict | None = None) -> TextClassSource:
+                      dataset_config, info: dict | None = None,
+                      holdout: float = 0.0) -> TextClassSource:
   tokenizer = tokenizers.make_tokenizer(dataset_config.tokenizer, dataset_config.spm_model_path)
   specials = special_tokens.after(tokenizer.vocab_size)
   return TextClassSource(
       builder=builder, train_split=train_split, eval_split=eval_split, text_key=text_key,
-      num_classes=builder.info.features['label'].num_classes,
+      holdout=holdout, num_classes=builder.info.features['label'].num_classes,
       # Both tokenizers end a document with one separator; a classifier's input has none.
       to_tokens=lambda text: tokenizer.tokenize_document(text)[:-1],
       pad_id=specials.pad, cls_id=specials.cls, vocab_size=specials.vocab_size,
@@ -59,7 +60,10 @@ def sst2(dataset_config) -> TextClassSource:
 
 @DATASETS.register('imdb_reviews')
 def imdb_reviews(dataset_config) -> TextClassSource:
-  """Movie review sentiment (neg, pos); 25k train and 25k test reviews."""
+  """Movie review sentiment (neg, pos); 25k train and 25k test reviews. It has no validation
+  split: a stratified 10% of train is held out as one (`subsets.HOLDOUT`), what runs evaluate
+  on; test only with `dataset.eval_split='test'`."""
   return text_class_source(
       sources.prepared_builder('imdb_reviews', dataset_config, _HOW_TO_PREPARE['imdb_reviews']),
-      train_split='train', eval_split='test', text_key='text', dataset_config=dataset_config)
+      train_split='train', eval_split=subsets.CARVED_SPLIT, text_key='text',
+      dataset_config=dataset_config, holdout=subsets.HOLDOUT)

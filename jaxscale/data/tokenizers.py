@@ -58,6 +58,14 @@ def sentencepiece_tokenizer(model_path: str, backend: str = 'auto') -> Tokenizer
   raise ValueError(f'SentencePiece backend {backend!r}; choose one of {SENTENCEPIECE_BACKENDS}.')
 
 
+def as_text(document) -> str:
+  """A document's bytes (or, called eagerly, a 0-d array of them) as the str a Python tokenizer
+  takes. Bytes that are not UTF-8 (source files of codec tests, scraped text) become U+FFFD, as
+  `bytes.decode(errors='replace')` makes them, rather than stopping the run; the byte tokenizer
+  keeps them as they are."""
+  return np.asarray(document).item().decode('utf-8', errors='replace')
+
+
 def _installed(module: str) -> bool:
   import importlib.util  # pylint: disable=import-outside-toplevel
   return importlib.util.find_spec(module) is not None
@@ -94,8 +102,8 @@ def _sentencepiece_package_tokenizer(model: bytes, model_path: str) -> Tokenizer
   if eos < 0:
     raise ValueError(f'SentencePiece model {model_path} has no EOS piece to separate documents.')
 
-  def encode(text: bytes) -> np.ndarray:
-    return np.array(processor.encode(text.decode('utf-8')) + [eos], np.int32)
+  def encode(text) -> np.ndarray:
+    return np.array(processor.encode(as_text(text)) + [eos], np.int32)
 
   def tokenize_document(text):
     # Stateful: tf.data then refuses to save the iterator (a Python function's token would not
@@ -139,7 +147,7 @@ def hf_tokenizer(directory: str) -> Tokenizer:
                       'eos_token of tokenizer.json to separate documents; add one.')
 
   def encode(text) -> np.ndarray:  # bytes (or, called eagerly, a 0-d array of them)
-    return np.array(loaded.encode(np.asarray(text).item().decode('utf-8')) + [eos], np.int32)
+    return np.array(loaded.encode(as_text(text)) + [eos], np.int32)
 
   def tokenize_document(text):
     tokens = tf.numpy_function(encode, [text], tf.int32, stateful=True)

@@ -12,7 +12,7 @@ mean and std.
 
 import tensorflow_datasets as tfds
 
-from jaxscale.data import sources
+from jaxscale.data import sources, subsets
 from jaxscale.data.builders import digits as digits_builder
 from jaxscale.data.prepare import add_array_record, prepare
 from jaxscale.data.sources import DATASETS, ImageSource, data_dir_or_default
@@ -21,9 +21,9 @@ _MINUS_ONE_TO_ONE = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}
 _CIFAR10_STATS = {'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2470, 0.2435, 0.2616)}
 _CIFAR100_STATS = {'mean': (0.5071, 0.4865, 0.4409), 'std': (0.2673, 0.2564, 0.2762)}
 _IMAGENET_STATS = {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)}
-# Datasets without a validation split hold out this stratified share of train as one (see
-# `subsets.holdout_mask`): digits 150 of 1,497 images, CIFAR 5,000 of 50,000.
-HOLDOUT = 0.1
+# Datasets without a validation split hold out a stratified share of train as one (see
+# `subsets.holdout_mask`).
+HOLDOUT = subsets.HOLDOUT
 # The usual ImageNet eval: resize the shorter side to image_size / 0.875, take the centre square.
 IMAGENET_EVAL_CROP_FRACTION = 0.875
 
