@@ -3,12 +3,16 @@
   python benchmarks/transfer.py --tasks=text --seeds=3           # the configs' budgets
   python benchmarks/transfer.py --tasks=image --fractions=0.1 --steps=50 --pretrain_steps=100
 
-Tasks: 'text' (configs/lm_pretrain.py, a byte-level decoder LM on the standard library, then
-configs/lm_finetune.py on stdlib_packages, mean-pooled) and 'image'
+Tasks: 'text' (configs/lm_pretrain.py, a decoder LM on the standard library with a byte-level
+BPE learned from its train split, then configs/lm_finetune.py on stdlib_packages, mean-pooled)
+and 'image'
 (configs/resnet_digits_pretrain.py on digits 0-4, then configs/resnet_digits_finetune.py on digits
-5-9; `--image_model=vit` for the configs/vit_digits_* pair). Each task pretrains once, shared by
+5-9; `--image_model=vit` for the configs/vit_digits_* pair). The text task first trains its
+tokenizer into <out>/text/tokenizer (`jaxscale.data.train_tokenizer`, seconds; the same files for
+the same split and size) and every run of the task uses it. Each task pretrains once, shared by
 every seed: a finished pretrain workdir under --out is reused only if its fingerprint (a hash of
-the resolved pretrain config and of every jaxscale/**/*.py) matches, else it is trained again.
+the resolved pretrain config, of its tokenizer's files and of every jaxscale/**/*.py) matches,
+else it is trained again.
 Then, for each seed 0..--seeds-1 (`config.seed`: the head's init, the data order; the label subset
 is fixed by the fraction), it finetunes with the same budget (steps) as:
 - 'full' from the pretrained parameters and from scratch (`init_from.workdir=''`, the same
@@ -66,8 +70,10 @@ _SEEDS = flags.DEFINE_integer('seeds', 1, 'Finetune seeds 0..N-1 (config.seed: i
 
 TASKS = {
     # lora_targets: every matmul/conv weight of the backbone (config.lora.targets regexes).
+    # tokenizer: the BPE the text configs read (their dataset.tokenizer), trained here.
     'text': dict(pretrain='lm_pretrain', finetune='lm_finetune', augment=None,
-                 lora_targets=('qkv', 'out_HxKxD', 'mlp_in', 'mlp_out')),
+                 lora_targets=('qkv', 'out_HxKxD', 'mlp_in', 'mlp_out'),
+                 tokenizer=dict(dataset='python_stdlib', vocab_size=4096)),
     'image': dict(pretrain='{model}_digits_pretrain', finetune='{model}_digits_finetune',
                   augment={'dataset.crop': 'pad_and_crop', 'dataset.crop_padding': 1},
                   lora_targets=(r'conv\.kernel', 'qkv', 'out', 'mlp')),
@@ -139,17 +145,51 @@ def source_digest() -> str:
   return digest.hexdigest()
 
 
+def tokenizer_digest(config) -> str:
+  """A content hash of the run's `hf:` tokenizer files ('' for other tokenizers)."""
+  from jaxscale.data import hf_tokenizer  # noqa: PLC0415
+  directory = hf_tokenizer.hf_dir(config.dataset.get('tokenizer', 'byte'))
+  if directory is None:
+    return ''
+  digest = hashlib.sha256()
+  for name in hf_tokenizer.FILES:
+    path = pathlib.Path(directory) / name
+    digest.update(name.encode() + b'\0' + (path.read_bytes() if path.exists() else b''))
+  return digest.hexdigest()
+
+
 def fingerprint(config) -> str:
-  """What makes a finished pretrain run reusable: its resolved config and the code's content."""
-  return hashlib.sha256(f'{config.to_json(sort_keys=True)}\0{source_digest()}'.encode()).hexdigest()
+  """What makes a finished pretrain run reusable: its resolved config, its tokenizer's files
+  and the code's content."""
+  return hashlib.sha256(f'{config.to_json(sort_keys=True)}\0{tokenizer_digest(config)}\0'
+                        f'{source_digest()}'.encode()).hexdigest()
 
 
-def pretrain(task: str, spec: dict, out: pathlib.Path) -> pathlib.Path:
-  """The task's pretrain workdir: reused only if it finished with this config and this code."""
+def train_tokenizer(task: str, spec: dict, out: pathlib.Path) -> dict:
+  """Trains the task's tokenizer into <out>/<task>/tokenizer; the config overrides that make its
+  runs use it ({} for a task without one)."""
+  if not spec.get('tokenizer'):
+    return {}
+  from jaxscale.config import config_base  # noqa: PLC0415
+  from jaxscale.data import train_tokenizer as train_tokenizer_lib  # noqa: PLC0415
+  dataset_config = config_base.get_base_config().dataset
+  dataset_config.name = spec['tokenizer']['dataset']
+  directory = out / task / 'tokenizer'
+  start = time.perf_counter()
+  train_tokenizer_lib.train_bpe(train_tokenizer_lib.train_documents(dataset_config),
+                                spec['tokenizer']['vocab_size'], directory)
+  emit({'task': task, 'tokenizer': str(directory), **spec['tokenizer'],
+        'wall_s': round(time.perf_counter() - start, 2)})
+  return {'dataset.tokenizer': f'hf:{directory}'}
+
+
+def pretrain(task: str, spec: dict, out: pathlib.Path, shared: dict) -> pathlib.Path:
+  """The task's pretrain workdir: reused only if it finished with this config, tokenizer and
+  code. `shared`: overrides of every run of the task."""
   workdir = out / task / spec['pretrain']
   base = {'task': task, 'mode': 'pretrain', 'init': 'scratch', 'train_fraction': 1.0,
           'augment': False}
-  overrides = budget(load_config(spec['pretrain'], {}), _PRETRAIN_STEPS.value)
+  overrides = {**shared, **budget(load_config(spec['pretrain'], shared), _PRETRAIN_STEPS.value)}
   expected = fingerprint(load_config(spec['pretrain'], overrides))
   summary_path, stamp = workdir / 'summary.json', workdir / FINGERPRINT_FILE
   if summary_path.exists() and stamp.exists() and stamp.read_text().strip() == expected:
@@ -169,9 +209,10 @@ def pretrain(task: str, spec: dict, out: pathlib.Path) -> pathlib.Path:
 
 
 def finetune(task: str, spec: dict, out: pathlib.Path, pretrained: pathlib.Path, *, mode: str,
-             init: str, fraction: float, augment: bool, seed: int, results: list):
-  config = load_config(spec['finetune'], {})
-  overrides = {**budget(config, _STEPS.value), 'dataset.train_fraction': fraction, 'seed': seed,
+             init: str, fraction: float, augment: bool, seed: int, results: list, shared: dict):
+  config = load_config(spec['finetune'], shared)
+  overrides = {**shared, **budget(config, _STEPS.value), 'dataset.train_fraction': fraction,
+               'seed': seed,
                'init_from.workdir': str(pretrained) if init == 'pretrained' else ''}
   if augment:
     overrides.update(spec['augment'])
@@ -263,9 +304,11 @@ def main(argv):
             for k, v in TASKS[task].items()}
     emit({'task': task, 'pretrain_config': spec['pretrain'], 'finetune_config': spec['finetune'],
           'lora_available': has_lora()})
-    pretrained = pretrain(task, spec, out)
+    shared = train_tokenizer(task, spec, out)
+    pretrained = pretrain(task, spec, out, shared)
     for seed in seeds:
-      run = functools.partial(finetune, task, spec, out, pretrained, seed=seed, results=results)
+      run = functools.partial(finetune, task, spec, out, pretrained, seed=seed, results=results,
+                              shared=shared)
       if 'full' in _MODES.value:
         for fraction in fractions:
           for init in ('pretrained', 'scratch'):

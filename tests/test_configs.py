@@ -35,8 +35,11 @@ def test_all_experiment_configs_are_found():
 
 
 @pytest.mark.parametrize('name', CONFIGS)
-def test_config_validates_and_its_parameter_count_is_exact(name):
+def test_config_validates_and_its_parameter_count_is_exact(name, request):
   config = _load(name)
+  if config.dataset.get('tokenizer', 'byte').startswith('hf:'):
+    # A tokenizer its docstring trains first (jaxscale.data.train_tokenizer): the same one.
+    config.dataset.tokenizer = f"hf:{request.getfixturevalue('stdlib_bpe')}"
   checks.validate(config, num_devices=jax.device_count(), process_count=1)
   config = _resolved(config)
   model = nnx.eval_shape(lambda: build.build_model(config.model, seed=0))

@@ -46,7 +46,7 @@ _SPECIAL_KEYS = ('bos_token', 'eos_token', 'unk_token', 'pad_token', 'cls_token'
                  'sep_token')
 
 
-def _tokenizers():
+def tokenizers_module():
   try:
     import tokenizers  # pylint: disable=import-outside-toplevel
   except ImportError as error:
@@ -123,9 +123,10 @@ def load(directory) -> HfTokenizer:
   path = directory / TOKENIZER_FILE
   if not path.exists():
     raise ConfigError(f'{path} not found: an hf: tokenizer is a directory with a tokenizer.json '
-                      '(as AutoTokenizer.save_pretrained writes it).')
+                      '(as AutoTokenizer.save_pretrained writes it); train one on a text '
+                      'dataset with `python -m jaxscale.data.train_tokenizer --out=DIR`.')
   try:
-    backend = _tokenizers().Tokenizer.from_file(str(path))
+    backend = tokenizers_module().Tokenizer.from_file(str(path))
   except Exception as error:  # The Rust loader's own error type.
     raise ConfigError(f'{path} is not a tokenizers file: {error}') from error
   settings = {**_read_json(directory / 'special_tokens_map.json'),
@@ -192,7 +193,7 @@ def write_tokenizer_files(config, out_dir) -> str | None:
   specials = special_tokens.after(base_vocab_size)
   if vocab_size >= specials.vocab_size:  # The pad, CLS and mask ids of MLM and classifiers.
     names.update(pad_token='<pad>', cls_token='<cls>', mask_token='<mask>')
-  added = [_tokenizers().AddedToken(content, special=True, normalized=False)
+  added = [tokenizers_module().AddedToken(content, special=True, normalized=False)
            for content in names.values()]
   backend.add_special_tokens(added)
   for key in ('pad_token', 'cls_token', 'mask_token'):  # Added in this order: 256, 257, 258.
@@ -227,7 +228,7 @@ def _byte_char(byte: int) -> str:
 def _byte_level():
   """A tokenizer whose ids are the UTF-8 bytes of the text: ByteLevel maps each byte to a
   character, and a BPE without merges maps that character to the byte's value."""
-  tk = _tokenizers()
+  tk = tokenizers_module()
   vocab = {_byte_char(b): b for b in range(special_tokens.NUM_BYTES)}
   assert sorted(vocab) == sorted(tk.pre_tokenizers.ByteLevel.alphabet())
   backend = tk.Tokenizer(tk.models.BPE(vocab=vocab, merges=[]))
@@ -244,7 +245,7 @@ def _sentencepiece(model_path: str | None):
   if not model_path:
     raise ConfigError("tokenizer='sentencepiece' needs config.dataset.spm_model_path.")
   from sentencepiece import sentencepiece_model_pb2  # pylint: disable=import-outside-toplevel
-  tk = _tokenizers()
+  tk = tokenizers_module()
   proto = sentencepiece_model_pb2.ModelProto()
   with open(model_path, 'rb') as model_file:
     proto.ParseFromString(model_file.read())
