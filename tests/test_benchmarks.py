@@ -62,9 +62,16 @@ def test_transfer_benchmark_prints_a_row_per_run_and_seed_and_the_stats_over_see
 
 
 def test_transfer_benchmark_reuses_a_pretrain_only_with_a_matching_fingerprint(tmp_path):
-  (first,) = [r for r in _transfer(tmp_path, '--modes=') if r.get('mode') == 'pretrain']
+  lines = _transfer(tmp_path, '--modes=')
+  (first,) = [r for r in lines if r.get('mode') == 'pretrain']
+  # The text task trains its tokenizer first, and its runs read it.
+  (tokenizer,) = [r for r in lines if 'tokenizer' in r]
+  assert tokenizer['tokenizer'] == str(tmp_path / 'text' / 'tokenizer')
+  assert tokenizer['vocab_size'] == 4096 and tokenizer['dataset'] == 'python_stdlib'
+  config = json.loads((tmp_path / 'text' / 'lm_pretrain' / 'config.json').read_text())
+  assert config['dataset']['tokenizer'] == f'hf:{tmp_path / "text" / "tokenizer"}'
   (again,) = [r for r in _transfer(tmp_path, '--modes=') if r.get('mode') == 'pretrain']
-  assert first['reused'] is False and again['reused'] is True
+  assert first['reused'] is False and again['reused'] is True  # The same tokenizer, retrained.
   assert again['fingerprint'] == first['fingerprint']
   # A pretrain left by older code (or another config) carries another fingerprint: redone.
   workdir = tmp_path / 'text' / 'lm_pretrain'  # A transformer: quicker to compile than a ResNet.

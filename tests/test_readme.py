@@ -224,6 +224,12 @@ def _check_data(root, results):
   tokenizer = [r for line, r in results.items() if 'write_tokenizer_files' in line][0]
   assert tokenizer.stdout.split() == ['[195,', '169,', '32,', '60,', '109,', '97,', '115,',
                                       '107,', '62]', '258']
+  # A BPE trained on python_stdlib's train split, then a run tokenized by it.
+  bpe_run = _summary(root, 'workdirs/default_bpe')
+  assert bpe_run['finished'] and bpe_run['eval_bits_per_byte'] < bpe_run['eval_bits_per_token'] / 2
+  config = json.loads((root / 'workdirs/default_bpe/config.json').read_text())
+  assert (config['dataset']['tokenizer'], config['model']['vocab_size']) == (
+      'hf:workdirs/stdlib_bpe', 4096)
 
 
 def _check_models(root, results):

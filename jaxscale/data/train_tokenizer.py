@@ -84,24 +84,27 @@ def train_documents(dataset_config) -> Iterator[str]:
     yield tokenizers.as_text(example)
 
 
-_DATASET = flags.DEFINE_string('dataset', 'python_stdlib', 'Text dataset whose train split '
-                               'the tokenizer learns from (config.dataset.name).')
-_DATA_DIR = flags.DEFINE_string('data_dir', '', 'config.dataset.data_dir: where the dataset is '
-                                'prepared; empty: the default.')
-_VOCAB_SIZE = flags.DEFINE_integer('vocab_size', 4096, 'Token ids, the separator included.')
-_OUT = flags.DEFINE_string('out', None, 'Directory to write the tokenizer files into.',
-                           required=True)
-
-
 def main(argv):
   del argv
+  args = flags.FLAGS
   dataset_config = config_base.get_base_config().dataset
-  dataset_config.update(name=_DATASET.value, data_dir=_DATA_DIR.value)
-  out = train_bpe(train_documents(dataset_config), _VOCAB_SIZE.value, _OUT.value)
+  dataset_config.update(name=args.dataset, data_dir=args.data_dir)
+  out = train_bpe(train_documents(dataset_config), args.vocab_size, args.out)
   loaded = hf_tokenizer.load(out)
   print(json.dumps({'out': str(out), 'vocab_size': loaded.vocab_size,
-                    'eos_id': loaded.eos_id, 'dataset': _DATASET.value}))
+                    'eos_id': loaded.eos_id, 'dataset': args.dataset}))
+
+
+def _define_flags():
+  """Only when run as a command: the module is imported by programs with flags of their own."""
+  flags.DEFINE_string('dataset', 'python_stdlib', 'Text dataset whose train split the tokenizer '
+                      'learns from (config.dataset.name).')
+  flags.DEFINE_string('data_dir', '', 'config.dataset.data_dir: where the dataset is prepared; '
+                      'empty: the default.')
+  flags.DEFINE_integer('vocab_size', 4096, 'Token ids, the separator included.')
+  flags.DEFINE_string('out', None, 'Directory to write the tokenizer files into.', required=True)
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
