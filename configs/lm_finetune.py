@@ -32,7 +32,7 @@ def get_config():
   c.model.num_classes = 0             # 0: from the dataset (16).
   c.model.pooling = 'mean'
 
-  c.optimizer.learning_rate = 1e-3
+  c.optimizer.learning_rate = 3e-4
   c.optimizer.warmup_steps = 15
   c.optimizer.b2 = base.optimizer.b2
   c.optimizer.lr_multipliers = (('^head', 10.0),)  # The fresh head learns faster.
