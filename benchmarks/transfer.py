@@ -9,7 +9,8 @@ and 'image'
 (configs/resnet_digits_pretrain.py on digits 0-4, then configs/resnet_digits_finetune.py on digits
 5-9; `--image_model=vit` for the configs/vit_digits_* pair). The text task first trains its
 tokenizer into <out>/text/tokenizer (`jaxscale.data.train_tokenizer`, seconds; the same files for
-the same split and size) and every run of the task uses it. Each task pretrains once, shared by
+the same split and size; a line with task, tokenizer, dataset, vocab_size and wall_s) and every
+run of the task uses it. Each task pretrains once, shared by
 every seed: a finished pretrain workdir under --out is reused only if its fingerprint (a hash of
 the resolved pretrain config, of its tokenizer's files and of every jaxscale/**/*.py) matches,
 else it is trained again.
