@@ -29,7 +29,7 @@ SUBSET_SEED = 0
 HOLDOUT_SEED = 1
 # The name of that held-out part of train (what `dataset.eval_split` resolves to by default).
 CARVED_SPLIT = 'validation'
-# The share of train held out as that split: digits 150 of 1,497 images, CIFAR 5,000 of 50,000,
+# The share of train held out as that split: digits 149 of 1,497 images, CIFAR 5,000 of 50,000,
 # imdb_reviews 2,500 of 25,000 reviews.
 HOLDOUT = 0.1
 # A subset up to this many examples is read from the split once and then kept in memory (still
