@@ -171,14 +171,11 @@ def train_tokenizer(task: str, spec: dict, out: pathlib.Path) -> dict:
   runs use it ({} for a task without one)."""
   if not spec.get('tokenizer'):
     return {}
-  from jaxscale.config import config_base  # noqa: PLC0415
   from jaxscale.data import train_tokenizer as train_tokenizer_lib  # noqa: PLC0415
-  dataset_config = config_base.get_base_config().dataset
-  dataset_config.name = spec['tokenizer']['dataset']
   directory = out / task / 'tokenizer'
   start = time.perf_counter()
-  train_tokenizer_lib.train_bpe(train_tokenizer_lib.train_documents(dataset_config),
-                                spec['tokenizer']['vocab_size'], directory)
+  train_tokenizer_lib.train_on_dataset(spec['tokenizer']['dataset'],
+                                       spec['tokenizer']['vocab_size'], directory)
   emit({'task': task, 'tokenizer': str(directory), **spec['tokenizer'],
         'wall_s': round(time.perf_counter() - start, 2)})
   return {'dataset.tokenizer': f'hf:{directory}'}

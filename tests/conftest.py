@@ -49,9 +49,6 @@ def digits_mlp_run(data_dir, tmp_path_factory):
 def stdlib_bpe(data_dir, tmp_path_factory):
   """The tokenizer configs/lm_pretrain.py and configs/lm_finetune.py read, as their docstring
   trains it: a 4,096-id byte-level BPE learned from python_stdlib's train split."""
-  from jaxscale.config import config_base  # noqa: PLC0415
   from jaxscale.data import train_tokenizer  # noqa: PLC0415
-  dataset_config = config_base.get_base_config().dataset
-  dataset_config.update(name='python_stdlib', data_dir=str(data_dir))
-  return train_tokenizer.train_bpe(train_tokenizer.train_documents(dataset_config), 4096,
-                                   tmp_path_factory.mktemp('stdlib_bpe'))
+  return train_tokenizer.train_on_dataset('python_stdlib', 4096,
+                                          tmp_path_factory.mktemp('stdlib_bpe'), str(data_dir))

@@ -7,7 +7,7 @@ from jaxscale.config import validation
 
 from jaxscale.train import checks
 from jaxscale.config.config_base import get_base_config
-from jaxscale.data import get_datasets, subsets, vision
+from jaxscale.data import get_datasets, subsets
 from jaxscale.data.builders import digits as digits_builder
 from jaxscale.data.builders import stdlib_packages as stdlib_packages_builder
 from tests.helpers import first_batches, tiny_config
@@ -60,7 +60,7 @@ def _rows(batches, images):
 
 def _held_out(labels, indices):
   """Whether each train example is in the validation share digits holds out of train."""
-  return subsets.holdout_mask(labels[indices['train']], vision.HOLDOUT)
+  return subsets.holdout_mask(labels[indices['train']], subsets.HOLDOUT)
 
 
 def test_train_keeps_only_the_classes_relabelled_in_the_given_order(data_dir, raw):
@@ -81,8 +81,8 @@ def test_train_keeps_only_the_classes_relabelled_in_the_given_order(data_dir, ra
 def test_train_fraction_of_classes_takes_the_same_examples_of_each_class(data_dir, raw):
   images, labels, indices = raw
   train_labels = labels[indices['train']]
-  whole = subsets.kept_mask(train_labels, 0.1, holdout=vision.HOLDOUT)
-  of_classes = subsets.kept_mask(train_labels, 0.1, CLASSES, holdout=vision.HOLDOUT)
+  whole = subsets.kept_mask(train_labels, 0.1, holdout=subsets.HOLDOUT)
+  of_classes = subsets.kept_mask(train_labels, 0.1, CLASSES, holdout=subsets.HOLDOUT)
   np.testing.assert_array_equal(of_classes, whole & np.isin(train_labels, CLASSES))
   assert not (of_classes & _held_out(labels, indices)).any()
   datasets = _load(_config(data_dir, classes=CLASSES, train_fraction=0.1))

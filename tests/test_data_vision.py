@@ -103,7 +103,7 @@ def _held_out_indices(data_dir):
   builder = DATASETS.get('digits')(_digits_config(data_dir)).builder  # Prepared on first use.
   train = list(builder.as_dataset(split='train', shuffle_files=False).as_numpy_iterator())
   labels = np.array([e['label'] for e in train])
-  mask = subsets.holdout_mask(labels, vision.HOLDOUT)
+  mask = subsets.holdout_mask(labels, subsets.HOLDOUT)
   return {int(e['index']) for e, held in zip(train, mask) if held}, train
 
 
@@ -298,9 +298,9 @@ def test_cifar_evaluates_on_validation_held_out_of_train_by_default(name):
     datasets = _load(config, local_batch_size=8, num_eval_batches=3)
     source = DATASETS.get(name)(config)
     labels = subsets.split_labels(source.builder, 'train')
-    held_out = subsets.holdout_mask(labels, vision.HOLDOUT)
+    held_out = subsets.holdout_mask(labels, subsets.HOLDOUT)
     weights = np.concatenate([b['weights'] for b in first_batches(datasets.eval, 5)])
-  assert datasets.eval_split == 'validation' and source.holdout == vision.HOLDOUT
+  assert datasets.eval_split == 'validation' and source.holdout == subsets.HOLDOUT
   assert 0 < held_out.sum() < 20 and weights.sum() == held_out.sum()
   assert datasets.info['num_train_labels'] == 20 - held_out.sum()
 

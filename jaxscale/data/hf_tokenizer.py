@@ -199,15 +199,23 @@ def write_tokenizer_files(config, out_dir) -> str | None:
   for key in ('pad_token', 'cls_token', 'mask_token'):  # Added in this order: 256, 257, 258.
     if key in names and backend.token_to_id(names[key]) != getattr(specials, key[:-6]):
       raise AssertionError(f'{key} got id {backend.token_to_id(names[key])}.')
+  save(backend, names, out_dir, model_max_length=config_base.max_seq_len(config))
+  return kind
+
+
+def save(backend, names: dict[str, str], out_dir, **settings):
+  """Writes `backend` (a `tokenizers.Tokenizer`) as an HF directory: `tokenizer.json`, and
+  `tokenizer_config.json` and `special_tokens_map.json` naming its special tokens (`names`, e.g.
+  {'eos_token': ...}). Encoding adds no special token and text that spells one stays text, as a
+  run's tokenizer does; `settings` adds keys (e.g. `model_max_length`)."""
+  out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   backend.save(str(out_dir / TOKENIZER_FILE))
-  settings = {
-      'tokenizer_class': 'PreTrainedTokenizerFast', **names,
-      'model_max_length': config_base.max_seq_len(config), 'split_special_tokens': True,
-      'clean_up_tokenization_spaces': False, 'add_bos_token': False, 'add_eos_token': False}
-  (out_dir / 'tokenizer_config.json').write_text(json.dumps(settings, indent=2) + '\n')
+  config = {'tokenizer_class': 'PreTrainedTokenizerFast', **names, **settings,
+            'split_special_tokens': True, 'clean_up_tokenization_spaces': False,
+            'add_bos_token': False, 'add_eos_token': False}
+  (out_dir / 'tokenizer_config.json').write_text(json.dumps(config, indent=2) + '\n')
   (out_dir / 'special_tokens_map.json').write_text(json.dumps(names, indent=2) + '\n')
-  return kind
 
 
 def _check_fits(tokenizer_vocab_size: int, vocab_size: int, source):

@@ -27,8 +27,6 @@ from jaxscale.config.validation import ConfigError
 from jaxscale.data import hf_tokenizer, sources, tokenizers
 
 EOS_TOKEN = '<|endoftext|>'
-# Documents handed to the trainer at once: bounds the Python-side memory on large datasets.
-_BATCH_DOCUMENTS = 256
 
 
 def train_bpe(documents: Iterator[str], vocab_size: int, out_dir) -> pathlib.Path:
@@ -45,30 +43,19 @@ def train_bpe(documents: Iterator[str], vocab_size: int, out_dir) -> pathlib.Pat
   backend.decoder = hf.decoders.ByteLevel()
   trainer = hf.trainers.BpeTrainer(
       vocab_size=vocab_size - 1, initial_alphabet=alphabet, show_progress=False)
-  backend.train_from_iterator(_batches(documents), trainer)
+  backend.train_from_iterator(documents, trainer)  # Buffered by the library.
   # The separator after every learned id, so the ids of the bytes and merges do not move.
   backend.add_special_tokens([hf.AddedToken(EOS_TOKEN, special=True, normalized=False)])
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  backend.save(str(out_dir / hf_tokenizer.TOKENIZER_FILE))
-  names = {'eos_token': EOS_TOKEN}
-  settings = {'tokenizer_class': 'PreTrainedTokenizerFast', **names,
-              'split_special_tokens': True, 'clean_up_tokenization_spaces': False,
-              'add_bos_token': False, 'add_eos_token': False}
-  (out_dir / 'tokenizer_config.json').write_text(json.dumps(settings, indent=2) + '\n')
-  (out_dir / 'special_tokens_map.json').write_text(json.dumps(names, indent=2) + '\n')
-  return out_dir
+  hf_tokenizer.save(backend, {'eos_token': EOS_TOKEN}, out_dir)
+  return pathlib.Path(out_dir)
 
 
-def _batches(documents: Iterator[str]) -> Iterator[list[str]]:
-  batch = []
-  for document in documents:
-    batch.append(document)
-    if len(batch) == _BATCH_DOCUMENTS:
-      yield batch
-      batch = []
-  if batch:
-    yield batch
+def train_on_dataset(name: str, vocab_size: int, out_dir, data_dir: str = '') -> pathlib.Path:
+  """`train_bpe` on the train split of dataset `name` (config.dataset.name), prepared in
+  `data_dir` ('' = the default)."""
+  dataset_config = config_base.get_base_config().dataset
+  dataset_config.update(name=name, data_dir=data_dir)
+  return train_bpe(train_documents(dataset_config), vocab_size, out_dir)
 
 
 def train_documents(dataset_config) -> Iterator[str]:
@@ -87,9 +74,7 @@ def train_documents(dataset_config) -> Iterator[str]:
 def main(argv):
   del argv
   args = flags.FLAGS
-  dataset_config = config_base.get_base_config().dataset
-  dataset_config.update(name=args.dataset, data_dir=args.data_dir)
-  out = train_bpe(train_documents(dataset_config), args.vocab_size, args.out)
+  out = train_on_dataset(args.dataset, args.vocab_size, args.out, args.data_dir)
   loaded = hf_tokenizer.load(out)
   print(json.dumps({'out': str(out), 'vocab_size': loaded.vocab_size,
                     'eos_id': loaded.eos_id, 'dataset': args.dataset}))

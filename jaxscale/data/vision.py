@@ -21,9 +21,6 @@ _MINUS_ONE_TO_ONE = {'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5)}
 _CIFAR10_STATS = {'mean': (0.4914, 0.4822, 0.4465), 'std': (0.2470, 0.2435, 0.2616)}
 _CIFAR100_STATS = {'mean': (0.5071, 0.4865, 0.4409), 'std': (0.2673, 0.2564, 0.2762)}
 _IMAGENET_STATS = {'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225)}
-# Datasets without a validation split hold out a stratified share of train as one (see
-# `subsets.holdout_mask`).
-HOLDOUT = subsets.HOLDOUT
 # The usual ImageNet eval: resize the shorter side to image_size / 0.875, take the centre square.
 IMAGENET_EVAL_CROP_FRACTION = 0.875
 
@@ -59,19 +56,19 @@ def digits(dataset_config) -> ImageSource:
   prepare(builder)  # Reads scikit-learn's copy the first time; a no-op after.
   add_array_record(builder)  # For the index-based train pipeline; tf.data reads the tfrecords.
   return image_source(builder, train_split='train', eval_split='validation',
-                      stats=_MINUS_ONE_TO_ONE, holdout=HOLDOUT)
+                      stats=_MINUS_ONE_TO_ONE, holdout=subsets.HOLDOUT)
 
 
 @DATASETS.register('cifar10')
 def cifar10(dataset_config) -> ImageSource:
   return image_source(prepared_builder('cifar10', dataset_config), train_split='train',
-                      eval_split='validation', stats=_CIFAR10_STATS, holdout=HOLDOUT)
+                      eval_split='validation', stats=_CIFAR10_STATS, holdout=subsets.HOLDOUT)
 
 
 @DATASETS.register('cifar100')
 def cifar100(dataset_config) -> ImageSource:
   return image_source(prepared_builder('cifar100', dataset_config), train_split='train',
-                      eval_split='validation', stats=_CIFAR100_STATS, holdout=HOLDOUT)
+                      eval_split='validation', stats=_CIFAR100_STATS, holdout=subsets.HOLDOUT)
 
 
 @DATASETS.register('imagenet2012')
